@@ -1,0 +1,520 @@
+//! The consumer side of a ring: poll the next record header with an acquire load, hand out the
+//! payload as a slice borrowed from shared memory, and release the space when the borrow ends.
+//! Every header read from shared memory is validated before any byte it describes is touched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::layout::{self, HeaderFault, OWNER_DETACHED, RECORD_HEADER_LEN, SLACK, record_len};
+use crate::lease::{Lease, LeaseQueue};
+use crate::segment::{PayloadAlign, Segment, check_positions};
+use crate::sync::atomic::AtomicU64;
+use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use crate::wait::{WaitStep, WaitStrategy, Waiter, ring_doorbell};
+use crate::{AttachError, PeerState, Side, attach_side, detach_side, peer_state};
+
+/// Why nothing was received.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    /// Nothing committed yet (`try_` calls only).
+    #[error("ring empty")]
+    Empty,
+    /// Nothing arrived before the timeout passed.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// The producer detached or died, and everything it committed has been received.
+    #[error("producer disconnected")]
+    Disconnected,
+    /// Too many records are held as [`Lease`]s: release some before receiving more.
+    #[error("{0} leases outstanding: drop some before receiving more")]
+    LeasesExhausted(usize),
+    /// A record header in shared memory is invalid: the ring cannot be read past it.
+    #[error("corrupt record at position {position}: {reason}")]
+    Corrupt {
+        /// Position of the bad header.
+        position: u64,
+        /// What is wrong with it.
+        reason: CorruptReason,
+    },
+}
+
+/// What was wrong with a corrupt record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CorruptReason {
+    /// Unknown flags, or no committed flag on a non-zero word.
+    #[error("bad header flags")]
+    BadFlags,
+    /// The header carries another position's check byte.
+    #[error("header written for another position")]
+    WrongPosition,
+    /// Length above the ring's maximum.
+    #[error("length {0} above the ring's maximum")]
+    TooLong(u32),
+    /// The record would run past the end of the data region or past the producer's space.
+    #[error("record runs out of bounds")]
+    OutOfBounds,
+    /// A payload not aligned as the ring promises.
+    #[error("misaligned payload")]
+    Misaligned,
+}
+
+/// The consumer of a ring: exactly one per ring across all processes.
+///
+/// ```
+/// use ipc_core::{RecvError, RingBuilder};
+/// let segment = RingBuilder::new(1 << 16).create_anonymous()?;
+/// let (mut producer, mut consumer) = (segment.producer()?, segment.consumer()?);
+/// assert_eq!(consumer.try_recv().err(), Some(RecvError::Empty));
+/// producer.try_send_typed(7, b"tick")?;
+/// {
+///     let msg = consumer.try_recv()?;     // borrows shared memory, no copy
+///     assert_eq!((msg.message_type(), &*msg), (7, &b"tick"[..]));
+/// }                                       // space released here
+/// drop(producer);
+/// assert_eq!(consumer.try_recv().err(), Some(RecvError::Disconnected));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Consumer {
+    segment: Segment,
+    data: *const u8,
+    mask: u64,
+    capacity: u64,
+    max_len: u32,
+    align64: bool,
+    /// Next record to hand out.
+    read_pos: u64,
+    /// Last head stored or seen; a lower bound of the real head.
+    head: u64,
+    wait: WaitStrategy,
+    counters: Tally,
+    leases: Option<Arc<LeaseQueue>>,
+    /// Set once a corrupt record is seen: nothing after it can be trusted.
+    poisoned: Option<RecvError>,
+}
+
+#[derive(Default)]
+struct Tally {
+    messages: u64,
+    bytes: u64,
+    releases: u64,
+    empty_polls: u64,
+    wakes: u64,
+    corrupt: u64,
+}
+
+// SAFETY: the raw data pointer points into the segment's mapping, kept alive by `segment`.
+unsafe impl Send for Consumer {}
+
+/// A record found at the read position.
+#[derive(Clone, Copy)]
+pub(crate) struct Found {
+    payload_pos: u64,
+    len: u32,
+    message_type: u16,
+    end: u64,
+}
+
+impl Segment {
+    /// Attaches as this ring's consumer, starting at the first unreleased record (so records
+    /// a dead consumer held but never released are delivered again: at-least-once).
+    pub fn consumer(&self) -> Result<Consumer, AttachError> {
+        attach_side(self, Side::Consumer, crate::ProcessId::current())?;
+        let h = self.header();
+        let head = h.consumer_position.position.load(Acquire);
+        let tail = h.producer_position.position.load(Acquire);
+        if let Err(fault) = check_positions(head, tail, self.params.capacity) {
+            detach_side(self, Side::Consumer);
+            return Err(AttachError::Corrupt(fault));
+        }
+        let c = &h.consumer_counters;
+        Ok(Consumer {
+            segment: self.clone(),
+            data: self.data().as_ptr(),
+            mask: self.params.capacity - 1,
+            capacity: self.params.capacity,
+            max_len: self.params.max_message_len,
+            align64: self.params.payload_align == PayloadAlign::SixtyFour,
+            read_pos: head,
+            head,
+            wait: WaitStrategy::default(),
+            counters: Tally {
+                messages: c.messages.load(Relaxed),
+                bytes: c.bytes.load(Relaxed),
+                releases: c.releases.load(Relaxed),
+                empty_polls: c.empty_polls.load(Relaxed),
+                wakes: c.wakes.load(Relaxed),
+                corrupt: c.corrupt_records.load(Relaxed),
+            },
+            leases: None,
+            poisoned: None,
+        })
+    }
+}
+
+impl Consumer {
+    /// Sets how [`recv`](Self::recv) and [`recv_timeout`](Self::recv_timeout) wait for data.
+    /// Default: [`WaitStrategy::SpinThenYield`].
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    /// The segment this consumer reads.
+    pub fn segment(&self) -> &Segment {
+        &self.segment
+    }
+
+    /// Whether the producer is attached, detached, dead, or never came.
+    pub fn producer_state(&self) -> PeerState {
+        peer_state(&self.segment, Side::Producer)
+    }
+
+    #[inline]
+    fn slot(&self, pos: u64) -> &AtomicU64 {
+        // SAFETY: `pos` is record-aligned (8), so `pos & mask` addresses a whole word inside
+        // the data region, which `self.segment` keeps mapped.
+        unsafe { AtomicU64::from_ptr(self.data.add((pos & self.mask) as usize).cast_mut().cast()) }
+    }
+
+    /// Looks at the record at `pos`, skipping padding; `Ok(None)` when nothing is published.
+    /// Returns the record with the position after it.
+    #[inline]
+    fn peek_at(&mut self, mut pos: u64) -> Result<Option<Found>, RecvError> {
+        loop {
+            let word = self.slot(pos).load(Acquire);
+            let rec = match layout::decode_header(pos, word) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => return Ok(None),
+                Err(HeaderFault::BadFlags) => {
+                    return Err(self.corrupt(pos, CorruptReason::BadFlags));
+                }
+                Err(HeaderFault::WrongPosition) => {
+                    return Err(self.corrupt(pos, CorruptReason::WrongPosition));
+                }
+            };
+            if !rec.padding && rec.payload_len > self.max_len {
+                return Err(self.corrupt(pos, CorruptReason::TooLong(rec.payload_len)));
+            }
+            let len = u64::from(rec.payload_len);
+            let end = pos + record_len(len);
+            if (pos & self.mask) + (end - pos) > self.capacity || !self.within_producer_space(end) {
+                return Err(self.corrupt(pos, CorruptReason::OutOfBounds));
+            }
+            if rec.padding {
+                pos = end;
+                continue;
+            }
+            if self.align64 && (pos + RECORD_HEADER_LEN) % 64 != 0 {
+                return Err(self.corrupt(pos, CorruptReason::Misaligned));
+            }
+            return Ok(Some(Found {
+                payload_pos: pos + RECORD_HEADER_LEN,
+                len: rec.payload_len,
+                message_type: rec.message_type,
+                end,
+            }));
+        }
+    }
+
+    /// The producer never writes past `head + capacity - SLACK`.
+    #[inline]
+    fn within_producer_space(&mut self, end: u64) -> bool {
+        if end + SLACK - self.head <= self.capacity {
+            return true;
+        }
+        // Leases released on other threads may have moved the head on.
+        self.head = self.segment.header().consumer_position.position.load(Acquire);
+        end + SLACK - self.head <= self.capacity
+    }
+
+    #[cold]
+    fn corrupt(&mut self, position: u64, reason: CorruptReason) -> RecvError {
+        let err = RecvError::Corrupt { position, reason };
+        self.counters.corrupt += 1;
+        self.segment.header().consumer_counters.corrupt_records.store(self.counters.corrupt, Relaxed);
+        self.poisoned = Some(err.clone());
+        err
+    }
+
+    /// The next record, or why there is none. Empty means the caller may wait.
+    #[inline]
+    fn poll(&mut self) -> Result<Found, RecvError> {
+        if let Some(err) = &self.poisoned {
+            return Err(err.clone());
+        }
+        match self.peek_at(self.read_pos)? {
+            Some(found) => Ok(found),
+            None => self.empty(),
+        }
+    }
+
+    #[cold]
+    fn empty(&mut self) -> Result<Found, RecvError> {
+        self.counters.empty_polls += 1;
+        if self.counters.empty_polls % 64 == 0 {
+            self.segment.header().consumer_counters.empty_polls.store(self.counters.empty_polls, Relaxed);
+        }
+        // A clean close is a release store made after the producer's last commit, so once it is
+        // seen, one more look at the header settles whether anything is left.
+        if self.segment.header().producer_attach.owner.load(Acquire) & OWNER_DETACHED != 0 {
+            return match self.peek_at(self.read_pos)? {
+                Some(found) => Ok(found),
+                None => Err(RecvError::Disconnected),
+            };
+        }
+        Err(RecvError::Empty)
+    }
+
+    /// Receives the next message without waiting. The guard borrows the payload in shared
+    /// memory; its space is released when the guard drops.
+    #[inline]
+    pub fn try_recv(&mut self) -> Result<ReadGuard<'_>, RecvError> {
+        let found = self.poll()?;
+        self.guard(found)
+    }
+
+    /// Receives the next message, waiting with the wait strategy.
+    pub fn recv(&mut self) -> Result<ReadGuard<'_>, RecvError> {
+        self.recv_timeout(None)
+    }
+
+    /// [`recv`](Self::recv) giving up after `timeout` with [`RecvError::Timeout`].
+    pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<ReadGuard<'_>, RecvError> {
+        let found = self.poll_waiting(timeout)?;
+        self.guard(found)
+    }
+
+    fn poll_waiting(&mut self, timeout: Option<Duration>) -> Result<Found, RecvError> {
+        let mut waiter: Option<Waiter> = None;
+        loop {
+            match self.poll() {
+                Err(RecvError::Empty) => {}
+                other => return other,
+            }
+            let waiter = waiter.get_or_insert_with(|| Waiter::new(self.wait, timeout));
+            let slot = self.slot(self.read_pos);
+            let h = self.segment.header();
+            match waiter.pause(&h.consumer_doorbell.sleeping, || slot.load(Acquire) == 0) {
+                WaitStep::Retry => {}
+                WaitStep::TimedOut => return Err(RecvError::Timeout),
+                WaitStep::CheckPeer => {
+                    if let PeerState::Dead(_) = self.producer_state() {
+                        // Dead processes commit nothing more: drain, then report.
+                        return match self.poll() {
+                            Err(RecvError::Empty) => Err(RecvError::Disconnected),
+                            other => other,
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn guard(&mut self, found: Found) -> Result<ReadGuard<'_>, RecvError> {
+        self.counters.messages += 1;
+        self.counters.bytes += u64::from(found.len);
+        let c = &self.segment.header().consumer_counters;
+        c.messages.store(self.counters.messages, Relaxed);
+        c.bytes.store(self.counters.bytes, Relaxed);
+        Ok(ReadGuard { consumer: self, found })
+    }
+
+    /// Every message available now (at most `max`), released together when the batch drops.
+    /// Returns [`RecvError::Empty`] when there is none.
+    pub fn read_batch(&mut self, max: usize) -> Result<ReadBatch<'_>, RecvError> {
+        let first = self.poll()?;
+        let start = self.read_pos;
+        let mut end = first.end;
+        let mut count = 1usize;
+        let mut bytes = u64::from(first.len);
+        while count < max {
+            match self.peek_at(end) {
+                Ok(Some(found)) => {
+                    end = found.end;
+                    bytes += u64::from(found.len);
+                    count += 1;
+                }
+                // A corrupt record later in the batch is reported when the reader gets to it.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if self.poisoned.is_some() && count > 0 {
+            // Deliver what came before the corrupt record; report it on the next call.
+            self.poisoned = None;
+        }
+        self.counters.messages += count as u64;
+        self.counters.bytes += bytes;
+        let c = &self.segment.header().consumer_counters;
+        c.messages.store(self.counters.messages, Relaxed);
+        c.bytes.store(self.counters.bytes, Relaxed);
+        Ok(ReadBatch { consumer: self, start, end, count })
+    }
+
+    /// Releases everything before `end` (the end of the record(s) just handed back).
+    #[inline]
+    fn release(&mut self, end: u64) {
+        self.read_pos = end;
+        if let Some(queue) = &self.leases {
+            if !queue.is_idle() {
+                // Leased records are still held: this one is released in order behind them.
+                if queue.push_released(end).is_ok() {
+                    return;
+                }
+                // No slot: wait for the leases ahead to go (they are being dropped elsewhere).
+                while queue.push_released(end).is_err() {
+                    std::thread::yield_now();
+                }
+                return;
+            }
+        }
+        self.head = end;
+        let h = self.segment.header();
+        h.consumer_position.position.store(end, Release);
+        self.counters.releases += 1;
+        h.consumer_counters.releases.store(self.counters.releases, Relaxed);
+        if ring_doorbell(&h.producer_doorbell.sleeping) {
+            self.counters.wakes += 1;
+            h.consumer_counters.wakes.store(self.counters.wakes, Relaxed);
+        }
+    }
+
+    /// Turns a received record into a [`Lease`] that owns its slice of shared memory and may
+    /// move to another thread and outlive later receives. Leases release in ring order: the
+    /// producer gets the space back only when this lease and every record before it are gone,
+    /// so holding leases applies backpressure, never corruption.
+    fn lease(&mut self, found: Found) -> Result<Lease, RecvError> {
+        let queue = self
+            .leases
+            .get_or_insert_with(|| Arc::new(LeaseQueue::new(self.segment.clone(), crate::lease::DEFAULT_MAX_LEASES)))
+            .clone();
+        let ptr = self.payload_ptr(found.payload_pos);
+        match queue.push_held(found.end) {
+            Ok(seq) => {
+                self.read_pos = found.end;
+                Ok(Lease::new(queue, seq, found.end, ptr, found.len as usize, found.message_type))
+            }
+            Err(outstanding) => Err(RecvError::LeasesExhausted(outstanding)),
+        }
+    }
+
+    #[inline]
+    fn payload_ptr(&self, payload_pos: u64) -> *const u8 {
+        // SAFETY: `peek_at` checked that the record lies inside one lap of the data region.
+        unsafe { self.data.add((payload_pos & self.mask) as usize) }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        detach_side(&self.segment, Side::Consumer);
+        ring_doorbell(&self.segment.header().producer_doorbell.sleeping);
+    }
+}
+
+/// A received message: the payload borrowed from shared memory, released when dropped.
+pub struct ReadGuard<'a> {
+    consumer: &'a mut Consumer,
+    found: Found,
+}
+
+impl ReadGuard<'_> {
+    /// The message type the producer set (0 by default).
+    pub fn message_type(&self) -> u16 {
+        self.found.message_type
+    }
+
+    /// Keeps the message beyond this borrow of the consumer; see [`Lease`]. On
+    /// [`RecvError::LeasesExhausted`] the guard is dropped and the message is released as usual.
+    pub fn into_lease(self) -> Result<Lease, RecvError> {
+        let this = std::mem::ManuallyDrop::new(self);
+        let found = this.found;
+        // SAFETY: `this` is never used or dropped again; we take the `&mut Consumer` out of it.
+        let consumer: &mut Consumer = unsafe { std::ptr::read(&this.consumer) };
+        match consumer.lease(found) {
+            Ok(lease) => Ok(lease),
+            Err(e) => {
+                consumer.release(found.end);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for ReadGuard<'_> {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        let ptr = self.consumer.payload_ptr(self.found.payload_pos);
+        // SAFETY: the record was validated to lie in the data region; the producer will not
+        // write it until it is released, which happens only when this guard drops.
+        unsafe { std::slice::from_raw_parts(ptr, self.found.len as usize) }
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.consumer.release(self.found.end);
+    }
+}
+
+/// Messages received together ([`Consumer::read_batch`]) and released together on drop.
+pub struct ReadBatch<'a> {
+    consumer: &'a mut Consumer,
+    start: u64,
+    end: u64,
+    count: usize,
+}
+
+/// One message of a [`ReadBatch`].
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'b> {
+    /// The message type the producer set.
+    pub message_type: u16,
+    /// The payload in shared memory.
+    pub payload: &'b [u8],
+}
+
+impl ReadBatch<'_> {
+    /// Number of messages.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Always false: an empty batch is never returned.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The messages, in ring order.
+    pub fn iter(&self) -> impl Iterator<Item = Record<'_>> + '_ {
+        let c = &*self.consumer;
+        let mut pos = self.start;
+        let end = self.end;
+        std::iter::from_fn(move || {
+            while pos < end {
+                let word = c.slot(pos).load(Relaxed);
+                // Validated in `read_batch`; the producer does not touch unreleased records.
+                let rec = layout::decode_header(pos, word).ok()??;
+                let next = pos + record_len(u64::from(rec.payload_len));
+                let payload_pos = pos + RECORD_HEADER_LEN;
+                pos = next;
+                if rec.padding {
+                    continue;
+                }
+                // SAFETY: checked in bounds by `peek_at` when the batch was formed; unreleased
+                // until the batch (which this iterator borrows) drops.
+                let payload =
+                    unsafe { std::slice::from_raw_parts(c.payload_ptr(payload_pos), rec.payload_len as usize) };
+                return Some(Record { message_type: rec.message_type, payload });
+            }
+            None
+        })
+    }
+}
+
+impl Drop for ReadBatch<'_> {
+    fn drop(&mut self) {
+        self.consumer.release(self.end);
+    }
+}

@@ -1,0 +1,311 @@
+//! The shared-memory layout: one file owns every offset, so the memory format is read here and
+//! nowhere else. Anything another process (or `tadpole stat`, or a future version) relies on is a
+//! named constant below, drawn before the code that uses it.
+//!
+//! A segment is one page of header followed by the ring's data region:
+//!
+//! ```text
+//!  0                   4096                                   4096 + capacity
+//!  +--------------------+----------------------------------------+
+//!  |   SegmentHeader    |  data region (capacity bytes, 2^n)     |
+//!  +--------------------+----------------------------------------+
+//! ```
+//!
+//! The header page, in 128-byte blocks (two cache lines each, so the adjacent-line prefetcher of
+//! one side never drags in a line the other side writes):
+//!
+//! ```text
+//!  offset  block              written by   contents
+//!  0       DESCRIPTOR         creator      magic, version, sizes, creator pid + start time
+//!  128     PRODUCER_POSITION  producer     tail: end of the last commit (u64 position)
+//!  256     CONSUMER_POSITION  consumer     head: everything before it is released
+//!  384     PRODUCER_ATTACH    producer     owner (pid | start<<32 | detached<<63), write limit
+//!  512     CONSUMER_ATTACH    consumer     owner (same packing)
+//!  640     CONSUMER_DOORBELL  both         futex word: 1 while the consumer sleeps for data
+//!  768     PRODUCER_DOORBELL  both         futex word: 1 while the producer sleeps for space
+//!  896     PRODUCER_COUNTERS  producer     messages, bytes, full-ring events, wakes, ...
+//!  1024    CONSUMER_COUNTERS  consumer     messages, bytes, empty polls, wakes, corrupt records
+//!  1152    reserved (zero) up to 4096
+//! ```
+//!
+//! Positions are u64 byte counts that only grow; the byte offset in the data region is
+//! `position & (capacity - 1)`.
+//!
+//! Every record starts on an 8-byte boundary with an 8-byte header, read and written as one
+//! atomic u64 (little-endian):
+//!
+//! ```text
+//!  63      56 55    48 47             32 31                              0
+//!  +---------+--------+-----------------+--------------------------------+
+//!  |  check  | flags  |  message type   |        payload length          |
+//!  +---------+--------+-----------------+--------------------------------+
+//!  | payload (length bytes), then zero to 7 bytes up to the next 8-byte boundary ...
+//! ```
+//!
+//! - `flags`: [`FLAG_COMMITTED`] is set in every published header, so a header of zero always
+//!   means "nothing published here yet"; [`FLAG_PADDING`] marks a record the consumer skips
+//!   (used at wrap-around and to align payloads to 64 bytes).
+//! - `check`: the low byte of `position / 8`; a header read at the wrong position (a bug, or a
+//!   hostile peer) is refused as corrupt instead of being trusted.
+//! - Commit is a release store of the header; the consumer polls the header at its position
+//!   with an acquire load and never reads the producer's tail.
+//! - The producer keeps 8 bytes of slack and, before publishing a record, zeroes the header slot
+//!   right after it, so the slot the consumer polls next is zero until the next commit even
+//!   though stale bytes from the previous lap lie there. This is what lets the consumer poll
+//!   headers without zeroing what it consumed.
+
+use crate::sync::atomic::{AtomicU32, AtomicU64};
+
+/// `b"TADPOLE\x01"` read as a little-endian u64: identifies a Tadpole ring segment.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"TADPOLE\x01");
+/// Bumped whenever anything in this file changes meaning.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Bytes before the data region. The data region therefore starts page-aligned.
+pub const HEADER_LEN: usize = 4096;
+/// Size of one block of the header (two cache lines).
+pub const BLOCK: usize = 128;
+
+/// Smallest allowed data region.
+pub const MIN_CAPACITY: u64 = 4096;
+/// Largest allowed data region (1 TiB): bigger is a corrupt header, not a real ring.
+pub const MAX_CAPACITY: u64 = 1 << 40;
+
+/// Bytes of the in-band record header.
+pub const RECORD_HEADER_LEN: u64 = 8;
+/// Records start, and payloads end, on this boundary.
+pub const RECORD_ALIGN: u64 = 8;
+/// Slack the producer never fills: room for zeroing the next header slot (see module docs).
+pub const SLACK: u64 = RECORD_HEADER_LEN;
+
+/// Set in every published record header.
+pub const FLAG_COMMITTED: u64 = 1 << 48;
+/// The record is padding: the consumer skips it.
+pub const FLAG_PADDING: u64 = 1 << 49;
+const KNOWN_FLAGS: u64 = FLAG_COMMITTED | FLAG_PADDING;
+const FLAGS_MASK: u64 = 0xFF << 48;
+
+/// Largest payload a ring of `capacity` bytes accepts: any record, padded for alignment and
+/// for wrap-around, still fits in an empty ring.
+pub const fn max_message_len_for(capacity: u64) -> u64 {
+    let limit = capacity / 2 - 128;
+    if limit > u32::MAX as u64 { u32::MAX as u64 } else { limit }
+}
+
+/// Bytes a record with `payload_len` bytes of payload occupies (header + payload, rounded up).
+#[inline]
+pub const fn record_len(payload_len: u64) -> u64 {
+    RECORD_HEADER_LEN + ((payload_len + RECORD_ALIGN - 1) & !(RECORD_ALIGN - 1))
+}
+
+#[inline]
+const fn check_byte(position: u64) -> u64 {
+    (position >> 3) & 0xFF
+}
+
+/// Encodes a published header for a record at `position`.
+#[inline]
+pub const fn encode_header(position: u64, payload_len: u32, message_type: u16, padding: bool) -> u64 {
+    let flags = if padding { FLAG_COMMITTED | FLAG_PADDING } else { FLAG_COMMITTED };
+    payload_len as u64 | (message_type as u64) << 32 | flags | check_byte(position) << 56
+}
+
+/// A record header read back from the data region. Constructed only by [`decode_header`],
+/// which refuses anything the producer would not have written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub payload_len: u32,
+    pub message_type: u16,
+    pub padding: bool,
+}
+
+/// Why a header word was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderFault {
+    /// Non-zero but without the committed flag, or with unknown flags.
+    BadFlags,
+    /// The check byte does not match the position it was read at.
+    WrongPosition,
+}
+
+/// Decodes the header word read at `position`. `Ok(None)` means nothing is published there.
+#[inline]
+pub const fn decode_header(position: u64, word: u64) -> Result<Option<RecordHeader>, HeaderFault> {
+    if word == 0 {
+        return Ok(None);
+    }
+    let flags = word & FLAGS_MASK;
+    if flags & FLAG_COMMITTED == 0 || flags & !KNOWN_FLAGS != 0 {
+        return Err(HeaderFault::BadFlags);
+    }
+    if word >> 56 != check_byte(position) {
+        return Err(HeaderFault::WrongPosition);
+    }
+    Ok(Some(RecordHeader {
+        payload_len: word as u32,
+        message_type: (word >> 32) as u16,
+        padding: flags & FLAG_PADDING != 0,
+    }))
+}
+
+/// The descriptor block: written once by the creator before `magic` is published. Every field
+/// is an atomic because a hostile process may write it at any time: readers load each field once
+/// and validate the copy, never the shared memory again.
+#[repr(C)]
+pub struct Descriptor {
+    /// [`MAGIC`], stored last (release) so an opener never sees a half-written descriptor.
+    pub magic: AtomicU64,
+    pub layout_version: AtomicU32,
+    pub header_len: AtomicU32,
+    /// Bytes in the data region; a power of two.
+    pub capacity: AtomicU64,
+    /// Header plus data region: the size the segment must have.
+    pub segment_len: AtomicU64,
+    pub max_message_len: AtomicU32,
+    /// 8, or 64 when every payload starts on a 64-byte boundary.
+    pub payload_align: AtomicU32,
+    pub creator_pid: AtomicU32,
+    pub _reserved0: AtomicU32,
+    /// Start time of the creator process in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub creator_start_time: AtomicU64,
+    pub created_unix_ns: AtomicU64,
+}
+
+/// A position published by one side, alone in its block.
+#[repr(C, align(128))]
+pub struct PositionBlock {
+    pub position: AtomicU64,
+}
+
+/// Who owns one side of the ring. `owner` packs, so one compare-and-swap claims or hands over
+/// the side: pid (bits 0-31), the low 31 bits of the process start time (bits 32-62), and
+/// [`OWNER_DETACHED`] (bit 63) once the owner let go cleanly. Zero means "never attached".
+#[repr(C, align(128))]
+pub struct AttachBlock {
+    pub owner: AtomicU64,
+    /// Producer only: every byte the producer may be writing lies below this position. Published
+    /// coarsely (a quarter of the ring at a time) so an observer can tell whether what it copied
+    /// may have been overwritten.
+    pub write_limit: AtomicU64,
+    /// Bumped on every attach: a reader can tell a restarted peer from the old one.
+    pub generation: AtomicU64,
+}
+
+/// Bit of [`AttachBlock::owner`] set when the owner detached cleanly.
+pub const OWNER_DETACHED: u64 = 1 << 63;
+
+/// A futex word, alone in its block.
+#[repr(C, align(128))]
+pub struct DoorbellBlock {
+    pub sleeping: AtomicU32,
+}
+
+/// Counters the producer writes (single writer: relaxed stores of process-local tallies).
+#[repr(C, align(128))]
+pub struct ProducerCounters {
+    /// Messages committed.
+    pub messages: AtomicU64,
+    /// Payload bytes committed.
+    pub bytes: AtomicU64,
+    /// Commits (a batch of many messages counts once).
+    pub commits: AtomicU64,
+    /// Times a reservation found the ring full.
+    pub full_events: AtomicU64,
+    /// futex wake calls made for a sleeping consumer.
+    pub wakes: AtomicU64,
+    /// Padding bytes written (wrap-around and alignment).
+    pub padding_bytes: AtomicU64,
+    /// Reservations refused because the message was larger than the maximum.
+    pub oversize_rejects: AtomicU64,
+}
+
+/// Counters the consumer writes.
+#[repr(C, align(128))]
+pub struct ConsumerCounters {
+    /// Messages received.
+    pub messages: AtomicU64,
+    /// Payload bytes received.
+    pub bytes: AtomicU64,
+    /// Releases (a batch of many messages counts once).
+    pub releases: AtomicU64,
+    /// Polls that found the ring empty.
+    pub empty_polls: AtomicU64,
+    /// futex wake calls made for a sleeping producer.
+    pub wakes: AtomicU64,
+    /// Records refused as corrupt.
+    pub corrupt_records: AtomicU64,
+}
+
+/// The header page. `#[repr(C)]` with explicit alignment: offsets are asserted below.
+#[repr(C, align(4096))]
+pub struct SegmentHeader {
+    pub descriptor: Descriptor,
+    pub _pad0: [u8; BLOCK - core::mem::size_of::<Descriptor>()],
+    pub producer_position: PositionBlock,
+    pub consumer_position: PositionBlock,
+    pub producer_attach: AttachBlock,
+    pub consumer_attach: AttachBlock,
+    pub consumer_doorbell: DoorbellBlock,
+    pub producer_doorbell: DoorbellBlock,
+    pub producer_counters: ProducerCounters,
+    pub consumer_counters: ConsumerCounters,
+}
+
+/// Byte offsets of each block, for tools and for the tests that pin the format.
+pub mod offsets {
+    pub const DESCRIPTOR: usize = 0;
+    pub const PRODUCER_POSITION: usize = 128;
+    pub const CONSUMER_POSITION: usize = 256;
+    pub const PRODUCER_ATTACH: usize = 384;
+    pub const CONSUMER_ATTACH: usize = 512;
+    pub const CONSUMER_DOORBELL: usize = 640;
+    pub const PRODUCER_DOORBELL: usize = 768;
+    pub const PRODUCER_COUNTERS: usize = 896;
+    pub const CONSUMER_COUNTERS: usize = 1024;
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<SegmentHeader>() == HEADER_LEN);
+    assert!(offset_of!(SegmentHeader, descriptor) == offsets::DESCRIPTOR);
+    assert!(offset_of!(SegmentHeader, producer_position) == offsets::PRODUCER_POSITION);
+    assert!(offset_of!(SegmentHeader, consumer_position) == offsets::CONSUMER_POSITION);
+    assert!(offset_of!(SegmentHeader, producer_attach) == offsets::PRODUCER_ATTACH);
+    assert!(offset_of!(SegmentHeader, consumer_attach) == offsets::CONSUMER_ATTACH);
+    assert!(offset_of!(SegmentHeader, consumer_doorbell) == offsets::CONSUMER_DOORBELL);
+    assert!(offset_of!(SegmentHeader, producer_doorbell) == offsets::PRODUCER_DOORBELL);
+    assert!(offset_of!(SegmentHeader, producer_counters) == offsets::PRODUCER_COUNTERS);
+    assert!(offset_of!(SegmentHeader, consumer_counters) == offsets::CONSUMER_COUNTERS);
+    assert!(offset_of!(Descriptor, magic) == 0);
+    assert!(offset_of!(Descriptor, capacity) == 16);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_zero_means_unpublished() {
+        for pos in [0u64, 8, 4096, 123 * 8, u64::MAX - 7] {
+            let w = encode_header(pos, 77, 9, false);
+            assert_eq!(
+                decode_header(pos, w),
+                Ok(Some(RecordHeader { payload_len: 77, message_type: 9, padding: false }))
+            );
+            assert_eq!(decode_header(pos.wrapping_add(8), w), Err(HeaderFault::WrongPosition));
+        }
+        assert_eq!(decode_header(0, 0), Ok(None));
+        // A zero-length message of type zero is still a non-zero word.
+        assert_ne!(encode_header(0, 0, 0, false), 0);
+        assert_eq!(decode_header(0, 5), Err(HeaderFault::BadFlags));
+        assert_eq!(decode_header(0, 5 | FLAG_COMMITTED | 1 << 50), Err(HeaderFault::BadFlags));
+    }
+
+    #[test]
+    fn max_message_always_fits_an_empty_ring_with_both_paddings() {
+        for cap in [MIN_CAPACITY, 1 << 16, 1 << 20] {
+            let worst = 2 * record_len(max_message_len_for(cap)) + 112 + SLACK;
+            assert!(worst <= cap, "cap {cap}: worst case {worst}");
+        }
+    }
+}

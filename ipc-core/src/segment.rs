@@ -1,0 +1,434 @@
+//! Segments: create, open and validate the shared memory that holds one ring, and hand out its
+//! producer, consumer and observer. A segment from another process is hostile input: every
+//! field is copied out once, validated against the mapped size, and never trusted again.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::layout::{self, HEADER_LEN, LAYOUT_VERSION, MAGIC, MAX_CAPACITY, MIN_CAPACITY, SegmentHeader};
+use crate::liveness::ProcessId;
+use crate::shm::{self, Mapping};
+use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+
+/// Where each payload starts in the ring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PayloadAlign {
+    /// 8-byte aligned payloads (the default, least padding).
+    #[default]
+    Eight,
+    /// 64-byte aligned payloads: what Arrow buffers need, and a cache line per payload start.
+    SixtyFour,
+}
+
+impl PayloadAlign {
+    /// The alignment in bytes.
+    pub const fn bytes(self) -> u64 {
+        match self {
+            PayloadAlign::Eight => 8,
+            PayloadAlign::SixtyFour => 64,
+        }
+    }
+}
+
+/// Options for a new ring segment.
+///
+/// ```
+/// use ipc_core::{PayloadAlign, RingBuilder};
+/// let segment = RingBuilder::new(1 << 16).payload_align(PayloadAlign::SixtyFour).create_anonymous()?;
+/// assert_eq!(segment.capacity(), 1 << 16);
+/// # Ok::<(), ipc_core::CreateError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct RingBuilder {
+    capacity: u64,
+    max_message_len: Option<u64>,
+    payload_align: PayloadAlign,
+}
+
+/// The validated shape of a ring, copied out of shared memory once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RingParams {
+    pub capacity: u64,
+    pub max_message_len: u32,
+    pub payload_align: PayloadAlign,
+}
+
+/// Why a segment could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// Names are 1 to 200 characters of `[A-Za-z0-9._-]`, not starting with a dot.
+    #[error("invalid segment name {0:?}: use 1-200 characters of [A-Za-z0-9._-], not starting with '.'")]
+    InvalidName(String),
+    /// Capacity or maximum message length out of range.
+    #[error("invalid ring options: {0}")]
+    InvalidOptions(String),
+    /// The name is taken. `creator_alive == false` means it is left over and can be reclaimed
+    /// with [`Segment::reclaim_if_stale`].
+    #[error("segment {name:?} already exists (created by {creator:?}, {})", if *.creator_alive { "alive" } else { "no longer running" })]
+    AlreadyExists {
+        /// The name asked for.
+        name: String,
+        /// The process that created it, if its header could be read.
+        creator: Option<ProcessId>,
+        /// Whether that process still runs.
+        creator_alive: bool,
+    },
+    /// An operating-system call failed.
+    #[error("creating segment: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Why an existing segment was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// See [`CreateError::InvalidName`].
+    #[error("invalid segment name {0:?}")]
+    InvalidName(String),
+    /// No segment has this name.
+    #[error("no segment named {0:?}")]
+    NotFound(String),
+    /// The segment's contents are not a valid ring.
+    #[error("segment refused: {0}")]
+    Invalid(#[from] SegmentFault),
+    /// An operating-system call failed.
+    #[error("opening segment: {0}")]
+    Io(io::Error),
+}
+
+/// What is wrong with a segment's header. Each variant names the offending values.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentFault {
+    /// Smaller than the header page, or than the size the header declares.
+    #[error("segment is {actual} bytes, expected {expected}")]
+    SizeMismatch {
+        /// What the header (or the minimum) requires.
+        expected: u64,
+        /// The mapped size.
+        actual: u64,
+    },
+    /// The creator has not finished writing the header (or it is not ours).
+    #[error("header not initialised (magic is zero); the creator may still be starting")]
+    NotInitialized,
+    /// Not a Tadpole ring.
+    #[error("bad magic {0:#018x}: not a Tadpole ring segment")]
+    BadMagic(u64),
+    /// Written by another version of the layout.
+    #[error("layout version {found}, this build reads version {supported}")]
+    UnsupportedVersion {
+        /// Version in the header.
+        found: u32,
+        /// Version this build understands.
+        supported: u32,
+    },
+    /// A field is outside its valid range.
+    #[error("invalid header field {field} = {value}")]
+    BadField {
+        /// The field's name.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// Head and tail contradict each other (head past tail, more than a ring apart, unaligned).
+    #[error("inconsistent positions: head {head}, tail {tail}, capacity {capacity}")]
+    Positions {
+        /// Consumer position.
+        head: u64,
+        /// Producer position.
+        tail: u64,
+        /// Ring capacity.
+        capacity: u64,
+    },
+}
+
+impl RingBuilder {
+    /// A ring with a data region of `capacity` bytes (a power of two, at least 4096).
+    pub fn new(capacity: usize) -> RingBuilder {
+        RingBuilder { capacity: capacity as u64, max_message_len: None, payload_align: PayloadAlign::Eight }
+    }
+
+    /// Largest payload accepted; defaults to (and may not exceed) `capacity / 2 - 128`.
+    pub fn max_message_len(mut self, len: usize) -> RingBuilder {
+        self.max_message_len = Some(len as u64);
+        self
+    }
+
+    /// Payload alignment; [`PayloadAlign::Eight`] by default.
+    pub fn payload_align(mut self, align: PayloadAlign) -> RingBuilder {
+        self.payload_align = align;
+        self
+    }
+
+    fn params(&self) -> Result<RingParams, CreateError> {
+        let cap = self.capacity;
+        if !cap.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&cap) {
+            return Err(CreateError::InvalidOptions(format!(
+                "capacity {cap} must be a power of two between {MIN_CAPACITY} and {MAX_CAPACITY}"
+            )));
+        }
+        let limit = layout::max_message_len_for(cap);
+        let max = self.max_message_len.unwrap_or(limit);
+        if max > limit {
+            return Err(CreateError::InvalidOptions(format!(
+                "max_message_len {max} exceeds {limit}, the most a ring of {cap} bytes can always fit"
+            )));
+        }
+        Ok(RingParams { capacity: cap, max_message_len: max as u32, payload_align: self.payload_align })
+    }
+
+    /// Creates the named segment `/dev/shm/tadpole.<name>` (mode 0600, exclusively). The name
+    /// is removed when the last handle of this process drops, unless [`Segment::keep`] is called.
+    pub fn create_named(&self, name: &str) -> Result<Segment, CreateError> {
+        let params = self.params()?;
+        let os_name = shm::os_name(name).ok_or_else(|| CreateError::InvalidName(name.to_owned()))?;
+        let map = match Mapping::create_named(&os_name, HEADER_LEN + params.capacity as usize) {
+            Ok(map) => map,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let creator = Segment::open(name).ok().map(|s| s.creator());
+                return Err(CreateError::AlreadyExists {
+                    name: name.to_owned(),
+                    creator,
+                    creator_alive: creator.is_some_and(ProcessId::is_alive),
+                });
+            }
+            Err(e) => return Err(CreateError::Io(e)),
+        };
+        Ok(Segment::initialize(map, params, Some(name.to_owned())))
+    }
+
+    /// Creates an anonymous segment (a sealed memfd): share it with a child through
+    /// [`Segment::as_fd`] and [`Segment::from_fd`]. It disappears with its last mapping.
+    pub fn create_anonymous(&self) -> Result<Segment, CreateError> {
+        let params = self.params()?;
+        let map = Mapping::create_memfd(HEADER_LEN + params.capacity as usize)?;
+        Ok(Segment::initialize(map, params, None))
+    }
+}
+
+/// A mapped, validated ring segment. Cheap to clone; the mapping lives while any handle
+/// (segment, producer, consumer, observer, lease) does.
+#[derive(Clone)]
+pub struct Segment {
+    pub(crate) map: Arc<Mapping>,
+    pub(crate) params: RingParams,
+    name: Option<String>,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment").field("name", &self.name).field("params", &self.params).finish()
+    }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Segment {
+    fn initialize(map: Mapping, params: RingParams, name: Option<String>) -> Segment {
+        let seg = Segment { map: Arc::new(map), params, name };
+        let d = &seg.header().descriptor;
+        let me = ProcessId::current();
+        d.layout_version.store(LAYOUT_VERSION, Relaxed);
+        d.header_len.store(HEADER_LEN as u32, Relaxed);
+        d.capacity.store(params.capacity, Relaxed);
+        d.segment_len.store(HEADER_LEN as u64 + params.capacity, Relaxed);
+        d.max_message_len.store(params.max_message_len, Relaxed);
+        d.payload_align.store(params.payload_align.bytes() as u32, Relaxed);
+        d.creator_pid.store(me.pid, Relaxed);
+        d.creator_start_time.store(me.start_time, Relaxed);
+        d.created_unix_ns.store(unix_ns(), Relaxed);
+        d.magic.store(MAGIC, Release);
+        seg
+    }
+
+    /// Opens the named segment `/dev/shm/tadpole.<name>` and validates it.
+    pub fn open(name: &str) -> Result<Segment, OpenError> {
+        let os_name = shm::os_name(name).ok_or_else(|| OpenError::InvalidName(name.to_owned()))?;
+        let map = Mapping::open_named(&os_name).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => OpenError::NotFound(name.to_owned()),
+            _ => OpenError::Io(e),
+        })?;
+        Segment::validate(map, Some(name.to_owned()))
+    }
+
+    /// Maps and validates a segment from a file descriptor (a memfd inherited from a parent).
+    pub fn from_fd(fd: OwnedFd) -> Result<Segment, OpenError> {
+        let map = Mapping::map_existing(fd).map_err(OpenError::Io)?;
+        Segment::validate(map, None)
+    }
+
+    fn validate(map: Mapping, name: Option<String>) -> Result<Segment, OpenError> {
+        let actual = map.len() as u64;
+        if actual < HEADER_LEN as u64 {
+            return Err(SegmentFault::SizeMismatch { expected: HEADER_LEN as u64, actual }.into());
+        }
+        let map = Arc::new(map);
+        // SAFETY: the mapping is at least HEADER_LEN bytes, page aligned, and SegmentHeader is
+        // made only of atomics and padding, valid for any bit pattern.
+        let header = unsafe { map.ptr().cast::<SegmentHeader>().as_ref() };
+        let params = validate_header(header, actual)?;
+        Ok(Segment { map, params, name })
+    }
+
+    pub(crate) fn header(&self) -> &SegmentHeader {
+        // SAFETY: every Segment's mapping was checked to hold at least HEADER_LEN bytes (or was
+        // created with them); page alignment satisfies SegmentHeader's alignment.
+        unsafe { self.map.ptr().cast::<SegmentHeader>().as_ref() }
+    }
+
+    pub(crate) fn data(&self) -> NonNull<u8> {
+        // SAFETY: the mapping is HEADER_LEN + capacity bytes, validated at open.
+        unsafe { self.map.ptr().add(HEADER_LEN) }
+    }
+
+    /// The name given at creation or open; `None` for anonymous segments.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Bytes in the data region.
+    pub fn capacity(&self) -> usize {
+        self.params.capacity as usize
+    }
+
+    /// Largest payload accepted.
+    pub fn max_message_len(&self) -> usize {
+        self.params.max_message_len as usize
+    }
+
+    /// Payload alignment.
+    pub fn payload_align(&self) -> PayloadAlign {
+        self.params.payload_align
+    }
+
+    /// The process that created the segment.
+    pub fn creator(&self) -> ProcessId {
+        let d = &self.header().descriptor;
+        ProcessId { pid: d.creator_pid.load(Relaxed), start_time: d.creator_start_time.load(Relaxed) }
+    }
+
+    /// Keeps the segment's name after this process's last handle drops (the creator unlinks
+    /// it by default). No effect on segments this process opened.
+    pub fn keep(&self) {
+        self.map.keep();
+    }
+
+    /// The segment's file descriptor, to pass an anonymous segment to a child process.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.map.fd().as_fd()
+    }
+
+    /// Removes the named segment `name`; processes that mapped it keep their mapping.
+    pub fn unlink(name: &str) -> Result<(), OpenError> {
+        let os_name = shm::os_name(name).ok_or_else(|| OpenError::InvalidName(name.to_owned()))?;
+        shm::unlink(&os_name).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => OpenError::NotFound(name.to_owned()),
+            _ => OpenError::Io(e),
+        })
+    }
+
+    /// Unlinks the named segment if no process that ever used it (creator, producer, consumer)
+    /// is alive; returns whether it was removed. A segment whose header is unreadable garbage
+    /// is removed too, since nothing can use it.
+    pub fn reclaim_if_stale(name: &str) -> Result<bool, OpenError> {
+        let stale = match Segment::open(name) {
+            Ok(seg) => !seg.status().anyone_alive(),
+            Err(OpenError::Invalid(SegmentFault::NotInitialized)) => false,
+            Err(OpenError::Invalid(_)) => true,
+            Err(e) => return Err(e),
+        };
+        if stale {
+            Segment::unlink(name)?;
+        }
+        Ok(stale)
+    }
+
+    /// Names of the segments in `/dev/shm` that carry the Tadpole prefix.
+    pub fn list() -> io::Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir("/dev/shm")?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_prefix(shm::NAME_PREFIX).map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// A snapshot of positions, attachments and counters, read without disturbing the hot
+    /// path (plain loads of lines the owners write; no stores).
+    pub fn status(&self) -> crate::stats::RingStatus {
+        crate::stats::RingStatus::read(self)
+    }
+}
+
+/// Copies every descriptor field out once and checks it against the mapped size.
+fn validate_header(h: &SegmentHeader, mapped_len: u64) -> Result<RingParams, SegmentFault> {
+    let d = &h.descriptor;
+    let magic = d.magic.load(Acquire);
+    if magic == 0 {
+        return Err(SegmentFault::NotInitialized);
+    }
+    if magic != MAGIC {
+        return Err(SegmentFault::BadMagic(magic));
+    }
+    let version = d.layout_version.load(Relaxed);
+    if version != LAYOUT_VERSION {
+        return Err(SegmentFault::UnsupportedVersion { found: version, supported: LAYOUT_VERSION });
+    }
+    let header_len = d.header_len.load(Relaxed);
+    if header_len as usize != HEADER_LEN {
+        return Err(SegmentFault::BadField { field: "header_len", value: header_len.into() });
+    }
+    let capacity = d.capacity.load(Relaxed);
+    if !capacity.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
+        return Err(SegmentFault::BadField { field: "capacity", value: capacity });
+    }
+    let segment_len = d.segment_len.load(Relaxed);
+    if segment_len != HEADER_LEN as u64 + capacity {
+        return Err(SegmentFault::BadField { field: "segment_len", value: segment_len });
+    }
+    if mapped_len != segment_len {
+        return Err(SegmentFault::SizeMismatch { expected: segment_len, actual: mapped_len });
+    }
+    let max = d.max_message_len.load(Relaxed);
+    if u64::from(max) > layout::max_message_len_for(capacity) {
+        return Err(SegmentFault::BadField { field: "max_message_len", value: max.into() });
+    }
+    let payload_align = match d.payload_align.load(Relaxed) {
+        8 => PayloadAlign::Eight,
+        64 => PayloadAlign::SixtyFour,
+        other => {
+            return Err(SegmentFault::BadField { field: "payload_align", value: other.into() });
+        }
+    };
+    let head = h.consumer_position.position.load(Acquire);
+    let tail = h.producer_position.position.load(Acquire);
+    check_positions(head, tail, capacity)?;
+    Ok(RingParams { capacity, max_message_len: max, payload_align })
+}
+
+/// Head must not pass tail, they may be at most a ring apart, and both are record-aligned.
+pub(crate) fn check_positions(head: u64, tail: u64, capacity: u64) -> Result<(), SegmentFault> {
+    if head > tail || tail - head > capacity || head % 8 != 0 || tail % 8 != 0 {
+        return Err(SegmentFault::Positions { head, tail, capacity });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_refuses_bad_shapes() {
+        assert!(matches!(RingBuilder::new(1000).create_anonymous(), Err(CreateError::InvalidOptions(_))));
+        assert!(matches!(RingBuilder::new(2048).create_anonymous(), Err(CreateError::InvalidOptions(_))));
+        assert!(matches!(
+            RingBuilder::new(4096).max_message_len(4000).create_anonymous(),
+            Err(CreateError::InvalidOptions(_))
+        ));
+        assert!(RingBuilder::new(4096).max_message_len(1000).create_anonymous().is_ok());
+    }
+}

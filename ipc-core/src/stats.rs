@@ -1,0 +1,119 @@
+//! A read-only snapshot of a ring for tools (`tadpole stat`): positions, who is attached, and
+//! the counters each side keeps in the segment. Reading only loads; the hot path never notices
+//! beyond the cache line it then re-fetches.
+
+use crate::segment::{PayloadAlign, Segment};
+use crate::sync::atomic::Ordering::{Acquire, Relaxed};
+use crate::{PeerState, ProcessId, Side, peer_state};
+
+/// Counters the producer keeps in the segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProducerCounters {
+    /// Messages committed.
+    pub messages: u64,
+    /// Payload bytes committed.
+    pub bytes: u64,
+    /// Commits (one per batch).
+    pub commits: u64,
+    /// Reservations that found the ring full.
+    pub full_events: u64,
+    /// Wake syscalls made for a sleeping consumer.
+    pub wakes: u64,
+    /// Padding bytes written.
+    pub padding_bytes: u64,
+    /// Messages refused as larger than the maximum.
+    pub oversize_rejects: u64,
+}
+
+/// Counters the consumer keeps in the segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerCounters {
+    /// Messages received.
+    pub messages: u64,
+    /// Payload bytes received.
+    pub bytes: u64,
+    /// Releases (one per batch or guard).
+    pub releases: u64,
+    /// Polls that found nothing (updated every 64 polls).
+    pub empty_polls: u64,
+    /// Wake syscalls made for a sleeping producer.
+    pub wakes: u64,
+    /// Records refused as corrupt.
+    pub corrupt_records: u64,
+}
+
+/// Everything a monitoring tool shows about one ring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingStatus {
+    /// Data region bytes.
+    pub capacity: u64,
+    /// Largest payload.
+    pub max_message_len: u32,
+    /// Payload alignment.
+    pub payload_align: PayloadAlign,
+    /// Creator process.
+    pub creator: ProcessId,
+    /// Whether the creator still runs.
+    pub creator_alive: bool,
+    /// Consumer position (released up to here).
+    pub head: u64,
+    /// Producer position (committed up to here).
+    pub tail: u64,
+    /// Producer attachment.
+    pub producer: PeerState,
+    /// Consumer attachment.
+    pub consumer: PeerState,
+    /// Producer counters.
+    pub produced: ProducerCounters,
+    /// Consumer counters.
+    pub consumed: ConsumerCounters,
+}
+
+impl RingStatus {
+    pub(crate) fn read(segment: &Segment) -> RingStatus {
+        let h = segment.header();
+        let p = &h.producer_counters;
+        let c = &h.consumer_counters;
+        let creator = segment.creator();
+        RingStatus {
+            capacity: segment.params.capacity,
+            max_message_len: segment.params.max_message_len,
+            payload_align: segment.params.payload_align,
+            creator,
+            creator_alive: creator.is_alive(),
+            head: h.consumer_position.position.load(Acquire),
+            tail: h.producer_position.position.load(Acquire),
+            producer: peer_state(segment, Side::Producer),
+            consumer: peer_state(segment, Side::Consumer),
+            produced: ProducerCounters {
+                messages: p.messages.load(Relaxed),
+                bytes: p.bytes.load(Relaxed),
+                commits: p.commits.load(Relaxed),
+                full_events: p.full_events.load(Relaxed),
+                wakes: p.wakes.load(Relaxed),
+                padding_bytes: p.padding_bytes.load(Relaxed),
+                oversize_rejects: p.oversize_rejects.load(Relaxed),
+            },
+            consumed: ConsumerCounters {
+                messages: c.messages.load(Relaxed),
+                bytes: c.bytes.load(Relaxed),
+                releases: c.releases.load(Relaxed),
+                empty_polls: c.empty_polls.load(Relaxed),
+                wakes: c.wakes.load(Relaxed),
+                corrupt_records: c.corrupt_records.load(Relaxed),
+            },
+        }
+    }
+
+    /// Bytes committed but not yet released.
+    pub fn used_bytes(&self) -> u64 {
+        self.tail.saturating_sub(self.head)
+    }
+
+    /// Whether any process that used the ring still runs (creator, or an attached side).
+    pub fn anyone_alive(&self) -> bool {
+        self.creator_alive
+            || matches!(self.producer, PeerState::Attached(_))
+            || matches!(self.consumer, PeerState::Attached(_))
+    }
+}

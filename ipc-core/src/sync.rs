@@ -1,0 +1,7 @@
+//! Atomics used by the ring protocol, behind one path so the loom model test can swap them.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic;
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic;

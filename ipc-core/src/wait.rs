@@ -1,0 +1,147 @@
+//! How a side waits when the ring is empty (consumer) or full (producer), and the futex
+//! doorbell that lets a sleeping side be woken without making a spinning peer pay a syscall.
+//!
+//! The doorbell is a Dekker handshake: the waiter stores `sleeping = 1`, issues a full fence and
+//! re-checks the ring before `futex_wait`; the other side publishes, issues a full fence and
+//! reads `sleeping`, making the wake syscall only when it is set. One of the two always sees the
+//! other's store, so no wake-up is lost, and a peer that never sleeps costs one fence and one
+//! load of a line it keeps in cache.
+
+use std::time::{Duration, Instant};
+
+use crate::sync::atomic::{AtomicU32, Ordering, fence};
+
+/// What a waiting call does between polls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Poll continuously with a CPU pause hint: lowest latency, one core fully busy.
+    BusySpin,
+    /// Spin with exponential backoff, then yield the CPU between polls
+    /// (`crossbeam_utils::Backoff`). Latency of a few microseconds once yielding.
+    #[default]
+    SpinThenYield,
+    /// Spin briefly, then sleep on a futex until the peer rings the doorbell. Frees the core;
+    /// waking costs a syscall on the peer and a scheduler wake-up (tens of microseconds on a VM).
+    Block,
+}
+
+/// How often a waiting side looks at its peer's liveness (a `kill(pid, 0)` and a `/proc` read).
+pub(crate) const LIVENESS_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest single futex sleep, so a peer that dies without ringing is noticed.
+pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(20);
+
+/// A full (sequentially consistent) fence: the store-load barrier of the doorbell handshake.
+#[inline]
+pub(crate) fn full_fence() {
+    fence(Ordering::SeqCst);
+}
+
+/// Sleeps while `*word == expected`, at most `timeout`. Spurious returns are fine: callers loop.
+#[cfg(not(loom))]
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a live, 4-byte aligned atomic in a MAP_SHARED mapping (not PRIVATE, so
+    // the wait keys on the physical page and works across processes); `ts` outlives the call.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, &ts as *const libc::timespec);
+    }
+}
+
+/// Wakes every sleeper on `word`.
+#[cfg(not(loom))]
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    // SAFETY: as in `futex_wait`; FUTEX_WAKE only reads the address as a key.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+    }
+}
+
+#[cfg(loom)]
+pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, _timeout: Duration) {
+    loom::thread::yield_now();
+}
+
+#[cfg(loom)]
+pub(crate) fn futex_wake(_word: &AtomicU32) {}
+
+/// Rings the doorbell if the peer sleeps on it. Call after publishing (a commit or a release).
+#[inline]
+pub(crate) fn ring_doorbell(sleeping: &AtomicU32) -> bool {
+    full_fence();
+    if sleeping.load(Ordering::Relaxed) != 0 && sleeping.swap(0, Ordering::Relaxed) != 0 {
+        futex_wake(sleeping);
+        return true;
+    }
+    false
+}
+
+/// State of one waiting call: backoff, deadline, and when to look at the peer's liveness.
+pub(crate) struct Waiter {
+    strategy: WaitStrategy,
+    deadline: Option<Instant>,
+    backoff: crossbeam_utils::Backoff,
+    polls: u32,
+    next_liveness: Option<Instant>,
+}
+
+/// What the caller should do after a failed poll.
+pub(crate) enum WaitStep {
+    /// Poll again.
+    Retry,
+    /// The deadline passed.
+    TimedOut,
+    /// Time to check whether the peer is still alive, then poll again.
+    CheckPeer,
+}
+
+impl Waiter {
+    pub(crate) fn new(strategy: WaitStrategy, timeout: Option<Duration>) -> Waiter {
+        Waiter {
+            strategy,
+            deadline: timeout.map(|t| Instant::now() + t),
+            backoff: crossbeam_utils::Backoff::new(),
+            polls: 0,
+            next_liveness: None,
+        }
+    }
+
+    /// Waits a little after a failed poll. `sleeping`/`still_blocked` implement the doorbell for
+    /// [`WaitStrategy::Block`]: the flag is raised, then the condition re-checked before sleeping.
+    pub(crate) fn pause(&mut self, sleeping: &AtomicU32, still_blocked: impl FnOnce() -> bool) -> WaitStep {
+        self.polls = self.polls.wrapping_add(1);
+        // Reading the clock costs ~20 ns: only every 256 polls while spinning.
+        let sleepy = self.strategy == WaitStrategy::Block && self.backoff.is_completed();
+        if sleepy || self.polls % 256 == 0 {
+            let now = Instant::now();
+            if self.deadline.is_some_and(|d| now >= d) {
+                return WaitStep::TimedOut;
+            }
+            match self.next_liveness {
+                None => self.next_liveness = Some(now + LIVENESS_INTERVAL),
+                Some(t) if now >= t => {
+                    self.next_liveness = Some(now + LIVENESS_INTERVAL);
+                    return WaitStep::CheckPeer;
+                }
+                Some(_) => {}
+            }
+            if sleepy {
+                let slice = self.deadline.map_or(MAX_SLEEP, |d| d.saturating_duration_since(now).min(MAX_SLEEP));
+                sleeping.store(1, Ordering::Relaxed);
+                full_fence();
+                if still_blocked() {
+                    futex_wait(sleeping, 1, slice);
+                }
+                sleeping.store(0, Ordering::Relaxed);
+                return WaitStep::Retry;
+            }
+        }
+        match self.strategy {
+            WaitStrategy::BusySpin => core::hint::spin_loop(),
+            WaitStrategy::SpinThenYield | WaitStrategy::Block => self.backoff.snooze(),
+        }
+        WaitStep::Retry
+    }
+}
