@@ -176,35 +176,30 @@ impl Consumer {
     }
 
     /// Looks at the record at `pos`, skipping padding; `Ok(None)` when nothing is published.
-    /// Returns the record with the position after it.
+    /// A bad header comes back as its position and what is wrong with it, uncounted.
     #[inline]
-    fn peek_at(&mut self, mut pos: u64) -> Result<Option<Found>, RecvError> {
+    fn peek_at(&mut self, mut pos: u64) -> Result<Option<Found>, (u64, CorruptReason)> {
         loop {
             let word = self.slot(pos).load(Acquire);
             let rec = match layout::decode_header(pos, word) {
                 Ok(Some(rec)) => rec,
                 Ok(None) => return Ok(None),
-                Err(HeaderFault::BadFlags) => {
-                    return Err(self.corrupt(pos, CorruptReason::BadFlags));
-                }
-                Err(HeaderFault::WrongPosition) => {
-                    return Err(self.corrupt(pos, CorruptReason::WrongPosition));
-                }
+                Err(HeaderFault::BadFlags) => return Err((pos, CorruptReason::BadFlags)),
+                Err(HeaderFault::WrongPosition) => return Err((pos, CorruptReason::WrongPosition)),
             };
             if !rec.padding && rec.payload_len > self.max_len {
-                return Err(self.corrupt(pos, CorruptReason::TooLong(rec.payload_len)));
+                return Err((pos, CorruptReason::TooLong(rec.payload_len)));
             }
-            let len = u64::from(rec.payload_len);
-            let end = pos + record_len(len);
+            let end = pos + record_len(u64::from(rec.payload_len));
             if (pos & self.mask) + (end - pos) > self.capacity || !self.within_producer_space(end) {
-                return Err(self.corrupt(pos, CorruptReason::OutOfBounds));
+                return Err((pos, CorruptReason::OutOfBounds));
             }
             if rec.padding {
                 pos = end;
                 continue;
             }
             if self.align64 && (pos + RECORD_HEADER_LEN) % 64 != 0 {
-                return Err(self.corrupt(pos, CorruptReason::Misaligned));
+                return Err((pos, CorruptReason::Misaligned));
             }
             return Ok(Some(Found {
                 payload_pos: pos + RECORD_HEADER_LEN,
@@ -215,21 +210,29 @@ impl Consumer {
         }
     }
 
-    /// The producer never writes past `head + capacity - SLACK`.
+    /// [`peek_at`](Self::peek_at), counting a corrupt record and poisoning the consumer.
+    #[inline]
+    fn checked_peek(&mut self, pos: u64) -> Result<Option<Found>, RecvError> {
+        self.peek_at(pos).map_err(|(position, reason)| self.corrupt(position, reason))
+    }
+
+    /// The producer never writes past `head + capacity - SLACK`. Wrapping arithmetic: a hostile
+    /// head ahead of `end` reads as out of bounds, never as an overflow.
     #[inline]
     fn within_producer_space(&mut self, end: u64) -> bool {
-        if end + SLACK - self.head <= self.capacity {
+        let fits = |head: u64| end.wrapping_add(SLACK).wrapping_sub(head) <= self.capacity;
+        if fits(self.head) {
             return true;
         }
         // Leases released on other threads may have moved the head on.
         self.head = self.segment.header().consumer_position.position.load(Acquire);
-        end + SLACK - self.head <= self.capacity
+        fits(self.head)
     }
 
     #[cold]
     fn corrupt(&mut self, position: u64, reason: CorruptReason) -> RecvError {
         let err = RecvError::Corrupt { position, reason };
-        self.counters.corrupt += 1;
+        self.counters.corrupt = self.counters.corrupt.wrapping_add(1);
         self.segment.header().consumer_counters.corrupt_records.store(self.counters.corrupt, Relaxed);
         self.poisoned = Some(err.clone());
         err
@@ -241,23 +244,23 @@ impl Consumer {
         if let Some(err) = &self.poisoned {
             return Err(err.clone());
         }
-        match self.peek_at(self.read_pos)? {
-            Some(found) => Ok(found),
+        match self.checked_peek(self.read_pos)? {
+            Some(found) => self.reserve_release_slot(found),
             None => self.empty(),
         }
     }
 
     #[cold]
     fn empty(&mut self) -> Result<Found, RecvError> {
-        self.counters.empty_polls += 1;
+        self.counters.empty_polls = self.counters.empty_polls.wrapping_add(1);
         if self.counters.empty_polls % 64 == 0 {
             self.segment.header().consumer_counters.empty_polls.store(self.counters.empty_polls, Relaxed);
         }
         // A clean close is a release store made after the producer's last commit, so once it is
         // seen, one more look at the header settles whether anything is left.
         if self.segment.header().producer_attach.owner.load(Acquire) & OWNER_DETACHED != 0 {
-            return match self.peek_at(self.read_pos)? {
-                Some(found) => Ok(found),
+            return match self.checked_peek(self.read_pos)? {
+                Some(found) => self.reserve_release_slot(found),
                 None => Err(RecvError::Disconnected),
             };
         }
@@ -309,10 +312,22 @@ impl Consumer {
         }
     }
 
+    /// While leases are held, every receive needs a place in the lease queue for its release
+    /// (or its lease): refuse to hand out a record that could not be given back.
+    #[inline]
+    fn reserve_release_slot(&mut self, found: Found) -> Result<Found, RecvError> {
+        match &self.leases {
+            Some(queue) if !queue.is_idle() && !queue.can_take_release() => {
+                Err(RecvError::LeasesExhausted(queue.capacity()))
+            }
+            _ => Ok(found),
+        }
+    }
+
     #[inline]
     fn guard(&mut self, found: Found) -> Result<ReadGuard<'_>, RecvError> {
-        self.counters.messages += 1;
-        self.counters.bytes += u64::from(found.len);
+        self.counters.messages = self.counters.messages.wrapping_add(1);
+        self.counters.bytes = self.counters.bytes.wrapping_add(u64::from(found.len));
         let c = &self.segment.header().consumer_counters;
         c.messages.store(self.counters.messages, Relaxed);
         c.bytes.store(self.counters.bytes, Relaxed);
@@ -320,8 +335,12 @@ impl Consumer {
     }
 
     /// Every message available now (at most `max`), released together when the batch drops.
-    /// Returns [`RecvError::Empty`] when there is none.
+    /// Returns [`RecvError::Empty`] when there is none (or `max` is 0). A corrupt record after
+    /// good ones ends the batch; it is reported (and counted, once) by the next call.
     pub fn read_batch(&mut self, max: usize) -> Result<ReadBatch<'_>, RecvError> {
+        if max == 0 {
+            return Err(RecvError::Empty);
+        }
         let first = self.poll()?;
         let start = self.read_pos;
         let mut end = first.end;
@@ -334,16 +353,11 @@ impl Consumer {
                     bytes += u64::from(found.len);
                     count += 1;
                 }
-                // A corrupt record later in the batch is reported when the reader gets to it.
                 Ok(None) | Err(_) => break,
             }
         }
-        if self.poisoned.is_some() && count > 0 {
-            // Deliver what came before the corrupt record; report it on the next call.
-            self.poisoned = None;
-        }
-        self.counters.messages += count as u64;
-        self.counters.bytes += bytes;
+        self.counters.messages = self.counters.messages.wrapping_add(count as u64);
+        self.counters.bytes = self.counters.bytes.wrapping_add(bytes);
         let c = &self.segment.header().consumer_counters;
         c.messages.store(self.counters.messages, Relaxed);
         c.bytes.store(self.counters.bytes, Relaxed);
@@ -356,24 +370,20 @@ impl Consumer {
         self.read_pos = end;
         if let Some(queue) = &self.leases {
             if !queue.is_idle() {
-                // Leased records are still held: this one is released in order behind them.
-                if queue.push_released(end).is_ok() {
-                    return;
-                }
-                // No slot: wait for the leases ahead to go (they are being dropped elsewhere).
-                while queue.push_released(end).is_err() {
-                    std::thread::yield_now();
-                }
+                // Leased records are still held: this one is released in order behind them. Room
+                // was checked when the record was handed out (`reserve_release_slot`), and only
+                // this thread adds entries, so this cannot fail.
+                let _ = queue.push_released(end);
                 return;
             }
         }
         self.head = end;
         let h = self.segment.header();
         h.consumer_position.position.store(end, Release);
-        self.counters.releases += 1;
+        self.counters.releases = self.counters.releases.wrapping_add(1);
         h.consumer_counters.releases.store(self.counters.releases, Relaxed);
         if ring_doorbell(&h.producer_doorbell.sleeping) {
-            self.counters.wakes += 1;
+            self.counters.wakes = self.counters.wakes.wrapping_add(1);
             h.consumer_counters.wakes.store(self.counters.wakes, Relaxed);
         }
     }
@@ -493,17 +503,22 @@ impl ReadBatch<'_> {
         let end = self.end;
         std::iter::from_fn(move || {
             while pos < end {
-                let word = c.slot(pos).load(Relaxed);
-                // Validated in `read_batch`; the producer does not touch unreleased records.
+                // The headers were validated when the batch was formed, but shared memory may be
+                // rewritten by a hostile peer since: bound every record by the batch again.
+                let word = c.slot(pos).load(Acquire);
                 let rec = layout::decode_header(pos, word).ok()??;
                 let next = pos + record_len(u64::from(rec.payload_len));
+                if next > end || (pos & c.mask) + (next - pos) > c.capacity {
+                    pos = end;
+                    return None;
+                }
                 let payload_pos = pos + RECORD_HEADER_LEN;
                 pos = next;
                 if rec.padding {
                     continue;
                 }
-                // SAFETY: checked in bounds by `peek_at` when the batch was formed; unreleased
-                // until the batch (which this iterator borrows) drops.
+                // SAFETY: the record lies inside one lap of the data region (checked just
+                // above); it stays unreleased until the batch, which this iterator borrows, drops.
                 let payload =
                     unsafe { std::slice::from_raw_parts(c.payload_ptr(payload_pos), rec.payload_len as usize) };
                 return Some(Record { message_type: rec.message_type, payload });

@@ -45,8 +45,8 @@
 //! - `flags`: [`FLAG_COMMITTED`] is set in every published header, so a header of zero always
 //!   means "nothing published here yet"; [`FLAG_PADDING`] marks a record the consumer skips
 //!   (used at wrap-around and to align payloads to 64 bytes).
-//! - `check`: the low byte of `position / 8`; a header read at the wrong position (a bug, or a
-//!   hostile peer) is refused as corrupt instead of being trusted.
+//! - `check`: a hash of the whole position; a header read at the wrong position or left by an
+//!   earlier lap (a bug, or a hostile peer) is refused as corrupt instead of being trusted.
 //! - Commit is a release store of the header; the consumer polls the header at its position
 //!   with an acquire load and never reads the producer's tail.
 //! - The producer keeps 8 bytes of slack and, before publishing a record, zeroes the header slot
@@ -97,9 +97,15 @@ pub const fn record_len(payload_len: u64) -> u64 {
     RECORD_HEADER_LEN + ((payload_len + RECORD_ALIGN - 1) & !(RECORD_ALIGN - 1))
 }
 
+/// Positions never reach this (2^62 bytes: decades at memory bandwidth); a segment claiming
+/// more is corrupt, and the bound keeps all position arithmetic free of overflow.
+pub const MAX_POSITION: u64 = 1 << 62;
+
+/// A byte derived from the whole position (a multiplicative hash), so a header left at the same
+/// offset by an earlier lap does not pass for the current one.
 #[inline]
 const fn check_byte(position: u64) -> u64 {
-    (position >> 3) & 0xFF
+    (position >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56
 }
 
 /// Encodes a published header for a record at `position`.

@@ -24,6 +24,9 @@ pub(crate) struct LeaseQueue {
     oldest: AtomicU64,
     /// Next sequence number; written only by the consumer.
     next: AtomicU64,
+    /// End position held by the newest entry if that entry is a plain release (so the next
+    /// plain release can extend it instead of taking a slot); 0 if it is a lease. Consumer only.
+    last_released: AtomicU64,
     advancing: AtomicBool,
 }
 
@@ -34,6 +37,7 @@ impl LeaseQueue {
             slots: (0..max).map(|_| AtomicU64::new(0)).collect(),
             oldest: AtomicU64::new(0),
             next: AtomicU64::new(0),
+            last_released: AtomicU64::new(0),
             advancing: AtomicBool::new(false),
         }
     }
@@ -45,8 +49,36 @@ impl LeaseQueue {
         self.oldest.load(Acquire) == self.next.load(Relaxed)
     }
 
+    /// Entries that can still be added (after folding what can be folded).
+    pub(crate) fn room(&self) -> usize {
+        let used = |q: &Self| q.next.load(Relaxed) - q.oldest.load(Acquire);
+        if used(self) >= self.slots.len() as u64 {
+            self.fold();
+        }
+        self.slots.len() - used(self) as usize
+    }
+
+    /// Whether a record handed out now could be given back: a free entry, or a newest entry
+    /// that is a plain release a further release can extend (if the fold takes that entry
+    /// first, it frees room).
+    pub(crate) fn can_take_release(&self) -> bool {
+        self.last_released.load(Relaxed) != 0 || self.room() > 0
+    }
+
+    /// Most entries the queue holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Takes a sequence number for a held record ending at `end`; `Err(outstanding)` when full.
-    pub(crate) fn push_held(&self, _end: u64) -> Result<u64, usize> {
+    pub(crate) fn push_held(&self, end: u64) -> Result<u64, usize> {
+        let seq = self.push_entry()?;
+        let _ = end;
+        self.last_released.store(0, Relaxed);
+        Ok(seq)
+    }
+
+    fn push_entry(&self) -> Result<u64, usize> {
         let next = self.next.load(Relaxed);
         let mut outstanding = next - self.oldest.load(Acquire);
         if outstanding >= self.slots.len() as u64 {
@@ -60,9 +92,22 @@ impl LeaseQueue {
         Ok(next)
     }
 
-    /// Queues a record that is released already, behind the held ones.
+    /// Queues a record that is released already, behind the held ones. Consecutive plain
+    /// releases share one entry: the newest is extended in place while it is not yet folded
+    /// (the fold takes entries with `swap`, so an extension either lands before it or fails).
     pub(crate) fn push_released(&self, end: u64) -> Result<(), usize> {
-        let seq = self.push_held(end)?;
+        let next = self.next.load(Relaxed);
+        let last = self.last_released.load(Relaxed);
+        if last != 0 && next > self.oldest.load(Acquire) {
+            let slot = &self.slots[((next - 1) % self.slots.len() as u64) as usize];
+            if slot.compare_exchange(last, end, SeqCst, SeqCst).is_ok() {
+                self.last_released.store(end, Relaxed);
+                self.fold();
+                return Ok(());
+            }
+        }
+        let seq = self.push_entry()?;
+        self.last_released.store(end, Relaxed);
         self.release(seq, end);
         Ok(())
     }
@@ -84,12 +129,10 @@ impl LeaseQueue {
             let next = self.next.load(SeqCst);
             let mut new_head = None;
             while seq < next {
-                let slot = &self.slots[(seq % n) as usize];
-                let end = slot.load(SeqCst);
+                let end = self.slots[(seq % n) as usize].swap(0, SeqCst);
                 if end == 0 {
                     break;
                 }
-                slot.store(0, Relaxed);
                 new_head = Some(end);
                 seq += 1;
             }

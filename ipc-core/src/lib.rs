@@ -126,6 +126,6 @@ pub(crate) fn peer_state(segment: &Segment, side: Side) -> PeerState {
         PeerState::Closed
     } else {
         let id = ProcessId::unpack(word);
-        if id.is_alive() { PeerState::Attached(id) } else { PeerState::Dead(id) }
+        id.resolve().map_or(PeerState::Dead(id), PeerState::Attached)
     }
 }

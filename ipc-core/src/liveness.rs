@@ -35,19 +35,27 @@ impl ProcessId {
     /// Whether this process still runs. A recorded start time (low 31 bits) must match, so a
     /// reused pid reads as dead. Costs a `kill(pid, 0)` and a read of `/proc/<pid>/stat`.
     pub fn is_alive(self) -> bool {
+        self.resolve().is_some()
+    }
+
+    /// The full identity of this process if it still runs (a packed identity keeps only 31
+    /// bits of the start time; this restores all of them).
+    pub(crate) fn resolve(self) -> Option<ProcessId> {
         if self.pid == 0 || self.pid > i32::MAX as u32 {
-            return false;
+            return None;
         }
         // SAFETY: signal 0 performs only the existence and permission check; no signal is sent.
         let rc = unsafe { libc::kill(self.pid as libc::pid_t, 0) };
         if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
-            return false;
+            return None;
         }
-        match process_state(self.pid) {
+        match process_state(self.pid)? {
             // A zombie keeps its /proc entry but will never touch the ring again.
-            Some((state, _)) if state == 'Z' || state == 'X' => false,
-            Some((_, start)) => self.start_time == 0 || start & START_MASK == self.start_time & START_MASK,
-            None => false,
+            ('Z' | 'X', _) => None,
+            (_, start) if self.start_time == 0 || start & START_MASK == self.start_time & START_MASK => {
+                Some(ProcessId { pid: self.pid, start_time: start })
+            }
+            _ => None,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::layout::{self, OWNER_DETACHED, RECORD_HEADER_LEN, SLACK, encode_header, record_len};
 use crate::liveness::ProcessId;
-use crate::segment::{PayloadAlign, Segment, SegmentFault, check_positions};
+use crate::segment::{PayloadAlign, Segment, SegmentFault, check_head_behind, check_positions};
 use crate::sync::atomic::AtomicU64;
 use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use crate::wait::{WaitStep, WaitStrategy, Waiter, ring_doorbell};
@@ -108,11 +108,13 @@ impl Segment {
         attach_side(self, Side::Producer, me)?;
         let h = self.header();
         let head = h.consumer_position.position.load(Acquire);
-        let mut tail = h.producer_position.position.load(Acquire);
-        if let Err(fault) = check_positions(head, tail, self.params.capacity) {
+        let stored_tail = h.producer_position.position.load(Acquire);
+        if let Err(fault) = check_positions(head, stored_tail, self.params.capacity) {
             detach_side(self, Side::Producer);
             return Err(AttachError::Corrupt(fault));
         }
+        // The consumer may have read records past a tail that was never stored.
+        let mut tail = stored_tail.max(head);
         let mut producer = Producer {
             segment: self.clone(),
             data: self.data().as_ptr(),
@@ -128,13 +130,15 @@ impl Segment {
             pending: Pending::default(),
         };
         // A producer killed between its header store and its tail store left committed records
-        // past `tail`: walk them, so they are neither lost nor overwritten.
+        // past `tail`: walk them, so they are neither lost nor overwritten. The check byte (a
+        // hash of the position) keeps a header of an earlier lap from passing for one of these.
         loop {
             let word = producer.slot(tail).load(Acquire);
             match layout::decode_header(tail, word) {
                 Ok(Some(rec)) => {
                     let end = tail + record_len(u64::from(rec.payload_len));
                     if end + SLACK - head > self.params.capacity
+                        || (!rec.padding && rec.payload_len > producer.max_len)
                         || (tail & producer.mask) + (end - tail) > producer.capacity
                     {
                         break;
@@ -263,7 +267,7 @@ impl Producer {
     #[inline]
     fn claim(&mut self, len: usize) -> Result<u64, SendError> {
         if len > self.max_len as usize {
-            self.counters.oversize += 1;
+            self.counters.oversize = self.counters.oversize.wrapping_add(1);
             self.segment.header().producer_counters.oversize_rejects.store(self.counters.oversize, Relaxed);
             return Err(SendError::TooLarge { len, max: self.max_len as usize });
         }
@@ -337,7 +341,7 @@ impl Producer {
     #[cold]
     fn refresh_head(&mut self) -> Result<(), SendError> {
         let head = self.segment.header().consumer_position.position.load(Acquire);
-        check_positions(head, self.tail, self.capacity).map_err(SendError::Corrupt)?;
+        check_head_behind(head, self.tail, self.capacity).map_err(SendError::Corrupt)?;
         self.cached_head = head;
         Ok(())
     }
@@ -346,7 +350,7 @@ impl Producer {
     /// liveness check every 4096 full events) from one that is merely slow.
     #[cold]
     fn note_full(&mut self) -> Result<(), SendError> {
-        self.counters.full_events += 1;
+        self.counters.full_events = self.counters.full_events.wrapping_add(1);
         let h = self.segment.header();
         h.producer_counters.full_events.store(self.counters.full_events, Relaxed);
         let gone = h.consumer_attach.owner.load(Acquire) & OWNER_DETACHED != 0
@@ -396,10 +400,11 @@ impl Producer {
         let h = self.segment.header();
         h.producer_position.position.store(p.end, Release);
         let t = &mut self.counters;
-        t.messages += p.messages;
-        t.bytes += p.bytes;
-        t.commits += 1;
-        t.padding_bytes += p.padding;
+        // Counters restored from a hostile segment may start anywhere: wrap, never trap.
+        t.messages = t.messages.wrapping_add(p.messages);
+        t.bytes = t.bytes.wrapping_add(p.bytes);
+        t.commits = t.commits.wrapping_add(1);
+        t.padding_bytes = t.padding_bytes.wrapping_add(p.padding);
         let c = &h.producer_counters;
         c.messages.store(t.messages, Relaxed);
         c.bytes.store(t.bytes, Relaxed);
@@ -408,7 +413,7 @@ impl Producer {
             c.padding_bytes.store(t.padding_bytes, Relaxed);
         }
         if ring_doorbell(&h.consumer_doorbell.sleeping) {
-            self.counters.wakes += 1;
+            self.counters.wakes = self.counters.wakes.wrapping_add(1);
             c.wakes.store(self.counters.wakes, Relaxed);
         }
         self.pending = Pending { end: self.tail, ..Pending::default() };

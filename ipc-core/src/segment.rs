@@ -198,6 +198,14 @@ impl RingBuilder {
         Ok(Segment::initialize(map, params, Some(name.to_owned())))
     }
 
+    /// Creates a ring in this process's heap, for threads of one process (no shared memory,
+    /// no name, no file descriptor). Same protocol and API as the shared variants.
+    pub fn create_private(&self) -> Result<Segment, CreateError> {
+        let params = self.params()?;
+        let map = Mapping::heap(HEADER_LEN + params.capacity as usize)?;
+        Ok(Segment::initialize(map, params, None))
+    }
+
     /// Creates an anonymous segment (a sealed memfd): share it with a child through
     /// [`Segment::as_fd`] and [`Segment::from_fd`]. It disappears with its last mapping.
     pub fn create_anonymous(&self) -> Result<Segment, CreateError> {
@@ -247,29 +255,33 @@ impl Segment {
     /// Opens the named segment `/dev/shm/tadpole.<name>` and validates it.
     pub fn open(name: &str) -> Result<Segment, OpenError> {
         let os_name = shm::os_name(name).ok_or_else(|| OpenError::InvalidName(name.to_owned()))?;
-        let map = Mapping::open_named(&os_name).map_err(|e| match e.kind() {
+        let fd = Mapping::open_named(&os_name).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => OpenError::NotFound(name.to_owned()),
             _ => OpenError::Io(e),
         })?;
-        Segment::validate(map, Some(name.to_owned()))
+        Segment::validate(fd, Some(name.to_owned()))
     }
 
     /// Maps and validates a segment from a file descriptor (a memfd inherited from a parent).
     pub fn from_fd(fd: OwnedFd) -> Result<Segment, OpenError> {
-        let map = Mapping::map_existing(fd).map_err(OpenError::Io)?;
-        Segment::validate(map, None)
+        Segment::validate(fd, None)
     }
 
-    fn validate(map: Mapping, name: Option<String>) -> Result<Segment, OpenError> {
-        let actual = map.len() as u64;
+    /// Checks the header through a mapping of the header page alone, then maps (and populates)
+    /// the declared size and checks again: a hostile file costs no more than a page to refuse.
+    fn validate(fd: OwnedFd, name: Option<String>) -> Result<Segment, OpenError> {
+        let actual = Mapping::file_len(&fd).map_err(OpenError::Io)?;
         if actual < HEADER_LEN as u64 {
             return Err(SegmentFault::SizeMismatch { expected: HEADER_LEN as u64, actual }.into());
         }
-        let map = Arc::new(map);
-        // SAFETY: the mapping is at least HEADER_LEN bytes, page aligned, and SegmentHeader is
-        // made only of atomics and padding, valid for any bit pattern.
-        let header = unsafe { map.ptr().cast::<SegmentHeader>().as_ref() };
-        let params = validate_header(header, actual)?;
+        let probe = Mapping::map_prefix(&fd, HEADER_LEN).map_err(OpenError::Io)?;
+        // SAFETY: the probe maps HEADER_LEN page-aligned bytes; SegmentHeader is made only of
+        // atomics and padding, valid for any bit pattern.
+        validate_header(unsafe { probe.ptr().cast::<SegmentHeader>().as_ref() }, actual)?;
+        drop(probe);
+        let map = Arc::new(Mapping::map_existing(fd, actual as usize).map_err(OpenError::Io)?);
+        // SAFETY: as above, on the full mapping of at least HEADER_LEN bytes.
+        let params = validate_header(unsafe { map.ptr().cast::<SegmentHeader>().as_ref() }, actual)?;
         Ok(Segment { map, params, name })
     }
 
@@ -316,9 +328,10 @@ impl Segment {
         self.map.keep();
     }
 
-    /// The segment's file descriptor, to pass an anonymous segment to a child process.
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.map.fd().as_fd()
+    /// The segment's file descriptor, to pass an anonymous segment to a child process;
+    /// `None` for a private (heap) ring.
+    pub fn as_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.map.fd().map(|fd| fd.as_fd())
     }
 
     /// Removes the named segment `name`; processes that mapped it keep their mapping.
@@ -409,9 +422,24 @@ fn validate_header(h: &SegmentHeader, mapped_len: u64) -> Result<RingParams, Seg
     Ok(RingParams { capacity, max_message_len: max, payload_align })
 }
 
-/// Head must not pass tail, they may be at most a ring apart, and both are record-aligned.
+/// Positions as stored in the header: record-aligned, below [`layout::MAX_POSITION`], at most a
+/// ring apart. The head may be ahead of the stored tail: a producer killed between publishing a
+/// record and storing its tail leaves records the consumer may already have read.
 pub(crate) fn check_positions(head: u64, tail: u64, capacity: u64) -> Result<(), SegmentFault> {
-    if head > tail || tail - head > capacity || head % 8 != 0 || tail % 8 != 0 {
+    if head % 8 != 0
+        || tail % 8 != 0
+        || head >= layout::MAX_POSITION
+        || tail >= layout::MAX_POSITION
+        || head.abs_diff(tail) > capacity
+    {
+        return Err(SegmentFault::Positions { head, tail, capacity });
+    }
+    Ok(())
+}
+
+/// The consumer position as the producer, which knows its own tail exactly, must find it.
+pub(crate) fn check_head_behind(head: u64, tail: u64, capacity: u64) -> Result<(), SegmentFault> {
+    if head % 8 != 0 || head > tail || tail - head > capacity {
         return Err(SegmentFault::Positions { head, tail, capacity });
     }
     Ok(())

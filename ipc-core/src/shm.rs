@@ -26,11 +26,13 @@ pub(crate) fn os_name(name: &str) -> Option<CString> {
     CString::new(format!("/{NAME_PREFIX}{name}")).ok()
 }
 
-/// One shared mapping of a whole segment.
+/// One mapping of a whole segment: shared memory behind a file descriptor, or (for rings
+/// between threads of one process, and for Miri) a page-aligned heap allocation.
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
-    fd: OwnedFd,
+    /// `None` for a heap allocation.
+    fd: Option<OwnedFd>,
     /// Set for the creator of a named segment: the name is unlinked when the mapping drops.
     unlink_on_drop: Option<CString>,
     keep: AtomicBool,
@@ -69,15 +71,15 @@ impl Mapping {
         Ok(mapping)
     }
 
-    /// Opens an existing named segment read-write and maps all of it.
-    pub(crate) fn open_named(os_name: &CString) -> io::Result<Mapping> {
+    /// Opens an existing named segment read-write (not mapped yet).
+    pub(crate) fn open_named(os_name: &CString) -> io::Result<OwnedFd> {
         // SAFETY: valid C string; no O_CREAT, so mode is unused.
         let raw = unsafe { libc::shm_open(os_name.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a file descriptor we just opened and own.
-        Self::map_existing(unsafe { OwnedFd::from_raw_fd(raw) })
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
     }
 
     /// Creates an anonymous memfd of `len` bytes, sealed against shrinking and growing so no
@@ -92,23 +94,34 @@ impl Mapping {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mapping = Self::size_and_map(fd, len)?;
         let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        let raw = mapping.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
         // SAFETY: fcntl on an fd we own with a constant command and argument.
-        if unsafe { libc::fcntl(mapping.fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        if unsafe { libc::fcntl(raw, libc::F_ADD_SEALS, seals) } != 0 {
             return Err(last_os_error("fcntl(F_ADD_SEALS)"));
         }
         Ok(mapping)
     }
 
-    /// Maps an fd received from elsewhere (a memfd passed to a child), at its current size.
-    pub(crate) fn map_existing(fd: OwnedFd) -> io::Result<Mapping> {
+    /// The current size of the file behind `fd`.
+    pub(crate) fn file_len(fd: &OwnedFd) -> io::Result<u64> {
         // SAFETY: zeroed `stat` is a valid out-parameter for fstat.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fd is open; `st` is a valid pointer to a stat struct.
         if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
             return Err(last_os_error("fstat"));
         }
-        let len = usize::try_from(st.st_size).map_err(|_| io::Error::other("negative segment size"))?;
-        Self::map(fd, len)
+        u64::try_from(st.st_size).map_err(|_| io::Error::other("negative segment size"))
+    }
+
+    /// Maps the first `len` bytes of a file someone else made, without faulting pages in: a
+    /// hostile file's header is checked before any more of it is touched.
+    pub(crate) fn map_prefix(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
+        Self::map_with(fd.try_clone()?, len, false)
+    }
+
+    /// Maps `len` bytes of a file whose header was checked, populating every page.
+    pub(crate) fn map_existing(fd: OwnedFd, len: usize) -> io::Result<Mapping> {
+        Self::map_with(fd, len, true)
     }
 
     fn size_and_map(fd: OwnedFd, len: usize) -> io::Result<Mapping> {
@@ -117,15 +130,15 @@ impl Mapping {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), off) } != 0 {
             return Err(last_os_error("ftruncate"));
         }
-        Self::map(fd, len)
+        Self::map_with(fd, len, true)
     }
 
-    fn map(fd: OwnedFd, len: usize) -> io::Result<Mapping> {
+    fn map_with(fd: OwnedFd, len: usize, populate: bool) -> io::Result<Mapping> {
         if len == 0 {
             return Ok(Mapping {
                 ptr: NonNull::dangling(),
                 len: 0,
-                fd,
+                fd: Some(fd),
                 unlink_on_drop: None,
                 keep: AtomicBool::new(false),
             });
@@ -137,7 +150,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
+                if populate { libc::MAP_SHARED | libc::MAP_POPULATE } else { libc::MAP_SHARED },
                 fd.as_raw_fd(),
                 0,
             )
@@ -146,19 +159,24 @@ impl Mapping {
             return Err(last_os_error("mmap"));
         }
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Mapping { ptr, len, fd, unlink_on_drop: None, keep: AtomicBool::new(false) })
+        Ok(Mapping { ptr, len, fd: Some(fd), unlink_on_drop: None, keep: AtomicBool::new(false) })
+    }
+
+    /// A zeroed, page-aligned heap allocation of `len` bytes, private to this process.
+    pub(crate) fn heap(len: usize) -> io::Result<Mapping> {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).map_err(|e| io::Error::other(e.to_string()))?;
+        // SAFETY: `len` is at least one header page, so the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        Ok(Mapping { ptr, len, fd: None, unlink_on_drop: None, keep: AtomicBool::new(false) })
     }
 
     pub(crate) fn ptr(&self) -> NonNull<u8> {
         self.ptr
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    pub(crate) fn fd(&self) -> &OwnedFd {
-        &self.fd
+    pub(crate) fn fd(&self) -> Option<&OwnedFd> {
+        self.fd.as_ref()
     }
 
     /// Keeps the name after the creator's last handle drops.
@@ -169,7 +187,12 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        if self.len != 0 {
+        if self.fd.is_none() {
+            let layout = std::alloc::Layout::from_size_align(self.len, 4096).expect("checked at allocation");
+            // SAFETY: allocated in `heap` with this very layout; every borrow of the mapping
+            // holds an `Arc<Mapping>`, so none outlives this drop.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        } else if self.len != 0 {
             // SAFETY: `ptr`/`len` are exactly what mmap returned; every borrow of the mapping
             // holds an `Arc<Mapping>`, so none outlives this drop.
             unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
