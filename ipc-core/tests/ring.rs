@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use ipc_core::{
-    AttachError, CreateError, OpenError, PayloadAlign, PeerState, RecvError, RingBuilder, Segment, SendError,
-    WaitStrategy,
+    AttachError, CreateError, ObserveError, OpenError, PayloadAlign, PeerState, RecvError, RingBuilder, Segment,
+    SendError, WaitStrategy,
 };
 
 fn unique(tag: &str) -> String {
@@ -326,4 +326,36 @@ fn producer_taking_over_keeps_committed_records() {
     for want in [b"a", b"b", b"c"] {
         assert_eq!(&*c.try_recv().unwrap(), want);
     }
+}
+
+#[test]
+fn observer_sees_every_record_without_consuming_and_reports_when_lapped() {
+    let seg = RingBuilder::new(4096).create_anonymous().unwrap();
+    let (mut p, mut c) = (seg.producer().unwrap(), seg.consumer().unwrap());
+    let mut tap = seg.observer();
+    let mut copy = Vec::new();
+    for i in 0..10u64 {
+        p.try_send_typed(i as u16, &payload(i, 100)).unwrap();
+    }
+    for i in 0..10u64 {
+        let seen = tap.try_observe(&mut copy).unwrap();
+        assert_eq!((seen.message_type, &copy[..]), (i as u16, &payload(i, 100)[..]));
+    }
+    assert_eq!(tap.try_observe(&mut copy), Err(ObserveError::Empty));
+    // The consumer still gets everything: observing consumed nothing.
+    for i in 0..10u64 {
+        assert_eq!(&*c.try_recv().unwrap(), &payload(i, 100)[..]);
+    }
+    // Lap the observer: many rings' worth of traffic while it looks away.
+    for i in 0..1000u64 {
+        p.try_send(&payload(i, 100)).unwrap();
+        drop(c.try_recv().unwrap());
+    }
+    match tap.try_observe(&mut copy) {
+        Err(ObserveError::Lagged { skipped }) => assert!(skipped > 4096),
+        other => panic!("expected Lagged, got {other:?}"),
+    }
+    p.try_send(b"after the lap").unwrap();
+    assert!(tap.try_observe(&mut copy).is_ok());
+    assert_eq!(copy, b"after the lap");
 }

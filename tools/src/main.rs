@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use ipc_core::{PeerState, RecvError, RingBuilder, Segment, WaitStrategy};
+use ipc_core::{ObserveError, PeerState, RecvError, RingBuilder, Segment, WaitStrategy};
 
 #[derive(Parser)]
 #[command(name = "tadpole", version, about = "Shared-memory IPC for latency-critical agents")]
@@ -24,6 +24,17 @@ enum Cmd {
     Stat {
         /// A ring name (without the `tadpole.` prefix); all rings when omitted.
         name: Option<String>,
+    },
+    /// Prints the records passing through a ring without consuming them.
+    Tap {
+        /// The ring's name.
+        name: String,
+        /// Stop after this many records (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Start with the oldest unreleased record instead of new ones only.
+        #[arg(long)]
+        from_oldest: bool,
     },
     /// Removes rings whose creator and attached processes are all gone.
     Clean {
@@ -89,6 +100,7 @@ fn main() -> Result<()> {
         Cmd::DemoEcho { ping, pong, wait, cpu } => demo_echo(&ping, &pong, wait, cpu),
         Cmd::Stat { name } => stat(name.as_deref()),
         Cmd::Clean { dry_run } => clean(dry_run),
+        Cmd::Tap { name, count, from_oldest } => tap(&name, count, from_oldest),
     }
 }
 
@@ -270,6 +282,38 @@ fn clean(dry_run: bool) -> Result<()> {
             println!("would remove {n}");
         } else if Segment::reclaim_if_stale(&n)? {
             println!("removed {n}");
+        }
+    }
+    Ok(())
+}
+
+fn tap(name: &str, count: Option<u64>, from_oldest: bool) -> Result<()> {
+    let segment = Segment::open(name).with_context(|| format!("opening ring {name:?}"))?;
+    let mut tap = segment.observer();
+    if !from_oldest {
+        tap.skip_to_latest();
+    }
+    let mut copy = Vec::new();
+    let mut seen = 0u64;
+    let idle = crossbeam_utils::Backoff::new();
+    while count.is_none_or(|n| seen < n) {
+        match tap.try_observe(&mut copy) {
+            Ok(rec) => {
+                idle.reset();
+                seen += 1;
+                let shown: String = copy.iter().take(32).map(|b| format!("{b:02x}")).collect();
+                let more = if copy.len() > 32 { "…" } else { "" };
+                println!("pos {:>12}  type {:>5}  {:>7} B  {shown}{more}", rec.position, rec.message_type, copy.len());
+            }
+            Err(ObserveError::Empty) => {
+                if idle.is_completed() {
+                    std::thread::sleep(Duration::from_millis(1));
+                } else {
+                    idle.snooze();
+                }
+            }
+            Err(ObserveError::Lagged { skipped }) => println!("-- lagged: skipped {skipped} bytes of traffic"),
+            Err(e @ ObserveError::Corrupt(_)) => bail!("{e}"),
         }
     }
     Ok(())
