@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::layout::{self, HeaderFault, OWNER_DETACHED, RECORD_HEADER_LEN, SLACK, record_len};
-use crate::lease::{Lease, LeaseQueue};
+use crate::lease::{Lease, SegmentLeaseQueue};
 use crate::segment::{PayloadAlign, Segment, check_positions};
 use crate::sync::atomic::AtomicU64;
 use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -87,7 +87,7 @@ pub struct Consumer {
     head: u64,
     wait: WaitStrategy,
     counters: Tally,
-    leases: Option<Arc<LeaseQueue>>,
+    leases: Option<Arc<SegmentLeaseQueue>>,
     /// Set once a corrupt record is seen: nothing after it can be trusted.
     poisoned: Option<RecvError>,
 }
@@ -126,6 +126,8 @@ impl Segment {
             detach_side(self, Side::Consumer);
             return Err(AttachError::Corrupt(fault));
         }
+        // A new consumer starts with the default (non-blocking) strategy.
+        crate::wait::set_blocking(&h.consumer_doorbell, WaitStrategy::default());
         let c = &h.consumer_counters;
         Ok(Consumer {
             segment: self.clone(),
@@ -156,6 +158,7 @@ impl Consumer {
     /// Default: [`WaitStrategy::SpinThenYield`].
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.wait = wait;
+        crate::wait::set_blocking(&self.segment.header().consumer_doorbell, wait);
     }
 
     /// The segment this consumer reads.
@@ -177,7 +180,7 @@ impl Consumer {
 
     /// Looks at the record at `pos`, skipping padding; `Ok(None)` when nothing is published.
     /// A bad header comes back as its position and what is wrong with it, uncounted.
-    #[inline]
+    #[inline(always)]
     fn peek_at(&mut self, mut pos: u64) -> Result<Option<Found>, (u64, CorruptReason)> {
         loop {
             let word = self.slot(pos).load(Acquire);
@@ -382,7 +385,7 @@ impl Consumer {
         h.consumer_position.position.store(end, Release);
         self.counters.releases = self.counters.releases.wrapping_add(1);
         h.consumer_counters.releases.store(self.counters.releases, Relaxed);
-        if ring_doorbell(&h.producer_doorbell.sleeping) {
+        if ring_doorbell(&h.producer_doorbell) {
             self.counters.wakes = self.counters.wakes.wrapping_add(1);
             h.consumer_counters.wakes.store(self.counters.wakes, Relaxed);
         }
@@ -395,7 +398,9 @@ impl Consumer {
     fn lease(&mut self, found: Found) -> Result<Lease, RecvError> {
         let queue = self
             .leases
-            .get_or_insert_with(|| Arc::new(LeaseQueue::new(self.segment.clone(), crate::lease::DEFAULT_MAX_LEASES)))
+            .get_or_insert_with(|| {
+                Arc::new(SegmentLeaseQueue::new(self.segment.clone(), crate::lease::DEFAULT_MAX_LEASES))
+            })
             .clone();
         let ptr = self.payload_ptr(found.payload_pos);
         match queue.push_held(found.end) {
@@ -417,7 +422,7 @@ impl Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         detach_side(&self.segment, Side::Consumer);
-        ring_doorbell(&self.segment.header().producer_doorbell.sleeping);
+        ring_doorbell(&self.segment.header().producer_doorbell);
     }
 }
 

@@ -21,8 +21,9 @@
 //!  256     CONSUMER_POSITION  consumer     head: everything before it is released
 //!  384     PRODUCER_ATTACH    producer     owner (pid | start<<32 | detached<<63), write limit
 //!  512     CONSUMER_ATTACH    consumer     owner (same packing)
-//!  640     CONSUMER_DOORBELL  both         futex word: 1 while the consumer sleeps for data
-//!  768     PRODUCER_DOORBELL  both         futex word: 1 while the producer sleeps for space
+//!  640     CONSUMER_DOORBELL  both         futex word: 1 while the consumer sleeps for data;
+//!                                          blocking flag: 1 while it may sleep at all
+//!  768     PRODUCER_DOORBELL  both         the same for the producer waiting for space
 //!  896     PRODUCER_COUNTERS  producer     messages, bytes, full-ring events, wakes, ...
 //!  1024    CONSUMER_COUNTERS  consumer     messages, bytes, empty polls, wakes, corrupt records
 //!  1152    reserved (zero) up to 4096
@@ -202,7 +203,11 @@ pub const OWNER_DETACHED: u64 = 1 << 63;
 /// A futex word, alone in its block.
 #[repr(C, align(128))]
 pub struct DoorbellBlock {
+    /// 1 while the owner of this doorbell sleeps (or is about to) in `futex_wait` on this word.
     pub sleeping: AtomicU32,
+    /// 1 while the owner uses the blocking wait strategy. The other side makes the doorbell's
+    /// fence and check only then: a spinning peer costs it one load of a line it keeps cached.
+    pub blocking: AtomicU32,
 }
 
 /// Counters the producer writes (single writer: relaxed stores of process-local tallies).

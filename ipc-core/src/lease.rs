@@ -4,20 +4,36 @@
 //! applies backpressure to the producer, never corruption.
 //!
 //! Each lease takes a sequence number; dropping it stores its end position in the slot of that
-//! number. Whoever drops a lease then folds the released prefix into the shared head, with a
-//! try-flag so two threads never store the head at once and a re-check so no release is missed.
+//! number. Whoever drops a lease then asks for a fold of the released prefix into the shared
+//! head; fold requests are counted so one thread folds at a time and no request is missed.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use crate::sync::atomic::{AtomicU64, Ordering::*};
+#[cfg(not(loom))]
+use {crate::segment::Segment, crate::wait::ring_doorbell, std::sync::Arc};
 
-use crate::segment::Segment;
-use crate::wait::ring_doorbell;
+/// Where a fold publishes the new head: the segment's consumer position (and the producer's
+/// doorbell), or, in the loom model, a plain atomic.
+pub(crate) trait HeadSink: Send + Sync {
+    fn publish_head(&self, head: u64);
+}
+
+#[cfg(not(loom))]
+impl HeadSink for Segment {
+    fn publish_head(&self, head: u64) {
+        let h = self.header();
+        h.consumer_position.position.store(head, Release);
+        ring_doorbell(&h.producer_doorbell);
+    }
+}
 
 /// Leases one consumer may hold at once before receiving stops with `LeasesExhausted`.
 pub(crate) const DEFAULT_MAX_LEASES: usize = 4096;
 
-pub(crate) struct LeaseQueue {
-    segment: Segment,
+#[cfg(not(loom))]
+pub(crate) type SegmentLeaseQueue = LeaseQueue<Segment>;
+
+pub(crate) struct LeaseQueue<S: HeadSink> {
+    sink: S,
     /// End position of a released entry, 0 while it is held (or folded).
     slots: Box<[AtomicU64]>,
     /// Oldest sequence number not yet folded into the head.
@@ -27,18 +43,19 @@ pub(crate) struct LeaseQueue {
     /// End position held by the newest entry if that entry is a plain release (so the next
     /// plain release can extend it instead of taking a slot); 0 if it is a lease. Consumer only.
     last_released: AtomicU64,
-    advancing: AtomicBool,
+    /// Fold requests not yet served (see `fold`).
+    fold_requests: AtomicU64,
 }
 
-impl LeaseQueue {
-    pub(crate) fn new(segment: Segment, max: usize) -> LeaseQueue {
+impl<S: HeadSink> LeaseQueue<S> {
+    pub(crate) fn new(sink: S, max: usize) -> LeaseQueue<S> {
         LeaseQueue {
-            segment,
+            sink,
             slots: (0..max).map(|_| AtomicU64::new(0)).collect(),
             oldest: AtomicU64::new(0),
             next: AtomicU64::new(0),
             last_released: AtomicU64::new(0),
-            advancing: AtomicBool::new(false),
+            fold_requests: AtomicU64::new(0),
         }
     }
 
@@ -51,11 +68,29 @@ impl LeaseQueue {
 
     /// Entries that can still be added (after folding what can be folded).
     pub(crate) fn room(&self) -> usize {
-        let used = |q: &Self| q.next.load(Relaxed) - q.oldest.load(Acquire);
-        if used(self) >= self.slots.len() as u64 {
+        self.slots.len() - self.outstanding() as usize
+    }
+
+    /// Entries not yet folded. When the queue looks full, folds what it can, and waits for a
+    /// fold running on another thread to finish: it may be about to free room, and a caller
+    /// that gave up would lose a release.
+    fn outstanding(&self) -> u64 {
+        let next = self.next.load(Relaxed);
+        loop {
+            let used = next - self.oldest.load(Acquire);
+            if used < self.slots.len() as u64 {
+                return used;
+            }
             self.fold();
+            // No fold running, read before `oldest`: acquiring the last fold's reset makes its
+            // `oldest` visible to the load after it.
+            let no_fold = self.fold_requests.load(Acquire) == 0;
+            let used = next - self.oldest.load(Acquire);
+            if used < self.slots.len() as u64 || no_fold {
+                return used;
+            }
+            crate::sync::yield_now();
         }
-        self.slots.len() - used(self) as usize
     }
 
     /// Whether a record handed out now could be given back: a free entry, or a newest entry
@@ -80,15 +115,11 @@ impl LeaseQueue {
 
     fn push_entry(&self) -> Result<u64, usize> {
         let next = self.next.load(Relaxed);
-        let mut outstanding = next - self.oldest.load(Acquire);
+        let outstanding = self.outstanding();
         if outstanding >= self.slots.len() as u64 {
-            self.fold();
-            outstanding = next - self.oldest.load(Acquire);
-            if outstanding >= self.slots.len() as u64 {
-                return Err(outstanding as usize);
-            }
+            return Err(outstanding as usize);
         }
-        self.next.store(next + 1, SeqCst);
+        self.next.store(next + 1, Release);
         Ok(next)
     }
 
@@ -100,7 +131,7 @@ impl LeaseQueue {
         let last = self.last_released.load(Relaxed);
         if last != 0 && next > self.oldest.load(Acquire) {
             let slot = &self.slots[((next - 1) % self.slots.len() as u64) as usize];
-            if slot.compare_exchange(last, end, SeqCst, SeqCst).is_ok() {
+            if slot.compare_exchange(last, end, AcqRel, Relaxed).is_ok() {
                 self.last_released.store(end, Relaxed);
                 self.fold();
                 return Ok(());
@@ -113,23 +144,31 @@ impl LeaseQueue {
     }
 
     pub(crate) fn release(&self, seq: u64, end: u64) {
-        self.slots[(seq % self.slots.len() as u64) as usize].store(end, SeqCst);
+        // An RMW rather than a store: the fold takes entries with `swap`, and loom (0.7) only
+        // orders this write against it reliably as an RMW.
+        self.slots[(seq % self.slots.len() as u64) as usize].swap(end, AcqRel);
         self.fold();
     }
 
     /// Moves the head over every released entry at the front.
     fn fold(&self) {
+        // Fold requests are counted: the thread that takes the count from 0 folds, and keeps
+        // folding until it can reset the count it last saw to 0. A release that arrives while it
+        // works bumps the count, so the folder's reset fails and it folds again, after an
+        // acquire of that bump (which orders the releaser's slot store before it). No request
+        // is lost and no store-load (sequentially consistent) ordering is needed.
+        let mut seen = self.fold_requests.fetch_add(1, AcqRel);
+        if seen != 0 {
+            return;
+        }
+        seen = 1;
         let n = self.slots.len() as u64;
         loop {
-            if self.advancing.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
-                // The holder re-checks after letting go, so our entry is not forgotten.
-                return;
-            }
             let mut seq = self.oldest.load(Relaxed);
-            let next = self.next.load(SeqCst);
+            let next = self.next.load(Acquire);
             let mut new_head = None;
             while seq < next {
-                let end = self.slots[(seq % n) as usize].swap(0, SeqCst);
+                let end = self.slots[(seq % n) as usize].swap(0, AcqRel);
                 if end == 0 {
                     break;
                 }
@@ -137,77 +176,114 @@ impl LeaseQueue {
                 seq += 1;
             }
             if let Some(head) = new_head {
-                let h = self.segment.header();
-                h.consumer_position.position.store(head, Release);
+                // Head before `oldest`: a consumer that sees the queue idle (Acquire on
+                // `oldest`) stores later heads after this one.
+                self.sink.publish_head(head);
                 self.oldest.store(seq, Release);
-                ring_doorbell(&h.producer_doorbell.sleeping);
             }
-            self.advancing.store(false, SeqCst);
-            let next = self.next.load(SeqCst);
-            if seq >= next || self.slots[(seq % n) as usize].load(SeqCst) == 0 {
-                return;
+            match self.fold_requests.compare_exchange(seen, 0, AcqRel, Acquire) {
+                Ok(_) => return,
+                Err(now) => seen = now,
             }
         }
     }
 }
 
-/// A received message that owns its place in shared memory until dropped. `Send + Sync`, so it
-/// can back an Arrow buffer (`Buffer::from_custom_allocation`) or cross threads.
-pub struct Lease {
-    queue: Arc<LeaseQueue>,
-    seq: u64,
-    end: u64,
-    ptr: *const u8,
-    len: usize,
-    message_type: u16,
-}
+#[cfg(not(loom))]
+pub use lease_handle::Lease;
 
-// SAFETY: the lease's bytes are not written by anyone until it is released (in `drop`), and the
-// queue it releases through is thread-safe; `queue` keeps the mapping alive.
-unsafe impl Send for Lease {}
-// SAFETY: shared access only reads the immutable bytes.
-unsafe impl Sync for Lease {}
+#[cfg(not(loom))]
+mod lease_handle {
+    use super::*;
 
-impl Lease {
-    pub(crate) fn new(
-        queue: Arc<LeaseQueue>,
+    /// A received message that owns its place in shared memory until dropped. `Send + Sync`, so it
+    /// can back an Arrow buffer (`Buffer::from_custom_allocation`) or cross threads.
+    pub struct Lease {
+        queue: Arc<SegmentLeaseQueue>,
         seq: u64,
         end: u64,
         ptr: *const u8,
         len: usize,
         message_type: u16,
-    ) -> Lease {
-        Lease { queue, seq, end, ptr, len, message_type }
     }
 
-    /// The message type the producer set.
-    pub fn message_type(&self) -> u16 {
-        self.message_type
+    // SAFETY: the lease's bytes are not written by anyone until it is released (in `drop`), and the
+    // queue it releases through is thread-safe; `queue` keeps the mapping alive.
+    unsafe impl Send for Lease {}
+    // SAFETY: shared access only reads the immutable bytes.
+    unsafe impl Sync for Lease {}
+
+    impl Lease {
+        pub(crate) fn new(
+            queue: Arc<SegmentLeaseQueue>,
+            seq: u64,
+            end: u64,
+            ptr: *const u8,
+            len: usize,
+            message_type: u16,
+        ) -> Lease {
+            Lease { queue, seq, end, ptr, len, message_type }
+        }
+
+        /// The message type the producer set.
+        pub fn message_type(&self) -> u16 {
+            self.message_type
+        }
+    }
+
+    impl std::ops::Deref for Lease {
+        type Target = [u8];
+        fn deref(&self) -> &[u8] {
+            // SAFETY: validated in bounds when received; not released (so not rewritten) before drop.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+
+    impl AsRef<[u8]> for Lease {
+        fn as_ref(&self) -> &[u8] {
+            self
+        }
+    }
+
+    impl std::fmt::Debug for Lease {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Lease").field("len", &self.len).field("message_type", &self.message_type).finish()
+        }
+    }
+
+    impl Drop for Lease {
+        fn drop(&mut self) {
+            self.queue.release(self.seq, self.end);
+        }
     }
 }
 
-impl std::ops::Deref for Lease {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: validated in bounds when received; not released (so not rewritten) before drop.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
 
-impl AsRef<[u8]> for Lease {
-    fn as_ref(&self) -> &[u8] {
-        self
+    struct Head(AtomicU64);
+    impl HeadSink for Arc<Head> {
+        fn publish_head(&self, head: u64) {
+            self.0.store(head, Release);
+        }
     }
-}
 
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").field("len", &self.len).field("message_type", &self.message_type).finish()
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.queue.release(self.seq, self.end);
+    #[test]
+    fn releases_out_of_order_fold_into_the_head_in_order() {
+        let head = Arc::new(Head(AtomicU64::new(0)));
+        let queue = LeaseQueue::new(head.clone(), 4);
+        let first = queue.push_held(8).unwrap();
+        let second = queue.push_held(16).unwrap();
+        queue.push_released(24).unwrap();
+        queue.release(second, 16);
+        assert_eq!(head.0.load(Acquire), 0, "the first lease still holds everything");
+        queue.release(first, 8);
+        assert_eq!(head.0.load(Acquire), 24);
+        assert!(queue.is_idle());
+        queue.push_held(32).unwrap();
+        queue.push_released(40).unwrap();
+        queue.push_released(48).unwrap();
+        assert_eq!(queue.room(), 2, "plain releases behind a lease share one entry");
     }
 }

@@ -159,6 +159,8 @@ impl Segment {
         producer.counters.padding_bytes = c.padding_bytes.load(Relaxed);
         producer.counters.oversize = c.oversize_rejects.load(Relaxed);
         h.producer_position.position.store(tail, Release);
+        // A new producer starts with the default (non-blocking) strategy.
+        crate::wait::set_blocking(&h.producer_doorbell, WaitStrategy::default());
         Ok(producer)
     }
 }
@@ -168,6 +170,7 @@ impl Producer {
     /// for space. Default: [`WaitStrategy::SpinThenYield`].
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.wait = wait;
+        crate::wait::set_blocking(&self.segment.header().producer_doorbell, wait);
     }
 
     /// The segment this producer writes.
@@ -264,7 +267,7 @@ impl Producer {
 
     /// Claims room for one record after `pending.end`, writing any padding it needs.
     /// Returns the payload's position.
-    #[inline]
+    #[inline(always)]
     fn claim(&mut self, len: usize) -> Result<u64, SendError> {
         if len > self.max_len as usize {
             self.counters.oversize = self.counters.oversize.wrapping_add(1);
@@ -412,7 +415,7 @@ impl Producer {
         if p.padding != 0 {
             c.padding_bytes.store(t.padding_bytes, Relaxed);
         }
-        if ring_doorbell(&h.consumer_doorbell.sleeping) {
+        if ring_doorbell(&h.consumer_doorbell) {
             self.counters.wakes = self.counters.wakes.wrapping_add(1);
             c.wakes.store(self.counters.wakes, Relaxed);
         }
@@ -442,7 +445,7 @@ impl Producer {
 impl Drop for Producer {
     fn drop(&mut self) {
         detach_side(&self.segment, Side::Producer);
-        ring_doorbell(&self.segment.header().consumer_doorbell.sleeping);
+        ring_doorbell(&self.segment.header().consumer_doorbell);
     }
 }
 

@@ -5,3 +5,9 @@ pub(crate) use loom::sync::atomic;
 
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic;
+
+#[cfg(loom)]
+pub(crate) use loom::thread::yield_now;
+
+#[cfg(not(loom))]
+pub(crate) use std::thread::yield_now;

@@ -14,7 +14,7 @@ use crate::sync::atomic::{AtomicU32, Ordering, fence};
 /// What a waiting call does between polls.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WaitStrategy {
-    /// Poll continuously with a CPU pause hint: lowest latency, one core fully busy.
+    /// Poll continuously (no pause hint, no syscall): lowest latency, one core fully busy.
     BusySpin,
     /// Spin with exponential backoff, then yield the CPU between polls
     /// (`crossbeam_utils::Backoff`). Latency of a few microseconds once yielding.
@@ -68,15 +68,29 @@ pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, _timeout: Duration) 
 pub(crate) fn futex_wake(_word: &AtomicU32) {}
 
 /// Rings the doorbell if the peer sleeps on it. Call after publishing (a commit or a release).
+/// A peer that does not use the blocking strategy costs one relaxed load here: no fence.
 #[inline]
-pub(crate) fn ring_doorbell(sleeping: &AtomicU32) -> bool {
+pub(crate) fn ring_doorbell(bell: &crate::layout::DoorbellBlock) -> bool {
+    if bell.blocking.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
     full_fence();
-    if sleeping.load(Ordering::Relaxed) != 0 && sleeping.swap(0, Ordering::Relaxed) != 0 {
-        futex_wake(sleeping);
+    if bell.sleeping.load(Ordering::Relaxed) != 0 && bell.sleeping.swap(0, Ordering::Relaxed) != 0 {
+        futex_wake(&bell.sleeping);
         return true;
     }
     false
 }
+
+/// Raises or lowers a side's blocking flag when its wait strategy changes.
+pub(crate) fn set_blocking(bell: &crate::layout::DoorbellBlock, strategy: WaitStrategy) {
+    bell.blocking.store(u32::from(strategy == WaitStrategy::Block), Ordering::Relaxed);
+    full_fence();
+}
+
+/// First sleep of a waiting call: short, because a peer that published just before it saw our
+/// blocking flag may not have rung (see `ring_doorbell`); later sleeps are `MAX_SLEEP`.
+const FIRST_SLEEP: Duration = Duration::from_micros(200);
 
 /// State of one waiting call: backoff, deadline, and when to look at the peer's liveness.
 pub(crate) struct Waiter {
@@ -85,6 +99,7 @@ pub(crate) struct Waiter {
     backoff: crossbeam_utils::Backoff,
     polls: u32,
     next_liveness: Option<Instant>,
+    slept: bool,
 }
 
 /// What the caller should do after a failed poll.
@@ -105,6 +120,7 @@ impl Waiter {
             backoff: crossbeam_utils::Backoff::new(),
             polls: 0,
             next_liveness: None,
+            slept: false,
         }
     }
 
@@ -128,7 +144,9 @@ impl Waiter {
                 Some(_) => {}
             }
             if sleepy {
-                let slice = self.deadline.map_or(MAX_SLEEP, |d| d.saturating_duration_since(now).min(MAX_SLEEP));
+                let longest = if self.slept { MAX_SLEEP } else { FIRST_SLEEP };
+                self.slept = true;
+                let slice = self.deadline.map_or(longest, |d| d.saturating_duration_since(now).min(longest));
                 sleeping.store(1, Ordering::Relaxed);
                 full_fence();
                 if still_blocked() {
@@ -139,7 +157,8 @@ impl Waiter {
             }
         }
         match self.strategy {
-            WaitStrategy::BusySpin => core::hint::spin_loop(),
+            // No pause instruction: it costs tens of cycles of reaction time on some cores.
+            WaitStrategy::BusySpin => {}
             WaitStrategy::SpinThenYield | WaitStrategy::Block => self.backoff.snooze(),
         }
         WaitStep::Retry
