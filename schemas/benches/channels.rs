@@ -1,0 +1,397 @@
+//! Typed channel costs against raw ring bytes, measured side by side in one run.
+//!
+//! ```text
+//! CARGO_TARGET_DIR=/work/target-schemas cargo bench -p tadpole-schemas --bench channels
+//! ```
+//!
+//! (a) Envelope ping-pong: thread A sends one message, thread B receives it and answers with an
+//!     8-byte raw ack; A times the round trip. Forward message: raw bytes (a pre-built envelope
+//!     copied in), or a typed envelope built, sent, verified (or trusted) and read. Threads pinned
+//!     to CPUs 0 and 1, modes interleaved in rounds so drift hits all of them alike.
+//! (b) Arrow: receive cost for 1 K and 1 M rows, validated and trusted; send of a 1 M-row batch
+//!     against a memcpy of the same number of bytes, interleaved.
+//!
+//! Prints a Markdown report. `TADPOLE_BENCH_QUICK=1` runs a tenth of the iterations.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use ipc_core::{Consumer, PayloadAlign, Producer, RingBuilder};
+use schemas::channel::{BatchReceiver, BatchSender, EnvelopeReceiver, EnvelopeSender};
+use schemas::envelope::{EnvelopeEncoder, EnvelopeHeader, MessageId, SchemaVersion, VerifyOptions, verify_envelope};
+use schemas::fb;
+
+fn pin(cpu: usize) {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: cpu < CPU_SETSIZE (we only pin to 0 and 1), so the bit lies inside `set`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        eprintln!("warning: could not pin to cpu {cpu}: {}", std::io::Error::last_os_error());
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+struct Summary {
+    p50: u64,
+    p99: u64,
+}
+
+fn summarize(mut samples: Vec<u64>) -> Summary {
+    samples.sort_unstable();
+    Summary { p50: percentile(&samples, 0.5), p99: percentile(&samples, 0.99) }
+}
+
+fn quick() -> bool {
+    std::env::var_os("TADPOLE_BENCH_QUICK").is_some()
+}
+
+// ---------------------------------------------------------------------------
+// (a) Envelope ping-pong
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Raw,
+    Verified,
+    Trusted,
+}
+
+const MODES: [Mode; 3] = [Mode::Raw, Mode::Verified, Mode::Trusted];
+
+/// The forward message: a trading signal with a fixed header (so every
+/// encoding has the same length as the raw bytes).
+fn build_signal(
+    fbb: &mut flatbuffers::FlatBufferBuilder<'static>,
+    seq: u64,
+) -> flatbuffers::WIPOffset<fb::TradingSignalGenerated<'static>> {
+    let symbol = fbb.create_string("BTC-USD");
+    let strategy = fbb.create_string("mean-reversion-7");
+    fb::TradingSignalGenerated::create(
+        fbb,
+        &fb::TradingSignalGeneratedArgs {
+            symbol: Some(symbol),
+            side: fb::Side::Buy,
+            confidence_e8: 87_000_000,
+            reference_price_e8: 6_512_345_000_000,
+            target_price_e8: 6_600_000_000_000,
+            strategy: Some(strategy),
+            valid_until_ns: seq,
+            ..Default::default()
+        },
+    )
+}
+
+fn header() -> EnvelopeHeader<'static> {
+    let id = MessageId::new_v4();
+    EnvelopeHeader {
+        message_id: id,
+        correlation_id: id,
+        timestamp_ns: 1,
+        source: "market-analysis-1",
+        destination: "risk-1",
+        schema_version: SchemaVersion::CURRENT,
+        metadata: &[],
+    }
+}
+
+fn spin_recv_ack(consumer: &mut Consumer) {
+    loop {
+        if let Ok(g) = consumer.try_recv() {
+            black_box(g[0]);
+            return;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+fn send_ack(producer: &mut Producer, seq: u64) {
+    while producer.try_send(&seq.to_le_bytes()).is_err() {
+        std::hint::spin_loop();
+    }
+}
+
+/// Round-trip samples (ns) of `iters` messages in `mode`.
+fn ping_pong(mode: Mode, iters: usize) -> Vec<u64> {
+    let forward = RingBuilder::new(1 << 20).create_anonymous().unwrap();
+    let back = RingBuilder::new(1 << 16).create_anonymous().unwrap();
+    let (fwd_p, fwd_c) = (forward.producer().unwrap(), forward.consumer().unwrap());
+    let (back_p, mut back_c) = (back.producer().unwrap(), back.consumer().unwrap());
+
+    let echo = std::thread::spawn(move || {
+        pin(1);
+        let mut back_p = back_p;
+        match mode {
+            Mode::Raw => {
+                let mut c = fwd_c;
+                for i in 0..iters {
+                    loop {
+                        if let Ok(g) = c.try_recv() {
+                            // Touch the payload like a reader of one field would.
+                            black_box(g[g.len() - 1]);
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                    send_ack(&mut back_p, i as u64);
+                }
+            }
+            Mode::Verified | Mode::Trusted => {
+                let mut rx = EnvelopeReceiver::new(fwd_c);
+                if mode == Mode::Trusted {
+                    // SAFETY: the only peer is the EnvelopeSender of this benchmark.
+                    rx = unsafe { rx.trust_peer() };
+                }
+                for i in 0..iters {
+                    loop {
+                        match rx.try_recv() {
+                            Ok(msg) => {
+                                let signal = msg.envelope().payload_as_trading_signal_generated().unwrap();
+                                black_box(signal.valid_until_ns());
+                                break;
+                            }
+                            Err(schemas::channel::EnvelopeRecvError::Empty) => std::hint::spin_loop(),
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    send_ack(&mut back_p, i as u64);
+                }
+            }
+        }
+    });
+
+    pin(0);
+    let mut samples = Vec::with_capacity(iters);
+    match mode {
+        Mode::Raw => {
+            let mut enc = EnvelopeEncoder::new();
+            let bytes = enc.encode(&header(), |fbb| build_signal(fbb, 0)).to_vec();
+            let mut p = fwd_p;
+            for _ in 0..iters {
+                let t = Instant::now();
+                while p.try_send(&bytes).is_err() {
+                    std::hint::spin_loop();
+                }
+                spin_recv_ack(&mut back_c);
+                samples.push(t.elapsed().as_nanos() as u64);
+            }
+        }
+        Mode::Verified | Mode::Trusted => {
+            let mut tx = EnvelopeSender::new(fwd_p);
+            for i in 0..iters {
+                let t = Instant::now();
+                let h = header();
+                while tx.try_send(&h, |fbb| build_signal(fbb, i as u64)).is_err() {
+                    std::hint::spin_loop();
+                }
+                spin_recv_ack(&mut back_c);
+                samples.push(t.elapsed().as_nanos() as u64);
+            }
+        }
+    }
+    echo.join().unwrap();
+    samples
+}
+
+/// One-thread costs of the typed steps, for context (ns per message, median of 5 runs).
+fn envelope_steps() -> (usize, f64, f64, f64) {
+    let mut enc = EnvelopeEncoder::new();
+    let n = if quick() { 20_000 } else { 200_000 };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut encode = Vec::new();
+    let mut verify = Vec::new();
+    let mut copy = Vec::new();
+    let bytes = enc.encode(&header(), |fbb| build_signal(fbb, 0)).to_vec();
+    let mut dst = vec![0u8; bytes.len()];
+    for _ in 0..5 {
+        let t = Instant::now();
+        for i in 0..n {
+            let h = header();
+            black_box(enc.encode(&h, |fbb| build_signal(fbb, i as u64)).len());
+        }
+        encode.push(t.elapsed().as_nanos() as f64 / n as f64);
+        let t = Instant::now();
+        for _ in 0..n {
+            let env = verify_envelope(black_box(&bytes), &VerifyOptions::default()).unwrap();
+            black_box(env.payload_type());
+        }
+        verify.push(t.elapsed().as_nanos() as f64 / n as f64);
+        let t = Instant::now();
+        for _ in 0..n {
+            dst.copy_from_slice(black_box(&bytes));
+            black_box(&dst);
+        }
+        copy.push(t.elapsed().as_nanos() as f64 / n as f64);
+    }
+    (bytes.len(), median(encode), median(verify), median(copy))
+}
+
+// ---------------------------------------------------------------------------
+// (b) Arrow
+
+fn arrow_batch(rows: usize) -> RecordBatch {
+    let ids = Int64Array::from_iter_values(0..rows as i64);
+    let px = Float64Array::from_iter((0..rows).map(|i| (i % 7 != 0).then_some(i as f64 * 0.5)));
+    let sym = StringArray::from_iter_values((0..rows).map(|i| ["BTC-USD", "ETH-USD", "SOL-USD"][i % 3]));
+    RecordBatch::try_from_iter([
+        ("id", Arc::new(ids) as ArrayRef),
+        ("px", Arc::new(px) as ArrayRef),
+        ("sym", Arc::new(sym) as ArrayRef),
+    ])
+    .unwrap()
+}
+
+fn arrow_ring() -> ipc_core::Segment {
+    RingBuilder::new(128 << 20)
+        .payload_align(PayloadAlign::SixtyFour)
+        .max_message_len(48 << 20)
+        .create_anonymous()
+        .unwrap()
+}
+
+/// Receive latency samples (ns) for `rows`-row batches. With `cold`, caches are flushed (a
+/// 64 MiB buffer is streamed through) before each receive, so 1 K and 1 M rows start alike:
+/// otherwise a 1 M-row frame was just written past the last-level cache and its metadata is
+/// cold while a 1 K-row frame's is hot.
+fn arrow_receive(rows: usize, trusted: bool, cold: bool, iters: usize) -> Vec<u64> {
+    let mut flush = if cold { vec![0u8; 64 << 20] } else { Vec::new() };
+    let ring = arrow_ring();
+    let mut tx = BatchSender::new(ring.producer().unwrap()).unwrap();
+    let mut rx = BatchReceiver::new(ring.consumer().unwrap()).unwrap();
+    if trusted {
+        // SAFETY: the only peer is the BatchSender of this benchmark.
+        rx = unsafe { rx.trust_peer() };
+    }
+    let batch = arrow_batch(rows);
+    tx.send(&batch).unwrap();
+    drop(rx.recv().unwrap()); // schema frame consumed, caches warm
+    let mut samples = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        tx.send(&batch).unwrap();
+        if cold {
+            flush.iter_mut().step_by(64).for_each(|b| *b = b.wrapping_add(1));
+            black_box(&flush);
+        }
+        let t = Instant::now();
+        let got = rx.try_recv().unwrap();
+        samples.push(t.elapsed().as_nanos() as u64);
+        black_box(got.num_rows());
+    }
+    samples
+}
+
+/// Send samples of a 1 M-row batch and memcpy samples of the same byte count, interleaved.
+fn arrow_send_vs_memcpy(iters: usize) -> (usize, Vec<u64>, Vec<u64>) {
+    let ring = arrow_ring();
+    let mut tx = BatchSender::new(ring.producer().unwrap()).unwrap();
+    let mut rx = BatchReceiver::new(ring.consumer().unwrap()).unwrap();
+    let batch = arrow_batch(1_000_000);
+    tx.send(&batch).unwrap(); // schema + first batch
+    drop(rx.recv().unwrap());
+    let before = ring.status().tail;
+    tx.send(&batch).unwrap();
+    let frame_bytes = (ring.status().tail - before) as usize;
+    drop(rx.recv().unwrap());
+
+    let src = vec![1u8; frame_bytes];
+    let mut dst = vec![0u8; frame_bytes];
+    let (mut send, mut copy) = (Vec::new(), Vec::new());
+    for _ in 0..iters {
+        let t = Instant::now();
+        tx.try_send(&batch).unwrap();
+        send.push(t.elapsed().as_nanos() as u64);
+        drop(rx.try_recv().unwrap());
+
+        let t = Instant::now();
+        dst.copy_from_slice(black_box(&src));
+        black_box(&dst);
+        copy.push(t.elapsed().as_nanos() as u64);
+    }
+    (frame_bytes, send, copy)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we need.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let started = Instant::now();
+    let scale = if quick() { 10 } else { 1 };
+
+    // (a)
+    let rounds = 5;
+    let per_round = 40_000 / scale;
+    let mut all: Vec<Vec<u64>> = vec![Vec::new(); MODES.len()];
+    for _ in 0..rounds {
+        for (i, mode) in MODES.iter().enumerate() {
+            let mut s = ping_pong(*mode, per_round + 2_000);
+            s.drain(..2_000); // warm-up
+            all[i].extend(s);
+        }
+    }
+    let sums: Vec<Summary> = all.into_iter().map(summarize).collect();
+    let (len, encode_ns, verify_ns, copy_ns) = envelope_steps();
+    let raw = sums[0].p50 as f64;
+    println!("## Envelope channel: ping-pong round trip ({len}-byte TradingSignalGenerated envelope)\n");
+    println!("| forward message | p50 RTT | p99 RTT | p50 ratio vs raw |");
+    println!("|---|---|---|---|");
+    for (mode, s) in MODES.iter().zip(&sums) {
+        let label = match mode {
+            Mode::Raw => "raw bytes (pre-built envelope copied in)",
+            Mode::Verified => "typed: encode + send, verify + read (default)",
+            Mode::Trusted => "typed: encode + send, trusted read (`trust_peer`)",
+        };
+        println!("| {label} | {} ns | {} ns | {:.2}x |", s.p50, s.p99, s.p50 as f64 / raw);
+    }
+    println!(
+        "\nOne-thread step costs: encode {encode_ns:.0} ns, verify {verify_ns:.0} ns, memcpy of {len} bytes {copy_ns:.0} ns.\n"
+    );
+
+    // (b)
+    let mut rows_table = Vec::new();
+    for (rows, iters) in [(1_000usize, 2_000 / scale), (1_000_000, 20 / scale.min(4))] {
+        for trusted in [false, true] {
+            rows_table.push((rows, trusted, summarize(arrow_receive(rows, trusted, false, iters))));
+        }
+    }
+    let cold: Vec<(usize, Summary)> =
+        [1_000usize, 1_000_000].map(|rows| (rows, summarize(arrow_receive(rows, true, true, 20)))).into();
+    println!("## Arrow channel: receive (id i64, px f64 nullable, sym utf8)\n");
+    println!("| rows | validation | caches | p50 receive | p99 receive |");
+    println!("|---|---|---|---|---|");
+    for (rows, trusted, s) in &rows_table {
+        let v = if *trusted { "trusted (skip)" } else { "validated" };
+        println!("| {rows} | {v} | as left by send | {:.1} µs | {:.1} µs |", s.p50 as f64 / 1e3, s.p99 as f64 / 1e3);
+    }
+    for (rows, s) in &cold {
+        println!("| {rows} | trusted (skip) | flushed | {:.1} µs | {:.1} µs |", s.p50 as f64 / 1e3, s.p99 as f64 / 1e3);
+    }
+    let p50 = |rows: usize, trusted: bool| {
+        rows_table.iter().find(|(r, t, _)| *r == rows && *t == trusted).map(|(_, _, s)| s.p50 as f64).unwrap()
+    };
+    println!(
+        "\nTrusted 1 M / 1 K rows: {:.2}x (caches flushed: {:.2}x); validated 1 M / 1 K rows: {:.0}x.\n",
+        p50(1_000_000, true) / p50(1_000, true),
+        cold[1].1.p50 as f64 / cold[0].1.p50 as f64,
+        p50(1_000_000, false) / p50(1_000, false)
+    );
+
+    let (bytes, send, copy) = arrow_send_vs_memcpy(30 / scale.min(5));
+    let (send, copy) = (summarize(send), summarize(copy));
+    println!("## Arrow channel: send of a 1 M-row batch ({:.1} MiB of frames)\n", bytes as f64 / (1 << 20) as f64);
+    println!("| operation | p50 | p99 |");
+    println!("|---|---|---|");
+    println!("| `BatchSender::try_send` | {:.2} ms | {:.2} ms |", send.p50 as f64 / 1e6, send.p99 as f64 / 1e6);
+    println!("| `memcpy` of the same bytes | {:.2} ms | {:.2} ms |", copy.p50 as f64 / 1e6, copy.p99 as f64 / 1e6);
+    println!("\nSend / memcpy p50: {:.2}x\n", send.p50 as f64 / copy.p50 as f64);
+    println!("(total bench time {:.1} s)", started.elapsed().as_secs_f64());
+}

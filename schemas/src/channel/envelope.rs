@@ -1,0 +1,531 @@
+//! The FlatBuffers channel: envelopes through a ring, one copy in, none out.
+//!
+//! A ring record carries exactly one envelope (size prefix included, no
+//! padding), and the record's `message_type` is the envelope's payload union
+//! discriminant (`fb::Payload`), so a consumer can route or filter on the
+//! record header without parsing the FlatBuffer:
+//!
+//! ```text
+//!  ring record header              payload = one envelope, exactly encoded_len() bytes
+//!  +-----+-------+--------------+  +--------+--------+--------+---------------------+
+//!  | len | flags | message type |  | prefix | root   | "TDPL" | tables, strings ... |
+//!  |     |       | = fb::Payload|  | u32 LE | uoffset|        |                     |
+//!  +-----+-------+--------------+  +--------+--------+--------+---------------------+
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use flatbuffers::FlatBufferBuilder;
+use ipc_core::{Consumer, CorruptReason, Lease, Producer, ReadGuard, SegmentFault};
+
+use super::Wait;
+use crate::envelope::{
+    Envelope, EnvelopeEncoder, EnvelopeError, EnvelopeHeader, Event, FILE_IDENTIFIER, MIN_ENVELOPE_LEN, PayloadOffset,
+    SIZE_PREFIX_LEN, VerifyOptions, envelope_unchecked, verify_envelope,
+};
+use crate::fb;
+
+// ---------------------------------------------------------------------------
+// Sending
+
+/// Why an envelope was not sent. Nothing was written to the ring in any case.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeSendError {
+    /// The ring has no room now (`try_send` only).
+    #[error("ring full")]
+    Full,
+    /// No room before the timeout passed.
+    #[error("timed out waiting for ring space")]
+    Timeout,
+    /// The encoded envelope is larger than the ring's maximum message length.
+    #[error("envelope of {len} bytes exceeds the ring's maximum of {max}")]
+    TooLarge {
+        /// Encoded length.
+        len: usize,
+        /// The ring's maximum message length.
+        max: usize,
+    },
+    /// The consumer is gone and the ring is full.
+    #[error("consumer disconnected")]
+    Disconnected,
+    /// The ring's positions are impossible: the segment is corrupt or hostile.
+    #[error("ring corrupt: {0}")]
+    Corrupt(SegmentFault),
+}
+
+impl From<ipc_core::SendError> for EnvelopeSendError {
+    fn from(e: ipc_core::SendError) -> Self {
+        match e {
+            ipc_core::SendError::Full => Self::Full,
+            ipc_core::SendError::Timeout => Self::Timeout,
+            ipc_core::SendError::TooLarge { len, max } => Self::TooLarge { len, max },
+            ipc_core::SendError::Disconnected => Self::Disconnected,
+            ipc_core::SendError::Corrupt(fault) => Self::Corrupt(fault),
+        }
+    }
+}
+
+/// Sends envelopes into a ring: builds each one in a reused
+/// [`EnvelopeEncoder`], reserves exactly its length in shared memory, copies
+/// it there once and commits. Allocates nothing once the encoder is warm.
+///
+/// ```
+/// use ipc_core::RingBuilder;
+/// use schemas::channel::{EnvelopeReceiver, EnvelopeSender};
+/// use schemas::envelope::{EnvelopeHeader, Event};
+/// use schemas::fb;
+///
+/// let ring = RingBuilder::new(1 << 16).create_anonymous()?;
+/// let mut tx = EnvelopeSender::new(ring.producer()?);
+/// let mut rx = EnvelopeReceiver::new(ring.consumer()?);
+///
+/// tx.try_send(&EnvelopeHeader::new("risk-1", "exec-1"), |fbb| {
+///     fb::Heartbeat::create(fbb, &fb::HeartbeatArgs { sequence: 42, ..Default::default() })
+/// })?;
+///
+/// let msg = rx.try_recv()?; // verified, borrows shared memory
+/// assert_eq!(msg.message_type(), fb::Payload::Heartbeat); // from the ring header
+/// assert_eq!(msg.envelope().source(), Some("risk-1"));
+/// let Event::Heartbeat(hb) = msg.event()? else { unreachable!() };
+/// assert_eq!(hb.sequence(), 42);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct EnvelopeSender {
+    producer: Producer,
+    encoder: EnvelopeEncoder,
+}
+
+impl fmt::Debug for EnvelopeSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeSender").field("segment", self.producer.segment()).finish_non_exhaustive()
+    }
+}
+
+impl EnvelopeSender {
+    /// A sender writing into `producer`'s ring (any payload alignment).
+    pub fn new(producer: Producer) -> Self {
+        Self { producer, encoder: EnvelopeEncoder::new() }
+    }
+
+    /// Builds an envelope around the payload `payload` creates (see
+    /// [`EnvelopeEncoder::encode`]) and publishes it without waiting. On
+    /// [`EnvelopeSendError::Full`] nothing was written: call again later.
+    pub fn try_send<P, F>(&mut self, header: &EnvelopeHeader<'_>, payload: F) -> Result<(), EnvelopeSendError>
+    where
+        F: FnOnce(&mut FlatBufferBuilder<'static>) -> P,
+        P: Into<PayloadOffset>,
+    {
+        self.send_with(header, payload, Wait::No)
+    }
+
+    /// Like [`try_send`](Self::try_send), waiting for ring space with the
+    /// producer's wait strategy.
+    pub fn send<P, F>(&mut self, header: &EnvelopeHeader<'_>, payload: F) -> Result<(), EnvelopeSendError>
+    where
+        F: FnOnce(&mut FlatBufferBuilder<'static>) -> P,
+        P: Into<PayloadOffset>,
+    {
+        self.send_with(header, payload, Wait::Until(None))
+    }
+
+    /// Like [`send`](Self::send), giving up after `timeout` with
+    /// [`EnvelopeSendError::Timeout`] (`None` waits forever).
+    pub fn send_timeout<P, F>(
+        &mut self,
+        header: &EnvelopeHeader<'_>,
+        payload: F,
+        timeout: Option<Duration>,
+    ) -> Result<(), EnvelopeSendError>
+    where
+        F: FnOnce(&mut FlatBufferBuilder<'static>) -> P,
+        P: Into<PayloadOffset>,
+    {
+        self.send_with(header, payload, Wait::timeout(timeout))
+    }
+
+    fn send_with<P, F>(&mut self, header: &EnvelopeHeader<'_>, payload: F, wait: Wait) -> Result<(), EnvelopeSendError>
+    where
+        F: FnOnce(&mut FlatBufferBuilder<'static>) -> P,
+        P: Into<PayloadOffset>,
+    {
+        let mut kind = fb::Payload::NONE;
+        self.encoder.encode(header, |fbb| {
+            let offset: PayloadOffset = payload(fbb).into();
+            kind = offset.kind();
+            offset
+        });
+        let len = self.encoder.encoded_len();
+        let mut grant = match wait {
+            Wait::No => self.producer.try_reserve(len)?,
+            Wait::Until(deadline) => self.producer.reserve_timeout(len, Wait::remaining(deadline))?,
+        };
+        // The grant is exactly `encoded_len()` bytes, so this cannot fail; if it
+        // did, dropping the grant would publish nothing.
+        if self.encoder.write_into(&mut grant).is_err() {
+            unreachable!("a grant of encoded_len() bytes holds the encoded envelope");
+        }
+        grant.set_message_type(u16::from(kind.0));
+        grant.commit();
+        Ok(())
+    }
+
+    /// The producer inside.
+    pub fn producer(&self) -> &Producer {
+        &self.producer
+    }
+
+    /// Gives the producer back (e.g. to hand the ring to another sender).
+    pub fn into_producer(self) -> Producer {
+        self.producer
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Receiving
+
+/// Why a record was refused as an envelope.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    /// Framing, identifier or FlatBuffers verification failed.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The ring header's message type is not the envelope's payload type, so
+    /// a consumer filtering on record headers would be misled.
+    #[error("record message type {record} but envelope payload type {payload}")]
+    MessageTypeMismatch {
+        /// `message_type` of the ring record.
+        record: u16,
+        /// `payload_type` inside the envelope.
+        payload: u8,
+    },
+}
+
+/// Why no envelope was received.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeRecvError {
+    /// Nothing committed yet (`try_recv` only).
+    #[error("ring empty")]
+    Empty,
+    /// Nothing arrived before the timeout passed.
+    #[error("timed out waiting for an envelope")]
+    Timeout,
+    /// The producer is gone and everything it committed has been received.
+    #[error("producer disconnected")]
+    Disconnected,
+    /// Too many envelopes are held as [`OwnedEnvelope`]s.
+    #[error("{0} leases outstanding: drop some before receiving more")]
+    LeasesExhausted(usize),
+    /// A ring record header is invalid; the ring cannot be read past it.
+    #[error("corrupt ring record at position {position}: {reason}")]
+    Corrupt {
+        /// Position of the bad record header.
+        position: u64,
+        /// What is wrong with it.
+        reason: CorruptReason,
+    },
+    /// The record was not a valid envelope. It has been released and counted
+    /// in [`EnvelopeReceiver::dead_letters`]; the next call receives the next
+    /// record.
+    #[error("record of {len} bytes (message type {message_type}) rejected: {reason}")]
+    Rejected {
+        /// The record header's message type.
+        message_type: u16,
+        /// The record's length.
+        len: usize,
+        /// What was wrong with it.
+        reason: RejectReason,
+    },
+}
+
+impl From<ipc_core::RecvError> for EnvelopeRecvError {
+    fn from(e: ipc_core::RecvError) -> Self {
+        match e {
+            ipc_core::RecvError::Empty => Self::Empty,
+            ipc_core::RecvError::Timeout => Self::Timeout,
+            ipc_core::RecvError::Disconnected => Self::Disconnected,
+            ipc_core::RecvError::LeasesExhausted(n) => Self::LeasesExhausted(n),
+            ipc_core::RecvError::Corrupt { position, reason } => Self::Corrupt { position, reason },
+        }
+    }
+}
+
+/// Receives envelopes from a ring as views into shared memory, verified
+/// before they are handed out.
+///
+/// Verification (on by default) checks the framing (record length == size
+/// prefix + 4, identifier `"TDPL"`), runs the FlatBuffers verifier with the
+/// tight [`VerifyOptions::default`] limits, and checks that the record's
+/// message type equals the payload type. A record that fails is released,
+/// counted in [`dead_letters`](Self::dead_letters) and reported as
+/// [`EnvelopeRecvError::Rejected`]; the next call gets the next record.
+///
+/// ```
+/// use ipc_core::RingBuilder;
+/// use schemas::channel::{EnvelopeReceiver, EnvelopeRecvError, EnvelopeSender};
+/// use schemas::envelope::EnvelopeHeader;
+/// use schemas::fb;
+///
+/// let ring = RingBuilder::new(1 << 16).create_anonymous()?;
+/// let mut raw = ring.producer()?;
+/// let mut rx = EnvelopeReceiver::new(ring.consumer()?);
+///
+/// raw.try_send(b"not an envelope")?; // a misbehaving peer
+/// drop(raw);
+/// let mut tx = EnvelopeSender::new(ring.producer()?);
+/// tx.try_send(&EnvelopeHeader::new("a", "b"), |fbb| fb::Heartbeat::create(fbb, &Default::default()))?;
+///
+/// assert!(matches!(rx.try_recv(), Err(EnvelopeRecvError::Rejected { .. })));
+/// assert_eq!(rx.dead_letters(), 1);
+/// assert_eq!(rx.try_recv()?.message_type(), fb::Payload::Heartbeat); // the stream goes on
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct EnvelopeReceiver {
+    consumer: Consumer,
+    options: VerifyOptions,
+    trusted: bool,
+    dead_letters: u64,
+}
+
+impl fmt::Debug for EnvelopeReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeReceiver")
+            .field("segment", self.consumer.segment())
+            .field("options", &self.options)
+            .field("trusted", &self.trusted)
+            .field("dead_letters", &self.dead_letters)
+            .finish()
+    }
+}
+
+impl EnvelopeReceiver {
+    /// A receiver that verifies every record with [`VerifyOptions::default`].
+    pub fn new(consumer: Consumer) -> Self {
+        Self { consumer, options: VerifyOptions::default(), trusted: false, dead_letters: 0 }
+    }
+
+    /// Replaces the verifier limits (e.g. a larger `max_apparent_size` for
+    /// envelopes carrying big payloads).
+    pub fn with_verify_options(mut self, options: VerifyOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Skips the FlatBuffers verifier and the message-type check for a peer
+    /// that is trusted to write only envelopes made by [`EnvelopeEncoder`]
+    /// (e.g. the same binary). The framing check (length, size prefix,
+    /// identifier: a few loads) still runs, so a truncated or foreign record
+    /// is still rejected.
+    ///
+    /// # Safety
+    ///
+    /// Every record the peer commits must be a complete envelope as produced
+    /// by [`EnvelopeEncoder`] (see [`envelope_unchecked`]). Reading a
+    /// malformed record through the accessors is undefined behaviour.
+    pub unsafe fn trust_peer(mut self) -> Self {
+        self.trusted = true;
+        self
+    }
+
+    /// Records refused as envelopes since this receiver was made.
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters
+    }
+
+    /// The consumer inside.
+    pub fn consumer(&self) -> &Consumer {
+        &self.consumer
+    }
+
+    /// Gives the consumer back.
+    pub fn into_consumer(self) -> Consumer {
+        self.consumer
+    }
+
+    /// The next envelope, without waiting ([`EnvelopeRecvError::Empty`] if none).
+    #[inline]
+    pub fn try_recv(&mut self) -> Result<ReceivedEnvelope<'_>, EnvelopeRecvError> {
+        let guard = self.consumer.try_recv()?;
+        check(guard, &self.options, self.trusted, &mut self.dead_letters)
+    }
+
+    /// The next envelope, waiting with the consumer's wait strategy.
+    pub fn recv(&mut self) -> Result<ReceivedEnvelope<'_>, EnvelopeRecvError> {
+        self.recv_timeout(None)
+    }
+
+    /// Like [`recv`](Self::recv), giving up after `timeout` with
+    /// [`EnvelopeRecvError::Timeout`] (`None` waits forever).
+    pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<ReceivedEnvelope<'_>, EnvelopeRecvError> {
+        let guard = self.consumer.recv_timeout(timeout)?;
+        check(guard, &self.options, self.trusted, &mut self.dead_letters)
+    }
+}
+
+/// Verifies the record in `guard`, or releases it and counts it.
+#[inline]
+fn check<'a>(
+    guard: ReadGuard<'a>,
+    options: &VerifyOptions,
+    trusted: bool,
+    dead_letters: &mut u64,
+) -> Result<ReceivedEnvelope<'a>, EnvelopeRecvError> {
+    let message_type = guard.message_type();
+    let outcome = if trusted {
+        check_framing(&guard).map_err(RejectReason::from)
+    } else {
+        verify_envelope(&guard, options).map_err(RejectReason::from).and_then(|env| {
+            let payload = env.payload_type().0;
+            if u16::from(payload) == message_type {
+                Ok(())
+            } else {
+                Err(RejectReason::MessageTypeMismatch { record: message_type, payload })
+            }
+        })
+    };
+    match outcome {
+        Ok(()) => Ok(ReceivedEnvelope { guard }),
+        Err(reason) => {
+            let len = guard.len();
+            drop(guard);
+            *dead_letters += 1;
+            Err(EnvelopeRecvError::Rejected { message_type, len, reason })
+        }
+    }
+}
+
+/// The framing rules of [`verify_envelope`] without the FlatBuffers verifier.
+#[inline]
+fn check_framing(bytes: &[u8]) -> Result<(), EnvelopeError> {
+    let len = bytes.len();
+    let (Some(prefix), Some(ident)) = (bytes.first_chunk::<4>(), bytes.get(8..12)) else {
+        return Err(EnvelopeError::Truncated { len });
+    };
+    let prefix = u32::from_le_bytes(*prefix);
+    if u64::from(prefix) + SIZE_PREFIX_LEN as u64 != len as u64 {
+        return Err(EnvelopeError::SizePrefixMismatch { prefix, len });
+    }
+    if ident != FILE_IDENTIFIER {
+        let mut found = [0u8; 4];
+        found.copy_from_slice(ident);
+        return Err(EnvelopeError::WrongIdentifier { found });
+    }
+    debug_assert!(len >= MIN_ENVELOPE_LEN);
+    Ok(())
+}
+
+/// A received, verified envelope borrowing its record in shared memory. The
+/// record is released (the producer may reuse the space) when this drops;
+/// the receiver cannot receive again until then. Use
+/// [`into_owned`](Self::into_owned) to keep it longer.
+pub struct ReceivedEnvelope<'a> {
+    guard: ReadGuard<'a>,
+}
+
+impl ReceivedEnvelope<'_> {
+    /// The envelope, read in place.
+    #[inline]
+    pub fn envelope(&self) -> Envelope<'_> {
+        // SAFETY: the receiver verified these bytes (or its owner promised, in
+        // `trust_peer`, that the peer writes only valid envelopes), and the
+        // producer does not write a record before it is released, which
+        // happens only when `self.guard` drops after every borrow of `self`.
+        unsafe { envelope_unchecked(&self.guard) }
+    }
+
+    /// The typed payload ([`EnvelopeError::UnknownPayload`] for a payload
+    /// type added by a newer schema).
+    pub fn event(&self) -> Result<Event<'_>, EnvelopeError> {
+        Event::from_envelope(&self.envelope())
+    }
+
+    /// The payload type, read from the ring record header.
+    #[inline]
+    pub fn message_type(&self) -> fb::Payload {
+        fb::Payload(self.guard.message_type() as u8)
+    }
+
+    /// The envelope's bytes in shared memory (size prefix included).
+    #[inline]
+    pub fn bytes(&self) -> &[u8] {
+        &self.guard
+    }
+
+    /// Keeps the envelope beyond the next receive, e.g. to hand it to another
+    /// thread. It still lives in the ring: until it drops, neither its space
+    /// nor that of any later record is given back to the producer (the ring
+    /// releases in order), so holding many applies backpressure. On
+    /// [`EnvelopeRecvError::LeasesExhausted`] the envelope has been released.
+    pub fn into_owned(self) -> Result<OwnedEnvelope, EnvelopeRecvError> {
+        Ok(OwnedEnvelope { lease: self.guard.into_lease()? })
+    }
+}
+
+impl fmt::Debug for ReceivedEnvelope<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceivedEnvelope")
+            .field("message_type", &self.message_type())
+            .field("len", &self.guard.len())
+            .finish()
+    }
+}
+
+/// A verified envelope that owns its record in shared memory until dropped
+/// (`Send + Sync`). See [`ReceivedEnvelope::into_owned`].
+///
+/// ```
+/// # use ipc_core::RingBuilder;
+/// # use schemas::channel::{EnvelopeReceiver, EnvelopeSender};
+/// # use schemas::envelope::EnvelopeHeader;
+/// # use schemas::fb;
+/// # let ring = RingBuilder::new(1 << 16).create_anonymous()?;
+/// # let mut tx = EnvelopeSender::new(ring.producer()?);
+/// # let mut rx = EnvelopeReceiver::new(ring.consumer()?);
+/// # let hb = |n| move |fbb: &mut _| fb::Heartbeat::create(fbb, &fb::HeartbeatArgs { sequence: n, ..Default::default() });
+/// tx.try_send(&EnvelopeHeader::new("a", "b"), hb(1))?;
+/// tx.try_send(&EnvelopeHeader::new("a", "b"), hb(2))?;
+/// let first = rx.try_recv()?.into_owned()?;
+/// let second = rx.try_recv()?; // `first` is still readable
+/// let seq = |e: schemas::envelope::Envelope<'_>| e.payload_as_heartbeat().unwrap().sequence();
+/// assert_eq!((seq(first.envelope()), seq(second.envelope())), (1, 2));
+/// std::thread::spawn(move || assert_eq!(first.envelope().source(), Some("a"))).join().unwrap();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct OwnedEnvelope {
+    lease: Lease,
+}
+
+impl OwnedEnvelope {
+    /// The envelope, read in place.
+    #[inline]
+    pub fn envelope(&self) -> Envelope<'_> {
+        // SAFETY: made only from a `ReceivedEnvelope`, whose bytes were
+        // verified (or trusted); the lease keeps the record unreleased, so
+        // unwritten, until it drops.
+        unsafe { envelope_unchecked(&self.lease) }
+    }
+
+    /// The typed payload.
+    pub fn event(&self) -> Result<Event<'_>, EnvelopeError> {
+        Event::from_envelope(&self.envelope())
+    }
+
+    /// The payload type, read from the ring record header.
+    pub fn message_type(&self) -> fb::Payload {
+        fb::Payload(self.lease.message_type() as u8)
+    }
+
+    /// The envelope's bytes in shared memory.
+    pub fn bytes(&self) -> &[u8] {
+        &self.lease
+    }
+}
+
+impl fmt::Debug for OwnedEnvelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedEnvelope")
+            .field("message_type", &self.message_type())
+            .field("len", &self.lease.len())
+            .finish()
+    }
+}

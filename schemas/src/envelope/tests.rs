@@ -1,0 +1,304 @@
+use super::*;
+use proptest::prelude::*;
+
+fn heartbeat(enc: &mut EnvelopeEncoder, header: &EnvelopeHeader<'_>, sequence: u64) -> Vec<u8> {
+    enc.encode(header, |fbb| {
+        fb::Heartbeat::create(
+            fbb,
+            &fb::HeartbeatArgs { sequence, interval_ns: 1_000_000, status: fb::HealthStatus::Healthy },
+        )
+    })
+    .to_vec()
+}
+
+fn order_filled(enc: &mut EnvelopeEncoder, header: &EnvelopeHeader<'_>) -> Vec<u8> {
+    enc.encode(header, |fbb| {
+        let symbol = fbb.create_string("ETH-USD");
+        let account = fbb.create_string("acct-7");
+        let venue_order_id = fbb.create_string("V-123");
+        let fill_id = fbb.create_string("F-9");
+        let ccy = fbb.create_string("USD");
+        let order_id = MessageId::new_v4().to_wire();
+        fb::ExecutionOrderFilled::create(
+            fbb,
+            &fb::ExecutionOrderFilledArgs {
+                order_id: Some(&order_id),
+                venue_order_id: Some(venue_order_id),
+                fill_id: Some(fill_id),
+                account_id: Some(account),
+                symbol: Some(symbol),
+                side: fb::Side::Sell,
+                fill_quantity_e8: 150_000_000,
+                fill_price_e8: 312_345_000_000,
+                cumulative_quantity_e8: 150_000_000,
+                remaining_quantity_e8: 0,
+                commission_e8: -12_000_000,
+                commission_currency: Some(ccy),
+                liquidity: fb::Liquidity::Maker,
+                filled_at_ns: 1_700_000_000_000_000_000,
+            },
+        )
+    })
+    .to_vec()
+}
+
+fn fields_of(block: &str) -> Vec<String> {
+    block
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or("").trim())
+        .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim().to_owned()))
+        .collect()
+}
+
+/// The JSON/Event macro must list every union member and every table field,
+/// in schema order, or JSON logs would silently drop data.
+#[test]
+fn catalogue_matches_fbs() {
+    let events = include_str!("../../fbs/events.fbs");
+    let envelope = include_str!("../../fbs/envelope.fbs");
+    let union_block = envelope.split("union Payload {").nth(1).unwrap().split('}').next().unwrap();
+    let members: Vec<&str> =
+        union_block.split(',').map(|m| m.split("//").next().unwrap().trim()).filter(|m| !m.is_empty()).collect();
+    let listed: Vec<&str> = CATALOGUE.iter().map(|(name, _)| *name).collect();
+    assert_eq!(listed, members, "event_catalogue! must list the Payload union in order");
+
+    for (name, fields) in CATALOGUE {
+        let block = events
+            .split(&format!("table {name} {{"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("table {name} not in events.fbs"))
+            .split('}')
+            .next()
+            .unwrap();
+        assert_eq!(fields_of(block), *fields, "fields of {name}");
+    }
+}
+
+#[test]
+fn header_fields_and_metadata_round_trip() {
+    let mut enc = EnvelopeEncoder::new();
+    let meta = [("zone", "eu"), ("trace_id", "abc"), ("priority", "high")];
+    let mut header = EnvelopeHeader::new("exec-1", "learning-1").with_metadata(&meta);
+    header.timestamp_ns = 1_234;
+    let bytes = order_filled(&mut enc, &header);
+
+    let env = verify_envelope(&bytes, &VerifyOptions::default()).unwrap();
+    let mut read = EnvelopeHeader::from_envelope(&env);
+    read.metadata = &meta;
+    assert_eq!(read, header);
+
+    let md = env.metadata().unwrap();
+    let keys: Vec<&str> = md.iter().map(|kv| kv.key()).collect();
+    assert_eq!(keys, ["priority", "trace_id", "zone"], "metadata is sorted by key");
+    assert_eq!(md.lookup_by_key("trace_id", |kv, k| kv.key_compare_with_value(k)).unwrap().value(), Some("abc"));
+
+    match Event::from_envelope(&env).unwrap() {
+        Event::ExecutionOrderFilled(f) => {
+            assert_eq!(f.symbol(), Some("ETH-USD"));
+            assert_eq!(f.fill_price_e8(), 312_345_000_000);
+            assert_eq!(f.side(), fb::Side::Sell);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn reply_carries_request_id_as_correlation_and_swaps_route() {
+    let mut enc = EnvelopeEncoder::new();
+    let request_header = EnvelopeHeader::new("risk-1", "exec-1");
+    let request_bytes = heartbeat(&mut enc, &request_header, 1);
+    let request = verify_envelope(&request_bytes, &VerifyOptions::default()).unwrap();
+
+    let reply = EnvelopeHeader::reply_to(&request);
+    assert_eq!(reply.correlation_id, request_header.message_id);
+    assert_ne!(reply.message_id, request_header.message_id);
+    assert_eq!((reply.source, reply.destination), ("exec-1", "risk-1"));
+
+    let reply_bytes = heartbeat(&mut enc, &reply, 2);
+    let back = EnvelopeHeader::from_envelope(&verify_envelope(&reply_bytes, &VerifyOptions::default()).unwrap());
+    assert_eq!(back.correlation_id, request_header.message_id);
+}
+
+#[test]
+fn write_into_copies_exactly_the_record_and_rejects_small_slots() {
+    let mut enc = EnvelopeEncoder::new();
+    assert_eq!(enc.write_into(&mut [0u8; 64]), Err(EncodeError::NothingEncoded));
+    let bytes = heartbeat(&mut enc, &EnvelopeHeader::new("a", "b"), 3);
+    assert_eq!(enc.encoded_len(), bytes.len());
+    assert_eq!(bytes.len() % 4, 0);
+
+    let mut small = vec![0u8; bytes.len() - 1];
+    assert_eq!(
+        enc.write_into(&mut small),
+        Err(EncodeError::BufferTooSmall { needed: bytes.len(), available: bytes.len() - 1 })
+    );
+    let mut slot = vec![0xAAu8; bytes.len() + 16];
+    let n = enc.write_into(&mut slot).unwrap();
+    assert_eq!(&slot[..n], &bytes[..]);
+    assert!(verify_envelope(&slot[..n], &VerifyOptions::default()).is_ok());
+}
+
+#[test]
+fn size_prefix_must_match_record_length() {
+    let mut enc = EnvelopeEncoder::new();
+    let bytes = heartbeat(&mut enc, &EnvelopeHeader::new("a", "b"), 3);
+    let opts = VerifyOptions::default();
+
+    // The flatbuffers verifier alone accepts a prefix that overstates the length.
+    let mut lying = bytes.clone();
+    let prefix = u32::from_le_bytes(lying[..4].try_into().unwrap()) + 64;
+    lying[..4].copy_from_slice(&prefix.to_le_bytes());
+    assert!(flatbuffers::size_prefixed_root::<Envelope>(&lying).is_ok());
+    assert_eq!(
+        verify_envelope(&lying, &opts).unwrap_err(),
+        EnvelopeError::SizePrefixMismatch { prefix, len: bytes.len() }
+    );
+
+    // Trailing bytes are rejected unless padding to 8 is allowed.
+    let mut padded = bytes.clone();
+    padded.resize(bytes.len().next_multiple_of(8) + if bytes.len() % 8 == 0 { 8 } else { 0 }, 0);
+    assert!(matches!(verify_envelope(&padded, &opts), Err(EnvelopeError::SizePrefixMismatch { .. })));
+    let mut to_8 = bytes.clone();
+    to_8.resize(bytes.len().next_multiple_of(8), 0);
+    let padding_ok = VerifyOptions { allow_padding_to_8: true, ..VerifyOptions::default() };
+    assert!(verify_envelope(&to_8, &padding_ok).is_ok());
+    let mut past_8 = to_8.clone();
+    past_8.extend_from_slice(&[0; 8]);
+    assert!(verify_envelope(&past_8, &padding_ok).is_err());
+
+    assert_eq!(verify_envelope(&bytes[..11], &opts).unwrap_err(), EnvelopeError::Truncated { len: 11 });
+    assert!(matches!(verify_envelope(&bytes[..bytes.len() - 4], &opts), Err(EnvelopeError::SizePrefixMismatch { .. })));
+}
+
+#[test]
+fn foreign_identifier_is_rejected_before_the_verifier_runs() {
+    let mut enc = EnvelopeEncoder::new();
+    let mut bytes = heartbeat(&mut enc, &EnvelopeHeader::new("a", "b"), 3);
+    bytes[8..12].copy_from_slice(b"ARRW");
+    assert_eq!(
+        verify_envelope(&bytes, &VerifyOptions::default()).unwrap_err(),
+        EnvelopeError::WrongIdentifier { found: *b"ARRW" }
+    );
+}
+
+#[test]
+fn tight_limits_reject_oversized_metadata() {
+    let mut enc = EnvelopeEncoder::new();
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i:02}")).collect();
+    let meta: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+    let bytes = heartbeat(&mut enc, &EnvelopeHeader::new("a", "b").with_metadata(&meta), 1);
+    assert!(verify_envelope(&bytes, &VerifyOptions::default()).is_ok());
+    let tight = VerifyOptions { max_tables: 10, ..VerifyOptions::default() };
+    assert!(matches!(
+        verify_envelope(&bytes, &tight),
+        Err(EnvelopeError::Invalid(flatbuffers::InvalidFlatbuffer::TooManyTables))
+    ));
+}
+
+#[test]
+fn unknown_union_member_is_a_typed_error_and_renders_as_unknown() {
+    let mut enc = EnvelopeEncoder::new();
+    let bytes = enc
+        .encode(&EnvelopeHeader::new("future", "me"), |fbb| {
+            let t = fb::Heartbeat::create(fbb, &fb::HeartbeatArgs::default());
+            PayloadOffset::new(fb::Payload(200), t.as_union_value())
+        })
+        .to_vec();
+    let env = verify_envelope(&bytes, &VerifyOptions::default()).expect("header of a newer message is readable");
+    assert_eq!(Event::from_envelope(&env).unwrap_err(), EnvelopeError::UnknownPayload(200));
+    let json = envelope_to_json(&env);
+    assert_eq!(json["message_type"], "unknown(200)");
+    assert_eq!(json["payload"], Value::Null);
+    assert_eq!(json["source"], "future");
+}
+
+#[test]
+fn unknown_enum_value_renders_as_number() {
+    let mut enc = EnvelopeEncoder::new();
+    let bytes = enc
+        .encode(&EnvelopeHeader::new("a", "b"), |fbb| {
+            fb::Heartbeat::create(fbb, &fb::HeartbeatArgs { status: fb::HealthStatus(42), ..Default::default() })
+        })
+        .to_vec();
+    let env = verify_envelope(&bytes, &VerifyOptions::default()).unwrap();
+    assert_eq!(envelope_to_json(&env)["payload"]["status"], 42);
+}
+
+#[test]
+fn json_has_every_header_field_and_payload_field() {
+    let mut enc = EnvelopeEncoder::new();
+    let header = EnvelopeHeader::new("exec-1", "learning-1").with_metadata(&[("k", "v")]);
+    let bytes = order_filled(&mut enc, &header);
+    let json = envelope_to_json(&verify_envelope(&bytes, &VerifyOptions::default()).unwrap());
+    assert_eq!(json["message_id"], header.message_id.to_string());
+    assert_eq!(json["correlation_id"], header.correlation_id.to_string());
+    assert_eq!(json["timestamp_ns"], header.timestamp_ns);
+    assert_eq!(json["source"], "exec-1");
+    assert_eq!(json["destination"], "learning-1");
+    assert_eq!(json["schema_version"], SchemaVersion::CURRENT.to_string());
+    assert_eq!(json["message_type"], "ExecutionOrderFilled");
+    assert_eq!(json["metadata"]["k"], "v");
+    let p = &json["payload"];
+    let (_, fields) = CATALOGUE.iter().find(|(n, _)| *n == "ExecutionOrderFilled").unwrap();
+    assert_eq!(p.as_object().unwrap().len(), fields.len());
+    assert_eq!(p["side"], "Sell");
+    assert_eq!(p["liquidity"], "Maker");
+    assert_eq!(p["commission_e8"], -12_000_000);
+    assert_eq!(p["fill_price_e8"], 312_345_000_000_i64);
+    assert!(p["order_id"].as_str().unwrap().len() == 36);
+}
+
+#[test]
+fn unchecked_read_of_own_record_matches_verified_read() {
+    let mut enc = EnvelopeEncoder::new();
+    let bytes = heartbeat(&mut enc, &EnvelopeHeader::new("a", "b"), 9);
+    // SAFETY: `bytes` was produced by `EnvelopeEncoder` just above.
+    let env = unsafe { envelope_unchecked(&bytes) };
+    assert_eq!(env.payload_as_heartbeat().unwrap().sequence(), 9);
+}
+
+#[test]
+fn encoder_reuse_produces_independent_records() {
+    let mut enc = EnvelopeEncoder::with_capacity(16);
+    let a = order_filled(&mut enc, &EnvelopeHeader::new("a-long-source-name", "b"));
+    let b = heartbeat(&mut enc, &EnvelopeHeader::new("c", "d"), 5);
+    assert!(verify_envelope(&a, &VerifyOptions::default()).is_ok());
+    let env = verify_envelope(&b, &VerifyOptions::default()).unwrap();
+    assert_eq!(env.source(), Some("c"));
+    assert_eq!(env.payload_as_heartbeat().unwrap().sequence(), 5);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Any corruption of a valid record is either rejected or still renders;
+    /// nothing panics.
+    #[test]
+    fn mutated_records_never_panic(
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        truncate in any::<prop::sample::Index>(),
+        do_truncate in any::<bool>(),
+    ) {
+        let mut enc = EnvelopeEncoder::new();
+        let mut bytes = order_filled(&mut enc, &EnvelopeHeader::new("src", "dst").with_metadata(&[("a", "b")]));
+        for (i, v) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] = v;
+        }
+        if do_truncate {
+            bytes.truncate(truncate.index(bytes.len()));
+        }
+        for padding in [false, true] {
+            let opts = VerifyOptions { allow_padding_to_8: padding, ..VerifyOptions::default() };
+            if let Ok(env) = verify_envelope(&bytes, &opts) {
+                let _ = envelope_to_json(&env);
+                let _ = format!("{env:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = verify_envelope(&bytes, &VerifyOptions::default()).map(|e| envelope_to_json(&e));
+    }
+}

@@ -1,0 +1,319 @@
+//! The FlatBuffers channel through real rings: round trips, zero-copy views,
+//! dead letters, leases, limits, and a second process.
+
+mod common;
+
+use std::time::Duration;
+
+use ipc_core::{RingBuilder, Segment};
+use schemas::channel::{EnvelopeReceiver, EnvelopeRecvError, EnvelopeSendError, EnvelopeSender, RejectReason};
+use schemas::envelope::{EnvelopeEncoder, EnvelopeError, EnvelopeHeader, Event, MessageId};
+use schemas::fb;
+
+fn ring() -> Segment {
+    RingBuilder::new(1 << 16).create_anonymous().unwrap()
+}
+
+fn heartbeat(
+    sequence: u64,
+) -> impl FnOnce(&mut flatbuffers::FlatBufferBuilder<'static>) -> flatbuffers::WIPOffset<fb::Heartbeat<'static>> {
+    move |fbb| fb::Heartbeat::create(fbb, &fb::HeartbeatArgs { sequence, ..Default::default() })
+}
+
+/// Sends one envelope of each of four event types.
+fn send_four(tx: &mut EnvelopeSender) {
+    let h = EnvelopeHeader::new("market-analysis-1", "risk-1").with_metadata(&[("trace", "t-9")]);
+    tx.try_send(&h, heartbeat(7)).unwrap();
+    tx.try_send(&h, |fbb| {
+        let symbol = fbb.create_string("BTC-USD");
+        fb::TradingSignalGenerated::create(
+            fbb,
+            &fb::TradingSignalGeneratedArgs {
+                symbol: Some(symbol),
+                side: fb::Side::Sell,
+                reference_price_e8: 6_512_345_000_000,
+                ..Default::default()
+            },
+        )
+    })
+    .unwrap();
+    tx.try_send(&h, |fbb| {
+        let agent_id = fbb.create_string("agent-42");
+        let caps = ["trade", "hedge"].map(|c| fbb.create_string(c));
+        let capabilities = fbb.create_vector(&caps);
+        fb::AgentSpawned::create(
+            fbb,
+            &fb::AgentSpawnedArgs {
+                agent_id: Some(agent_id),
+                pid: 4242,
+                capabilities: Some(capabilities),
+                ..Default::default()
+            },
+        )
+    })
+    .unwrap();
+    let order = MessageId::new_v4().to_wire();
+    tx.try_send(&h, |fbb| {
+        let venue = fbb.create_string("V-1");
+        fb::ExecutionOrderFilled::create(
+            fbb,
+            &fb::ExecutionOrderFilledArgs {
+                order_id: Some(&order),
+                venue_order_id: Some(venue),
+                fill_quantity_e8: 150_000_000,
+                liquidity: fb::Liquidity::Maker,
+                ..Default::default()
+            },
+        )
+    })
+    .unwrap();
+}
+
+fn check_four(rx: &mut EnvelopeReceiver) {
+    let msg = rx.try_recv().unwrap();
+    assert_eq!(msg.message_type(), fb::Payload::Heartbeat);
+    let env = msg.envelope();
+    assert_eq!((env.source(), env.destination()), (Some("market-analysis-1"), Some("risk-1")));
+    assert_eq!(env.metadata().unwrap().get(0).value(), Some("t-9"));
+    let Ok(Event::Heartbeat(hb)) = msg.event() else { panic!("not a heartbeat") };
+    assert_eq!(hb.sequence(), 7);
+    drop(msg);
+
+    let msg = rx.try_recv().unwrap();
+    assert_eq!(msg.message_type(), fb::Payload::TradingSignalGenerated);
+    let Ok(Event::TradingSignalGenerated(s)) = msg.event() else { panic!("not a signal") };
+    assert_eq!((s.symbol(), s.side(), s.reference_price_e8()), (Some("BTC-USD"), fb::Side::Sell, 6_512_345_000_000));
+    drop(msg);
+
+    let msg = rx.try_recv().unwrap();
+    assert_eq!(msg.message_type(), fb::Payload::AgentSpawned);
+    let Ok(Event::AgentSpawned(a)) = msg.event() else { panic!("not a spawn") };
+    assert_eq!((a.agent_id(), a.pid()), (Some("agent-42"), 4242));
+    assert_eq!(a.capabilities().unwrap().iter().collect::<Vec<_>>(), ["trade", "hedge"]);
+    drop(msg);
+
+    let msg = rx.try_recv().unwrap();
+    assert_eq!(msg.message_type(), fb::Payload::ExecutionOrderFilled);
+    let Ok(Event::ExecutionOrderFilled(f)) = msg.event() else { panic!("not a fill") };
+    assert_eq!((f.venue_order_id(), f.fill_quantity_e8()), (Some("V-1"), 150_000_000));
+    assert_eq!(f.liquidity(), fb::Liquidity::Maker);
+    drop(msg);
+
+    assert_eq!(rx.try_recv().err(), Some(EnvelopeRecvError::Empty));
+}
+
+#[test]
+fn four_event_types_round_trip_through_an_anonymous_ring() {
+    let ring = ring();
+    let mut tx = EnvelopeSender::new(ring.producer().unwrap());
+    let mut rx = EnvelopeReceiver::new(ring.consumer().unwrap());
+    for _ in 0..50 {
+        // 50 laps of four messages: wraps the 64 KiB ring several times.
+        send_four(&mut tx);
+        check_four(&mut rx);
+    }
+    assert_eq!(rx.dead_letters(), 0);
+    assert_eq!(ring.status().head, ring.status().tail, "everything released");
+}
+
+#[test]
+fn received_envelope_is_read_in_place_in_shared_memory() {
+    let name = common::unique_name("env-in-place");
+    let ring = RingBuilder::new(1 << 16).create_named(&name).unwrap();
+    let mut tx = EnvelopeSender::new(ring.producer().unwrap());
+    let mut rx = EnvelopeReceiver::new(ring.consumer().unwrap());
+    send_four(&mut tx);
+
+    let data = common::data_region(&common::shm_mapping(&name));
+    let msg = rx.try_recv().unwrap();
+    let bytes = msg.bytes();
+    assert!(common::within(bytes, &data), "record {:p} outside the ring's data region {data:x?}", bytes.as_ptr());
+    let env = msg.envelope();
+    // The view's buffer is the record itself, and its strings point into it.
+    assert_eq!(env._tab.buf().as_ptr(), bytes.as_ptr());
+    assert_eq!(env._tab.buf().len(), bytes.len());
+    let source = env.source().unwrap();
+    let record = bytes.as_ptr_range();
+    assert!(record.contains(&source.as_ptr()), "string copied out of the record");
+    // The ring record is exactly the envelope: size prefix + 4 == record length.
+    assert_eq!(u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize + 4, bytes.len());
+}
+
+/// The bytes of one valid heartbeat envelope.
+fn valid_envelope(sequence: u64) -> Vec<u8> {
+    let mut enc = EnvelopeEncoder::new();
+    enc.encode(&EnvelopeHeader::new("a", "b"), heartbeat(sequence)).to_vec()
+}
+
+#[test]
+fn garbage_records_are_skipped_counted_and_the_stream_goes_on() {
+    let ring = ring();
+    let mut rx = EnvelopeReceiver::new(ring.consumer().unwrap());
+    let heartbeat_type = u16::from(fb::Payload::Heartbeat.0);
+
+    // A misbehaving peer writes raw records on the same ring.
+    let mut raw = ring.producer().unwrap();
+    let good = valid_envelope(1);
+    let mut wrong_ident = good.clone();
+    wrong_ident[8..12].copy_from_slice(b"NOPE");
+    raw.try_send_typed(heartbeat_type, &wrong_ident).unwrap();
+    raw.try_send_typed(heartbeat_type, &good[..good.len() - 8]).unwrap(); // truncated
+    let mut prefix_lie = good.clone();
+    prefix_lie[..4].copy_from_slice(&(good.len() as u32 + 64).to_le_bytes());
+    raw.try_send_typed(heartbeat_type, &prefix_lie).unwrap();
+    let mut offsets_lie = good.clone();
+    offsets_lie[4..8].copy_from_slice(&0xFFFF_FF00u32.to_le_bytes()); // root offset far outside
+    raw.try_send_typed(heartbeat_type, &offsets_lie).unwrap();
+    raw.try_send_typed(heartbeat_type, &[0xA5; 3]).unwrap(); // shorter than any envelope
+    raw.try_send_typed(u16::from(fb::Payload::AgentSpawned.0), &good).unwrap(); // lies about its type
+    raw.try_send_typed(heartbeat_type, &valid_envelope(2)).unwrap();
+
+    // Then a well-behaved sender takes over the ring.
+    let mut tx = EnvelopeSender::new(raw);
+    tx.try_send(&EnvelopeHeader::new("a", "b"), heartbeat(3)).unwrap();
+
+    let mut rejected = Vec::new();
+    let mut sequences = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(msg) => sequences.push(msg.envelope().payload_as_heartbeat().unwrap().sequence()),
+            Err(EnvelopeRecvError::Rejected { reason, .. }) => rejected.push(reason),
+            Err(EnvelopeRecvError::Empty) => break,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(sequences, [2, 3], "valid messages after garbage still arrive, in order");
+    assert_eq!(rx.dead_letters(), 6);
+    assert!(
+        matches!(rejected[0], RejectReason::Envelope(EnvelopeError::WrongIdentifier { found }) if &found == b"NOPE")
+    );
+    assert!(matches!(rejected[1], RejectReason::Envelope(EnvelopeError::SizePrefixMismatch { .. })));
+    assert!(matches!(rejected[2], RejectReason::Envelope(EnvelopeError::SizePrefixMismatch { .. })));
+    assert!(matches!(rejected[3], RejectReason::Envelope(EnvelopeError::Invalid(_))));
+    assert!(matches!(rejected[4], RejectReason::Envelope(EnvelopeError::Truncated { len: 3 })));
+    assert!(matches!(rejected[5], RejectReason::MessageTypeMismatch { record: 1, payload: 20 }));
+    assert_eq!(ring.status().head, ring.status().tail, "rejected records were released");
+    assert_eq!(ring.status().consumed.corrupt_records, 0, "garbage payloads are not ring corruption");
+}
+
+#[test]
+fn trusted_receiver_reads_the_same_envelopes_and_still_checks_framing() {
+    let ring = ring();
+    let mut tx = EnvelopeSender::new(ring.producer().unwrap());
+    // SAFETY: the only peer is the EnvelopeSender above (and one raw record
+    // that fails the framing check, which trusted mode still runs).
+    let mut rx = unsafe { EnvelopeReceiver::new(ring.consumer().unwrap()).trust_peer() };
+    send_four(&mut tx);
+    check_four(&mut rx);
+
+    let mut raw = tx.into_producer();
+    let mut bad = valid_envelope(1);
+    bad[8..12].copy_from_slice(b"XXXX");
+    raw.try_send(&bad).unwrap();
+    let mut tx = EnvelopeSender::new(raw);
+    tx.try_send(&EnvelopeHeader::new("a", "b"), heartbeat(5)).unwrap();
+    assert!(matches!(
+        rx.try_recv(),
+        Err(EnvelopeRecvError::Rejected { reason: RejectReason::Envelope(EnvelopeError::WrongIdentifier { .. }), .. })
+    ));
+    assert_eq!(rx.try_recv().unwrap().envelope().payload_as_heartbeat().unwrap().sequence(), 5);
+    assert_eq!(rx.dead_letters(), 1);
+}
+
+#[test]
+fn owned_envelopes_outlive_later_receives_and_hold_ring_space_until_dropped() {
+    let ring = ring();
+    let mut tx = EnvelopeSender::new(ring.producer().unwrap());
+    let mut rx = EnvelopeReceiver::new(ring.consumer().unwrap());
+    for n in 0..3 {
+        tx.try_send(&EnvelopeHeader::new("a", "b"), heartbeat(n)).unwrap();
+    }
+    let start = ring.status().head;
+    let first = rx.try_recv().unwrap().into_owned().unwrap();
+    let second = rx.try_recv().unwrap().envelope().payload_as_heartbeat().unwrap().sequence();
+    let third = rx.try_recv().unwrap().into_owned().unwrap();
+    assert_eq!(second, 1);
+    assert_eq!(ring.status().head, start, "the first owned envelope holds everything after it");
+
+    let seq = |e: &schemas::channel::OwnedEnvelope| e.envelope().payload_as_heartbeat().unwrap().sequence();
+    let first_seq = std::thread::spawn(move || seq(&first)).join().unwrap(); // moved, read, dropped
+    assert_eq!(first_seq, 0);
+    assert!(ring.status().head > start && ring.status().head < ring.status().tail, "released up to the third");
+    assert_eq!(seq(&third), 2);
+    assert_eq!(third.message_type(), fb::Payload::Heartbeat);
+    drop(third);
+    assert_eq!(ring.status().head, ring.status().tail);
+}
+
+#[test]
+fn full_ring_and_oversized_envelopes_are_errors_not_waits() {
+    let ring = RingBuilder::new(4096).max_message_len(256).create_anonymous().unwrap();
+    let mut tx = EnvelopeSender::new(ring.producer().unwrap());
+    let mut rx = EnvelopeReceiver::new(ring.consumer().unwrap());
+
+    let long = "x".repeat(300);
+    let big = EnvelopeHeader::new(&long, "b");
+    assert!(matches!(tx.try_send(&big, heartbeat(0)), Err(EnvelopeSendError::TooLarge { max: 256, .. })));
+
+    let mut sent = 0;
+    while tx.try_send(&EnvelopeHeader::new("a", "b"), heartbeat(sent)).is_ok() {
+        sent += 1;
+    }
+    assert!(sent > 5);
+    assert_eq!(tx.try_send(&EnvelopeHeader::new("a", "b"), heartbeat(0)), Err(EnvelopeSendError::Full));
+    let t = std::time::Instant::now();
+    let timeout = Some(Duration::from_millis(20));
+    assert_eq!(tx.send_timeout(&EnvelopeHeader::new("a", "b"), heartbeat(0), timeout), Err(EnvelopeSendError::Timeout));
+    assert!(t.elapsed() >= Duration::from_millis(20));
+
+    for n in 0..sent {
+        assert_eq!(rx.recv_timeout(timeout).unwrap().envelope().payload_as_heartbeat().unwrap().sequence(), n);
+    }
+    assert_eq!(rx.recv_timeout(timeout).err(), Some(EnvelopeRecvError::Timeout));
+    drop(tx);
+    assert_eq!(rx.recv().err(), Some(EnvelopeRecvError::Disconnected));
+}
+
+const CHILD_SEGMENT: &str = "TADPOLE_SCHEMAS_TEST_CHILD_SEGMENT";
+const CROSS_PROCESS_MESSAGES: u64 = 10_000;
+
+/// Parent: creates a named ring and receives; child (this test re-executed with
+/// `CHILD_SEGMENT` set): opens the ring by name and sends.
+#[test]
+fn envelopes_cross_a_process_boundary_through_named_shared_memory() {
+    if let Ok(name) = std::env::var(CHILD_SEGMENT) {
+        let ring = Segment::open(&name).unwrap();
+        let mut tx = EnvelopeSender::new(ring.producer().unwrap());
+        let pid = std::process::id().to_string();
+        for n in 0..CROSS_PROCESS_MESSAGES {
+            tx.send_timeout(&EnvelopeHeader::new(&pid, "parent"), heartbeat(n), Some(Duration::from_secs(20))).unwrap();
+        }
+        return;
+    }
+
+    let name = common::unique_name("env-xproc");
+    let ring = RingBuilder::new(1 << 14).create_named(&name).unwrap();
+    let mut rx = EnvelopeReceiver::new(ring.consumer().unwrap());
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "envelopes_cross_a_process_boundary_through_named_shared_memory", "--nocapture"])
+        .env(CHILD_SEGMENT, &name)
+        .spawn()
+        .unwrap();
+    let child_pid = child.id().to_string();
+    let mut expected = 0;
+    loop {
+        match rx.recv_timeout(Some(Duration::from_secs(20))) {
+            Ok(msg) => {
+                let env = msg.envelope();
+                assert_eq!(env.source(), Some(child_pid.as_str()));
+                assert_eq!(env.payload_as_heartbeat().unwrap().sequence(), expected);
+                expected += 1;
+            }
+            Err(EnvelopeRecvError::Disconnected) => break,
+            Err(e) => panic!("after {expected} messages: {e}"),
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(expected, CROSS_PROCESS_MESSAGES);
+    assert_eq!(rx.dead_letters(), 0);
+}
