@@ -1,6 +1,9 @@
-//! `tadpole`: the operator's command. Today: `demo` (a two-process ping-pong over shared-memory
-//! rings that prints its latency percentiles), `stat` (what rings exist, who is attached, their
-//! counters) and `clean` (remove rings left by dead processes).
+//! `tadpole`: the operator's command. Today: `demo` (four trading agents in four processes,
+//! joined by shared-memory rings, with an end-to-end latency report), `pingpong` (raw one-way
+//! latency between two processes), `stat` (what rings exist, who is attached, their counters),
+//! `tap` (watch a ring without consuming) and `clean` (remove rings left by dead processes).
+
+mod pipeline;
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -18,8 +21,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Two processes bounce messages through a pair of rings; prints one-way latency percentiles.
-    Demo(DemoArgs),
+    /// Four agent processes (market analysis, risk, personality, execution) trade through
+    /// shared-memory rings; prints end-to-end latency percentiles.
+    Demo(PipelineArgs),
+    /// Two processes bounce raw messages through a pair of rings; prints one-way latency.
+    Pingpong(DemoArgs),
     /// Lists Tadpole rings in /dev/shm, or shows one in detail.
     Stat {
         /// A ring name (without the `tadpole.` prefix); all rings when omitted.
@@ -42,8 +48,18 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Internal: the echo side of `demo`.
+    /// Internal: one agent of `demo`.
     #[command(hide = true)]
+    Agent {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        run: String,
+        #[arg(long, value_enum)]
+        wait: Wait,
+    },
+    /// Internal: the echo side of `pingpong`.
+    #[command(hide = true, name = "pingpong-echo")]
     DemoEcho {
         #[arg(long)]
         ping: String,
@@ -54,6 +70,20 @@ enum Cmd {
         #[arg(long)]
         cpu: Option<usize>,
     },
+}
+
+#[derive(clap::Args)]
+struct PipelineArgs {
+    /// Trading signals to time end to end (after warm-up); one is in flight at a time.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    signals: u64,
+    /// How every agent waits for its next message. With four processes on two cores, spinning
+    /// agents starve each other: `yield` (the default) or `block` suit small machines.
+    #[arg(long, value_enum, default_value_t = Wait::Yield)]
+    wait: Wait,
+    /// Print an alert if the end-to-end p99 exceeds this many microseconds.
+    #[arg(long, default_value_t = 1_000)]
+    alert_p99_us: u64,
 }
 
 #[derive(clap::Args)]
@@ -96,7 +126,9 @@ impl Wait {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Demo(args) => demo(&args),
+        Cmd::Demo(args) => pipeline_demo(&args),
+        Cmd::Pingpong(args) => demo(&args),
+        Cmd::Agent { role, run, wait } => pipeline::agent(&role, &run, wait.strategy()),
         Cmd::DemoEcho { ping, pong, wait, cpu } => demo_echo(&ping, &pong, wait, cpu),
         Cmd::Stat { name } => stat(name.as_deref()),
         Cmd::Clean { dry_run } => clean(dry_run),
@@ -129,6 +161,45 @@ impl Drop for ChildGuard {
     }
 }
 
+fn pipeline_demo(args: &PipelineArgs) -> Result<()> {
+    let report = pipeline::run(args.signals, args.wait.strategy(), args.wait.name())?;
+    let h = &report.latency_ns;
+    println!(
+        "Tadpole trading pipeline: {} processes, shared-memory rings, {} wait",
+        pipeline::AGENTS.len(),
+        args.wait.name()
+    );
+    println!("  {}", pipeline::AGENTS.join(" -> "));
+    println!(
+        "  signals: {} timed ({} filled, {} refused by risk), {:.0} signals/s, {} dead letters",
+        report.filled + report.rejected,
+        report.filled,
+        report.rejected,
+        (report.filled + report.rejected) as f64 / report.elapsed.as_secs_f64(),
+        report.dead_letters
+    );
+    println!("  end-to-end latency, signal to fill (4 ring hops, 4 agents), us:");
+    for (label, q) in [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999)] {
+        println!("    {label:>6}  {:>9.2}", h.value_at_quantile(q) as f64 / 1000.0);
+    }
+    println!("    {:>6}  {:>9.2}", "max", h.max() as f64 / 1000.0);
+    println!("  per hop at p50: {:.2} us", h.value_at_quantile(0.5) as f64 / 4000.0);
+    println!("  rings (messages in, full-ring waits, wake-ups):");
+    for (name, s) in &report.rings {
+        println!(
+            "    {name:<22} {:>8} msgs  {:>6} full  {:>6} wakes",
+            s.produced.messages, s.produced.full_events, s.produced.wakes
+        );
+    }
+    let p99_us = h.value_at_quantile(0.99) / 1000;
+    if p99_us > args.alert_p99_us {
+        println!("  ALERT: end-to-end p99 {p99_us} us exceeds {} us", args.alert_p99_us);
+    } else {
+        println!("  p99 within the {} us alert threshold", args.alert_p99_us);
+    }
+    Ok(())
+}
+
 fn demo(args: &DemoArgs) -> Result<()> {
     let tag = std::process::id();
     let (ping_name, pong_name) = (format!("demo-{tag}-ping"), format!("demo-{tag}-pong"));
@@ -142,7 +213,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
 
     let pinned = cpus() >= 2;
     let mut echo = Command::new(std::env::current_exe()?);
-    echo.args(["demo-echo", "--ping", &ping_name, "--pong", &pong_name, "--wait", args.wait.name()]);
+    echo.args(["pingpong-echo", "--ping", &ping_name, "--pong", &pong_name, "--wait", args.wait.name()]);
     if pinned {
         echo.args(["--cpu", "1"]);
         pin_to_cpu(0);

@@ -11,22 +11,36 @@ fn tadpole(args: &[&str]) -> (bool, String) {
 }
 
 #[test]
-fn demo_runs_two_processes_and_prints_percentiles() {
-    let (ok, out) = tadpole(&["demo", "--round-trips", "20000", "--size", "64"]);
+fn demo_runs_four_agent_processes_and_reports_end_to_end_latency() {
+    let (ok, out) = tadpole(&["demo", "--signals", "3000"]);
+    assert!(ok, "{out}");
+    for want in ["market-analysis -> risk -> personality -> execution", "p50", "p99.9", "0 dead letters"] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // Every 16th signal is over the risk limit: both outcomes travel the whole pipeline.
+    let line = out.lines().find(|l| l.contains("signals:")).unwrap();
+    assert!(line.contains("3000 timed") && line.contains("188 refused"), "{line}");
+    let (ok, out) = tadpole(&["demo", "--signals", "300", "--wait", "block"]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn pingpong_runs_two_processes_and_prints_percentiles() {
+    let (ok, out) = tadpole(&["pingpong", "--round-trips", "20000", "--size", "64"]);
     assert!(ok, "{out}");
     for label in ["p50", "p99", "p99.9", "max", "round trips: 20000"] {
         assert!(out.contains(label), "missing {label:?} in:\n{out}");
     }
-    let (ok, out) = tadpole(&["demo", "--round-trips", "2000", "--wait", "block"]);
+    let (ok, out) = tadpole(&["pingpong", "--round-trips", "2000", "--wait", "block"]);
     assert!(ok, "{out}");
 }
 
 #[test]
 fn demo_refuses_bad_arguments_with_a_clear_error() {
-    let (ok, out) = tadpole(&["demo", "--size", "0"]);
+    let (ok, out) = tadpole(&["pingpong", "--size", "0"]);
     assert!(!ok);
     assert!(out.contains("--size"), "{out}");
-    let (ok, out) = tadpole(&["demo", "--round-trips", "lots"]);
+    let (ok, out) = tadpole(&["demo", "--signals", "lots"]);
     assert!(!ok);
     assert!(out.contains("invalid value"), "{out}");
 }
