@@ -116,6 +116,17 @@ pub const fn encode_header(position: u64, payload_len: u32, message_type: u16, p
     payload_len as u64 | (message_type as u64) << 32 | flags | check_byte(position) << 56
 }
 
+/// The top 16 bits of a header word: flags and check byte.
+pub const TAG_MASK: u64 = 0xFFFF << 48;
+
+/// The tag ([`TAG_MASK`] bits) of a published message (not padding) at `position`. A word with
+/// this tag is exactly one [`decode_header`] accepts as a non-padding record: it lets the
+/// consumer check flags and position with one compare on its fast path.
+#[inline]
+pub const fn message_tag(position: u64) -> u64 {
+    FLAG_COMMITTED | check_byte(position) << 56
+}
+
 /// A record header read back from the data region. Constructed only by [`decode_header`],
 /// which refuses anything the producer would not have written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,6 +317,11 @@ mod tests {
             assert_eq!(decode_header(pos.wrapping_add(8), w), Err(HeaderFault::WrongPosition));
         }
         assert_eq!(decode_header(0, 0), Ok(None));
+        for pos in [0u64, 8, 4096, u64::MAX - 7] {
+            let w = encode_header(pos, 77, 9, false);
+            assert_eq!(w & TAG_MASK, message_tag(pos));
+            assert_ne!(encode_header(pos, 77, 9, true) & TAG_MASK, message_tag(pos));
+        }
         // A zero-length message of type zero is still a non-zero word.
         assert_ne!(encode_header(0, 0, 0, false), 0);
         assert_eq!(decode_header(0, 5), Err(HeaderFault::BadFlags));

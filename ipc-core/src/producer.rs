@@ -2,9 +2,10 @@
 //! Never blocks, allocates or makes a syscall on the fast path; the doorbell syscall happens only
 //! when the consumer is asleep.
 
+use std::ptr::NonNull;
 use std::time::Duration;
 
-use crate::layout::{self, OWNER_DETACHED, RECORD_HEADER_LEN, SLACK, encode_header, record_len};
+use crate::layout::{self, OWNER_DETACHED, RECORD_HEADER_LEN, SLACK, SegmentHeader, encode_header, record_len};
 use crate::liveness::ProcessId;
 use crate::segment::{PayloadAlign, Segment, SegmentFault, check_head_behind, check_positions};
 use crate::sync::atomic::AtomicU64;
@@ -55,6 +56,8 @@ pub enum SendError {
 /// ```
 pub struct Producer {
     segment: Segment,
+    /// The segment's header page, cached: `segment.header()` goes through the `Arc`.
+    header: NonNull<SegmentHeader>,
     data: *mut u8,
     mask: u64,
     capacity: u64,
@@ -68,8 +71,9 @@ pub struct Producer {
     write_limit: u64,
     wait: WaitStrategy,
     counters: Tally,
-    /// A reservation or batch in progress: where it started and the header word for its first
-    /// record, stored last (with release) to publish the whole span.
+    /// A reservation or batch in progress: where it ends and the header word for its first
+    /// record, stored last (with release) to publish the whole span. Reset when a reservation
+    /// or batch starts (not after a publish: a dropped grant or batch may have left it dirty).
     pending: Pending,
 }
 
@@ -90,13 +94,15 @@ struct Pending {
     end: u64,
     /// Header word for the record at `tail`, once reserved.
     first_word: u64,
+    /// Messages and payload bytes of a batch (a single reservation passes its own to `publish`).
     messages: u64,
     bytes: u64,
     padding: u64,
 }
 
-// SAFETY: the raw data pointer points into the segment's mapping, which `segment` keeps alive;
-// a Producer is the only writer of the space it reserves wherever it moves.
+// SAFETY: the raw header and data pointers point into the segment's mapping, which `segment`
+// keeps alive (the header holds only atomics); a Producer is the only writer of the space it
+// reserves wherever it moves.
 unsafe impl Send for Producer {}
 
 impl Segment {
@@ -117,6 +123,7 @@ impl Segment {
         let mut tail = stored_tail.max(head);
         let mut producer = Producer {
             segment: self.clone(),
+            header: NonNull::from(h),
             data: self.data().as_ptr(),
             mask: self.params.capacity - 1,
             capacity: self.params.capacity,
@@ -170,7 +177,22 @@ impl Producer {
     /// for space. Default: [`WaitStrategy::SpinThenYield`].
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.wait = wait;
-        crate::wait::set_blocking(&self.segment.header().producer_doorbell, wait);
+        crate::wait::set_blocking(&self.header().producer_doorbell, wait);
+    }
+
+    #[inline]
+    fn header(&self) -> &SegmentHeader {
+        // SAFETY: points at the header page of `self.segment`'s mapping, which stays mapped (and
+        // validated) as long as `self`; the header holds only atomics, so shared access is fine.
+        unsafe { self.header.as_ref() }
+    }
+
+    /// Forgets any reservation a dropped grant or batch left behind: the next record starts
+    /// at the tail. `first_word` needs no reset: whatever is staged at the tail overwrites it.
+    #[inline]
+    fn start_pending(&mut self) {
+        self.pending.end = self.tail;
+        self.pending.padding = 0;
     }
 
     /// The segment this producer writes.
@@ -225,7 +247,7 @@ impl Producer {
     /// the grant, then [`WriteGrant::commit`]; dropping the grant publishes nothing.
     #[inline]
     pub fn try_reserve(&mut self, len: usize) -> Result<WriteGrant<'_>, SendError> {
-        self.pending = Pending { end: self.tail, ..Pending::default() };
+        self.start_pending();
         let payload_pos = self.claim(len)?;
         Ok(WriteGrant { payload_pos, len, message_type: 0, producer: self })
     }
@@ -237,7 +259,7 @@ impl Producer {
 
     /// [`reserve`](Self::reserve) giving up after `timeout`.
     pub fn reserve_timeout(&mut self, len: usize, timeout: Option<Duration>) -> Result<WriteGrant<'_>, SendError> {
-        self.pending = Pending { end: self.tail, ..Pending::default() };
+        self.start_pending();
         let payload_pos = self.claim_waiting(len, timeout)?;
         Ok(WriteGrant { payload_pos, len, message_type: 0, producer: self })
     }
@@ -256,7 +278,9 @@ impl Producer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn batch(&mut self) -> WriteBatch<'_> {
-        self.pending = Pending { end: self.tail, ..Pending::default() };
+        self.start_pending();
+        self.pending.messages = 0;
+        self.pending.bytes = 0;
         WriteBatch { producer: self }
     }
 
@@ -270,9 +294,7 @@ impl Producer {
     #[inline(always)]
     fn claim(&mut self, len: usize) -> Result<u64, SendError> {
         if len > self.max_len as usize {
-            self.counters.oversize = self.counters.oversize.wrapping_add(1);
-            self.segment.header().producer_counters.oversize_rejects.store(self.counters.oversize, Relaxed);
-            return Err(SendError::TooLarge { len, max: self.max_len as usize });
+            return Err(self.refuse_oversize(len));
         }
         let start = self.pending.end;
         let (header_pos, end) = self.place(start, len);
@@ -285,15 +307,27 @@ impl Producer {
         }
         self.pad(start, header_pos);
         if end > self.write_limit {
-            let quarter = self.capacity / 4;
-            self.write_limit = end.next_multiple_of(quarter);
-            let attach = &self.segment.header().producer_attach;
-            attach.write_limit.store(self.write_limit, Relaxed);
-            // Orders the limit before the payload writes that follow, for observers.
-            crate::sync::atomic::fence(Release);
+            self.raise_write_limit(end);
         }
         self.pending.end = end;
         Ok(header_pos + RECORD_HEADER_LEN)
+    }
+
+    #[cold]
+    fn refuse_oversize(&mut self, len: usize) -> SendError {
+        self.counters.oversize = self.counters.oversize.wrapping_add(1);
+        self.header().producer_counters.oversize_rejects.store(self.counters.oversize, Relaxed);
+        SendError::TooLarge { len, max: self.max_len as usize }
+    }
+
+    /// Publishes a new write limit above `end`, a quarter of the ring at a time (four times a lap).
+    #[cold]
+    fn raise_write_limit(&mut self, end: u64) {
+        let quarter = self.capacity / 4;
+        self.write_limit = end.next_multiple_of(quarter);
+        self.header().producer_attach.write_limit.store(self.write_limit, Relaxed);
+        // Orders the limit before the payload writes that follow, for observers.
+        crate::sync::atomic::fence(Release);
     }
 
     /// Where a record of `len` payload bytes starting at `start` puts its header, and where it
@@ -343,7 +377,7 @@ impl Producer {
 
     #[cold]
     fn refresh_head(&mut self) -> Result<(), SendError> {
-        let head = self.segment.header().consumer_position.position.load(Acquire);
+        let head = self.header().consumer_position.position.load(Acquire);
         check_head_behind(head, self.tail, self.capacity).map_err(SendError::Corrupt)?;
         self.cached_head = head;
         Ok(())
@@ -354,7 +388,7 @@ impl Producer {
     #[cold]
     fn note_full(&mut self) -> Result<(), SendError> {
         self.counters.full_events = self.counters.full_events.wrapping_add(1);
-        let h = self.segment.header();
+        let h = self.header();
         h.producer_counters.full_events.store(self.counters.full_events, Relaxed);
         let gone = h.consumer_attach.owner.load(Acquire) & OWNER_DETACHED != 0
             || (self.counters.full_events % 4096 == 0 && matches!(self.consumer_state(), PeerState::Dead(_)));
@@ -370,7 +404,7 @@ impl Producer {
             }
             let waiter = waiter.get_or_insert_with(|| Waiter::new(self.wait, timeout));
             let need = self.place(self.pending.end, len).1;
-            let h = self.segment.header();
+            let h = self.header();
             let blocked = || need + SLACK > h.consumer_position.position.load(Acquire) + self.capacity;
             match waiter.pause(&h.producer_doorbell.sleeping, blocked) {
                 WaitStep::Retry => {}
@@ -388,48 +422,51 @@ impl Producer {
         }
     }
 
-    /// Publishes the pending span with one release store of its first header.
+    /// Publishes the pending span, holding `messages` messages of `bytes` payload bytes in all,
+    /// with one release store of its first header.
     #[inline]
-    fn publish(&mut self) -> u64 {
-        let p = self.pending;
-        if p.end == self.tail {
-            return 0;
+    fn publish(&mut self, messages: u64, bytes: u64) {
+        let (end, first_word, padding) = (self.pending.end, self.pending.first_word, self.pending.padding);
+        if end == self.tail {
+            return;
         }
         // The slot after the span must read as "nothing yet" when the consumer gets there; it
         // still holds bytes of the previous lap. SLACK guarantees it is free space.
-        self.slot(p.end).store(0, Relaxed);
-        self.slot(self.tail).store(p.first_word, Release);
-        self.tail = p.end;
-        let h = self.segment.header();
-        h.producer_position.position.store(p.end, Release);
+        self.slot(end).store(0, Relaxed);
+        self.slot(self.tail).store(first_word, Release);
+        self.tail = end;
         let t = &mut self.counters;
         // Counters restored from a hostile segment may start anywhere: wrap, never trap.
-        t.messages = t.messages.wrapping_add(p.messages);
-        t.bytes = t.bytes.wrapping_add(p.bytes);
+        t.messages = t.messages.wrapping_add(messages);
+        t.bytes = t.bytes.wrapping_add(bytes);
         t.commits = t.commits.wrapping_add(1);
-        t.padding_bytes = t.padding_bytes.wrapping_add(p.padding);
+        t.padding_bytes = t.padding_bytes.wrapping_add(padding);
+        let (messages, bytes, commits, padding_bytes) = (t.messages, t.bytes, t.commits, t.padding_bytes);
+        let h = self.header();
+        h.producer_position.position.store(end, Release);
         let c = &h.producer_counters;
-        c.messages.store(t.messages, Relaxed);
-        c.bytes.store(t.bytes, Relaxed);
-        c.commits.store(t.commits, Relaxed);
-        if p.padding != 0 {
-            c.padding_bytes.store(t.padding_bytes, Relaxed);
+        c.messages.store(messages, Relaxed);
+        c.bytes.store(bytes, Relaxed);
+        c.commits.store(commits, Relaxed);
+        if padding != 0 {
+            c.padding_bytes.store(padding_bytes, Relaxed);
         }
         if ring_doorbell(&h.consumer_doorbell) {
-            self.counters.wakes = self.counters.wakes.wrapping_add(1);
-            c.wakes.store(self.counters.wakes, Relaxed);
+            self.count_wake();
         }
-        self.pending = Pending { end: self.tail, ..Pending::default() };
-        p.messages
     }
 
-    /// Records a reserved message's header inside the pending span.
+    #[cold]
+    fn count_wake(&mut self) {
+        self.counters.wakes = self.counters.wakes.wrapping_add(1);
+        self.header().producer_counters.wakes.store(self.counters.wakes, Relaxed);
+    }
+
+    /// Stages a reserved message's header inside the pending span.
     #[inline]
     fn finish_record(&mut self, payload_pos: u64, len: usize, message_type: u16) {
         let header_pos = payload_pos - RECORD_HEADER_LEN;
         self.stage_header(header_pos, encode_header(header_pos, len as u32, message_type, false));
-        self.pending.messages += 1;
-        self.pending.bytes += len as u64;
     }
 
     #[inline]
@@ -445,7 +482,7 @@ impl Producer {
 impl Drop for Producer {
     fn drop(&mut self) {
         detach_side(&self.segment, Side::Producer);
-        ring_doorbell(&self.segment.header().consumer_doorbell);
+        ring_doorbell(&self.header().consumer_doorbell);
     }
 }
 
@@ -471,7 +508,7 @@ impl WriteGrant<'_> {
     pub fn commit(self) {
         let (pos, len, ty) = (self.payload_pos, self.len, self.message_type);
         self.producer.finish_record(pos, len, ty);
-        self.producer.publish();
+        self.producer.publish(1, len as u64);
     }
 }
 
@@ -502,6 +539,9 @@ impl WriteBatch<'_> {
     pub fn try_reserve(&mut self, len: usize, message_type: u16) -> Result<&mut [u8], SendError> {
         let pos = self.producer.claim(len)?;
         self.producer.finish_record(pos, len, message_type);
+        let p = &mut self.producer.pending;
+        p.messages += 1;
+        p.bytes += len as u64;
         Ok(self.producer.payload_mut(pos, len))
     }
 
@@ -525,6 +565,8 @@ impl WriteBatch<'_> {
     /// Publishes every record of the batch at once; returns how many messages it held.
     #[inline]
     pub fn commit(self) -> usize {
-        self.producer.publish() as usize
+        let (messages, bytes) = (self.producer.pending.messages, self.producer.pending.bytes);
+        self.producer.publish(messages, bytes);
+        messages as usize
     }
 }
