@@ -6,8 +6,10 @@
 //!
 //! (a) Envelope ping-pong: thread A sends one message, thread B receives it and answers with an
 //!     8-byte raw ack; A times the round trip. Forward message: raw bytes (a pre-built envelope
-//!     copied in), or a typed envelope built, sent, verified (or trusted) and read. Threads pinned
-//!     to CPUs 0 and 1, modes interleaved in rounds so drift hits all of them alike.
+//!     copied in), or a typed envelope built, sent, verified (or trusted) and read; both records
+//!     have the same length and go through the same ring API. Threads pinned to CPUs 0 and 1,
+//!     modes interleaved in rounds so drift hits all of them alike; an atomic ping-pong floor
+//!     probe before each round and at the end flags a run whose floor moved (MEASURING.md).
 //! (b) Arrow: receive cost for 1 K and 1 M rows, validated and trusted; send of a 1 M-row batch
 //!     against a memcpy of the same number of bytes, interleaved.
 //!
@@ -20,7 +22,9 @@ use std::time::Instant;
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use ipc_core::{Consumer, PayloadAlign, Producer, RingBuilder};
 use schemas::channel::{BatchReceiver, BatchSender, EnvelopeReceiver, EnvelopeSender};
-use schemas::envelope::{EnvelopeEncoder, EnvelopeHeader, MessageId, SchemaVersion, VerifyOptions, verify_envelope};
+use schemas::envelope::{
+    EnvelopeEncoder, EnvelopeHeader, MessageId, SchemaVersion, VerifierKind, VerifyOptions, verify_envelope,
+};
 use schemas::fb;
 
 fn pin(cpu: usize) {
@@ -58,15 +62,22 @@ fn quick() -> bool {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
+    /// The reader touches one byte of the record.
     Raw,
+    /// The reader reads every byte (as verification does: every cache line
+    /// of the record crosses to the reader's core).
+    RawReadAll,
     Verified,
+    /// Verified by FlatBuffers' generic verifier (`VerifierKind::FlatBuffers`).
+    VerifiedGeneric,
     Trusted,
 }
 
-const MODES: [Mode; 3] = [Mode::Raw, Mode::Verified, Mode::Trusted];
+const MODES: [Mode; 5] = [Mode::Raw, Mode::RawReadAll, Mode::Verified, Mode::VerifiedGeneric, Mode::Trusted];
 
-/// The forward message: a trading signal with a fixed header (so every
-/// encoding has the same length as the raw bytes).
+/// The forward message: a trading signal with a fixed header. `seq` must be
+/// non-zero (a zero `valid_until_ns` is elided and the record gets shorter), so
+/// every encoding has the same length as the raw bytes.
 fn build_signal(
     fbb: &mut flatbuffers::FlatBufferBuilder<'static>,
     seq: u64,
@@ -128,13 +139,17 @@ fn ping_pong(mode: Mode, iters: usize) -> Vec<u64> {
         pin(1);
         let mut back_p = back_p;
         match mode {
-            Mode::Raw => {
+            Mode::Raw | Mode::RawReadAll => {
                 let mut c = fwd_c;
                 for i in 0..iters {
                     loop {
                         if let Ok(g) = c.try_recv() {
-                            // Touch the payload like a reader of one field would.
-                            black_box(g[g.len() - 1]);
+                            if mode == Mode::Raw {
+                                // Touch the payload like a reader of one field would.
+                                black_box(g[g.len() - 1]);
+                            } else {
+                                black_box(g.iter().fold(0u8, |a, b| a ^ b));
+                            }
                             break;
                         }
                         std::hint::spin_loop();
@@ -142,8 +157,12 @@ fn ping_pong(mode: Mode, iters: usize) -> Vec<u64> {
                     send_ack(&mut back_p, i as u64);
                 }
             }
-            Mode::Verified | Mode::Trusted => {
+            Mode::Verified | Mode::VerifiedGeneric | Mode::Trusted => {
                 let mut rx = EnvelopeReceiver::new(fwd_c);
+                if mode == Mode::VerifiedGeneric {
+                    let generic = VerifyOptions { verifier: VerifierKind::FlatBuffers, ..VerifyOptions::default() };
+                    rx = rx.with_verify_options(generic);
+                }
                 if mode == Mode::Trusted {
                     // SAFETY: the only peer is the EnvelopeSender of this benchmark.
                     rx = unsafe { rx.trust_peer() };
@@ -169,9 +188,9 @@ fn ping_pong(mode: Mode, iters: usize) -> Vec<u64> {
     pin(0);
     let mut samples = Vec::with_capacity(iters);
     match mode {
-        Mode::Raw => {
+        Mode::Raw | Mode::RawReadAll => {
             let mut enc = EnvelopeEncoder::new();
-            let bytes = enc.encode(&header(), |fbb| build_signal(fbb, 0)).to_vec();
+            let bytes = enc.encode(&header(), |fbb| build_signal(fbb, 1)).to_vec();
             let mut p = fwd_p;
             for _ in 0..iters {
                 let t = Instant::now();
@@ -182,12 +201,12 @@ fn ping_pong(mode: Mode, iters: usize) -> Vec<u64> {
                 samples.push(t.elapsed().as_nanos() as u64);
             }
         }
-        Mode::Verified | Mode::Trusted => {
+        Mode::Verified | Mode::VerifiedGeneric | Mode::Trusted => {
             let mut tx = EnvelopeSender::new(fwd_p);
             for i in 0..iters {
                 let t = Instant::now();
                 let h = header();
-                while tx.try_send(&h, |fbb| build_signal(fbb, i as u64)).is_err() {
+                while tx.try_send(&h, |fbb| build_signal(fbb, i as u64 + 1)).is_err() {
                     std::hint::spin_loop();
                 }
                 spin_recv_ack(&mut back_c);
@@ -200,25 +219,48 @@ fn ping_pong(mode: Mode, iters: usize) -> Vec<u64> {
 }
 
 /// One-thread costs of the typed steps, for context (ns per message, median of 5 runs).
-fn envelope_steps() -> (usize, f64, f64, f64) {
+struct Steps {
+    len: usize,
+    new_id: f64,
+    encode: f64,
+    verify: f64,
+    verify_flatbuffers: f64,
+    copy: f64,
+}
+
+fn envelope_steps() -> Steps {
     let mut enc = EnvelopeEncoder::new();
     let n = if quick() { 20_000 } else { 200_000 };
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let mut new_id = Vec::new();
     let mut encode = Vec::new();
     let mut verify = Vec::new();
+    let mut verify_flatbuffers = Vec::new();
     let mut copy = Vec::new();
-    let bytes = enc.encode(&header(), |fbb| build_signal(fbb, 0)).to_vec();
+    let bytes = enc.encode(&header(), |fbb| build_signal(fbb, 1)).to_vec();
+    let fixed = header();
+    let fb_opts = VerifyOptions { verifier: VerifierKind::FlatBuffers, ..VerifyOptions::default() };
     let mut dst = vec![0u8; bytes.len()];
     for _ in 0..5 {
         let t = Instant::now();
+        for _ in 0..n {
+            black_box(MessageId::new_v4());
+        }
+        new_id.push(t.elapsed().as_nanos() as f64 / n as f64);
+        let t = Instant::now();
         for i in 0..n {
-            let h = header();
-            black_box(enc.encode(&h, |fbb| build_signal(fbb, i as u64)).len());
+            black_box(enc.encode(&fixed, |fbb| build_signal(fbb, i as u64 + 1)).len());
         }
         encode.push(t.elapsed().as_nanos() as f64 / n as f64);
+        let t = Instant::now();
+        for _ in 0..n {
+            let env = verify_envelope(black_box(&bytes), &fb_opts).unwrap();
+            black_box(env.payload_type());
+        }
+        verify_flatbuffers.push(t.elapsed().as_nanos() as f64 / n as f64);
         let t = Instant::now();
         for _ in 0..n {
             let env = verify_envelope(black_box(&bytes), &VerifyOptions::default()).unwrap();
@@ -232,7 +274,47 @@ fn envelope_steps() -> (usize, f64, f64, f64) {
         }
         copy.push(t.elapsed().as_nanos() as f64 / n as f64);
     }
-    (bytes.len(), median(encode), median(verify), median(copy))
+    Steps {
+        len: bytes.len(),
+        new_id: median(new_id),
+        encode: median(encode),
+        verify: median(verify),
+        verify_flatbuffers: median(verify_flatbuffers),
+        copy: median(copy),
+    }
+}
+
+/// The hardware floor: p50 round trip of one atomic bounced between the two
+/// pinned CPUs (MEASURING.md: it moves between runs, so every row is read
+/// against a probe taken just before it).
+fn floor_probe() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let iters = if quick() { 2_000 } else { 20_000 };
+    let cell = Arc::new(AtomicU64::new(0));
+    let echo = {
+        let cell = Arc::clone(&cell);
+        std::thread::spawn(move || {
+            pin(1);
+            for i in 0..iters as u64 {
+                while cell.load(Ordering::Acquire) != 2 * i + 1 {
+                    std::hint::spin_loop();
+                }
+                cell.store(2 * i + 2, Ordering::Release);
+            }
+        })
+    };
+    pin(0);
+    let mut samples = Vec::with_capacity(iters);
+    for i in 0..iters as u64 {
+        let t = Instant::now();
+        cell.store(2 * i + 1, Ordering::Release);
+        while cell.load(Ordering::Acquire) != 2 * i + 2 {
+            std::hint::spin_loop();
+        }
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    echo.join().unwrap();
+    summarize(samples).p50
 }
 
 // ---------------------------------------------------------------------------
@@ -331,29 +413,58 @@ fn main() {
     let rounds = 5;
     let per_round = 40_000 / scale;
     let mut all: Vec<Vec<u64>> = vec![Vec::new(); MODES.len()];
+    // Per round: a floor probe, then each mode; each mode's p50 is also read
+    // against the probe of its round.
+    let mut probes = Vec::new();
+    let mut per_round_ratio: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
     for _ in 0..rounds {
+        probes.push(floor_probe());
+        let mut p50s = Vec::new();
         for (i, mode) in MODES.iter().enumerate() {
             let mut s = ping_pong(*mode, per_round + 2_000);
             s.drain(..2_000); // warm-up
+            p50s.push(summarize(s.clone()).p50 as f64);
             all[i].extend(s);
         }
+        for (i, p) in p50s.iter().enumerate() {
+            per_round_ratio[i].push(p / p50s[0]);
+        }
     }
+    let end_probe = floor_probe();
     let sums: Vec<Summary> = all.into_iter().map(summarize).collect();
-    let (len, encode_ns, verify_ns, copy_ns) = envelope_steps();
+    let steps = envelope_steps();
     let raw = sums[0].p50 as f64;
-    println!("## Envelope channel: ping-pong round trip ({len}-byte TradingSignalGenerated envelope)\n");
-    println!("| forward message | p50 RTT | p99 RTT | p50 ratio vs raw |");
-    println!("|---|---|---|---|");
-    for (mode, s) in MODES.iter().zip(&sums) {
-        let label = match mode {
-            Mode::Raw => "raw bytes (pre-built envelope copied in)",
-            Mode::Verified => "typed: encode + send, verify + read (default)",
-            Mode::Trusted => "typed: encode + send, trusted read (`trust_peer`)",
-        };
-        println!("| {label} | {} ns | {} ns | {:.2}x |", s.p50, s.p99, s.p50 as f64 / raw);
-    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("## Envelope channel: ping-pong round trip ({}-byte TradingSignalGenerated envelope)\n", steps.len);
     println!(
-        "\nOne-thread step costs: encode {encode_ns:.0} ns, verify {verify_ns:.0} ns, memcpy of {len} bytes {copy_ns:.0} ns.\n"
+        "| forward message | p50 RTT | p99 RTT | p50 ratio vs raw | median of per-round ratios | vs raw (reads all) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (i, (mode, s)) in MODES.iter().zip(&sums).enumerate() {
+        let label = match mode {
+            Mode::Raw => "raw bytes (the same envelope, pre-built, copied in; reader touches 1 byte)",
+            Mode::RawReadAll => "raw bytes, reader reads every byte",
+            Mode::Verified => "typed: new id + encode + send, verify + read (default)",
+            Mode::VerifiedGeneric => "typed: same, FlatBuffers' generic verifier (`VerifierKind::FlatBuffers`)",
+            Mode::Trusted => "typed: new id + encode + send, trusted read (`trust_peer`)",
+        };
+        let round = median(per_round_ratio[i].clone());
+        let vs_all = s.p50 as f64 / sums[1].p50 as f64;
+        println!("| {label} | {} ns | {} ns | {:.2}x | {round:.2}x | {vs_all:.2}x |", s.p50, s.p99, s.p50 as f64 / raw);
+    }
+    let (first, last) = (probes[0] as f64, end_probe as f64);
+    let drift = (last - first).abs() / first;
+    println!(
+        "\nFloor (atomic ping-pong RTT, p50) per round: {probes:?} ns, at the end {end_probe} ns{}.",
+        if drift > 0.2 { format!(" — **floor drifted {:.0}%: rerun**", drift * 100.0) } else { String::new() }
+    );
+    println!(
+        "\nOne-thread step costs: `MessageId::new_v4` {:.0} ns, encode {:.0} ns, verify {:.0} ns \
+         (FlatBuffers' generic verifier {:.0} ns), memcpy of {} bytes {:.0} ns.\n",
+        steps.new_id, steps.encode, steps.verify, steps.verify_flatbuffers, steps.len, steps.copy
     );
 
     // (b)

@@ -302,3 +302,231 @@ proptest! {
         let _ = verify_envelope(&bytes, &VerifyOptions::default()).map(|e| envelope_to_json(&e));
     }
 }
+
+// ---------------------------------------------------------------------------
+// The specialised verifier against FlatBuffers' verifier
+
+/// Deterministic bits for the generic event builder (splitmix64).
+struct Bits(u64);
+
+impl Bits {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn text(&mut self) -> &'static str {
+        const TEXTS: [&str; 6] =
+            ["", "BTC-USD", "risk-agent-1", "é∂ü→日本", "x", "a-forty-byte-identifier-for-long-strings"];
+        TEXTS[(self.next() % 6) as usize]
+    }
+}
+
+/// An envelope whose payload is member `kind` with every field either absent
+/// or set to a value from `seed`, built through the field shapes the
+/// specialised verifier uses, plus `metadata_len` metadata entries.
+fn any_event_record(kind: u8, seed: u64, metadata_len: usize) -> Vec<u8> {
+    let mut bits = Bits(seed);
+    let metadata: Vec<(&str, &str)> = (0..metadata_len).map(|_| (bits.text(), bits.text())).collect();
+    let header = EnvelopeHeader::new(bits.text(), bits.text()).with_metadata(&metadata);
+    let mut enc = EnvelopeEncoder::new();
+    enc.encode(&header, |fbb| any_event(fbb, kind, &mut bits)).to_vec()
+}
+
+/// Builds a member-`kind` payload table generically (see [`any_event_record`]).
+fn any_event(fbb: &mut FlatBufferBuilder<'static>, kind: u8, bits: &mut Bits) -> PayloadOffset {
+    use verify::Shape;
+    let shapes = payload_shapes(fb::Payload(kind));
+    // Offsets first: strings and vectors cannot be built inside a table.
+    let mut offsets = Vec::new();
+    for shape in &shapes {
+        offsets.push(match shape {
+            Shape::String => Some(fbb.create_string(bits.text()).value()),
+            Shape::StringVector => {
+                let items: Vec<_> = (0..bits.next() % 4).map(|_| fbb.create_string(bits.text())).collect();
+                Some(fbb.create_vector(&items).value())
+            }
+            Shape::Inline { .. } => None,
+        });
+    }
+    let start = fbb.start_table();
+    for (i, (shape, offset)) in shapes.iter().zip(offsets).enumerate() {
+        let slot = u16::try_from(4 + 2 * i).unwrap();
+        if bits.next() % 5 == 0 {
+            continue; // absent
+        }
+        let v = bits.next();
+        match (shape, offset) {
+            (Shape::Inline { size: 1, .. }, _) => fbb.push_slot_always::<u8>(slot, v as u8),
+            (Shape::Inline { size: 4, .. }, _) => fbb.push_slot_always::<u32>(slot, v as u32),
+            (Shape::Inline { size: 8, .. }, _) => fbb.push_slot_always::<u64>(slot, v),
+            (Shape::Inline { size: 16, .. }, _) => {
+                fbb.push_slot_always::<&fb::Uuid>(slot, &fb::Uuid::new(v, !v));
+            }
+            (_, Some(offset)) => {
+                fbb.push_slot_always::<WIPOffset<UnionWIPOffset>>(slot, WIPOffset::new(offset));
+            }
+            (shape, None) => panic!("no builder for {shape:?}"),
+        }
+    }
+    let table = fbb.end_table(start);
+    PayloadOffset::new(fb::Payload(kind), WIPOffset::new(table.value()))
+}
+
+#[test]
+fn hand_layout_reads_like_the_builder_layout() {
+    for kind in 1..=22u8 {
+        for seed in 0..40u64 {
+            let mut bits = Bits(seed);
+            let (source, destination) = (bits.text(), bits.text());
+            let metadata: Vec<(&str, &str)> = (0..seed % 5).map(|_| (bits.text(), bits.text())).collect();
+            let mut header = EnvelopeHeader::new(source, destination).with_metadata(&metadata);
+            header.timestamp_ns = if seed % 4 == 0 { 0 } else { bits.next() };
+            let mut enc = EnvelopeEncoder::new();
+            let hand = enc.encode(&header, |fbb| any_event(fbb, kind, &mut Bits(seed))).to_vec();
+            assert_eq!(enc.finished, Finished::Record);
+            enc.fbb.reset();
+            let payload = any_event(&mut enc.fbb, kind, &mut Bits(seed));
+            let reference = enc.finish_with_builder(&header, payload).to_vec();
+            assert_eq!(hand.len() % 8, 0);
+            // The apparent size depends on the layout (the hand vtable is never
+            // trimmed, a zero timestamp is stored): only the other limits compare.
+            for opts in limit_variants().iter().filter(|o| o.max_apparent_size == 1 << 20) {
+                let (h, r) = (verify_envelope(&hand, opts), verify_envelope(&reference, opts));
+                assert_eq!(h.is_ok(), r.is_ok(), "kind {kind} seed {seed} {opts:?}: {h:?} vs {r:?}");
+            }
+            let hand = verify_envelope(&hand, &VerifyOptions::default()).unwrap();
+            let reference = verify_envelope(&reference, &VerifyOptions::default()).unwrap();
+            assert_eq!(envelope_to_json(&hand), envelope_to_json(&reference), "kind {kind} seed {seed}");
+            assert_eq!(hand.payload_type(), reference.payload_type());
+            let entries = |env: &Envelope<'_>| -> Vec<(String, Option<String>)> {
+                env.metadata()
+                    .into_iter()
+                    .flatten()
+                    .map(|kv| (kv.key().to_owned(), kv.value().map(str::to_owned)))
+                    .collect()
+            };
+            assert_eq!(hand.metadata().is_none(), reference.metadata().is_none());
+            assert_eq!(entries(&hand), entries(&reference), "kind {kind} seed {seed}");
+            // Sorted by key, so `lookup_by_key` works on it.
+            if let (Some(list), Some((key, _))) = (hand.metadata(), metadata.first()) {
+                assert!(list.lookup_by_key(*key, |kv, k| kv.key_compare_with_value(k)).is_some());
+            }
+        }
+    }
+}
+
+/// Both verifiers on `bytes` (after framing) must agree, and an accepted
+/// record must be fully readable.
+fn assert_verifiers_agree(bytes: &[u8], opts: &VerifyOptions) {
+    let Ok(record) = framed_record(bytes, opts.allow_padding_to_8) else {
+        return;
+    };
+    let fast = verify::verify_fast(record, opts);
+    let fb_opts = flatbuffers::VerifierOptions {
+        max_depth: opts.max_depth,
+        max_tables: opts.max_tables,
+        max_apparent_size: opts.max_apparent_size,
+        ignore_missing_null_terminator: false,
+    };
+    let generic = flatbuffers::size_prefixed_root_with_opts::<Envelope<'_>>(&fb_opts, record);
+    assert_eq!(fast, generic.is_ok(), "specialised {fast}, flatbuffers {generic:?}, opts {opts:?}, record {record:?}");
+    let via_api = verify_envelope(bytes, opts);
+    assert_eq!(via_api.is_ok(), fast);
+    if let Ok(env) = via_api {
+        // Every accessor: header, metadata (keys and values), payload fields.
+        let _ = envelope_to_json(&env);
+        let _ = format!("{env:?}");
+        let _ = EnvelopeHeader::from_envelope(&env);
+        if let Ok(event) = Event::from_envelope(&env) {
+            let _ = event.to_json();
+        }
+    }
+}
+
+fn limit_variants() -> [VerifyOptions; 5] {
+    let d = VerifyOptions::default;
+    [
+        d(),
+        VerifyOptions { max_depth: 1, ..d() },
+        VerifyOptions { max_tables: 2, ..d() },
+        VerifyOptions { max_apparent_size: 200, ..d() },
+        VerifyOptions { allow_padding_to_8: true, ..d() },
+    ]
+}
+
+#[test]
+fn specialised_verifier_accepts_every_event_type() {
+    for kind in 1..=22u8 {
+        for seed in 0..20 {
+            let bytes = any_event_record(kind, seed, (seed % 3) as usize);
+            let env = verify_envelope(&bytes, &VerifyOptions::default()).unwrap();
+            assert!(verify::verify_fast(&bytes, &VerifyOptions::default()), "kind {kind} seed {seed}");
+            if (1..=20).contains(&kind) {
+                assert!(Event::from_envelope(&env).is_ok());
+            }
+        }
+    }
+}
+
+#[test]
+fn specialised_verifier_refusal_keeps_the_flatbuffers_error() {
+    let mut bytes = any_event_record(13, 1, 1);
+    let last = bytes.len() - 1;
+    bytes[last] = 0xFF; // the last string's NUL terminator... or its last byte
+    let fast = verify_envelope(&bytes, &VerifyOptions::default());
+    let generic =
+        verify_envelope(&bytes, &VerifyOptions { verifier: VerifierKind::FlatBuffers, ..VerifyOptions::default() });
+    assert_eq!(fast.map(|_| ()), generic.map(|_| ()));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20000))]
+
+    /// Mutated records of every event type: the specialised verifier accepts
+    /// exactly what FlatBuffers' verifier accepts, under several limits, and
+    /// whatever it accepts renders without panicking.
+    #[test]
+    fn specialised_verifier_agrees_with_flatbuffers(
+        kind in 0..=21u8,
+        seed in any::<u64>(),
+        metadata_len in 0..4usize,
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        truncate in proptest::option::of(any::<prop::sample::Index>()),
+        fix_prefix in any::<bool>(),
+    ) {
+        let mut bytes = any_event_record(kind, seed, metadata_len);
+        for (i, v) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] = v;
+        }
+        if let Some(t) = truncate {
+            bytes.truncate(t.index(bytes.len()).max(MIN_ENVELOPE_LEN));
+        }
+        if fix_prefix {
+            let prefix = u32::try_from(bytes.len() - SIZE_PREFIX_LEN).unwrap();
+            bytes[..4].copy_from_slice(&prefix.to_le_bytes());
+        }
+        for opts in limit_variants() {
+            assert_verifiers_agree(&bytes, &opts);
+        }
+    }
+
+    /// Random bytes behind a valid prefix and identifier.
+    #[test]
+    fn specialised_verifier_agrees_on_random_records(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut bytes = Vec::with_capacity(body.len() + 12);
+        bytes.extend_from_slice(&u32::try_from(body.len() + 8).unwrap().to_le_bytes());
+        bytes.extend_from_slice(&body.get(..4).map_or([8, 0, 0, 0], |b| [b[0], b[1], b[2], b[3]]));
+        bytes.extend_from_slice(&FILE_IDENTIFIER);
+        bytes.extend_from_slice(body.get(4..).unwrap_or(&[]));
+        let prefix = u32::try_from(bytes.len() - SIZE_PREFIX_LEN).unwrap();
+        bytes[..4].copy_from_slice(&prefix.to_le_bytes());
+        for opts in limit_variants() {
+            assert_verifiers_agree(&bytes, &opts);
+        }
+    }
+}
