@@ -17,6 +17,9 @@ use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use crate::wait::{WaitStep, WaitStrategy, Waiter, ring_doorbell};
 use crate::{AttachError, PeerState, Side, attach_side, detach_side, peer_state};
 
+/// Header loads per full poll while busy-spinning (a few microseconds at most).
+const SPIN_BURST: u32 = 1024;
+
 /// Why nothing was received.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecvError {
@@ -440,12 +443,23 @@ impl Consumer {
     fn poll_waiting(&mut self, timeout: Option<Duration>) -> Result<Found, RecvError> {
         let mut waiter: Option<Waiter> = None;
         loop {
-            match self.poll() {
+            if let Some(found) = self.poll_fast() {
+                return Ok(found);
+            }
+            match self.poll_slow() {
                 Err(RecvError::Empty) => {}
                 other => return other,
             }
-            let waiter = waiter.get_or_insert_with(|| Waiter::new(self.wait, timeout));
             let slot = self.slot(self.read_pos);
+            if self.wait == WaitStrategy::BusySpin {
+                // The tightest loop there is: one load of the word the producer will publish.
+                // The full poll (validation, close and liveness checks, deadline) runs once per
+                // SPIN_BURST loads.
+                if (0..SPIN_BURST).any(|_| slot.load(Relaxed) != 0) {
+                    continue;
+                }
+            }
+            let waiter = waiter.get_or_insert_with(|| Waiter::new(self.wait, timeout));
             let h = self.header();
             match waiter.pause(&h.consumer_doorbell.sleeping, || slot.load(Acquire) == 0) {
                 WaitStep::Retry => {}

@@ -260,7 +260,11 @@ impl Producer {
     /// [`reserve`](Self::reserve) giving up after `timeout`.
     pub fn reserve_timeout(&mut self, len: usize, timeout: Option<Duration>) -> Result<WriteGrant<'_>, SendError> {
         self.start_pending();
-        let payload_pos = self.claim_waiting(len, timeout)?;
+        // The common case inline, as in `try_reserve`; the waiting loop only when full.
+        let payload_pos = match self.claim(len) {
+            Err(SendError::Full) => self.claim_waiting(len, timeout)?,
+            other => other?,
+        };
         Ok(WriteGrant { payload_pos, len, message_type: 0, producer: self })
     }
 

@@ -135,9 +135,10 @@ impl Waiter {
     /// [`WaitStrategy::Block`]: the flag is raised, then the condition re-checked before sleeping.
     pub(crate) fn pause(&mut self, sleeping: &AtomicU32, still_blocked: impl FnOnce() -> bool) -> WaitStep {
         self.polls = self.polls.wrapping_add(1);
-        // Reading the clock costs ~20 ns: only every 256 polls while spinning.
+        // Reading the clock costs ~20 ns: only every 256 polls while spinning with backoff. A
+        // busy-spinning consumer calls this once per burst of header loads, so every time.
         let sleepy = self.strategy == WaitStrategy::Block && self.backoff.is_completed();
-        if sleepy || self.polls % 256 == 0 {
+        if sleepy || self.strategy == WaitStrategy::BusySpin || self.polls % 256 == 0 {
             let now = Instant::now();
             if self.deadline.is_some_and(|d| now >= d) {
                 return WaitStep::TimedOut;
