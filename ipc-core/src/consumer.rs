@@ -10,7 +10,7 @@ use crate::layout::{
     self, HeaderFault, OWNER_DETACHED, RECORD_ALIGN, RECORD_HEADER_LEN, SLACK, SegmentHeader, TAG_MASK, message_tag,
     record_len,
 };
-use crate::lease::{Lease, SegmentLeaseQueue};
+use crate::lease::{ConsumerAttachment, Lease, SegmentLeaseQueue};
 use crate::segment::{PayloadAlign, Segment, check_positions};
 use crate::sync::atomic::AtomicU64;
 use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -99,6 +99,8 @@ pub struct Consumer {
     wait: WaitStrategy,
     counters: Tally,
     leases: Option<Arc<SegmentLeaseQueue>>,
+    /// Detaches the consumer side when dropped, after the lease queue (which shares it) too.
+    attachment: Arc<ConsumerAttachment>,
     /// Set once a corrupt record is seen: nothing after it can be trusted.
     poisoned: Option<RecvError>,
 }
@@ -234,6 +236,7 @@ impl Segment {
                 corrupt: c.corrupt_records.load(Relaxed),
             },
             leases: None,
+            attachment: Arc::new(ConsumerAttachment { segment: self.clone() }),
             poisoned: None,
         })
     }
@@ -456,7 +459,10 @@ impl Consumer {
                 // The full poll (validation, close and liveness checks, deadline) runs once per
                 // SPIN_BURST loads.
                 if (0..SPIN_BURST).any(|_| slot.load(Relaxed) != 0) {
-                    continue;
+                    if let Some(found) = self.poll_fast() {
+                        return Ok(found);
+                    }
+                    // Padding (or a bad header): the full poll and the deadline below handle it.
                 }
             }
             let waiter = waiter.get_or_insert_with(|| Waiter::new(self.wait, timeout));
@@ -590,7 +596,7 @@ impl Consumer {
         let queue = self
             .leases
             .get_or_insert_with(|| {
-                Arc::new(SegmentLeaseQueue::new(self.segment.clone(), crate::lease::DEFAULT_MAX_LEASES))
+                Arc::new(SegmentLeaseQueue::new(self.attachment.clone(), crate::lease::DEFAULT_MAX_LEASES))
             })
             .clone();
         let ptr = self.payload_ptr(found.payload_pos);
@@ -607,13 +613,6 @@ impl Consumer {
     fn payload_ptr(&self, payload_pos: u64) -> *const u8 {
         // SAFETY: `peek_at` checked that the record lies inside one lap of the data region.
         unsafe { self.data.add((payload_pos & self.mask) as usize) }
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        detach_side(&self.segment, Side::Consumer);
-        ring_doorbell(&self.header().producer_doorbell);
     }
 }
 

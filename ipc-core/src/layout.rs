@@ -230,7 +230,7 @@ pub struct ProducerCounters {
     pub bytes: AtomicU64,
     /// Commits (a batch of many messages counts once).
     pub commits: AtomicU64,
-    /// Times a reservation found the ring full.
+    /// Reservation attempts that found the ring full (a waiting reservation counts each retry).
     pub full_events: AtomicU64,
     /// futex wake calls made for a sleeping consumer.
     pub wakes: AtomicU64,
@@ -247,7 +247,7 @@ pub struct ConsumerCounters {
     pub messages: AtomicU64,
     /// Payload bytes received.
     pub bytes: AtomicU64,
-    /// Releases (a batch of many messages counts once).
+    /// Releases made directly (a batch counts once; releases folded behind leases are not counted).
     pub releases: AtomicU64,
     /// Polls that found the ring empty.
     pub empty_polls: AtomicU64,

@@ -17,10 +17,26 @@ pub(crate) trait HeadSink: Send + Sync {
     fn publish_head(&self, head: u64);
 }
 
+/// The consumer's hold on its side of the ring, shared by the `Consumer` and its lease queue:
+/// the side is detached only when both are gone. Otherwise a lease dropped after its consumer
+/// could fold an old head over a new consumer's progress.
 #[cfg(not(loom))]
-impl HeadSink for Segment {
+pub(crate) struct ConsumerAttachment {
+    pub(crate) segment: Segment,
+}
+
+#[cfg(not(loom))]
+impl Drop for ConsumerAttachment {
+    fn drop(&mut self) {
+        crate::detach_side(&self.segment, crate::Side::Consumer);
+        ring_doorbell(&self.segment.header().producer_doorbell);
+    }
+}
+
+#[cfg(not(loom))]
+impl HeadSink for Arc<ConsumerAttachment> {
     fn publish_head(&self, head: u64) {
-        let h = self.header();
+        let h = self.segment.header();
         h.consumer_position.position.store(head, Release);
         ring_doorbell(&h.producer_doorbell);
     }
@@ -30,7 +46,7 @@ impl HeadSink for Segment {
 pub(crate) const DEFAULT_MAX_LEASES: usize = 4096;
 
 #[cfg(not(loom))]
-pub(crate) type SegmentLeaseQueue = LeaseQueue<Segment>;
+pub(crate) type SegmentLeaseQueue = LeaseQueue<Arc<ConsumerAttachment>>;
 
 pub(crate) struct LeaseQueue<S: HeadSink> {
     sink: S,

@@ -65,10 +65,17 @@ pub struct Observer {
 // reads.
 unsafe impl Send for Observer {}
 
+/// A position as stored in shared memory, if it is one a real ring could reach.
+fn valid_position(pos: u64) -> Option<u64> {
+    (pos < layout::MAX_POSITION).then_some(pos)
+}
+
 impl Segment {
     /// An observer starting at the oldest record not yet released by the consumer.
     pub fn observer(&self) -> Observer {
-        let pos = self.header().consumer_position.position.load(Acquire);
+        // A hostile position beyond any real one starts the observer at 0 instead (it then
+        // sees nothing, or reports corruption): never arithmetic near u64::MAX.
+        let pos = valid_position(self.header().consumer_position.position.load(Acquire)).unwrap_or(0);
         Observer {
             segment: self.clone(),
             data: self.data().as_ptr(),
@@ -84,8 +91,9 @@ impl Observer {
     /// Skips to the newest committed position: only records published from now on are seen.
     pub fn skip_to_latest(&mut self) {
         let h = self.segment.header();
-        let head = h.consumer_position.position.load(Acquire);
-        self.pos = h.producer_position.position.load(Acquire).max(head) & !7;
+        let head = valid_position(h.consumer_position.position.load(Acquire)).unwrap_or(self.pos);
+        let tail = valid_position(h.producer_position.position.load(Acquire)).unwrap_or(self.pos);
+        self.pos = tail.max(head) & !7;
     }
 
     fn word(&self, pos: u64) -> u64 {
@@ -100,7 +108,8 @@ impl Observer {
     }
 
     fn resync(&mut self) -> ObserveError {
-        let head = self.segment.header().consumer_position.position.load(Acquire) & !7;
+        let head =
+            valid_position(self.segment.header().consumer_position.position.load(Acquire)).unwrap_or(self.pos) & !7;
         let skipped = head.saturating_sub(self.pos);
         self.pos = self.pos.max(head);
         ObserveError::Lagged { skipped }

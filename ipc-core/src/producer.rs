@@ -309,10 +309,12 @@ impl Producer {
                 return Err(SendError::Full);
             }
         }
-        self.pad(start, header_pos);
-        if end > self.write_limit {
-            self.raise_write_limit(end);
+        // Every byte this claim may write, padding headers and the zeroed slot after the record
+        // included, lies below the published limit before it is written (observers rely on it).
+        if end + SLACK > self.write_limit {
+            self.raise_write_limit(end + SLACK);
         }
+        self.pad(start, header_pos);
         self.pending.end = end;
         Ok(header_pos + RECORD_HEADER_LEN)
     }
@@ -409,7 +411,9 @@ impl Producer {
             let waiter = waiter.get_or_insert_with(|| Waiter::new(self.wait, timeout));
             let need = self.place(self.pending.end, len).1;
             let h = self.header();
-            let blocked = || need + SLACK > h.consumer_position.position.load(Acquire) + self.capacity;
+            // Wrapping: a hostile consumer position must not overflow (it only delays the sleep).
+            let blocked =
+                || need.wrapping_add(SLACK).wrapping_sub(h.consumer_position.position.load(Acquire)) > self.capacity;
             match waiter.pause(&h.producer_doorbell.sleeping, blocked) {
                 WaitStep::Retry => {}
                 WaitStep::TimedOut => return Err(SendError::Timeout),

@@ -15,7 +15,7 @@ pub struct ProducerCounters {
     pub bytes: u64,
     /// Commits (one per batch).
     pub commits: u64,
-    /// Reservations that found the ring full.
+    /// Reservation attempts that found the ring full (a waiting reservation counts each retry).
     pub full_events: u64,
     /// Wake syscalls made for a sleeping consumer.
     pub wakes: u64,
@@ -32,7 +32,7 @@ pub struct ConsumerCounters {
     pub messages: u64,
     /// Payload bytes received.
     pub bytes: u64,
-    /// Releases (one per batch or guard).
+    /// Releases made directly (one per batch or guard; releases folded behind leases are not counted).
     pub releases: u64,
     /// Polls that found nothing (updated every 64 polls).
     pub empty_polls: u64,

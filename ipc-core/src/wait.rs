@@ -123,7 +123,8 @@ impl Waiter {
     pub(crate) fn new(strategy: WaitStrategy, timeout: Option<Duration>) -> Waiter {
         Waiter {
             strategy,
-            deadline: timeout.map(|t| Instant::now() + t),
+            // A timeout too large to add to the clock is no deadline at all.
+            deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
             backoff: crossbeam_utils::Backoff::new(),
             polls: 0,
             next_liveness: None,

@@ -359,3 +359,39 @@ fn observer_sees_every_record_without_consuming_and_reports_when_lapped() {
     assert!(tap.try_observe(&mut copy).is_ok());
     assert_eq!(copy, b"after the lap");
 }
+
+#[test]
+fn a_lease_outliving_its_consumer_holds_the_side_until_it_drops() {
+    let seg = RingBuilder::new(4096).create_anonymous().unwrap();
+    let (mut p, mut c) = (seg.producer().unwrap(), seg.consumer().unwrap());
+    p.try_send(b"kept").unwrap();
+    p.try_send(b"released behind it").unwrap();
+    let lease = c.try_recv().unwrap().into_lease().unwrap();
+    drop(c.try_recv().unwrap());
+    drop(c);
+    // A new consumer now would restart at the lease and its fold would later move the head
+    // under it: the side stays held while the lease lives.
+    assert!(matches!(seg.consumer(), Err(AttachError::Busy { .. })));
+    assert_eq!(seg.status().head, 0);
+    drop(lease);
+    let st = seg.status();
+    assert_eq!(st.head, st.tail);
+    let mut c2 = seg.consumer().unwrap();
+    assert_eq!(c2.try_recv().err(), Some(RecvError::Empty));
+}
+
+#[test]
+fn a_timeout_too_large_for_the_clock_means_no_deadline() {
+    let seg = RingBuilder::new(4096).create_anonymous().unwrap();
+    let (mut p, mut c) = (seg.producer().unwrap(), seg.consumer().unwrap());
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        p.try_send(b"late").unwrap();
+        p
+    });
+    assert_eq!(&*c.recv_timeout(Some(Duration::MAX)).unwrap(), b"late");
+    let mut p = sender.join().unwrap();
+    while p.try_send(&[0; 100]).is_ok() {}
+    drop(c);
+    assert_eq!(p.send_timeout(&[0; 100], Some(Duration::MAX)), Err(SendError::Disconnected));
+}
