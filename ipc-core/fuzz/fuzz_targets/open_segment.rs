@@ -6,12 +6,9 @@
 
 #![no_main]
 
-use ipc_core::layout::offsets::{CONSUMER_COUNTERS, PRODUCER_COUNTERS};
 use ipc_core::{PayloadAlign, Segment};
 use libfuzzer_sys::fuzz_target;
-use tadpole_ipc_core_fuzz::{
-    CAPACITIES, CONSUMER_POSITION, PRODUCER_POSITION, ShmFile, exercise, read_u64, valid_image,
-};
+use tadpole_ipc_core_fuzz::{CAPACITIES, ShmFile, exercise, valid_image};
 
 fn patched(mode: u8, mut patches: &[u8]) -> Vec<u8> {
     let capacity = CAPACITIES[usize::from(mode >> 1 & 1)];
