@@ -600,7 +600,7 @@ impl Consumer {
             })
             .clone();
         let ptr = self.payload_ptr(found.payload_pos);
-        match queue.push_held(found.end) {
+        match queue.push_held() {
             Ok(seq) => {
                 self.read_pos = found.end;
                 Ok(Lease::new(queue, seq, found.end, ptr, found.len as usize, found.message_type))

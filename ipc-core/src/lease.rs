@@ -121,10 +121,9 @@ impl<S: HeadSink> LeaseQueue<S> {
         self.slots.len()
     }
 
-    /// Takes a sequence number for a held record ending at `end`; `Err(outstanding)` when full.
-    pub(crate) fn push_held(&self, end: u64) -> Result<u64, usize> {
+    /// Takes a sequence number for a held record (its end is stored when it is released); `Err(outstanding)` when full.
+    pub(crate) fn push_held(&self) -> Result<u64, usize> {
         let seq = self.push_entry()?;
-        let _ = end;
         self.last_released.store(0, Relaxed);
         Ok(seq)
     }
@@ -289,15 +288,15 @@ mod tests {
     fn releases_out_of_order_fold_into_the_head_in_order() {
         let head = Arc::new(Head(AtomicU64::new(0)));
         let queue = LeaseQueue::new(head.clone(), 4);
-        let first = queue.push_held(8).unwrap();
-        let second = queue.push_held(16).unwrap();
+        let first = queue.push_held().unwrap();
+        let second = queue.push_held().unwrap();
         queue.push_released(24).unwrap();
         queue.release(second, 16);
         assert_eq!(head.0.load(Acquire), 0, "the first lease still holds everything");
         queue.release(first, 8);
         assert_eq!(head.0.load(Acquire), 24);
         assert!(queue.is_idle());
-        queue.push_held(32).unwrap();
+        queue.push_held().unwrap();
         queue.push_released(40).unwrap();
         queue.push_released(48).unwrap();
         assert_eq!(queue.room(), 2, "plain releases behind a lease share one entry");

@@ -37,8 +37,8 @@ fn loom_lease_releases_from_any_thread_fold_into_the_head_exactly_once() {
         let sink = Arc::new(ModelHead { head: AtomicU64::new(0), publishing: AtomicBool::new(false) });
         let queue = Arc::new(LeaseQueue::new(sink.clone(), 4));
         // The consumer hands out two leases and releases a plain record behind them.
-        let first = queue.push_held(8).unwrap();
-        let second = queue.push_held(16).unwrap();
+        let first = queue.push_held().unwrap();
+        let second = queue.push_held().unwrap();
         let q1 = queue.clone();
         let t1 = thread::spawn(move || q1.release(first, 8));
         let q2 = queue.clone();
@@ -59,7 +59,7 @@ fn loom_plain_releases_extend_the_newest_entry_without_losing_any() {
     loom::model(|| {
         let sink = Arc::new(ModelHead { head: AtomicU64::new(0), publishing: AtomicBool::new(false) });
         let queue = Arc::new(LeaseQueue::new(sink.clone(), 2));
-        let lease = queue.push_held(8).unwrap();
+        let lease = queue.push_held().unwrap();
         queue.push_released(16).unwrap();
         let q = queue.clone();
         let t = thread::spawn(move || q.release(lease, 8));
