@@ -7,34 +7,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::layout::{
-    self, HeaderFault, OWNER_DETACHED, RECORD_ALIGN, RECORD_HEADER_LEN, SLACK, SegmentHeader, TAG_MASK, message_tag,
-    record_len,
+    self, CorruptReason, OWNER_DETACHED, RECORD_ALIGN, RECORD_HEADER_LEN, RecordBounds, SLACK, SegmentHeader, TAG_MASK,
+    message_tag, record_len,
 };
-use crate::lease::{ConsumerAttachment, Lease, SegmentLeaseQueue};
+use crate::lease::{BatchLease, ConsumerAttachment, DEFAULT_MAX_LEASES, Lease, SegmentLeaseQueue};
 use crate::segment::{PayloadAlign, Segment, check_positions};
 use crate::sync::atomic::AtomicU64;
 use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use crate::wait::{WaitStep, WaitStrategy, Waiter, ring_doorbell};
+use crate::wait::{PeerSchedule, WaitStep, WaitStrategy, Waiter, ring_doorbell};
 use crate::{AttachError, PeerState, Side, attach_side, detach_side, peer_state};
 
 /// Header loads per full poll while busy-spinning (a few microseconds at most).
 const SPIN_BURST: u32 = 1024;
 
-/// Why nothing was received.
+/// Why [`Consumer::try_recv`] or [`Consumer::read_batch`] returned nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RecvError {
-    /// Nothing committed yet (`try_` calls only).
+pub enum TryRecvError {
+    /// Nothing committed yet.
     #[error("ring empty")]
     Empty,
-    /// Nothing arrived before the timeout passed.
-    #[error("timed out waiting for a message")]
-    Timeout,
-    /// The producer detached or died, and everything it committed has been received.
+    /// No producer is attached (it detached, or its process is gone) and everything it
+    /// committed has been received. A producer that attaches later is received from again.
     #[error("producer disconnected")]
     Disconnected,
-    /// Too many records are held as [`Lease`]s: release some before receiving more.
-    #[error("{0} leases outstanding: drop some before receiving more")]
-    LeasesExhausted(usize),
+    /// Too many records are held as [`Lease`]s: drop some before receiving more.
+    #[error("{capacity} leases outstanding: drop some before receiving more")]
+    LeasesExhausted {
+        /// Most leases this consumer may hold ([`Consumer::set_max_leases`]).
+        capacity: usize,
+    },
     /// A record header in shared memory is invalid: the ring cannot be read past it.
     #[error("corrupt record at position {position}: {reason}")]
     Corrupt {
@@ -45,42 +46,196 @@ pub enum RecvError {
     },
 }
 
-/// What was wrong with a corrupt record.
+/// Why [`Consumer::recv`] returned nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    /// See [`TryRecvError::Disconnected`].
+    #[error("producer disconnected")]
+    Disconnected,
+    /// See [`TryRecvError::LeasesExhausted`].
+    #[error("{capacity} leases outstanding: drop some before receiving more")]
+    LeasesExhausted {
+        /// Most leases this consumer may hold.
+        capacity: usize,
+    },
+    /// See [`TryRecvError::Corrupt`].
+    #[error("corrupt record at position {position}: {reason}")]
+    Corrupt {
+        /// Position of the bad header.
+        position: u64,
+        /// What is wrong with it.
+        reason: CorruptReason,
+    },
+}
+
+/// Why [`Consumer::recv_timeout`] or [`Consumer::read_batch_timeout`] returned nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecvTimeoutError {
+    /// Nothing arrived before the timeout passed.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// See [`TryRecvError::Disconnected`].
+    #[error("producer disconnected")]
+    Disconnected,
+    /// See [`TryRecvError::LeasesExhausted`].
+    #[error("{capacity} leases outstanding: drop some before receiving more")]
+    LeasesExhausted {
+        /// Most leases this consumer may hold.
+        capacity: usize,
+    },
+    /// See [`TryRecvError::Corrupt`].
+    #[error("corrupt record at position {position}: {reason}")]
+    Corrupt {
+        /// Position of the bad header.
+        position: u64,
+        /// What is wrong with it.
+        reason: CorruptReason,
+    },
+}
+
+/// Why a poll stopped without a record: the union of the public errors, converted by each call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Empty,
+    Timeout,
+    Disconnected,
+    LeasesExhausted(usize),
+    Corrupt(u64, CorruptReason),
+}
+
+impl From<Stop> for TryRecvError {
+    fn from(stop: Stop) -> Self {
+        match stop {
+            // `try_` calls never wait, so never time out.
+            Stop::Empty | Stop::Timeout => TryRecvError::Empty,
+            Stop::Disconnected => TryRecvError::Disconnected,
+            Stop::LeasesExhausted(capacity) => TryRecvError::LeasesExhausted { capacity },
+            Stop::Corrupt(position, reason) => TryRecvError::Corrupt { position, reason },
+        }
+    }
+}
+
+impl From<Stop> for RecvTimeoutError {
+    fn from(stop: Stop) -> Self {
+        match stop {
+            Stop::Empty | Stop::Timeout => RecvTimeoutError::Timeout,
+            Stop::Disconnected => RecvTimeoutError::Disconnected,
+            Stop::LeasesExhausted(capacity) => RecvTimeoutError::LeasesExhausted { capacity },
+            Stop::Corrupt(position, reason) => RecvTimeoutError::Corrupt { position, reason },
+        }
+    }
+}
+
+impl From<Stop> for RecvError {
+    fn from(stop: Stop) -> Self {
+        match stop {
+            // A wait without a deadline returns neither; a dead producer is `Disconnected`.
+            Stop::Empty | Stop::Timeout | Stop::Disconnected => RecvError::Disconnected,
+            Stop::LeasesExhausted(capacity) => RecvError::LeasesExhausted { capacity },
+            Stop::Corrupt(position, reason) => RecvError::Corrupt { position, reason },
+        }
+    }
+}
+
+/// When the consumer gives a record's space back to the producer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReleaseMode {
+    /// When its [`ReadGuard`] or [`ReadBatch`] drops (or, for a [`Lease`], when that drops).
+    #[default]
+    OnDrop,
+    /// Only when [`Consumer::release_through`] names it or a later record: dropping a guard or
+    /// batch only moves delivery on. Records stay in the ring, unreleased and redeliverable with
+    /// [`Consumer::rewind`], until acknowledged: what a relay needs to resend after a reconnect.
+    /// One store per acknowledgement, however many records it covers. Leases are not available
+    /// in this mode (their in-order release would race the acknowledgements).
+    Explicit,
+}
+
+/// [`Consumer::set_release_mode`] refused: leases are outstanding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CorruptReason {
-    /// Unknown flags, or no committed flag on a non-zero word.
-    #[error("bad header flags")]
-    BadFlags,
-    /// The header carries another position's check byte.
-    #[error("header written for another position")]
-    WrongPosition,
-    /// Length above the ring's maximum.
-    #[error("length {0} above the ring's maximum")]
-    TooLong(u32),
-    /// The record would run past the end of the data region or past the producer's space.
-    #[error("record runs out of bounds")]
-    OutOfBounds,
-    /// A payload not aligned as the ring promises.
-    #[error("misaligned payload")]
-    Misaligned,
+#[error("{outstanding} leases outstanding: drop them before switching to explicit release")]
+pub struct LeasesOutstanding {
+    /// Leases (and releases queued behind them) not yet folded.
+    pub outstanding: usize,
+}
+
+/// [`Consumer::release_through`] refused a position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReleaseError {
+    /// `position` is not the start of a record this consumer delivered and still holds (beyond
+    /// what was delivered, inside a record, or held by a lease in [`ReleaseMode::OnDrop`]).
+    #[error("position {position} is not a record this consumer delivered and holds")]
+    NotHeld {
+        /// The position asked for.
+        position: u64,
+    },
+}
+
+/// Why a record or batch could not become a lease; the guard (or batch) comes back, unreleased.
+pub struct LeaseError<G> {
+    /// Why.
+    pub reason: LeaseRefused,
+    guard: G,
+}
+
+impl<G> LeaseError<G> {
+    /// The guard or batch, still holding its record(s): use or drop it as usual.
+    pub fn into_inner(self) -> G {
+        self.guard
+    }
+}
+
+impl<G> std::fmt::Debug for LeaseError<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseError").field("reason", &self.reason).finish_non_exhaustive()
+    }
+}
+
+impl<G> std::fmt::Display for LeaseError<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.reason.fmt(f)
+    }
+}
+
+impl<G> std::error::Error for LeaseError<G> {}
+
+/// Why a lease was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseRefused {
+    /// The consumer already holds as many leases as it may ([`Consumer::set_max_leases`]).
+    #[error("{capacity} leases outstanding: drop some first")]
+    Exhausted {
+        /// Most leases this consumer may hold.
+        capacity: usize,
+    },
+    /// The consumer releases explicitly ([`ReleaseMode::Explicit`]).
+    #[error("leases are not available with explicit release")]
+    ExplicitRelease,
 }
 
 /// The consumer of a ring: exactly one per ring across all processes.
 ///
 /// ```
-/// use ipc_core::{RecvError, RingBuilder};
+/// use ipc_core::{RingBuilder, TryRecvError};
 /// let segment = RingBuilder::new(1 << 16).create_anonymous()?;
 /// let (mut producer, mut consumer) = (segment.producer()?, segment.consumer()?);
-/// assert_eq!(consumer.try_recv().err(), Some(RecvError::Empty));
+/// assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Empty));
 /// producer.try_send_typed(7, b"tick")?;
 /// {
 ///     let msg = consumer.try_recv()?;     // borrows shared memory, no copy
 ///     assert_eq!((msg.message_type(), &*msg), (7, &b"tick"[..]));
+///     assert_eq!(msg.position(), 0);      // where the record starts in the ring
 /// }                                       // space released here
 /// drop(producer);
-/// assert_eq!(consumer.try_recv().err(), Some(RecvError::Disconnected));
+/// assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Disconnected));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// A producer that dies without detaching is noticed by every call, polling ones included:
+/// `try_recv` and `read_batch` look at its liveness every 64 empty polls, at most every
+/// 5 ms by the coarse clock, so a polling consumer gets [`TryRecvError::Disconnected`] within
+/// about 20 ms of the death (once it has received everything committed); waiting calls look
+/// every 10 ms and when their deadline passes. How a death is judged: [`PeerState`].
 pub struct Consumer {
     segment: Segment,
     /// The segment's header page, cached: `segment.header()` goes through the `Arc`.
@@ -89,20 +244,25 @@ pub struct Consumer {
     mask: u64,
     capacity: u64,
     max_len: u32,
-    align64: bool,
     /// Payload alignment minus one (7 or 63): a payload position must have these bits clear.
     align_mask: u64,
+    bounds: RecordBounds,
     /// Next record to hand out.
     read_pos: u64,
-    /// Last head stored or seen; a lower bound of the real head.
+    /// Last head stored or seen; a lower bound of the real head (exact in explicit mode).
     head: u64,
     wait: WaitStrategy,
     counters: Tally,
     leases: Option<Arc<SegmentLeaseQueue>>,
+    max_leases: usize,
     /// Detaches the consumer side when dropped, after the lease queue (which shares it) too.
     attachment: Arc<ConsumerAttachment>,
     /// Set once a corrupt record is seen: nothing after it can be trusted.
-    poisoned: Option<RecvError>,
+    poisoned: Option<(u64, CorruptReason)>,
+    /// [`ReleaseMode::Explicit`].
+    explicit: bool,
+    epoch: u64,
+    peer_check: PeerSchedule,
 }
 
 #[derive(Default)]
@@ -141,13 +301,6 @@ impl FastChecks {
         unsafe { AtomicU64::from_ptr(self.data.add((pos & self.mask) as usize).cast_mut().cast()) }.load(Acquire)
     }
 
-    #[inline(always)]
-    fn payload_ptr(&self, payload_pos: u64) -> *const u8 {
-        // SAFETY: `payload_pos & mask` is below capacity, so the pointer stays inside the data region
-        // (callers check that the payload does too before reading through it).
-        unsafe { self.data.add((payload_pos & self.mask) as usize) }
-    }
-
     /// Starts fetching the line [`BATCH_PREFETCH`] bytes past `pos` into this core's cache. A
     /// batch scan is a chain of dependent loads (each header's length says where the next one
     /// is), and every line it reads was just written on the producer's core: without this,
@@ -168,9 +321,9 @@ impl FastChecks {
     }
 
     /// `word`, read at `pos`, if it is a message (not padding) that passes every check of
-    /// `Consumer::peek_word`, the checks combined by `&` into a single branch. `None` for
-    /// anything else (nothing published, padding, or a fault to classify), which the full path
-    /// then sorts out.
+    /// [`layout::check_record`] against the producer's space, the checks combined by `&` into a
+    /// single branch. `None` for anything else (nothing published, padding, or a fault to
+    /// classify), which `check_record` itself then sorts out.
     #[inline(always)]
     fn accept(&self, pos: u64, word: u64) -> Option<Found> {
         let len = word as u32;
@@ -199,6 +352,12 @@ pub(crate) struct Found {
     end: u64,
 }
 
+impl Found {
+    fn position(&self) -> u64 {
+        self.payload_pos - RECORD_HEADER_LEN
+    }
+}
+
 impl Segment {
     /// Attaches as this ring's consumer, starting at the first unreleased record (so records
     /// a dead consumer held but never released are delivered again: at-least-once).
@@ -214,6 +373,8 @@ impl Segment {
         // A new consumer starts with the default (non-blocking) strategy.
         crate::wait::set_blocking(&h.consumer_doorbell, WaitStrategy::default());
         let c = &h.consumer_counters;
+        c.leases_held.store(0, Relaxed);
+        c.lease_capacity.store(DEFAULT_MAX_LEASES as u64, Relaxed);
         let align64 = self.params.payload_align == PayloadAlign::SixtyFour;
         Ok(Consumer {
             segment: self.clone(),
@@ -222,8 +383,8 @@ impl Segment {
             mask: self.params.capacity - 1,
             capacity: self.params.capacity,
             max_len: self.params.max_message_len,
-            align64,
             align_mask: if align64 { 63 } else { RECORD_ALIGN - 1 },
+            bounds: self.record_bounds(),
             read_pos: head,
             head,
             wait: WaitStrategy::default(),
@@ -236,8 +397,12 @@ impl Segment {
                 corrupt: c.corrupt_records.load(Relaxed),
             },
             leases: None,
+            max_leases: DEFAULT_MAX_LEASES,
             attachment: Arc::new(ConsumerAttachment { segment: self.clone() }),
             poisoned: None,
+            explicit: false,
+            epoch: self.epoch(),
+            peer_check: PeerSchedule::default(),
         })
     }
 }
@@ -250,6 +415,35 @@ impl Consumer {
         crate::wait::set_blocking(&self.header().consumer_doorbell, wait);
     }
 
+    /// Sets when records are released ([`ReleaseMode::OnDrop`] by default). Switching to
+    /// [`ReleaseMode::Explicit`] is refused while leases are outstanding; switching back releases
+    /// every held record, cumulatively, when the next guard or batch drops.
+    pub fn set_release_mode(&mut self, mode: ReleaseMode) -> Result<(), LeasesOutstanding> {
+        if mode == ReleaseMode::Explicit {
+            if let Some(queue) = self.leases.as_ref().filter(|queue| !queue.is_idle()) {
+                return Err(LeasesOutstanding { outstanding: queue.capacity() - queue.room() });
+            }
+        }
+        self.explicit = mode == ReleaseMode::Explicit;
+        Ok(())
+    }
+
+    /// The release mode in force.
+    pub fn release_mode(&self) -> ReleaseMode {
+        if self.explicit { ReleaseMode::Explicit } else { ReleaseMode::OnDrop }
+    }
+
+    /// Sets how many [`Lease`]s this consumer may hold at once (default 4096, at least 1).
+    /// Takes effect now if no lease is outstanding, otherwise once they are all dropped. Shown
+    /// by `tadpole stat`.
+    pub fn set_max_leases(&mut self, max: usize) {
+        self.max_leases = max.max(1);
+        self.header().consumer_counters.lease_capacity.store(self.max_leases as u64, Relaxed);
+        if self.leases.as_ref().is_some_and(|queue| queue.is_idle()) {
+            self.leases = None;
+        }
+    }
+
     #[inline]
     fn header(&self) -> &SegmentHeader {
         // SAFETY: points at the header page of `self.segment`'s mapping, which stays mapped (and
@@ -260,6 +454,22 @@ impl Consumer {
     /// The segment this consumer reads.
     pub fn segment(&self) -> &Segment {
         &self.segment
+    }
+
+    /// The ring's epoch ([`Segment::epoch`]): with a record's position, it names the record.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Position of the next record to be delivered (after everything handed out so far).
+    pub fn read_position(&self) -> u64 {
+        self.read_pos
+    }
+
+    /// Everything before this position has been released to the producer (lags behind while
+    /// leases, or in explicit mode unacknowledged records, are held).
+    pub fn release_position(&self) -> u64 {
+        self.header().consumer_position.position.load(Acquire)
     }
 
     /// Whether the producer is attached, detached, dead, or never came.
@@ -306,67 +516,50 @@ impl Consumer {
         }
     }
 
-    /// [`peek_at`](Self::peek_at) for a `word` already loaded at `pos`, checked step by step
-    /// so a fault is reported with its reason.
+    /// [`peek_at`](Self::peek_at) for a `word` already loaded at `pos`, checked by
+    /// [`layout::check_record`] so a fault is reported with its reason.
     #[cold]
     fn peek_word(&mut self, mut pos: u64, mut word: u64) -> Result<Option<Found>, (u64, CorruptReason)> {
+        let mut refreshed = false;
         loop {
-            let rec = match layout::decode_header(pos, word) {
+            let limit = layout::producer_limit(self.head, self.capacity);
+            let rec = match layout::check_record(pos, word, self.bounds, limit) {
                 Ok(Some(rec)) => rec,
                 Ok(None) => return Ok(None),
-                Err(HeaderFault::BadFlags) => return Err((pos, CorruptReason::BadFlags)),
-                Err(HeaderFault::WrongPosition) => return Err((pos, CorruptReason::WrongPosition)),
+                // Leases released on other threads may have moved the head on: look once more.
+                Err(CorruptReason::OutOfBounds) if !refreshed => {
+                    refreshed = true;
+                    self.head = self.header().consumer_position.position.load(Acquire);
+                    continue;
+                }
+                Err(reason) => return Err((pos, reason)),
             };
-            if !rec.padding && rec.payload_len > self.max_len {
-                return Err((pos, CorruptReason::TooLong(rec.payload_len)));
-            }
-            let end = pos + record_len(u64::from(rec.payload_len));
-            if (pos & self.mask) + (end - pos) > self.capacity || !self.within_producer_space(end) {
-                return Err((pos, CorruptReason::OutOfBounds));
-            }
-            if rec.padding {
-                pos = end;
+            if rec.header.padding {
+                pos = rec.end;
                 word = self.slot(pos).load(Acquire);
                 continue;
             }
-            if self.align64 && (pos + RECORD_HEADER_LEN) % 64 != 0 {
-                return Err((pos, CorruptReason::Misaligned));
-            }
             return Ok(Some(Found {
                 payload_pos: pos + RECORD_HEADER_LEN,
-                len: rec.payload_len,
-                message_type: rec.message_type,
-                end,
+                len: rec.header.payload_len,
+                message_type: rec.header.message_type,
+                end: rec.end,
             }));
         }
     }
 
     /// [`peek_at`](Self::peek_at), counting a corrupt record and poisoning the consumer.
     #[inline]
-    fn checked_peek(&mut self, pos: u64) -> Result<Option<Found>, RecvError> {
+    fn checked_peek(&mut self, pos: u64) -> Result<Option<Found>, Stop> {
         self.peek_at(pos).map_err(|(position, reason)| self.corrupt(position, reason))
     }
 
-    /// The producer never writes past `head + capacity - SLACK`. Wrapping arithmetic: a hostile
-    /// head ahead of `end` reads as out of bounds, never as an overflow.
-    #[inline]
-    fn within_producer_space(&mut self, end: u64) -> bool {
-        let fits = |head: u64| end.wrapping_add(SLACK).wrapping_sub(head) <= self.capacity;
-        if fits(self.head) {
-            return true;
-        }
-        // Leases released on other threads may have moved the head on.
-        self.head = self.header().consumer_position.position.load(Acquire);
-        fits(self.head)
-    }
-
     #[cold]
-    fn corrupt(&mut self, position: u64, reason: CorruptReason) -> RecvError {
-        let err = RecvError::Corrupt { position, reason };
+    fn corrupt(&mut self, position: u64, reason: CorruptReason) -> Stop {
         self.counters.corrupt = self.counters.corrupt.wrapping_add(1);
         self.header().consumer_counters.corrupt_records.store(self.counters.corrupt, Relaxed);
-        self.poisoned = Some(err.clone());
-        err
+        self.poisoned = Some((position, reason));
+        Stop::Corrupt(position, reason)
     }
 
     /// The next record when it is a message that the fast path accepts and can be handed out
@@ -388,15 +581,15 @@ impl Consumer {
     /// [`poll`](Self::poll) out of line, for when [`poll_fast`](Self::poll_fast) declined.
     #[cold]
     #[inline(never)]
-    fn poll_slow(&mut self) -> Result<Found, RecvError> {
+    fn poll_slow(&mut self) -> Result<Found, Stop> {
         self.poll()
     }
 
     /// The next record, or why there is none. Empty means the caller may wait.
     #[inline]
-    fn poll(&mut self) -> Result<Found, RecvError> {
-        if let Some(err) = &self.poisoned {
-            return Err(err.clone());
+    fn poll(&mut self) -> Result<Found, Stop> {
+        if let Some((position, reason)) = self.poisoned {
+            return Err(Stop::Corrupt(position, reason));
         }
         match self.checked_peek(self.read_pos)? {
             Some(found) => self.reserve_release_slot(found),
@@ -405,26 +598,39 @@ impl Consumer {
     }
 
     #[cold]
-    fn empty(&mut self) -> Result<Found, RecvError> {
+    fn empty(&mut self) -> Result<Found, Stop> {
         self.counters.empty_polls = self.counters.empty_polls.wrapping_add(1);
         if self.counters.empty_polls % 64 == 0 {
             self.header().consumer_counters.empty_polls.store(self.counters.empty_polls, Relaxed);
         }
         // A clean close is a release store made after the producer's last commit, so once it is
-        // seen, one more look at the header settles whether anything is left.
-        if self.header().producer_attach.owner.load(Acquire) & OWNER_DETACHED != 0 {
-            return match self.checked_peek(self.read_pos)? {
-                Some(found) => self.reserve_release_slot(found),
-                None => Err(RecvError::Disconnected),
-            };
+        // seen, one more look at the header settles whether anything is left. A death is looked
+        // for on the schedule (a `kill` and a `/proc` read at most every few milliseconds).
+        let closed = self.header().producer_attach.owner.load(Acquire) & OWNER_DETACHED != 0;
+        if closed || (self.peer_check.due() && self.producer_gone()) {
+            return self.drain_or_disconnected();
         }
-        Err(RecvError::Empty)
+        Err(Stop::Empty)
+    }
+
+    /// The producer is gone: a dead process commits nothing more, so what is published now is all
+    /// there is. The next record if any, else `Disconnected`.
+    #[cold]
+    fn drain_or_disconnected(&mut self) -> Result<Found, Stop> {
+        match self.checked_peek(self.read_pos)? {
+            Some(found) => self.reserve_release_slot(found),
+            None => Err(Stop::Disconnected),
+        }
+    }
+
+    fn producer_gone(&self) -> bool {
+        matches!(self.producer_state(), PeerState::Dead(_) | PeerState::Closed)
     }
 
     /// Receives the next message without waiting. The guard borrows the payload in shared
-    /// memory; its space is released when the guard drops.
+    /// memory; its space is released when the guard drops (see [`ReleaseMode`]).
     #[inline]
-    pub fn try_recv(&mut self) -> Result<ReadGuard<'_>, RecvError> {
+    pub fn try_recv(&mut self) -> Result<ReadGuard<'_>, TryRecvError> {
         let found = match self.poll_fast() {
             Some(found) => found,
             None => self.poll_slow()?,
@@ -432,25 +638,26 @@ impl Consumer {
         Ok(self.guard(found))
     }
 
-    /// Receives the next message, waiting with the wait strategy.
+    /// Receives the next message, waiting with the wait strategy for as long as it takes.
     pub fn recv(&mut self) -> Result<ReadGuard<'_>, RecvError> {
-        self.recv_timeout(None)
-    }
-
-    /// [`recv`](Self::recv) giving up after `timeout` with [`RecvError::Timeout`].
-    pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<ReadGuard<'_>, RecvError> {
-        let found = self.poll_waiting(timeout)?;
+        let found = self.poll_waiting(None)?;
         Ok(self.guard(found))
     }
 
-    fn poll_waiting(&mut self, timeout: Option<Duration>) -> Result<Found, RecvError> {
+    /// [`recv`](Self::recv) giving up after `timeout` with [`RecvTimeoutError::Timeout`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<ReadGuard<'_>, RecvTimeoutError> {
+        let found = self.poll_waiting(Some(timeout))?;
+        Ok(self.guard(found))
+    }
+
+    fn poll_waiting(&mut self, timeout: Option<Duration>) -> Result<Found, Stop> {
         let mut waiter: Option<Waiter> = None;
         loop {
             if let Some(found) = self.poll_fast() {
                 return Ok(found);
             }
             match self.poll_slow() {
-                Err(RecvError::Empty) => {}
+                Err(Stop::Empty) => {}
                 other => return other,
             }
             let slot = self.slot(self.read_pos);
@@ -469,14 +676,16 @@ impl Consumer {
             let h = self.header();
             match waiter.pause(&h.consumer_doorbell.sleeping, || slot.load(Acquire) == 0) {
                 WaitStep::Retry => {}
-                WaitStep::TimedOut => return Err(RecvError::Timeout),
+                WaitStep::TimedOut => {
+                    // Short timeouts in a loop must learn of a death too (on the schedule).
+                    if self.peer_check.due_by_clock() && self.producer_gone() {
+                        return self.drain_or_disconnected();
+                    }
+                    return Err(Stop::Timeout);
+                }
                 WaitStep::CheckPeer => {
-                    if let PeerState::Dead(_) = self.producer_state() {
-                        // Dead processes commit nothing more: drain, then report.
-                        return match self.poll() {
-                            Err(RecvError::Empty) => Err(RecvError::Disconnected),
-                            other => other,
-                        };
+                    if self.producer_gone() {
+                        return self.drain_or_disconnected();
                     }
                 }
             }
@@ -486,7 +695,7 @@ impl Consumer {
     /// While leases are held, every receive needs a place in the lease queue for its release
     /// (or its lease): refuse to hand out a record that could not be given back.
     #[inline]
-    fn reserve_release_slot(&mut self, found: Found) -> Result<Found, RecvError> {
+    fn reserve_release_slot(&mut self, found: Found) -> Result<Found, Stop> {
         match &self.leases {
             Some(queue) if !queue.is_idle() => Self::check_release_room(queue, found),
             _ => Ok(found),
@@ -497,8 +706,8 @@ impl Consumer {
     /// held: out of line, so the common receive stays small enough to inline.
     #[cold]
     #[inline(never)]
-    fn check_release_room(queue: &SegmentLeaseQueue, found: Found) -> Result<Found, RecvError> {
-        if queue.can_take_release() { Ok(found) } else { Err(RecvError::LeasesExhausted(queue.capacity())) }
+    fn check_release_room(queue: &SegmentLeaseQueue, found: Found) -> Result<Found, Stop> {
+        if queue.can_take_release() { Ok(found) } else { Err(Stop::LeasesExhausted(queue.capacity())) }
     }
 
     #[inline]
@@ -512,16 +721,31 @@ impl Consumer {
     }
 
     /// Every message available now (at most `max`), released together when the batch drops.
-    /// Returns [`RecvError::Empty`] when there is none (or `max` is 0). A corrupt record after
+    /// Returns [`TryRecvError::Empty`] when there is none (or `max` is 0). A corrupt record after
     /// good ones ends the batch; it is reported (and counted, once) by the next call.
-    pub fn read_batch(&mut self, max: usize) -> Result<ReadBatch<'_>, RecvError> {
+    pub fn read_batch(&mut self, max: usize) -> Result<ReadBatch<'_>, TryRecvError> {
         if max == 0 {
-            return Err(RecvError::Empty);
+            return Err(TryRecvError::Empty);
         }
         let first = match self.poll_fast() {
             Some(found) => found,
             None => self.poll_slow()?,
         };
+        Ok(self.batch_from(first, max))
+    }
+
+    /// [`read_batch`](Self::read_batch), waiting up to `timeout` for the first message.
+    pub fn read_batch_timeout(&mut self, max: usize, timeout: Duration) -> Result<ReadBatch<'_>, RecvTimeoutError> {
+        if max == 0 {
+            return Err(RecvTimeoutError::Timeout);
+        }
+        let first = self.poll_waiting(Some(timeout))?;
+        Ok(self.batch_from(first, max))
+    }
+
+    /// A batch starting with `first`, extended over every message published after it (at most
+    /// `max` in all).
+    fn batch_from(&mut self, first: Found, max: usize) -> ReadBatch<'_> {
         let start = self.read_pos;
         let mut end = first.end;
         let mut count = 1usize;
@@ -551,7 +775,64 @@ impl Consumer {
         let c = &self.header().consumer_counters;
         c.messages.store(self.counters.messages, Relaxed);
         c.bytes.store(self.counters.bytes, Relaxed);
-        Ok(ReadBatch { consumer: self, start, end, count })
+        ReadBatch { consumer: self, start, end, count }
+    }
+
+    /// Acknowledges, in [`ReleaseMode::Explicit`], the record at `position` and every record
+    /// before it: their space goes back to the producer with one store. A position already
+    /// released is accepted and changes nothing (acknowledgements may repeat).
+    ///
+    /// ```
+    /// use ipc_core::{ReleaseMode, RingBuilder};
+    /// let segment = RingBuilder::new(1 << 16).create_anonymous()?;
+    /// let (mut producer, mut consumer) = (segment.producer()?, segment.consumer()?);
+    /// consumer.set_release_mode(ReleaseMode::Explicit)?;
+    /// for i in 0..3u8 {
+    ///     producer.try_send(&[i])?;
+    /// }
+    /// let positions: Vec<u64> = (0..3).map(|_| consumer.try_recv().unwrap().position()).collect();
+    /// assert_eq!(consumer.release_position(), 0); // nothing acknowledged yet
+    /// consumer.release_through(positions[1])?;   // the first two
+    /// consumer.rewind();                         // deliver what is still held again
+    /// assert_eq!(consumer.try_recv()?.position(), positions[2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn release_through(&mut self, position: u64) -> Result<(), ReleaseError> {
+        if position < self.head {
+            return Ok(());
+        }
+        if !self.explicit || position % RECORD_ALIGN != 0 || position >= self.read_pos {
+            return Err(ReleaseError::NotHeld { position });
+        }
+        let word = self.slot(position).load(Acquire);
+        match layout::check_record(position, word, self.bounds, self.read_pos) {
+            Ok(Some(rec)) if !rec.header.padding => {
+                self.store_head(rec.end);
+                Ok(())
+            }
+            _ => Err(ReleaseError::NotHeld { position }),
+        }
+    }
+
+    /// In [`ReleaseMode::Explicit`], moves delivery back to the oldest unacknowledged record, so
+    /// every held record is delivered again (what a relay does after a reconnect). Returns the
+    /// position delivery resumes from. In [`ReleaseMode::OnDrop`] nothing is held and this only
+    /// returns [`read_position`](Self::read_position).
+    pub fn rewind(&mut self) -> u64 {
+        if self.explicit {
+            self.read_pos = self.head;
+        }
+        self.read_pos
+    }
+
+    /// A guard or batch ending at `end` is done with.
+    #[inline]
+    fn finish(&mut self, end: u64) {
+        if self.explicit {
+            self.read_pos = end;
+        } else {
+            self.release(end);
+        }
     }
 
     /// Releases everything before `end` (the end of the record(s) just handed back).
@@ -562,6 +843,12 @@ impl Consumer {
             Self::release_behind_leases(queue, end);
             return;
         }
+        self.store_head(end);
+    }
+
+    /// Publishes `end` as the head: the producer may reuse everything before it.
+    #[inline]
+    fn store_head(&mut self, end: u64) {
         self.head = end;
         self.counters.releases = self.counters.releases.wrapping_add(1);
         let releases = self.counters.releases;
@@ -588,25 +875,21 @@ impl Consumer {
         let _ = queue.push_released(end);
     }
 
-    /// Turns a received record into a [`Lease`] that owns its slice of shared memory and may
-    /// move to another thread and outlive later receives. Leases release in ring order: the
-    /// producer gets the space back only when this lease and every record before it are gone,
-    /// so holding leases applies backpressure, never corruption.
-    fn lease(&mut self, found: Found) -> Result<Lease, RecvError> {
-        let queue = self
-            .leases
-            .get_or_insert_with(|| {
-                Arc::new(SegmentLeaseQueue::new(self.attachment.clone(), crate::lease::DEFAULT_MAX_LEASES))
-            })
-            .clone();
-        let ptr = self.payload_ptr(found.payload_pos);
-        match queue.push_held() {
-            Ok(seq) => {
-                self.read_pos = found.end;
-                Ok(Lease::new(queue, seq, found.end, ptr, found.len as usize, found.message_type))
-            }
-            Err(outstanding) => Err(RecvError::LeasesExhausted(outstanding)),
-        }
+    /// The lease queue, made on first use (or after [`set_max_leases`](Self::set_max_leases)).
+    fn lease_queue(&mut self) -> Arc<SegmentLeaseQueue> {
+        let (attachment, max) = (&self.attachment, self.max_leases);
+        self.leases.get_or_insert_with(|| Arc::new(SegmentLeaseQueue::new(attachment.clone(), max))).clone()
+    }
+
+    /// Takes a lease entry for a record or batch ending at `end`: its sequence number, or the
+    /// queue's capacity when it is full (nothing changed then).
+    fn take_lease(&mut self, end: u64) -> Result<(Arc<SegmentLeaseQueue>, u64), usize> {
+        let queue = self.lease_queue();
+        let seq = queue.push_held().map_err(|_| queue.capacity())?;
+        self.read_pos = end;
+        let held = (queue.capacity() - queue.room()) as u64;
+        self.header().consumer_counters.leases_held.store(held, Relaxed);
+        Ok((queue, seq))
     }
 
     #[inline]
@@ -614,34 +897,72 @@ impl Consumer {
         // SAFETY: `peek_at` checked that the record lies inside one lap of the data region.
         unsafe { self.data.add((payload_pos & self.mask) as usize) }
     }
+
+    fn span(&self, start: u64, end: u64) -> SpanIter<'_> {
+        SpanIter {
+            data: self.data,
+            mask: self.mask,
+            capacity: self.capacity,
+            bounds: self.bounds,
+            pos: start,
+            end,
+            _records: std::marker::PhantomData,
+        }
+    }
 }
 
-/// A received message: the payload borrowed from shared memory, released when dropped.
+/// A received message: the payload borrowed from shared memory, released when dropped (in
+/// [`ReleaseMode::OnDrop`]). A guard dropped while its thread panics is not done with: its
+/// record is neither released nor passed, and is delivered again (at-least-once).
 pub struct ReadGuard<'a> {
     consumer: &'a mut Consumer,
     found: Found,
 }
 
-impl ReadGuard<'_> {
+impl<'a> ReadGuard<'a> {
     /// The message type the producer set (0 by default).
     pub fn message_type(&self) -> u16 {
         self.found.message_type
     }
 
-    /// Keeps the message beyond this borrow of the consumer; see [`Lease`]. On
-    /// [`RecvError::LeasesExhausted`] the guard is dropped and the message is released as usual.
-    pub fn into_lease(self) -> Result<Lease, RecvError> {
-        let this = std::mem::ManuallyDrop::new(self);
-        let found = this.found;
-        // SAFETY: `this` is never used or dropped again; we take the `&mut Consumer` out of it.
-        let consumer: &mut Consumer = unsafe { std::ptr::read(&this.consumer) };
-        match consumer.lease(found) {
-            Ok(lease) => Ok(lease),
-            Err(e) => {
-                consumer.release(found.end);
-                Err(e)
-            }
+    /// Where the record starts in the ring: strictly increasing along the ring, and the same
+    /// for a record delivered again (to this consumer after [`Consumer::rewind`], or to a new
+    /// consumer after a crash), so it identifies the record within [`epoch`](Self::epoch).
+    pub fn position(&self) -> u64 {
+        self.found.position()
+    }
+
+    /// The ring's epoch ([`Segment::epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.consumer.epoch
+    }
+
+    /// Keeps the message beyond this borrow of the consumer; see [`Lease`]. When refused (the
+    /// consumer holds its maximum of leases, or releases explicitly), the guard comes back in
+    /// the error with its record unreleased: [`LeaseError::into_inner`].
+    pub fn into_lease(self) -> Result<Lease, LeaseError<ReadGuard<'a>>> {
+        if self.consumer.explicit {
+            return Err(LeaseError { reason: LeaseRefused::ExplicitRelease, guard: self });
         }
+        let found = self.found;
+        let (queue, seq) = match self.consumer.take_lease(found.end) {
+            Ok(taken) => taken,
+            Err(capacity) => return Err(LeaseError { reason: LeaseRefused::Exhausted { capacity }, guard: self }),
+        };
+        let ptr = self.consumer.payload_ptr(found.payload_pos);
+        let lease = Lease::new(
+            queue,
+            seq,
+            found.end,
+            ptr,
+            found.len as usize,
+            found.message_type,
+            found.position(),
+            self.consumer.epoch,
+        );
+        // The lease owns the release now; the guard must not release too.
+        std::mem::forget(self);
+        Ok(lease)
     }
 }
 
@@ -659,11 +980,16 @@ impl std::ops::Deref for ReadGuard<'_> {
 impl Drop for ReadGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.consumer.release(self.found.end);
+        // A panic while the record was in hand means it was not dealt with: keep it.
+        if std::thread::panicking() {
+            return;
+        }
+        self.consumer.finish(self.found.end);
     }
 }
 
-/// Messages received together ([`Consumer::read_batch`]) and released together on drop.
+/// Messages received together ([`Consumer::read_batch`]) and released together on drop (not
+/// while the thread panics: see [`ReadGuard`]).
 pub struct ReadBatch<'a> {
     consumer: &'a mut Consumer,
     start: u64,
@@ -671,16 +997,18 @@ pub struct ReadBatch<'a> {
     count: usize,
 }
 
-/// One message of a [`ReadBatch`].
+/// One message of a [`ReadBatch`] or [`BatchLease`](crate::BatchLease).
 #[derive(Clone, Copy, Debug)]
 pub struct Record<'b> {
     /// The message type the producer set.
     pub message_type: u16,
+    /// Where the record starts in the ring (see [`ReadGuard::position`]).
+    pub position: u64,
     /// The payload in shared memory.
     pub payload: &'b [u8],
 }
 
-impl ReadBatch<'_> {
+impl<'a> ReadBatch<'a> {
     /// Number of messages.
     pub fn len(&self) -> usize {
         self.count
@@ -691,57 +1019,129 @@ impl ReadBatch<'_> {
         self.count == 0
     }
 
+    /// The ring's epoch ([`Segment::epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.consumer.epoch
+    }
+
     /// The messages, in ring order.
-    pub fn iter(&self) -> impl Iterator<Item = Record<'_>> + '_ {
+    pub fn iter(&self) -> SpanIter<'_> {
+        self.consumer.span(self.start, self.end)
+    }
+
+    /// Keeps the batch beyond this borrow of the consumer, as one lease (see
+    /// [`ReadGuard::into_lease`]; a refused batch comes back in the error, unreleased).
+    pub fn into_lease(self) -> Result<BatchLease, LeaseError<ReadBatch<'a>>> {
+        if self.consumer.explicit {
+            return Err(LeaseError { reason: LeaseRefused::ExplicitRelease, guard: self });
+        }
+        let (queue, seq) = match self.consumer.take_lease(self.end) {
+            Ok(taken) => taken,
+            Err(capacity) => return Err(LeaseError { reason: LeaseRefused::Exhausted { capacity }, guard: self }),
+        };
         let c = &*self.consumer;
-        // Kept in registers across the acquire loads (see `FastChecks`).
-        let checks = c.fast_checks();
-        let mut pos = self.start;
-        let end = self.end;
-        std::iter::from_fn(move || {
-            let c = &checks;
-            while pos < end {
-                // The headers were validated when the batch was formed, but shared memory may be
-                // rewritten by a hostile peer since: bound every record by the batch again.
-                let word = c.load(pos);
-                // Fast path, as in `peek_at`: a message header for this position whose record
-                // ends inside the batch (so inside the validated span and one lap).
-                let len = word as u32;
-                let next = pos + record_len(u64::from(len));
-                if (word & TAG_MASK == message_tag(pos)) & (next <= end) & ((pos & c.mask) + (next - pos) <= c.capacity)
-                {
-                    let payload_pos = pos + RECORD_HEADER_LEN;
-                    pos = next;
-                    // SAFETY: the record lies inside one lap of the data region (checked just
-                    // above); it stays unreleased until the batch, which this iterator borrows,
-                    // drops.
-                    let payload = unsafe { std::slice::from_raw_parts(c.payload_ptr(payload_pos), len as usize) };
-                    return Some(Record { message_type: (word >> 32) as u16, payload });
-                }
-                let rec = layout::decode_header(pos, word).ok()??;
-                let next = pos + record_len(u64::from(rec.payload_len));
-                if next > end || (pos & c.mask) + (next - pos) > c.capacity {
-                    pos = end;
-                    return None;
-                }
-                let payload_pos = pos + RECORD_HEADER_LEN;
-                pos = next;
-                if rec.padding {
-                    continue;
-                }
-                // SAFETY: the record lies inside one lap of the data region (checked just
-                // above); it stays unreleased until the batch, which this iterator borrows, drops.
-                let payload =
-                    unsafe { std::slice::from_raw_parts(c.payload_ptr(payload_pos), rec.payload_len as usize) };
-                return Some(Record { message_type: rec.message_type, payload });
-            }
-            None
-        })
+        let lease = BatchLease::new(
+            queue,
+            seq,
+            crate::lease::SpanShape {
+                data: c.data,
+                mask: c.mask,
+                capacity: c.capacity,
+                bounds: c.bounds,
+                start: self.start,
+                end: self.end,
+            },
+            self.count,
+            c.epoch,
+        );
+        std::mem::forget(self);
+        Ok(lease)
+    }
+}
+
+impl<'b> IntoIterator for &'b ReadBatch<'_> {
+    type Item = Record<'b>;
+    type IntoIter = SpanIter<'b>;
+    fn into_iter(self) -> SpanIter<'b> {
+        self.iter()
     }
 }
 
 impl Drop for ReadBatch<'_> {
     fn drop(&mut self) {
-        self.consumer.release(self.end);
+        if std::thread::panicking() {
+            return;
+        }
+        self.consumer.finish(self.end);
+    }
+}
+
+/// The messages of a batch, in ring order ([`ReadBatch::iter`], [`BatchLease::iter`](crate::BatchLease::iter)).
+pub struct SpanIter<'b> {
+    pub(crate) data: *const u8,
+    pub(crate) mask: u64,
+    pub(crate) capacity: u64,
+    pub(crate) bounds: RecordBounds,
+    pub(crate) pos: u64,
+    pub(crate) end: u64,
+    pub(crate) _records: std::marker::PhantomData<&'b [u8]>,
+}
+
+impl<'b> SpanIter<'b> {
+    #[inline(always)]
+    fn load(&self, pos: u64) -> u64 {
+        // SAFETY: `pos & mask` addresses a whole 8-aligned word inside the data region, which the
+        // batch (or lease) this iterator borrows keeps mapped.
+        unsafe { AtomicU64::from_ptr(self.data.add((pos & self.mask) as usize).cast_mut().cast()) }.load(Acquire)
+    }
+
+    #[inline(always)]
+    fn payload(&self, payload_pos: u64, len: u32) -> &'b [u8] {
+        // SAFETY: callers checked that the record lies inside one lap of the data region and
+        // inside the batch's span, which stays mapped and unreleased for `'b`: the lifetime of
+        // the batch (or lease) this iterator borrows.
+        unsafe { std::slice::from_raw_parts(self.data.add((payload_pos & self.mask) as usize), len as usize) }
+    }
+}
+
+impl<'b> Iterator for SpanIter<'b> {
+    type Item = Record<'b>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Record<'b>> {
+        while self.pos < self.end {
+            let pos = self.pos;
+            // The headers were validated when the batch was formed, but shared memory may be
+            // rewritten by a hostile peer since: bound every record by the batch again.
+            let word = self.load(pos);
+            // Fast path: a message header for this position whose record ends inside the batch
+            // (so inside the validated span and one lap).
+            let len = word as u32;
+            let next = pos + record_len(u64::from(len));
+            let (message_type, len) = if (word & TAG_MASK == message_tag(pos))
+                & (next <= self.end)
+                & ((pos & self.mask) + (next - pos) <= self.capacity)
+            {
+                self.pos = next;
+                ((word >> 32) as u16, len)
+            } else {
+                match layout::check_record(pos, word, self.bounds, self.end) {
+                    Ok(Some(rec)) => {
+                        self.pos = rec.end;
+                        if rec.header.padding {
+                            continue;
+                        }
+                        (rec.header.message_type, rec.header.payload_len)
+                    }
+                    Ok(None) | Err(_) => {
+                        self.pos = self.end;
+                        return None;
+                    }
+                }
+            };
+            let payload = self.payload(pos + RECORD_HEADER_LEN, len);
+            return Some(Record { message_type, position: pos, payload });
+        }
+        None
     }
 }

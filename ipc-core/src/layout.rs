@@ -60,7 +60,7 @@ use crate::sync::atomic::{AtomicU32, AtomicU64};
 /// `b"TADPOLE\x01"` read as a little-endian u64: identifies a Tadpole ring segment.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TADPOLE\x01");
 /// Bumped whenever anything in this file changes meaning.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes before the data region. The data region therefore starts page-aligned.
 pub const HEADER_LEN: usize = 4096;
 /// Size of one block of the header (two cache lines).
@@ -165,6 +165,90 @@ pub const fn decode_header(position: u64, word: u64) -> Result<Option<RecordHead
     }))
 }
 
+/// What a record header is checked against: the ring's shape, fixed when the segment is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordBounds {
+    /// Bytes in the data region (a power of two).
+    pub capacity: u64,
+    /// Largest payload of a message (padding records may be longer).
+    pub max_message_len: u32,
+    /// Payload alignment in bytes (8 or 64).
+    pub payload_align: u64,
+}
+
+/// Why a record header was refused. Every reader of records (consumer, batch iterator,
+/// producer recovery, observer, outside tools) applies the same rules: [`check_record`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(loom), derive(thiserror::Error))]
+pub enum CorruptReason {
+    /// Unknown flags, or no committed flag on a non-zero word.
+    #[cfg_attr(not(loom), error("bad header flags"))]
+    BadFlags,
+    /// The header carries another position's check byte.
+    #[cfg_attr(not(loom), error("header written for another position"))]
+    WrongPosition,
+    /// Length above the ring's maximum.
+    #[cfg_attr(not(loom), error("length {0} above the ring's maximum"))]
+    TooLong(u32),
+    /// The record would run past the end of the data region or past the space it may occupy.
+    #[cfg_attr(not(loom), error("record runs out of bounds"))]
+    OutOfBounds,
+    /// A payload not aligned as the ring promises.
+    #[cfg_attr(not(loom), error("misaligned payload"))]
+    Misaligned,
+}
+
+/// A record that passed [`check_record`]: its header and where the next record starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckedRecord {
+    /// The decoded header.
+    pub header: RecordHeader,
+    /// Position just past this record (header, payload and alignment bytes).
+    pub end: u64,
+}
+
+/// The one validation of a record header: `word` read at `position` (8-aligned) describes a
+/// record that is published, carries this position's check byte, has known flags, a length within
+/// the ring's maximum (messages), lies inside one lap of the data region, ends at or before
+/// `limit` (the most the reader may trust: the producer's space `head + capacity - SLACK`, a
+/// batch's end, ...), and, for a message, has its payload aligned as the ring promises.
+/// `Ok(None)`: nothing is published at `position`.
+#[inline]
+pub const fn check_record(
+    position: u64,
+    word: u64,
+    bounds: RecordBounds,
+    limit: u64,
+) -> Result<Option<CheckedRecord>, CorruptReason> {
+    let header = match decode_header(position, word) {
+        Ok(Some(header)) => header,
+        Ok(None) => return Ok(None),
+        Err(HeaderFault::BadFlags) => return Err(CorruptReason::BadFlags),
+        Err(HeaderFault::WrongPosition) => return Err(CorruptReason::WrongPosition),
+    };
+    if !header.padding && header.payload_len > bounds.max_message_len {
+        return Err(CorruptReason::TooLong(header.payload_len));
+    }
+    let len = record_len(header.payload_len as u64);
+    // `position` comes from the reader (below MAX_POSITION) and `len` is below 2^33: no overflow.
+    let end = position + len;
+    if (position & (bounds.capacity - 1)) + len > bounds.capacity || end > limit {
+        return Err(CorruptReason::OutOfBounds);
+    }
+    if !header.padding && (position + RECORD_HEADER_LEN) & (bounds.payload_align - 1) != 0 {
+        return Err(CorruptReason::Misaligned);
+    }
+    Ok(Some(CheckedRecord { header, end }))
+}
+
+/// The end of the space a producer may have written when the consumer's head is `head`: records
+/// past it cannot be real ([`check_record`]'s `limit` for readers of the live ring).
+#[inline]
+pub const fn producer_limit(head: u64, capacity: u64) -> u64 {
+    // Saturating: a hostile head near u64::MAX must not wrap the limit below real records.
+    head.saturating_add(capacity - SLACK)
+}
+
 /// The descriptor block: written once by the creator before `magic` is published. Every field
 /// is an atomic because a hostile process may write it at any time: readers load each field once
 /// and validate the copy, never the shared memory again.
@@ -186,12 +270,41 @@ pub struct Descriptor {
     /// Start time of the creator process in clock ticks since boot (`/proc/<pid>/stat` field 22).
     pub creator_start_time: AtomicU64,
     pub created_unix_ns: AtomicU64,
+    /// A random non-zero number drawn when the ring is created: a ring recreated under the same
+    /// name has another epoch, so `(epoch, position)` names one record for as long as it exists.
+    pub epoch: AtomicU64,
 }
 
 /// A position published by one side, alone in its block.
 #[repr(C, align(128))]
 pub struct PositionBlock {
     pub position: AtomicU64,
+}
+
+/// The producer's position, and the committed frontier kept crash-consistent beside it.
+///
+/// Every commit writes its end position and the running message count into one of two
+/// [`FrontierSlot`]s (alternating), each bracketed by a sequence word (odd while written). A
+/// producer killed mid-commit can tear only the slot it was writing; the other one holds the
+/// previous commit's frontier exactly, and the records after it are still in the ring (a replacement
+/// producer walks them). So the count of messages ever committed is exact after any crash.
+#[repr(C, align(128))]
+pub struct ProducerPositionBlock {
+    /// Tail: end of the last commit (u64 position). Stored with release after each commit.
+    pub position: AtomicU64,
+    /// Two frontier slots; commit number `n` writes slot `n & 1`.
+    pub frontier: [FrontierSlot; 2],
+}
+
+/// One copy of the committed frontier (see [`ProducerPositionBlock`]).
+#[repr(C)]
+pub struct FrontierSlot {
+    /// `2n + 1` while commit `n` writes this slot, `2n + 2` once it is written; 0 if never written.
+    pub seq: AtomicU64,
+    /// End position of that commit.
+    pub end: AtomicU64,
+    /// Messages committed in the ring's life up to `end`.
+    pub messages: AtomicU64,
 }
 
 /// Who owns one side of the ring. `owner` packs, so one compare-and-swap claims or hands over
@@ -255,6 +368,11 @@ pub struct ConsumerCounters {
     pub wakes: AtomicU64,
     /// Records refused as corrupt.
     pub corrupt_records: AtomicU64,
+    /// Records held as leases now (written when a lease is taken or folded; approximate while
+    /// leases move between threads).
+    pub leases_held: AtomicU64,
+    /// Most leases the consumer may hold at once.
+    pub lease_capacity: AtomicU64,
 }
 
 /// The header page. `#[repr(C)]` with explicit alignment: offsets are asserted below.
@@ -262,7 +380,7 @@ pub struct ConsumerCounters {
 pub struct SegmentHeader {
     pub descriptor: Descriptor,
     pub _pad0: [u8; BLOCK - core::mem::size_of::<Descriptor>()],
-    pub producer_position: PositionBlock,
+    pub producer_position: ProducerPositionBlock,
     pub consumer_position: PositionBlock,
     pub producer_attach: AttachBlock,
     pub consumer_attach: AttachBlock,
@@ -274,6 +392,8 @@ pub struct SegmentHeader {
 
 /// Byte offsets of each block, for tools and for the tests that pin the format.
 pub mod offsets {
+    //! Blocks of the header page. Fields inside a block: see [`descriptor`], [`producer_position`],
+    //! [`attach`], [`producer_counters`], [`consumer_counters`].
     pub const DESCRIPTOR: usize = 0;
     pub const PRODUCER_POSITION: usize = 128;
     pub const CONSUMER_POSITION: usize = 256;
@@ -283,6 +403,68 @@ pub mod offsets {
     pub const PRODUCER_DOORBELL: usize = 768;
     pub const PRODUCER_COUNTERS: usize = 896;
     pub const CONSUMER_COUNTERS: usize = 1024;
+
+    /// Fields of the descriptor block, from the start of the segment.
+    pub mod descriptor {
+        pub const MAGIC: usize = 0;
+        pub const LAYOUT_VERSION: usize = 8;
+        pub const HEADER_LEN: usize = 12;
+        pub const CAPACITY: usize = 16;
+        pub const SEGMENT_LEN: usize = 24;
+        pub const MAX_MESSAGE_LEN: usize = 32;
+        pub const PAYLOAD_ALIGN: usize = 36;
+        pub const CREATOR_PID: usize = 40;
+        pub const CREATOR_START_TIME: usize = 48;
+        pub const CREATED_UNIX_NS: usize = 56;
+        pub const EPOCH: usize = 64;
+    }
+
+    /// Fields of the producer position block, from the start of the segment.
+    pub mod producer_position {
+        /// The tail (u64).
+        pub const POSITION: usize = super::PRODUCER_POSITION;
+        /// Frontier slot `i` starts at `FRONTIER + i * FRONTIER_SLOT_LEN`: seq, end, messages (u64 each).
+        pub const FRONTIER: usize = super::PRODUCER_POSITION + 8;
+        pub const FRONTIER_SLOT_LEN: usize = 24;
+    }
+
+    /// The consumer's head (u64), from the start of the segment.
+    pub const CONSUMER_HEAD: usize = CONSUMER_POSITION;
+
+    /// Fields of the producer counters block (u64 each), from the start of the segment.
+    pub mod producer_counters {
+        pub const MESSAGES: usize = super::PRODUCER_COUNTERS;
+        pub const BYTES: usize = super::PRODUCER_COUNTERS + 8;
+        pub const COMMITS: usize = super::PRODUCER_COUNTERS + 16;
+        pub const FULL_EVENTS: usize = super::PRODUCER_COUNTERS + 24;
+        pub const WAKES: usize = super::PRODUCER_COUNTERS + 32;
+        pub const PADDING_BYTES: usize = super::PRODUCER_COUNTERS + 40;
+        pub const OVERSIZE_REJECTS: usize = super::PRODUCER_COUNTERS + 48;
+    }
+
+    /// Fields of the consumer counters block (u64 each), from the start of the segment.
+    pub mod consumer_counters {
+        pub const MESSAGES: usize = super::CONSUMER_COUNTERS;
+        pub const BYTES: usize = super::CONSUMER_COUNTERS + 8;
+        pub const RELEASES: usize = super::CONSUMER_COUNTERS + 16;
+        pub const EMPTY_POLLS: usize = super::CONSUMER_COUNTERS + 24;
+        pub const WAKES: usize = super::CONSUMER_COUNTERS + 32;
+        pub const CORRUPT_RECORDS: usize = super::CONSUMER_COUNTERS + 40;
+        pub const LEASES_HELD: usize = super::CONSUMER_COUNTERS + 48;
+        pub const LEASE_CAPACITY: usize = super::CONSUMER_COUNTERS + 56;
+    }
+}
+
+/// Bit positions of the fields of a record header word (see the module docs).
+pub mod record_header {
+    /// Payload length: bits 0..32.
+    pub const LENGTH_SHIFT: u32 = 0;
+    /// Message type: bits 32..48.
+    pub const TYPE_SHIFT: u32 = 32;
+    /// Flags: bits 48..56 ([`super::FLAG_COMMITTED`], [`super::FLAG_PADDING`]).
+    pub const FLAGS_SHIFT: u32 = 48;
+    /// Check byte: bits 56..64.
+    pub const CHECK_SHIFT: u32 = 56;
 }
 
 #[cfg(not(loom))]
@@ -298,8 +480,58 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, producer_doorbell) == offsets::PRODUCER_DOORBELL);
     assert!(offset_of!(SegmentHeader, producer_counters) == offsets::PRODUCER_COUNTERS);
     assert!(offset_of!(SegmentHeader, consumer_counters) == offsets::CONSUMER_COUNTERS);
-    assert!(offset_of!(Descriptor, magic) == 0);
-    assert!(offset_of!(Descriptor, capacity) == 16);
+    {
+        use offsets::descriptor as d;
+        assert!(offset_of!(Descriptor, magic) == d::MAGIC);
+        assert!(offset_of!(Descriptor, layout_version) == d::LAYOUT_VERSION);
+        assert!(offset_of!(Descriptor, header_len) == d::HEADER_LEN);
+        assert!(offset_of!(Descriptor, capacity) == d::CAPACITY);
+        assert!(offset_of!(Descriptor, segment_len) == d::SEGMENT_LEN);
+        assert!(offset_of!(Descriptor, max_message_len) == d::MAX_MESSAGE_LEN);
+        assert!(offset_of!(Descriptor, payload_align) == d::PAYLOAD_ALIGN);
+        assert!(offset_of!(Descriptor, creator_pid) == d::CREATOR_PID);
+        assert!(offset_of!(Descriptor, creator_start_time) == d::CREATOR_START_TIME);
+        assert!(offset_of!(Descriptor, created_unix_ns) == d::CREATED_UNIX_NS);
+        assert!(offset_of!(Descriptor, epoch) == d::EPOCH);
+    }
+    {
+        use offsets::producer_position as p;
+        let base = offsets::PRODUCER_POSITION;
+        assert!(base + offset_of!(ProducerPositionBlock, position) == p::POSITION);
+        assert!(base + offset_of!(ProducerPositionBlock, frontier) == p::FRONTIER);
+        assert!(size_of::<FrontierSlot>() == p::FRONTIER_SLOT_LEN);
+        assert!(offset_of!(FrontierSlot, seq) == 0);
+        assert!(offset_of!(FrontierSlot, end) == 8);
+        assert!(offset_of!(FrontierSlot, messages) == 16);
+        assert!(size_of::<ProducerPositionBlock>() == BLOCK);
+    }
+    assert!(offsets::CONSUMER_POSITION + offset_of!(PositionBlock, position) == offsets::CONSUMER_HEAD);
+    {
+        use offsets::producer_counters as c;
+        let base = offsets::PRODUCER_COUNTERS;
+        assert!(base + offset_of!(ProducerCounters, messages) == c::MESSAGES);
+        assert!(base + offset_of!(ProducerCounters, bytes) == c::BYTES);
+        assert!(base + offset_of!(ProducerCounters, commits) == c::COMMITS);
+        assert!(base + offset_of!(ProducerCounters, full_events) == c::FULL_EVENTS);
+        assert!(base + offset_of!(ProducerCounters, wakes) == c::WAKES);
+        assert!(base + offset_of!(ProducerCounters, padding_bytes) == c::PADDING_BYTES);
+        assert!(base + offset_of!(ProducerCounters, oversize_rejects) == c::OVERSIZE_REJECTS);
+    }
+    {
+        use offsets::consumer_counters as c;
+        let base = offsets::CONSUMER_COUNTERS;
+        assert!(base + offset_of!(ConsumerCounters, messages) == c::MESSAGES);
+        assert!(base + offset_of!(ConsumerCounters, bytes) == c::BYTES);
+        assert!(base + offset_of!(ConsumerCounters, releases) == c::RELEASES);
+        assert!(base + offset_of!(ConsumerCounters, empty_polls) == c::EMPTY_POLLS);
+        assert!(base + offset_of!(ConsumerCounters, wakes) == c::WAKES);
+        assert!(base + offset_of!(ConsumerCounters, corrupt_records) == c::CORRUPT_RECORDS);
+        assert!(base + offset_of!(ConsumerCounters, leases_held) == c::LEASES_HELD);
+        assert!(base + offset_of!(ConsumerCounters, lease_capacity) == c::LEASE_CAPACITY);
+    }
+    assert!(record_header::LENGTH_SHIFT == 0);
+    assert!(FLAG_COMMITTED == 1 << record_header::FLAGS_SHIFT);
+    assert!(TAG_MASK == 0xFFFF << record_header::FLAGS_SHIFT);
 };
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use {crate::segment::Segment, crate::wait::ring_doorbell, std::sync::Arc};
 /// doorbell), or, in the loom model, a plain atomic.
 pub(crate) trait HeadSink: Send + Sync {
     fn publish_head(&self, head: u64);
+    /// Entries still outstanding after a fold (for `tadpole stat`).
+    fn publish_outstanding(&self, _outstanding: u64) {}
 }
 
 /// The consumer's hold on its side of the ring, shared by the `Consumer` and its lease queue:
@@ -39,6 +41,10 @@ impl HeadSink for Arc<ConsumerAttachment> {
         let h = self.segment.header();
         h.consumer_position.position.store(head, Release);
         ring_doorbell(&h.producer_doorbell);
+    }
+
+    fn publish_outstanding(&self, outstanding: u64) {
+        self.segment.header().consumer_counters.leases_held.store(outstanding, Relaxed);
     }
 }
 
@@ -195,6 +201,7 @@ impl<S: HeadSink> LeaseQueue<S> {
                 // `oldest`) stores later heads after this one.
                 self.sink.publish_head(head);
                 self.oldest.store(seq, Release);
+                self.sink.publish_outstanding(next - seq);
             }
             match self.fold_requests.compare_exchange(seen, 0, AcqRel, Acquire) {
                 Ok(_) => return,
@@ -205,14 +212,19 @@ impl<S: HeadSink> LeaseQueue<S> {
 }
 
 #[cfg(not(loom))]
-pub use lease_handle::Lease;
+pub(crate) use lease_handle::SpanShape;
+#[cfg(not(loom))]
+pub use lease_handle::{BatchLease, Lease};
 
 #[cfg(not(loom))]
 mod lease_handle {
     use super::*;
 
-    /// A received message that owns its place in shared memory until dropped. `Send + Sync`, so it
-    /// can back an Arrow buffer (`Buffer::from_custom_allocation`) or cross threads.
+    /// A received message that owns its place in shared memory until dropped: `Send + Sync +
+    /// 'static`, so it can back an Arrow buffer (`Buffer::from_custom_allocation`), a Python
+    /// object, or cross threads. Dropped while its thread panics, it is not released (the record
+    /// was not dealt with): the ring then stays pinned at it, and the next consumer of the ring
+    /// receives it again.
     pub struct Lease {
         queue: Arc<SegmentLeaseQueue>,
         seq: u64,
@@ -220,6 +232,8 @@ mod lease_handle {
         ptr: *const u8,
         len: usize,
         message_type: u16,
+        position: u64,
+        epoch: u64,
     }
 
     // SAFETY: the lease's bytes are not written by anyone until it is released (in `drop`), and the
@@ -229,6 +243,7 @@ mod lease_handle {
     unsafe impl Sync for Lease {}
 
     impl Lease {
+        #[allow(clippy::too_many_arguments)]
         pub(crate) fn new(
             queue: Arc<SegmentLeaseQueue>,
             seq: u64,
@@ -236,13 +251,25 @@ mod lease_handle {
             ptr: *const u8,
             len: usize,
             message_type: u16,
+            position: u64,
+            epoch: u64,
         ) -> Lease {
-            Lease { queue, seq, end, ptr, len, message_type }
+            Lease { queue, seq, end, ptr, len, message_type, position, epoch }
         }
 
         /// The message type the producer set.
         pub fn message_type(&self) -> u16 {
             self.message_type
+        }
+
+        /// Where the record starts in the ring (see `ReadGuard::position`).
+        pub fn position(&self) -> u64 {
+            self.position
+        }
+
+        /// The ring's epoch (`Segment::epoch`).
+        pub fn epoch(&self) -> u64 {
+            self.epoch
         }
     }
 
@@ -262,13 +289,98 @@ mod lease_handle {
 
     impl std::fmt::Debug for Lease {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("Lease").field("len", &self.len).field("message_type", &self.message_type).finish()
+            f.debug_struct("Lease")
+                .field("position", &self.position)
+                .field("len", &self.len)
+                .field("message_type", &self.message_type)
+                .finish()
         }
     }
 
     impl Drop for Lease {
         fn drop(&mut self) {
+            if std::thread::panicking() {
+                return;
+            }
             self.queue.release(self.seq, self.end);
+        }
+    }
+
+    /// Where a batch lies in the data region, for iterating it again.
+    #[derive(Clone, Copy)]
+    pub(crate) struct SpanShape {
+        pub(crate) data: *const u8,
+        pub(crate) mask: u64,
+        pub(crate) capacity: u64,
+        pub(crate) bounds: crate::layout::RecordBounds,
+        pub(crate) start: u64,
+        pub(crate) end: u64,
+    }
+
+    /// A received batch ([`ReadBatch::into_lease`](crate::ReadBatch::into_lease)) that owns its
+    /// records in shared memory until dropped, like a [`Lease`] for many records at once:
+    /// `Send + Sync + 'static`, one lease entry however many records it holds.
+    pub struct BatchLease {
+        queue: Arc<SegmentLeaseQueue>,
+        seq: u64,
+        shape: SpanShape,
+        count: usize,
+        epoch: u64,
+    }
+
+    // SAFETY: as for `Lease`: the span is not written until released in `drop`; `queue` keeps the
+    // mapping alive and releases through a thread-safe queue.
+    unsafe impl Send for BatchLease {}
+    // SAFETY: shared access only reads the immutable bytes.
+    unsafe impl Sync for BatchLease {}
+
+    impl BatchLease {
+        pub(crate) fn new(queue: Arc<SegmentLeaseQueue>, seq: u64, shape: SpanShape, count: usize, epoch: u64) -> Self {
+            BatchLease { queue, seq, shape, count, epoch }
+        }
+
+        /// Number of messages.
+        pub fn len(&self) -> usize {
+            self.count
+        }
+
+        /// Always false: an empty batch is never leased.
+        pub fn is_empty(&self) -> bool {
+            self.count == 0
+        }
+
+        /// The ring's epoch (`Segment::epoch`).
+        pub fn epoch(&self) -> u64 {
+            self.epoch
+        }
+
+        /// The messages, in ring order.
+        pub fn iter(&self) -> crate::consumer::SpanIter<'_> {
+            let s = self.shape;
+            crate::consumer::SpanIter {
+                data: s.data,
+                mask: s.mask,
+                capacity: s.capacity,
+                bounds: s.bounds,
+                pos: s.start,
+                end: s.end,
+                _records: std::marker::PhantomData,
+            }
+        }
+    }
+
+    impl std::fmt::Debug for BatchLease {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("BatchLease").field("start", &self.shape.start).field("len", &self.count).finish()
+        }
+    }
+
+    impl Drop for BatchLease {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                return;
+            }
+            self.queue.release(self.seq, self.shape.end);
         }
     }
 }

@@ -57,11 +57,18 @@ pub use api::*;
 /// The public API over shared memory (everything but the loom model).
 #[cfg(not(loom))]
 mod api {
-    pub use crate::consumer::{Consumer, CorruptReason, ReadBatch, ReadGuard, Record, RecvError};
-    pub use crate::lease::Lease;
+    pub use crate::consumer::{
+        Consumer, LeaseError, LeaseRefused, LeasesOutstanding, ReadBatch, ReadGuard, Record, RecvError,
+        RecvTimeoutError, ReleaseError, ReleaseMode, SpanIter, TryRecvError,
+    };
+    pub use crate::layout::CorruptReason;
+    pub use crate::lease::{BatchLease, Lease};
     pub use crate::liveness::{ProcessId, process_start_time};
     pub use crate::observer::{ObserveError, Observed, Observer};
-    pub use crate::producer::{Producer, SendError, WriteBatch, WriteGrant};
+    pub use crate::producer::{
+        Frontier, OwnedWriteGrant, Producer, ReserveOwnedError, SendError, SendTimeoutError, TrySendError, WriteBatch,
+        WriteGrant,
+    };
     pub use crate::segment::{CreateError, OpenError, PayloadAlign, RingBuilder, Segment, SegmentFault};
     pub use crate::shm::{MAX_NAME_LEN, NAME_PREFIX};
     pub use crate::stats::{ConsumerCounters, ProducerCounters, RingStatus};

@@ -10,18 +10,16 @@ use crate::liveness::ProcessId;
 use crate::segment::{PayloadAlign, Segment, SegmentFault, check_head_behind, check_positions};
 use crate::sync::atomic::AtomicU64;
 use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use crate::wait::{WaitStep, WaitStrategy, Waiter, ring_doorbell};
+use crate::wait::{PeerSchedule, WaitStep, WaitStrategy, Waiter, ring_doorbell};
 use crate::{AttachError, PeerState, Side, attach_side, detach_side, peer_state};
 
-/// Why a message could not be sent or space reserved.
+/// Why [`Producer::try_send`], [`Producer::try_reserve`] or a [`WriteBatch`] reservation wrote
+/// nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// The ring has no room now (`try_` calls only); nothing was written.
+pub enum TrySendError {
+    /// The ring has no room now; nothing was written.
     #[error("ring full")]
     Full,
-    /// No room before the timeout passed.
-    #[error("timed out waiting for ring space")]
-    Timeout,
     /// The message is larger than the ring's maximum; nothing was written.
     #[error("message of {len} bytes exceeds the ring's maximum of {max}")]
     TooLarge {
@@ -30,12 +28,120 @@ pub enum SendError {
         /// The ring's maximum.
         max: usize,
     },
-    /// The consumer detached or died and the ring is full: nobody will make room.
+    /// No consumer is attached: it detached, or its process is gone. Nothing was written;
+    /// sending succeeds again once a consumer attaches (it resumes at the first unreleased
+    /// record). A consumer that never attached yet is not a disconnection.
     #[error("consumer disconnected")]
     Disconnected,
     /// The consumer's position is impossible: the segment is corrupt or hostile.
     #[error("ring corrupt: {0}")]
     Corrupt(SegmentFault),
+}
+
+/// Why [`Producer::send`] or [`Producer::reserve`] wrote nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// See [`TrySendError::TooLarge`].
+    #[error("message of {len} bytes exceeds the ring's maximum of {max}")]
+    TooLarge {
+        /// Requested payload length.
+        len: usize,
+        /// The ring's maximum.
+        max: usize,
+    },
+    /// See [`TrySendError::Disconnected`].
+    #[error("consumer disconnected")]
+    Disconnected,
+    /// See [`TrySendError::Corrupt`].
+    #[error("ring corrupt: {0}")]
+    Corrupt(SegmentFault),
+}
+
+/// Why [`Producer::send_timeout`], [`Producer::reserve_timeout`] or
+/// [`WriteBatch::reserve_timeout`] wrote nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendTimeoutError {
+    /// No room before the timeout passed.
+    #[error("timed out waiting for ring space")]
+    Timeout,
+    /// See [`TrySendError::TooLarge`].
+    #[error("message of {len} bytes exceeds the ring's maximum of {max}")]
+    TooLarge {
+        /// Requested payload length.
+        len: usize,
+        /// The ring's maximum.
+        max: usize,
+    },
+    /// See [`TrySendError::Disconnected`].
+    #[error("consumer disconnected")]
+    Disconnected,
+    /// See [`TrySendError::Corrupt`].
+    #[error("ring corrupt: {0}")]
+    Corrupt(SegmentFault),
+}
+
+/// Why a claim failed: the union of the public errors, converted by each call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Refusal {
+    Full,
+    Timeout,
+    TooLarge { len: usize, max: usize },
+    Disconnected,
+    Corrupt(SegmentFault),
+}
+
+impl From<Refusal> for TrySendError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            // `try_` calls never wait, so never time out.
+            Refusal::Full | Refusal::Timeout => TrySendError::Full,
+            Refusal::TooLarge { len, max } => TrySendError::TooLarge { len, max },
+            Refusal::Disconnected => TrySendError::Disconnected,
+            Refusal::Corrupt(f) => TrySendError::Corrupt(f),
+        }
+    }
+}
+
+impl From<Refusal> for SendTimeoutError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Full | Refusal::Timeout => SendTimeoutError::Timeout,
+            Refusal::TooLarge { len, max } => SendTimeoutError::TooLarge { len, max },
+            Refusal::Disconnected => SendTimeoutError::Disconnected,
+            Refusal::Corrupt(f) => SendTimeoutError::Corrupt(f),
+        }
+    }
+}
+
+impl From<Refusal> for SendError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            // A wait without a deadline returns neither; a gone consumer is `Disconnected`.
+            Refusal::Full | Refusal::Timeout | Refusal::Disconnected => SendError::Disconnected,
+            Refusal::TooLarge { len, max } => SendError::TooLarge { len, max },
+            Refusal::Corrupt(f) => SendError::Corrupt(f),
+        }
+    }
+}
+
+/// The committed frontier of a ring ([`Producer::frontier`]): exact, even after the previous
+/// producer was killed in the middle of a commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frontier {
+    /// End of the last committed record: where the next record will start.
+    pub position: u64,
+    /// Messages committed in the ring's whole life, by every producer it had.
+    pub messages: u64,
+}
+
+/// [`Producer::try_reserve_owned`] refused: the error, and the producer back.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct ReserveOwnedError {
+    /// Why nothing was reserved.
+    pub error: TrySendError,
+    /// The producer, unchanged.
+    pub producer: Producer,
 }
 
 /// The producer of a ring: exactly one per ring across all processes.
@@ -75,6 +181,29 @@ pub struct Producer {
     /// record, stored last (with release) to publish the whole span. Reset when a reservation
     /// or batch starts (not after a publish: a dropped grant or batch may have left it dirty).
     pending: Pending,
+    /// Frontier records written (see `ProducerPositionBlock`): the next goes to slot
+    /// `frontier_seq & 1` with sequence words `2 * frontier_seq + 1` then `+ 2`.
+    frontier_seq: u64,
+    peer_check: PeerSchedule,
+    /// Claims left before the consumer's liveness is considered again (see `PeerSchedule`).
+    claims_to_peer_check: u32,
+}
+
+/// Claims between two looks at the coarse clock for the consumer's liveness.
+const CLAIMS_PER_PEER_CHECK: u32 = 64;
+
+/// The newest fully written frontier slot of `h`: (end, messages, seq).
+fn read_frontier(h: &SegmentHeader) -> Option<(u64, u64, u64)> {
+    let mut best: Option<(u64, u64, u64)> = None;
+    for slot in &h.producer_position.frontier {
+        let seq = slot.seq.load(Acquire);
+        let (end, messages) = (slot.end.load(Relaxed), slot.messages.load(Relaxed));
+        crate::sync::atomic::fence(Acquire);
+        if seq != 0 && seq % 2 == 0 && slot.seq.load(Relaxed) == seq && best.is_none_or(|(_, _, s)| seq > s) {
+            best = Some((end, messages, seq));
+        }
+    }
+    best
 }
 
 #[derive(Default)]
@@ -120,7 +249,7 @@ impl Segment {
             return Err(AttachError::Corrupt(fault));
         }
         // The consumer may have read records past a tail that was never stored.
-        let mut tail = stored_tail.max(head);
+        let tail = stored_tail.max(head);
         let mut producer = Producer {
             segment: self.clone(),
             header: NonNull::from(h),
@@ -135,36 +264,43 @@ impl Segment {
             wait: WaitStrategy::default(),
             counters: Tally::default(),
             pending: Pending::default(),
+            frontier_seq: 0,
+            peer_check: PeerSchedule::default(),
+            claims_to_peer_check: CLAIMS_PER_PEER_CHECK,
         };
         // A producer killed between its header store and its tail store left committed records
-        // past `tail`: walk them, so they are neither lost nor overwritten. The check byte (a
-        // hash of the position) keeps a header of an earlier lap from passing for one of these.
-        loop {
-            let word = producer.slot(tail).load(Acquire);
-            match layout::decode_header(tail, word) {
-                Ok(Some(rec)) => {
-                    let end = tail + record_len(u64::from(rec.payload_len));
-                    if end + SLACK - head > self.params.capacity
-                        || (!rec.padding && rec.payload_len > producer.max_len)
-                        || (tail & producer.mask) + (end - tail) > producer.capacity
-                    {
-                        break;
-                    }
-                    tail = end;
-                }
-                _ => break,
+        // past `tail`: walk them, so they are neither lost nor overwritten, and count them onto
+        // the last frontier it recorded (see `ProducerPositionBlock`) for an exact total.
+        let recorded = read_frontier(h);
+        let (walk_from, recorded_messages) = match recorded {
+            // A recorded frontier inside the live span: walk on from it (it may be behind the
+            // stored tail by one commit, never ahead of what was published).
+            Some((end, messages, _)) if end % 8 == 0 && end >= head && end <= tail + self.params.capacity => {
+                (end, Some(messages))
             }
-        }
+            // None yet (a new ring) or impossible (hostile): walk from the tail; the counter is
+            // then the best count there is.
+            _ => (tail, if stored_tail == 0 && head == 0 { Some(0) } else { None }),
+        };
+        let (frontier, walked) = producer.walk_committed(walk_from, head);
+        let tail = frontier.max(tail);
         producer.tail = tail;
         producer.pending.end = tail;
         let c = &h.producer_counters;
-        producer.counters.messages = c.messages.load(Relaxed);
+        producer.counters.messages = match recorded_messages {
+            Some(messages) if frontier >= stored_tail => messages.wrapping_add(walked),
+            _ => c.messages.load(Relaxed),
+        };
         producer.counters.bytes = c.bytes.load(Relaxed);
         producer.counters.commits = c.commits.load(Relaxed);
         producer.counters.full_events = c.full_events.load(Relaxed);
         producer.counters.wakes = c.wakes.load(Relaxed);
         producer.counters.padding_bytes = c.padding_bytes.load(Relaxed);
         producer.counters.oversize = c.oversize_rejects.load(Relaxed);
+        c.messages.store(producer.counters.messages, Relaxed);
+        // Record the recovered frontier in the slot the last recorded commit did not use.
+        producer.frontier_seq = recorded.map_or(0, |(_, _, seq)| seq / 2);
+        producer.record_frontier();
         h.producer_position.position.store(tail, Release);
         // A new producer starts with the default (non-blocking) strategy.
         crate::wait::set_blocking(&h.producer_doorbell, WaitStrategy::default());
@@ -213,16 +349,51 @@ impl Producer {
         unsafe { AtomicU64::from_ptr(self.data.add((pos & self.mask) as usize).cast()) }
     }
 
-    /// Copies `payload` into the ring as one message of type 0. Fails with
-    /// [`SendError::Full`] instead of waiting.
+    /// The committed frontier: where the next record starts and how many messages the ring has
+    /// carried. Exact from attach on, even when the previous producer was killed mid-commit.
+    pub fn frontier(&self) -> Frontier {
+        Frontier { position: self.tail, messages: self.counters.messages }
+    }
+
+    /// Walks the records committed from `from` on (a killed producer's last commit may lie past
+    /// the stored tail): where they end, and how many messages they hold. Every header passes
+    /// [`layout::check_record`] against the space this producer may write.
+    fn walk_committed(&self, from: u64, head: u64) -> (u64, u64) {
+        let bounds = self.segment.record_bounds();
+        let limit = layout::producer_limit(head, self.capacity);
+        let (mut pos, mut messages) = (from, 0u64);
+        while let Ok(Some(rec)) = layout::check_record(pos, self.slot(pos).load(Acquire), bounds, limit) {
+            messages += u64::from(!rec.header.padding);
+            pos = rec.end;
+        }
+        (pos, messages)
+    }
+
+    /// Writes the frontier (tail, messages) into the next slot, bracketed by its sequence word.
     #[inline]
-    pub fn try_send(&mut self, payload: &[u8]) -> Result<(), SendError> {
+    fn record_frontier(&mut self) {
+        let n = self.frontier_seq;
+        self.frontier_seq = n.wrapping_add(1);
+        let (tail, messages) = (self.tail, self.counters.messages);
+        let slot = &self.header().producer_position.frontier[(n & 1) as usize];
+        slot.seq.store(n.wrapping_mul(2).wrapping_add(1), Relaxed);
+        // Orders the odd sequence word before the fields (seqlock writer).
+        crate::sync::atomic::fence(Release);
+        slot.end.store(tail, Relaxed);
+        slot.messages.store(messages, Relaxed);
+        slot.seq.store(n.wrapping_mul(2).wrapping_add(2), Release);
+    }
+
+    /// Copies `payload` into the ring as one message of type 0. Fails with
+    /// [`TrySendError::Full`] instead of waiting.
+    #[inline]
+    pub fn try_send(&mut self, payload: &[u8]) -> Result<(), TrySendError> {
         self.try_send_typed(0, payload)
     }
 
     /// [`try_send`](Self::try_send) with a message type the consumer reads back.
     #[inline]
-    pub fn try_send_typed(&mut self, message_type: u16, payload: &[u8]) -> Result<(), SendError> {
+    pub fn try_send_typed(&mut self, message_type: u16, payload: &[u8]) -> Result<(), TrySendError> {
         let mut grant = self.try_reserve(payload.len())?;
         grant.copy_from_slice(payload);
         grant.set_message_type(message_type);
@@ -230,13 +401,17 @@ impl Producer {
         Ok(())
     }
 
-    /// Copies `payload` into the ring, waiting for space with the wait strategy.
+    /// Copies `payload` into the ring, waiting for space with the wait strategy for as long as
+    /// it takes.
     pub fn send(&mut self, payload: &[u8]) -> Result<(), SendError> {
-        self.send_timeout(payload, None)
+        let mut grant = self.reserve(payload.len())?;
+        grant.copy_from_slice(payload);
+        grant.commit();
+        Ok(())
     }
 
-    /// [`send`](Self::send) giving up after `timeout` with [`SendError::Timeout`].
-    pub fn send_timeout(&mut self, payload: &[u8], timeout: Option<Duration>) -> Result<(), SendError> {
+    /// [`send`](Self::send) giving up after `timeout` with [`SendTimeoutError::Timeout`].
+    pub fn send_timeout(&mut self, payload: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
         let mut grant = self.reserve_timeout(payload.len(), timeout)?;
         grant.copy_from_slice(payload);
         grant.commit();
@@ -246,26 +421,54 @@ impl Producer {
     /// Reserves `len` bytes of payload in shared memory without waiting. Write them through
     /// the grant, then [`WriteGrant::commit`]; dropping the grant publishes nothing.
     #[inline]
-    pub fn try_reserve(&mut self, len: usize) -> Result<WriteGrant<'_>, SendError> {
+    pub fn try_reserve(&mut self, len: usize) -> Result<WriteGrant<'_>, TrySendError> {
         self.start_pending();
         let payload_pos = self.claim(len)?;
         Ok(WriteGrant { payload_pos, len, message_type: 0, producer: self })
     }
 
-    /// Reserves `len` bytes, waiting for space with the wait strategy.
+    /// Reserves `len` bytes, waiting for space with the wait strategy for as long as it takes.
     pub fn reserve(&mut self, len: usize) -> Result<WriteGrant<'_>, SendError> {
-        self.reserve_timeout(len, None)
+        let payload_pos = self.claim_or_wait(len, None)?;
+        Ok(WriteGrant { payload_pos, len, message_type: 0, producer: self })
     }
 
     /// [`reserve`](Self::reserve) giving up after `timeout`.
-    pub fn reserve_timeout(&mut self, len: usize, timeout: Option<Duration>) -> Result<WriteGrant<'_>, SendError> {
-        self.start_pending();
-        // The common case inline, as in `try_reserve`; the waiting loop only when full.
-        let payload_pos = match self.claim(len) {
-            Err(SendError::Full) => self.claim_waiting(len, timeout)?,
-            other => other?,
-        };
+    pub fn reserve_timeout(&mut self, len: usize, timeout: Duration) -> Result<WriteGrant<'_>, SendTimeoutError> {
+        let payload_pos = self.claim_or_wait(len, Some(timeout))?;
         Ok(WriteGrant { payload_pos, len, message_type: 0, producer: self })
+    }
+
+    /// Reserves like [`try_reserve`](Self::try_reserve), but the grant owns the producer: it is
+    /// `'static` and `Send + Sync`, for a writable buffer handed to another language or thread.
+    /// [`OwnedWriteGrant::commit`] (or `abandon`) gives the producer back.
+    ///
+    /// ```
+    /// # let segment = ipc_core::RingBuilder::new(1 << 16).create_anonymous()?;
+    /// # let (producer, mut consumer) = (segment.producer()?, segment.consumer()?);
+    /// let mut grant = producer.try_reserve_owned(3).map_err(|e| e.error)?;
+    /// grant.copy_from_slice(b"abc");
+    /// let producer = grant.commit();
+    /// assert_eq!(&*consumer.try_recv()?, b"abc");
+    /// # drop(producer);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_reserve_owned(mut self, len: usize) -> Result<OwnedWriteGrant, ReserveOwnedError> {
+        self.start_pending();
+        match self.claim(len) {
+            Ok(payload_pos) => Ok(OwnedWriteGrant { producer: self, payload_pos, len, message_type: 0 }),
+            Err(refusal) => Err(ReserveOwnedError { error: refusal.into(), producer: self }),
+        }
+    }
+
+    /// The common case inline, as in `try_reserve`; the waiting loop only when full.
+    #[inline]
+    fn claim_or_wait(&mut self, len: usize, timeout: Option<Duration>) -> Result<u64, Refusal> {
+        self.start_pending();
+        match self.claim(len) {
+            Err(Refusal::Full) => self.claim_waiting(len, timeout),
+            other => other,
+        }
     }
 
     /// Starts a batch: many records published together by one release store.
@@ -285,7 +488,7 @@ impl Producer {
         self.start_pending();
         self.pending.messages = 0;
         self.pending.bytes = 0;
-        WriteBatch { producer: self }
+        WriteBatch { producer: self, published: 0 }
     }
 
     /// Whether the consumer is attached, detached, dead, or never came.
@@ -296,9 +499,14 @@ impl Producer {
     /// Claims room for one record after `pending.end`, writing any padding it needs.
     /// Returns the payload's position.
     #[inline(always)]
-    fn claim(&mut self, len: usize) -> Result<u64, SendError> {
+    fn claim(&mut self, len: usize) -> Result<u64, Refusal> {
         if len > self.max_len as usize {
             return Err(self.refuse_oversize(len));
+        }
+        // A consumer that died or left is noticed by senders too, on a cheap schedule.
+        self.claims_to_peer_check -= 1;
+        if self.claims_to_peer_check == 0 {
+            self.check_consumer()?;
         }
         let start = self.pending.end;
         let (header_pos, end) = self.place(start, len);
@@ -306,7 +514,7 @@ impl Producer {
             self.refresh_head()?;
             if end + SLACK > self.cached_head + self.capacity {
                 self.note_full()?;
-                return Err(SendError::Full);
+                return Err(Refusal::Full);
             }
         }
         // Every byte this claim may write, padding headers and the zeroed slot after the record
@@ -319,11 +527,31 @@ impl Producer {
         Ok(header_pos + RECORD_HEADER_LEN)
     }
 
+    /// Every [`CLAIMS_PER_PEER_CHECK`] claims: is the consumer gone (detached, or dead by the
+    /// schedule of [`PeerSchedule`])?
     #[cold]
-    fn refuse_oversize(&mut self, len: usize) -> SendError {
+    #[inline(never)]
+    fn check_consumer(&mut self) -> Result<(), Refusal> {
+        self.claims_to_peer_check = CLAIMS_PER_PEER_CHECK;
+        if self.consumer_detached() || (self.peer_check.due_by_clock() && self.consumer_gone()) {
+            return Err(Refusal::Disconnected);
+        }
+        Ok(())
+    }
+
+    fn consumer_detached(&self) -> bool {
+        self.header().consumer_attach.owner.load(Acquire) & OWNER_DETACHED != 0
+    }
+
+    fn consumer_gone(&self) -> bool {
+        matches!(self.consumer_state(), PeerState::Dead(_) | PeerState::Closed)
+    }
+
+    #[cold]
+    fn refuse_oversize(&mut self, len: usize) -> Refusal {
         self.counters.oversize = self.counters.oversize.wrapping_add(1);
         self.header().producer_counters.oversize_rejects.store(self.counters.oversize, Relaxed);
-        SendError::TooLarge { len, max: self.max_len as usize }
+        Refusal::TooLarge { len, max: self.max_len as usize }
     }
 
     /// Publishes a new write limit above `end`, a quarter of the ring at a time (four times a lap).
@@ -382,30 +610,29 @@ impl Producer {
     }
 
     #[cold]
-    fn refresh_head(&mut self) -> Result<(), SendError> {
+    fn refresh_head(&mut self) -> Result<(), Refusal> {
         let head = self.header().consumer_position.position.load(Acquire);
-        check_head_behind(head, self.tail, self.capacity).map_err(SendError::Corrupt)?;
+        check_head_behind(head, self.tail, self.capacity).map_err(Refusal::Corrupt)?;
         self.cached_head = head;
         Ok(())
     }
 
-    /// Counts a full ring, and tells a consumer that is gone (closed now, or found dead by the
-    /// liveness check every 4096 full events) from one that is merely slow.
+    /// Counts a full ring, and tells a consumer that is gone (closed now, or found dead on the
+    /// liveness schedule) from one that is merely slow.
     #[cold]
-    fn note_full(&mut self) -> Result<(), SendError> {
+    fn note_full(&mut self) -> Result<(), Refusal> {
         self.counters.full_events = self.counters.full_events.wrapping_add(1);
         let h = self.header();
         h.producer_counters.full_events.store(self.counters.full_events, Relaxed);
-        let gone = h.consumer_attach.owner.load(Acquire) & OWNER_DETACHED != 0
-            || (self.counters.full_events % 4096 == 0 && matches!(self.consumer_state(), PeerState::Dead(_)));
-        if gone { Err(SendError::Disconnected) } else { Ok(()) }
+        let gone = self.consumer_detached() || (self.peer_check.due() && self.consumer_gone());
+        if gone { Err(Refusal::Disconnected) } else { Ok(()) }
     }
 
-    fn claim_waiting(&mut self, len: usize, timeout: Option<Duration>) -> Result<u64, SendError> {
+    fn claim_waiting(&mut self, len: usize, timeout: Option<Duration>) -> Result<u64, Refusal> {
         let mut waiter = None;
         loop {
             match self.claim(len) {
-                Err(SendError::Full) => {}
+                Err(Refusal::Full) => {}
                 other => return other,
             }
             let waiter = waiter.get_or_insert_with(|| Waiter::new(self.wait, timeout));
@@ -416,17 +643,28 @@ impl Producer {
                 || need.wrapping_add(SLACK).wrapping_sub(h.consumer_position.position.load(Acquire)) > self.capacity;
             match waiter.pause(&h.producer_doorbell.sleeping, blocked) {
                 WaitStep::Retry => {}
-                WaitStep::TimedOut => return Err(SendError::Timeout),
+                WaitStep::TimedOut => {
+                    // Short timeouts in a loop must learn of a death too (on the schedule).
+                    if self.peer_check.due_by_clock() && self.consumer_gone() {
+                        return self.last_claim(len);
+                    }
+                    return Err(Refusal::Timeout);
+                }
                 WaitStep::CheckPeer => {
-                    if let PeerState::Dead(_) | PeerState::Closed = self.consumer_state() {
-                        // A last look: the consumer may have released space before it went.
-                        return match self.claim(len) {
-                            Err(SendError::Full) => Err(SendError::Disconnected),
-                            other => other,
-                        };
+                    if self.consumer_gone() {
+                        return self.last_claim(len);
                     }
                 }
             }
+        }
+    }
+
+    /// The consumer is gone: a last look, since it may have released space before it went.
+    #[cold]
+    fn last_claim(&mut self, len: usize) -> Result<u64, Refusal> {
+        match self.claim(len) {
+            Err(Refusal::Full) => Err(Refusal::Disconnected),
+            other => other,
         }
     }
 
@@ -450,6 +688,9 @@ impl Producer {
         t.commits = t.commits.wrapping_add(1);
         t.padding_bytes = t.padding_bytes.wrapping_add(padding);
         let (messages, bytes, commits, padding_bytes) = (t.messages, t.bytes, t.commits, t.padding_bytes);
+        // Before the tail: a crash between the two leaves the frontier ahead of the stored tail,
+        // which the next producer's walk starts from (see `ProducerPositionBlock`).
+        self.record_frontier();
         let h = self.header();
         h.producer_position.position.store(end, Release);
         let c = &h.producer_counters;
@@ -485,12 +726,24 @@ impl Producer {
         // mutably, so no other reservation can alias it.
         unsafe { std::slice::from_raw_parts_mut(self.data.add((payload_pos & self.mask) as usize), len) }
     }
+
+    #[inline]
+    fn payload(&self, payload_pos: u64, len: usize) -> &[u8] {
+        // SAFETY: as in `payload_mut`: reserved, in bounds, written only through this producer.
+        unsafe { std::slice::from_raw_parts(self.data.add((payload_pos & self.mask) as usize), len) }
+    }
 }
 
 impl Drop for Producer {
     fn drop(&mut self) {
         detach_side(&self.segment, Side::Producer);
         ring_doorbell(&self.header().consumer_doorbell);
+    }
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").field("segment", &self.segment).field("tail", &self.tail).finish()
     }
 }
 
@@ -511,6 +764,11 @@ impl WriteGrant<'_> {
         self.message_type = message_type;
     }
 
+    /// Where the record will start in the ring (what the consumer's `position()` reports).
+    pub fn position(&self) -> u64 {
+        self.payload_pos - RECORD_HEADER_LEN
+    }
+
     /// Publishes the message: one release store.
     #[inline]
     pub fn commit(self) {
@@ -523,9 +781,7 @@ impl WriteGrant<'_> {
 impl std::ops::Deref for WriteGrant<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        let p = &*self.producer;
-        // SAFETY: as in `payload_mut`: reserved, in bounds, written only through this grant.
-        unsafe { std::slice::from_raw_parts(p.data.add((self.payload_pos & p.mask) as usize), self.len) }
+        self.producer.payload(self.payload_pos, self.len)
     }
 }
 
@@ -535,34 +791,141 @@ impl std::ops::DerefMut for WriteGrant<'_> {
     }
 }
 
+/// A reservation that owns its producer ([`Producer::try_reserve_owned`]): `'static`,
+/// `Send + Sync`, with a stable address for the bytes ([`as_mut_ptr`](Self::as_mut_ptr)) while
+/// it lives. Dropping it publishes nothing and drops (detaches) the producer.
+pub struct OwnedWriteGrant {
+    producer: Producer,
+    payload_pos: u64,
+    len: usize,
+    message_type: u16,
+}
+
+// SAFETY: shared references only read the reserved bytes, which nobody else writes (the producer
+// inside is reachable only through `&mut self`); `Producer` itself is `Send`.
+unsafe impl Sync for OwnedWriteGrant {}
+
+impl OwnedWriteGrant {
+    /// Sets the message type stored in the record header (0 by default).
+    pub fn set_message_type(&mut self, message_type: u16) {
+        self.message_type = message_type;
+    }
+
+    /// Where the record will start in the ring.
+    pub fn position(&self) -> u64 {
+        self.payload_pos - RECORD_HEADER_LEN
+    }
+
+    /// The reserved bytes' address: stable, and writable for `len()` bytes while the grant lives.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.producer.payload_mut(self.payload_pos, self.len).as_mut_ptr()
+    }
+
+    /// Publishes the message (one release store) and gives the producer back.
+    pub fn commit(mut self) -> Producer {
+        let (pos, len, ty) = (self.payload_pos, self.len, self.message_type);
+        self.producer.finish_record(pos, len, ty);
+        self.producer.publish(1, len as u64);
+        self.producer
+    }
+
+    /// Publishes nothing and gives the producer back.
+    pub fn abandon(self) -> Producer {
+        self.producer
+    }
+}
+
+impl std::ops::Deref for OwnedWriteGrant {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.producer.payload(self.payload_pos, self.len)
+    }
+}
+
+impl std::ops::DerefMut for OwnedWriteGrant {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.producer.payload_mut(self.payload_pos, self.len)
+    }
+}
+
+impl std::fmt::Debug for OwnedWriteGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedWriteGrant").field("position", &self.position()).field("len", &self.len).finish()
+    }
+}
+
 /// Records reserved one after another and published together by [`commit`](Self::commit)
-/// with a single release store. Dropping the batch publishes nothing.
+/// with a single release store. Dropping the batch publishes nothing that it still holds.
 pub struct WriteBatch<'a> {
     producer: &'a mut Producer,
+    /// Messages published early by waiting reservations.
+    published: usize,
 }
 
 impl WriteBatch<'_> {
     /// Reserves `len` more bytes in the batch and returns them to be written.
     #[inline]
-    pub fn try_reserve(&mut self, len: usize, message_type: u16) -> Result<&mut [u8], SendError> {
+    pub fn try_reserve(&mut self, len: usize, message_type: u16) -> Result<&mut [u8], TrySendError> {
         let pos = self.producer.claim(len)?;
+        Ok(self.reserved(pos, len, message_type))
+    }
+
+    /// Reserves `len` more bytes, waiting up to `timeout` for space. When the ring is full, what
+    /// the batch holds so far is published first (the consumer cannot make room for records
+    /// it cannot see), so the batch may reach the consumer in more than one commit.
+    pub fn reserve_timeout(
+        &mut self,
+        len: usize,
+        message_type: u16,
+        timeout: Duration,
+    ) -> Result<&mut [u8], SendTimeoutError> {
+        let pos = match self.producer.claim(len) {
+            Ok(pos) => pos,
+            Err(Refusal::Full) => {
+                self.publish_so_far();
+                self.producer.claim_waiting(len, Some(timeout))?
+            }
+            Err(other) => return Err(other.into()),
+        };
+        Ok(self.reserved(pos, len, message_type))
+    }
+
+    fn publish_so_far(&mut self) {
+        let p = &mut *self.producer;
+        let (messages, bytes) = (p.pending.messages, p.pending.bytes);
+        p.publish(messages, bytes);
+        self.published += messages as usize;
+        p.start_pending();
+        p.pending.messages = 0;
+        p.pending.bytes = 0;
+    }
+
+    #[inline]
+    fn reserved(&mut self, pos: u64, len: usize, message_type: u16) -> &mut [u8] {
         self.producer.finish_record(pos, len, message_type);
         let p = &mut self.producer.pending;
         p.messages += 1;
         p.bytes += len as u64;
-        Ok(self.producer.payload_mut(pos, len))
+        self.producer.payload_mut(pos, len)
     }
 
     /// Copies `payload` into the batch as a message of type 0.
     #[inline]
-    pub fn try_push(&mut self, payload: &[u8]) -> Result<(), SendError> {
+    pub fn try_push(&mut self, payload: &[u8]) -> Result<(), TrySendError> {
         self.try_reserve(payload.len(), 0)?.copy_from_slice(payload);
         Ok(())
     }
 
-    /// Messages reserved so far.
+    /// Copies `payload` into the batch as a message of type 0, waiting up to `timeout` for
+    /// space (see [`reserve_timeout`](Self::reserve_timeout)).
+    pub fn push_timeout(&mut self, payload: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
+        self.reserve_timeout(payload.len(), 0, timeout)?.copy_from_slice(payload);
+        Ok(())
+    }
+
+    /// Messages reserved so far (including any published early by a waiting reservation).
     pub fn len(&self) -> usize {
-        self.producer.pending.messages as usize
+        self.published + self.producer.pending.messages as usize
     }
 
     /// Whether nothing is reserved yet.
@@ -575,6 +938,6 @@ impl WriteBatch<'_> {
     pub fn commit(self) -> usize {
         let (messages, bytes) = (self.producer.pending.messages, self.producer.pending.bytes);
         self.producer.publish(messages, bytes);
-        messages as usize
+        self.published + messages as usize
     }
 }

@@ -54,6 +54,7 @@ pub(crate) struct RingParams {
     pub capacity: u64,
     pub max_message_len: u32,
     pub payload_align: PayloadAlign,
+    pub epoch: u64,
 }
 
 /// Why a segment could not be created.
@@ -175,7 +176,12 @@ impl RingBuilder {
                 "max_message_len {max} exceeds {limit}, the most a ring of {cap} bytes can always fit"
             )));
         }
-        Ok(RingParams { capacity: cap, max_message_len: max as u32, payload_align: self.payload_align })
+        Ok(RingParams {
+            capacity: cap,
+            max_message_len: max as u32,
+            payload_align: self.payload_align,
+            epoch: new_epoch(),
+        })
     }
 
     /// Creates the named segment `/dev/shm/tadpole.<name>` (mode 0600, exclusively). The name
@@ -230,6 +236,19 @@ impl std::fmt::Debug for Segment {
     }
 }
 
+/// A random non-zero epoch for a new ring (the kernel's generator; the clock and pid if it fails).
+fn new_epoch() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: `bytes` is a valid buffer of the length passed; flags 0 (blocking until seeded).
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let random = if got == 8 {
+        u64::from_le_bytes(bytes)
+    } else {
+        (unix_ns() ^ u64::from(std::process::id()) << 40).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    };
+    random.max(1)
+}
+
 fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
@@ -248,6 +267,7 @@ impl Segment {
         d.creator_pid.store(me.pid, Relaxed);
         d.creator_start_time.store(me.start_time, Relaxed);
         d.created_unix_ns.store(unix_ns(), Relaxed);
+        d.epoch.store(params.epoch, Relaxed);
         d.magic.store(MAGIC, Release);
         seg
     }
@@ -314,6 +334,21 @@ impl Segment {
     /// Payload alignment.
     pub fn payload_align(&self) -> PayloadAlign {
         self.params.payload_align
+    }
+
+    /// A random number drawn when the ring was created: a ring recreated under the same name
+    /// has another epoch, so `(epoch, position)` names one record for good (what relays and
+    /// deduplicating consumers key on).
+    pub fn epoch(&self) -> u64 {
+        self.params.epoch
+    }
+
+    pub(crate) fn record_bounds(&self) -> layout::RecordBounds {
+        layout::RecordBounds {
+            capacity: self.params.capacity,
+            max_message_len: self.params.max_message_len,
+            payload_align: self.params.payload_align.bytes(),
+        }
     }
 
     /// The process that created the segment.
@@ -416,10 +451,14 @@ fn validate_header(h: &SegmentHeader, mapped_len: u64) -> Result<RingParams, Seg
             return Err(SegmentFault::BadField { field: "payload_align", value: other.into() });
         }
     };
+    let epoch = d.epoch.load(Relaxed);
+    if epoch == 0 {
+        return Err(SegmentFault::BadField { field: "epoch", value: 0 });
+    }
     let head = h.consumer_position.position.load(Acquire);
     let tail = h.producer_position.position.load(Acquire);
     check_positions(head, tail, capacity)?;
-    Ok(RingParams { capacity, max_message_len: max, payload_align })
+    Ok(RingParams { capacity, max_message_len: max, payload_align, epoch })
 }
 
 /// Positions as stored in the header: record-aligned, below [`layout::MAX_POSITION`], at most a

@@ -40,6 +40,10 @@ pub struct ConsumerCounters {
     pub wakes: u64,
     /// Records refused as corrupt.
     pub corrupt_records: u64,
+    /// Records held as leases now.
+    pub leases_held: u64,
+    /// Most leases the consumer may hold.
+    pub lease_capacity: u64,
 }
 
 /// Everything a monitoring tool shows about one ring.
@@ -101,6 +105,8 @@ impl RingStatus {
                 empty_polls: c.empty_polls.load(Relaxed),
                 wakes: c.wakes.load(Relaxed),
                 corrupt_records: c.corrupt_records.load(Relaxed),
+                leases_held: c.leases_held.load(Relaxed),
+                lease_capacity: c.lease_capacity.load(Relaxed),
             },
         }
     }

@@ -173,3 +173,58 @@ impl Waiter {
         WaitStep::Retry
     }
 }
+
+/// Polls between two looks at the coarse clock on a polling side's slow path.
+const PEER_CHECK_POLLS: u32 = 64;
+/// Least time between two liveness checks of the peer by a polling side.
+const PEER_CHECK_INTERVAL_MS: u64 = 5;
+
+/// Milliseconds of a coarse monotonic clock: `CLOCK_MONOTONIC_COARSE` is read from the vDSO
+/// (no syscall, a few nanoseconds) and ticks every 1–10 ms, which is all a liveness schedule
+/// needs.
+#[cfg(not(any(loom, miri)))]
+pub(crate) fn coarse_now_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-parameter; the clock id is a constant Linux supports.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1000).wrapping_add(ts.tv_nsec as u64 / 1_000_000)
+}
+
+#[cfg(any(loom, miri))]
+pub(crate) fn coarse_now_ms() -> u64 {
+    use std::sync::OnceLock;
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// When a side that polls (`try_` calls, short timeouts in a loop) looks at its peer's
+/// liveness: every [`PEER_CHECK_POLLS`] fruitless polls it reads the coarse clock, and it checks
+/// the peer when [`PEER_CHECK_INTERVAL_MS`] have passed since the last check. A death is thus
+/// seen within about 64 polls plus 5 ms plus one coarse tick, and the syscalls of a check
+/// (`kill`, a `/proc` read) happen at most 200 times a second however fast the caller polls.
+#[derive(Default)]
+pub(crate) struct PeerSchedule {
+    polls: u32,
+    next_ms: u64,
+}
+
+impl PeerSchedule {
+    /// One more fruitless poll: whether the peer should be checked now.
+    #[inline]
+    pub(crate) fn due(&mut self) -> bool {
+        self.polls = self.polls.wrapping_add(1);
+        self.polls % PEER_CHECK_POLLS == 0 && self.due_by_clock()
+    }
+
+    /// Whether the interval has passed since the last check (the clock alone, for calls that
+    /// poll rarely, such as a wait that just timed out).
+    #[cold]
+    pub(crate) fn due_by_clock(&mut self) -> bool {
+        let now = coarse_now_ms();
+        if now >= self.next_ms {
+            self.next_ms = now + PEER_CHECK_INTERVAL_MS;
+            return true;
+        }
+        false
+    }
+}

@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ipc_core::{
-    AttachError, Consumer, Lease, PayloadAlign, PeerState, Producer, RecvError, RingBuilder, Segment, SendError, Side,
-    WaitStrategy,
+    AttachError, Consumer, Lease, PayloadAlign, PeerState, Producer, RecvTimeoutError, RingBuilder, Segment,
+    SendTimeoutError, Side, TryRecvError, TrySendError, WaitStrategy,
 };
 
 /// Small on purpose: wrap-around and a full ring happen all the time.
@@ -117,7 +117,7 @@ fn produce_traffic(producer: &mut Producer, start: u64, count: u64, deadline: In
                     };
                     match sent {
                         Ok(()) => break,
-                        Err(SendError::Full) => {
+                        Err(TrySendError::Full) => {
                             assert!(Instant::now() < deadline, "ring stayed full at seq {seq}");
                             std::thread::yield_now();
                         }
@@ -128,7 +128,7 @@ fn produce_traffic(producer: &mut Producer, start: u64, count: u64, deadline: In
             }
             2 => {
                 fill_payload(seq, &mut buf[..len]);
-                producer.send_timeout(&buf[..len], Some(STALL)).unwrap_or_else(|e| panic!("send of seq {seq}: {e}"));
+                producer.send_timeout(&buf[..len], STALL).unwrap_or_else(|e| panic!("send of seq {seq}: {e}"));
                 seq += 1;
             }
             3..=5 => {
@@ -144,7 +144,7 @@ fn produce_traffic(producer: &mut Producer, start: u64, count: u64, deadline: In
                     loop {
                         match producer.try_reserve(len) {
                             Ok(_) => break,
-                            Err(SendError::Full) => {
+                            Err(TrySendError::Full) => {
                                 assert!(Instant::now() < deadline, "ring stayed full at seq {seq}");
                                 std::thread::yield_now();
                             }
@@ -153,7 +153,7 @@ fn produce_traffic(producer: &mut Producer, start: u64, count: u64, deadline: In
                     }
                     producer.try_reserve(len).unwrap()
                 } else {
-                    producer.reserve_timeout(len, Some(STALL)).unwrap_or_else(|e| panic!("reserve for seq {seq}: {e}"))
+                    producer.reserve_timeout(len, STALL).unwrap_or_else(|e| panic!("reserve for seq {seq}: {e}"))
                 };
                 fill_payload(seq, &mut grant);
                 grant.set_message_type(message_type(seq));
@@ -170,13 +170,13 @@ fn produce_traffic(producer: &mut Producer, start: u64, count: u64, deadline: In
                         fill_payload(s, &mut buf[..len]);
                         match batch.try_push(&buf[..len]) {
                             Ok(()) => {}
-                            Err(SendError::Full) => break,
+                            Err(TrySendError::Full) => break,
                             Err(e) => panic!("batch push of seq {s}: {e}"),
                         }
                     } else {
                         match batch.try_reserve(len, message_type(s)) {
                             Ok(slot) => fill_payload(s, slot),
-                            Err(SendError::Full) => break,
+                            Err(TrySendError::Full) => break,
                             Err(e) => panic!("batch reserve for seq {s}: {e}"),
                         }
                     }
@@ -257,12 +257,15 @@ impl Verifier {
     /// (the caller saw the ring empty: only a waiting receive notices a dead producer). `Err` is
     /// what the receive returned; leases are dropped before any wait so that they never hold the
     /// producer up while we wait for it.
-    fn step(&mut self, consumer: &mut Consumer, wait: bool) -> Result<(), RecvError> {
+    fn step(&mut self, consumer: &mut Consumer, wait: bool) -> Result<(), TryRecvError> {
         let how = if wait { 0 } else { mix(self.next ^ 0x5245_4356) % 8 };
         match how {
             0..=2 => {
                 self.drop_leases();
-                let msg = consumer.recv_timeout(Some(STALL))?;
+                let msg = consumer.recv_timeout(STALL).map_err(|e| match e {
+                    RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+                    other => panic!("receiving message {}: {other}", self.next),
+                })?;
                 self.accept(msg.message_type(), &msg);
             }
             3 => match consumer.try_recv() {
@@ -317,7 +320,9 @@ impl Verifier {
             assert!(Instant::now() < deadline, "consumer ran out of time at message {}", self.next);
             match self.step(consumer, wait) {
                 Ok(()) => wait = false,
-                Err(RecvError::Empty) => wait = true,
+                // Disconnected: the producer we expect has not attached yet, and the last one is
+                // dead (reported to polling calls too).
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => wait = true,
                 Err(e) => panic!("receiving message {}: {e}", self.next),
             }
         }
@@ -331,8 +336,8 @@ impl Verifier {
             assert!(Instant::now() < deadline, "consumer ran out of time at message {}", self.next);
             match self.step(consumer, wait) {
                 Ok(()) => wait = false,
-                Err(RecvError::Empty) => wait = true,
-                Err(RecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => wait = true,
+                Err(TryRecvError::Disconnected) => break,
                 Err(e) => panic!("receiving message {}: {e}", self.next),
             }
         }
@@ -481,7 +486,7 @@ fn child_process_entry_point() {
             let mut consumer = segment.consumer().expect("attach consumer");
             let mut verifier = Verifier::new(start, segment.max_message_len(), segment.payload_align());
             while Instant::now() < deadline {
-                let msg = consumer.recv_timeout(Some(STALL)).expect("recv");
+                let msg = consumer.recv_timeout(STALL).expect("recv");
                 verifier.accept(msg.message_type(), &msg);
             }
         }
@@ -494,7 +499,7 @@ fn child_process_entry_point() {
                 let mut msg = [0u8; 16];
                 msg[..8].copy_from_slice(&seq.to_le_bytes());
                 msg[8..].copy_from_slice(&monotonic_ns().to_le_bytes());
-                producer.send_timeout(&msg, Some(STALL)).expect("send");
+                producer.send_timeout(&msg, STALL).expect("send");
             }
         }
         // `count` 1000-byte messages with a blocking wait strategy: mostly asleep on a full ring.
@@ -504,7 +509,7 @@ fn child_process_entry_point() {
             let mut msg = [0u8; 1000];
             for seq in start..start + count {
                 msg[..8].copy_from_slice(&seq.to_le_bytes());
-                producer.send_timeout(&msg, Some(STALL)).expect("send");
+                producer.send_timeout(&msg, STALL).expect("send");
             }
         }
         "hold-producer" | "hold-consumer" => {
@@ -552,7 +557,7 @@ fn check_traffic(segment: &Segment, mut child: ChildGuard, count: u64) {
 
     assert_eq!(verifier.next, count, "every message arrived, none twice");
     assert_eq!(consumer.producer_state(), PeerState::Closed);
-    assert_eq!(consumer.try_recv().err(), Some(RecvError::Disconnected));
+    assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Disconnected));
     let bytes = total_bytes(0, count, segment.max_message_len());
     assert_eq!(verifier.bytes, bytes);
     let st = segment.status();
@@ -623,7 +628,7 @@ fn consumer_drains_committed_messages_after_producer_killed_and_a_new_producer_c
         // Everything it committed is still there, intact and in order, then the ring says so.
         verifier.drain_until_disconnected(&mut consumer, deadline);
         assert!(matches!(consumer.producer_state(), PeerState::Dead(id) if id.pid == pid));
-        assert_eq!(consumer.recv_timeout(Some(STALL)).err(), Some(RecvError::Disconnected));
+        assert_eq!(consumer.recv_timeout(STALL).err(), Some(RecvTimeoutError::Disconnected));
         let st = segment.status();
         assert_eq!(st.head, st.tail, "round {round}: every committed record was delivered: {st:?}");
         assert!(verifier.next > kill_at, "round {round}");
@@ -681,9 +686,9 @@ fn producer_killed_between_commit_and_tail_store_is_replaced_after_its_last_reco
     assert!(matches!(consumer.producer_state(), PeerState::Dead(_)));
 
     // The consumer follows headers, not the tail: both committed messages arrive.
-    assert_eq!(&*consumer.recv_timeout(Some(STALL)).unwrap(), b"first");
-    assert_eq!(&*consumer.recv_timeout(Some(STALL)).unwrap(), b"second");
-    assert_eq!(consumer.recv_timeout(Some(STALL)).err(), Some(RecvError::Disconnected));
+    assert_eq!(&*consumer.recv_timeout(STALL).unwrap(), b"first");
+    assert_eq!(&*consumer.recv_timeout(STALL).unwrap(), b"second");
+    assert_eq!(consumer.recv_timeout(STALL).err(), Some(RecvTimeoutError::Disconnected));
 
     // A monitoring tool can still open the ring, and a new producer can take over.
     let observer = Segment::open(&name).err();
@@ -695,7 +700,7 @@ fn producer_killed_between_commit_and_tail_store_is_replaced_after_its_last_reco
     );
     let mut replacement = replacement.unwrap();
     replacement.try_send(b"third").unwrap();
-    assert_eq!(&*consumer.recv_timeout(Some(STALL)).unwrap(), b"third");
+    assert_eq!(&*consumer.recv_timeout(STALL).unwrap(), b"third");
 }
 
 #[test]
@@ -715,7 +720,7 @@ fn producer_gets_disconnected_after_consumer_killed_and_a_new_consumer_resumes_a
     let error = loop {
         let len = message_len(seq, max);
         fill_payload(seq, &mut buf[..len]);
-        match producer.send_timeout(&buf[..len], Some(STALL)) {
+        match producer.send_timeout(&buf[..len], STALL) {
             Ok(()) => seq += 1,
             Err(e) => break e,
         }
@@ -725,7 +730,7 @@ fn producer_gets_disconnected_after_consumer_killed_and_a_new_consumer_resumes_a
         }
     };
     let Some(killed_at) = killed_at else { panic!("send failed while the consumer was alive: {error}") };
-    assert_eq!(error, SendError::Disconnected, "a waiting send reports the dead consumer instead of hanging");
+    assert_eq!(error, SendTimeoutError::Disconnected, "a waiting send reports the dead consumer instead of hanging");
     assert!(killed_at.elapsed() < Duration::from_secs(5), "noticed quickly: {:?}", killed_at.elapsed());
     assert!(matches!(producer.consumer_state(), PeerState::Dead(_)));
     let tail = segment.status().tail;
@@ -754,14 +759,14 @@ fn producer_gets_disconnected_after_consumer_killed_and_a_new_consumer_resumes_a
         loop {
             match producer.try_send(&buf[..len]) {
                 Ok(()) => break,
-                Err(SendError::Full) => verifier.receive_until(&mut consumer, seq, deadline),
+                Err(TrySendError::Full) => verifier.receive_until(&mut consumer, seq, deadline),
                 Err(e) => panic!("send after the new consumer attached: {e}"),
             }
         }
         seq += 1;
     }
     verifier.receive_until(&mut consumer, seq, deadline);
-    assert_eq!(consumer.try_recv().err(), Some(RecvError::Empty));
+    assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Empty));
     let st = segment.status();
     assert_eq!(st.head, st.tail, "{st:?}");
     assert_eq!(st.produced.messages, seq, "{st:?}");
@@ -824,13 +829,13 @@ fn blocked_consumer_is_woken_by_a_producer_in_another_process() {
     let mut child = spawn_named("produce-paced", &name, 25, messages);
     let mut delays = Vec::new();
     for seq in 0..messages {
-        let msg = consumer.recv_timeout(Some(STALL)).expect("recv");
+        let msg = consumer.recv_timeout(STALL).expect("recv");
         let now = monotonic_ns();
         assert_eq!(u64::from_le_bytes(msg[..8].try_into().unwrap()), seq);
         let sent = u64::from_le_bytes(msg[8..16].try_into().unwrap());
         delays.push(Duration::from_nanos(now.saturating_sub(sent)));
     }
-    assert_eq!(consumer.recv_timeout(Some(STALL)).err(), Some(RecvError::Disconnected));
+    assert_eq!(consumer.recv_timeout(STALL).err(), Some(RecvTimeoutError::Disconnected));
     child.assert_succeeded(STALL);
     let st = segment.status();
     let median = median(delays);
@@ -865,12 +870,12 @@ fn blocked_producer_is_woken_when_a_consumer_in_another_process_releases() {
     let deadline = Instant::now() + STALL;
     loop {
         assert!(Instant::now() < deadline, "draining timed out at {next}");
-        match consumer.recv_timeout(Some(STALL)) {
+        match consumer.recv_timeout(STALL) {
             Ok(msg) => {
                 assert_eq!(u64::from_le_bytes(msg[..8].try_into().unwrap()), next);
                 next += 1;
             }
-            Err(RecvError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => break,
             Err(e) => panic!("{e}"),
         }
     }

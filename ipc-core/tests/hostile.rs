@@ -1,7 +1,7 @@
 //! Shared memory is hostile input. Segment files with every header field wrong, truncated or
 //! random; positions that contradict; garbage in the data region where the consumer reads next.
-//! Each must end in a typed error (`OpenError`, `AttachError`, `SendError::Corrupt`,
-//! `RecvError::Corrupt`), never a panic, a hang or a read outside the segment.
+//! Each must end in a typed error (`OpenError`, `AttachError`, `TrySendError::Corrupt`,
+//! `TryRecvError::Corrupt`), never a panic, a hang or a read outside the segment.
 //!
 //! Files are written with `std::fs` into `/dev/shm/tadpole.<name>`, the way another process
 //! (or a stray tool) would, and removed when each test ends, pass or fail.
@@ -15,7 +15,8 @@ use ipc_core::layout::{
     FLAG_COMMITTED, HEADER_LEN, LAYOUT_VERSION, MAGIC, MAX_CAPACITY, encode_header, max_message_len_for, offsets,
 };
 use ipc_core::{
-    AttachError, CorruptReason, OpenError, PayloadAlign, RecvError, RingBuilder, Segment, SegmentFault, SendError,
+    AttachError, CorruptReason, OpenError, PayloadAlign, RecvTimeoutError, RingBuilder, Segment, SegmentFault,
+    TryRecvError, TrySendError,
 };
 use proptest::prelude::*;
 
@@ -113,7 +114,7 @@ fn exercise(segment: &Segment) {
         for _ in 0..segment.capacity() / 8 + 2 {
             match consumer.try_recv() {
                 Ok(msg) => assert!(msg.len() <= segment.max_message_len()),
-                Err(RecvError::Empty | RecvError::Disconnected | RecvError::Corrupt { .. }) => return,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected | TryRecvError::Corrupt { .. }) => return,
                 Err(e) => panic!("try_recv: {e}"),
             }
         }
@@ -126,7 +127,7 @@ fn exercise(segment: &Segment) {
     };
     for len in [0, 1, 100, segment.max_message_len()] {
         match producer.try_send(&vec![0x5A; len]) {
-            Ok(()) | Err(SendError::Full | SendError::TooLarge { .. } | SendError::Corrupt(_)) => {}
+            Ok(()) | Err(TrySendError::Full | TrySendError::TooLarge { .. } | TrySendError::Corrupt(_)) => {}
             Err(e) => panic!("try_send: {e}"),
         }
     }
@@ -368,8 +369,8 @@ fn producer_refuses_a_consumer_position_moved_past_its_tail() {
     let tail = segment.status().tail;
     file.write_u64(offsets::CONSUMER_POSITION, tail + 4096);
     match p.try_send(&[1; 100]) {
-        Err(SendError::Corrupt(SegmentFault::Positions { head, .. })) => assert_eq!(head, tail + 4096),
-        other => panic!("expected SendError::Corrupt, got {other:?}"),
+        Err(TrySendError::Corrupt(SegmentFault::Positions { head, .. })) => assert_eq!(head, tail + 4096),
+        other => panic!("expected TrySendError::Corrupt, got {other:?}"),
     }
     let st = segment.status();
     assert_eq!(st.tail, tail, "nothing written over unreleased data");
@@ -403,7 +404,7 @@ fn positions_near_u64_max_are_refused_or_carry_messages_without_panic() {
                     Ok(msg) => assert_eq!(&*msg, &[i; 100]),
                     Err(e) => return Err(format!("message {i} sent but not received: {e}")),
                 },
-                Err(SendError::Corrupt(_)) => return Ok("refused at send"),
+                Err(TrySendError::Corrupt(_)) => return Ok("refused at send"),
                 Err(e) => return Err(format!("send: {e}")),
             }
         }
@@ -433,7 +434,7 @@ fn counters_near_u64_max_in_a_hostile_segment_do_not_panic() {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let segment = Segment::open(&file.name).unwrap();
         let (mut p, mut c) = (segment.producer().unwrap(), segment.consumer().unwrap());
-        assert_eq!(c.try_recv().err(), Some(RecvError::Empty));
+        assert_eq!(c.try_recv().err(), Some(TryRecvError::Empty));
         p.try_send(b"counted").unwrap();
         assert_eq!(&*c.try_recv().unwrap(), b"counted");
         assert!(p.try_send(&[0; 4096]).is_err());
@@ -455,7 +456,7 @@ fn hostile_consumer_position_gives_corrupt_not_a_panic() {
     file.write_u64(offsets::CONSUMER_POSITION, 1 << 40);
     let outcome = catch_unwind(AssertUnwindSafe(|| c.try_recv().map(|m| m.len())));
     match outcome {
-        Ok(Err(RecvError::Corrupt { .. })) => {}
+        Ok(Err(TryRecvError::Corrupt { .. })) => {}
         Ok(other) => panic!("expected Corrupt, got {other:?}"),
         Err(_) => panic!("try_recv panicked on a hostile head"),
     }
@@ -521,12 +522,15 @@ fn refused_with(align: PayloadAlign, advance_to: u64, word: impl Fn(u64) -> u64,
     let mut s = scene(align, advance_to, 2);
     s.file.write_record_word(CAP, s.target, word(s.target));
     s.receive_good();
-    let expected = RecvError::Corrupt { position: s.target, reason };
+    let expected = TryRecvError::Corrupt { position: s.target, reason };
     assert_eq!(s.consumer.try_recv().err(), Some(expected.clone()));
     assert_eq!(s.corrupt_count(), 1);
     // The consumer stays stopped at the bad record, whichever way it is asked.
     assert_eq!(s.consumer.try_recv().err(), Some(expected.clone()));
-    assert_eq!(s.consumer.recv_timeout(Some(Duration::from_secs(5))).err(), Some(expected.clone()));
+    assert_eq!(
+        s.consumer.recv_timeout(Duration::from_secs(5)).err(),
+        Some(RecvTimeoutError::Corrupt { position: s.target, reason })
+    );
     assert_eq!(s.consumer.read_batch(10).err(), Some(expected));
     assert_eq!(s.corrupt_count(), 1, "one corrupt record, counted once");
     let st = s.segment.status();
@@ -597,7 +601,7 @@ fn misaligned_payload_on_a_sixty_four_aligned_ring_is_corrupt() {
     s.file.write_record_word(CAP, pos, encode_header(pos, 0, 0, true));
     s.receive_good();
     let err = s.consumer.try_recv().err();
-    assert_eq!(err, Some(RecvError::Corrupt { position: pos + 8, reason: CorruptReason::Misaligned }));
+    assert_eq!(err, Some(TryRecvError::Corrupt { position: pos + 8, reason: CorruptReason::Misaligned }));
 }
 
 #[test]
@@ -609,7 +613,7 @@ fn corrupt_record_met_inside_a_read_batch_is_delivered_after_the_good_ones_and_c
         let got: Vec<Vec<u8>> = batch.iter().map(|r| r.payload.to_vec()).collect();
         assert_eq!(got, s.good);
     }
-    let expected = RecvError::Corrupt { position: s.target, reason: CorruptReason::BadFlags };
+    let expected = TryRecvError::Corrupt { position: s.target, reason: CorruptReason::BadFlags };
     assert_eq!(s.consumer.read_batch(100).err(), Some(expected.clone()));
     assert_eq!(s.consumer.try_recv().err(), Some(expected));
     assert_eq!(s.corrupt_count(), 1, "one corrupt record, counted once");
@@ -715,8 +719,8 @@ proptest! {
         // it then delivers without end (see `records_of_an_earlier_lap_are_not_delivered_again`):
         // here only "no panic, typed errors, counted" is asserted.
         match results.last() {
-            Some(Err(RecvError::Corrupt { .. })) => prop_assert_eq!(s.corrupt_count(), before + 1),
-            Some(Err(RecvError::Empty)) | Some(Ok(_)) => prop_assert_eq!(s.corrupt_count(), before),
+            Some(Err(TryRecvError::Corrupt { .. })) => prop_assert_eq!(s.corrupt_count(), before + 1),
+            Some(Err(TryRecvError::Empty)) | Some(Ok(_)) => prop_assert_eq!(s.corrupt_count(), before),
             other => prop_assert!(false, "consumer ended with {:?}", other),
         }
     }
@@ -745,7 +749,7 @@ proptest! {
                 };
                 match result {
                     Ok(len) => assert!(len <= s.segment.max_message_len()),
-                    Err(RecvError::Empty | RecvError::Corrupt { .. }) => return,
+                    Err(TryRecvError::Empty | TryRecvError::Corrupt { .. }) => return,
                     Err(e) => panic!("unexpected {e}"),
                 }
             }

@@ -3,7 +3,7 @@
 //! (`MIRIFLAGS=-Zmiri-disable-isolation cargo +nightly miri test -p tadpole-ipc-core --test miri`).
 //! Also runs as an ordinary test.
 
-use ipc_core::{PayloadAlign, RecvError, RingBuilder, SendError};
+use ipc_core::{PayloadAlign, RingBuilder, TryRecvError, TrySendError};
 
 const MESSAGES: u32 = if cfg!(miri) { 300 } else { 100_000 };
 
@@ -29,13 +29,13 @@ fn two_threads_exchange_messages_through_a_private_ring() {
                             leases.remove(0);
                         }
                     }
-                    Err(RecvError::Empty) => {
+                    Err(TryRecvError::Empty) => {
                         // Held leases hold back every later record: let them go when idle, or a
                         // full ring would wait on us forever (that is the documented backpressure).
                         leases.clear();
                         std::hint::spin_loop()
                     }
-                    Err(RecvError::Disconnected) => break,
+                    Err(TryRecvError::Disconnected) => break,
                     Err(e) => panic!("{e}"),
                 }
             }
@@ -59,7 +59,7 @@ fn two_threads_exchange_messages_through_a_private_ring() {
             };
             match result {
                 Ok(()) => sent += 1,
-                Err(SendError::Full) => std::thread::yield_now(),
+                Err(TrySendError::Full) => std::thread::yield_now(),
                 Err(e) => panic!("{e}"),
             }
         }

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ipc_core::{Consumer, Lease, PayloadAlign, Producer, RecvError, RingBuilder, SendError};
+use ipc_core::{Consumer, Lease, LeaseRefused, PayloadAlign, Producer, RingBuilder, TryRecvError, TrySendError};
 use proptest::prelude::*;
 
 /// A payload length, resolved against the ring's maximum when the operation runs.
@@ -115,8 +115,8 @@ impl Harness {
         self.tally.received += 1;
     }
 
-    fn expect_empty(&self, what: &str, result: RecvError) {
-        assert_eq!(result, RecvError::Empty, "{what}");
+    fn expect_empty(&self, what: &str, result: TryRecvError) {
+        assert_eq!(result, TryRecvError::Empty, "{what}");
         assert!(self.model.is_empty(), "{what} said Empty with {} committed messages unreceived", self.model.len());
     }
 
@@ -131,14 +131,14 @@ impl Harness {
         self.model.is_empty() && self.leases.is_empty()
     }
 
-    fn check_send(&mut self, len: usize, result: &Result<(), SendError>) {
+    fn check_send(&mut self, len: usize, result: &Result<(), TrySendError>) {
         match result {
             Ok(()) => {}
-            Err(SendError::TooLarge { len: l, max }) => {
+            Err(TrySendError::TooLarge { len: l, max }) => {
                 assert!(len > self.max && *l == len && *max == self.max, "{result:?}");
                 self.tally.oversize += 1;
             }
-            Err(SendError::Full) => {
+            Err(TrySendError::Full) => {
                 assert!(len <= self.max);
                 assert!(!self.drained(), "a drained ring refused {len} bytes (max {})", self.max);
             }
@@ -196,11 +196,11 @@ impl Harness {
                             slot.copy_from_slice(&payload);
                             pushed.push((ty, payload));
                         }
-                        Err(SendError::TooLarge { .. }) => {
+                        Err(TrySendError::TooLarge { .. }) => {
                             assert!(len > self.max);
                             oversize += 1;
                         }
-                        Err(SendError::Full) => break,
+                        Err(TrySendError::Full) => break,
                         Err(e) => panic!("unexpected {e}"),
                     }
                     assert_eq!(batch.len(), pushed.len());
@@ -265,7 +265,7 @@ impl Harness {
             let (ty, payload, addr) = msg.expect("committed messages are receivable");
             self.expect_received(ty, &payload, addr);
         }
-        assert_eq!(self.consumer.try_recv().err(), Some(RecvError::Empty));
+        assert_eq!(self.consumer.try_recv().err(), Some(TryRecvError::Empty));
         let st = self.producer.segment().status();
         assert_eq!(st.head, st.tail, "drained ring still holds bytes: {st:?}");
         // Wherever the positions are, a drained ring takes a message of the maximum length.
@@ -348,7 +348,7 @@ fn read_batch_never_hands_out_more_than_max_messages() {
     p.try_send(b"two").unwrap();
     match c.read_batch(0) {
         Ok(batch) => assert_eq!(batch.len(), 0, "read_batch(0) handed out (and released) messages"),
-        Err(e) => assert_eq!(e, RecvError::Empty),
+        Err(e) => assert_eq!(e, TryRecvError::Empty),
     }
     assert_eq!(&*c.try_recv().unwrap(), b"one", "read_batch(0) consumed a message");
 }
@@ -408,12 +408,20 @@ fn into_lease_past_the_lease_limit_reports_leases_exhausted_instead_of_hanging()
         "into_lease with the lease limit reached",
         move || {
             // Reported either when receiving (no room to give the record back) or when leasing.
-            let result = c.try_recv().and_then(|msg| msg.into_lease()).map(drop);
+            let result = c
+                .try_recv()
+                .and_then(|msg| {
+                    msg.into_lease().map_err(|refused| match refused.reason {
+                        LeaseRefused::Exhausted { capacity } => TryRecvError::LeasesExhausted { capacity },
+                        other => panic!("{other}"),
+                    })
+                })
+                .map(drop);
             (result, c, p)
         },
         move || unstick.lock().unwrap().clear(),
     );
-    assert_eq!(result.0, Err(RecvError::LeasesExhausted(LEASE_LIMIT)));
+    assert_eq!(result.0, Err(TryRecvError::LeasesExhausted { capacity: LEASE_LIMIT }));
 }
 
 #[test]

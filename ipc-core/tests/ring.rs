@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use ipc_core::{
-    AttachError, CreateError, ObserveError, OpenError, PayloadAlign, PeerState, RecvError, RingBuilder, Segment,
-    SendError, WaitStrategy,
+    AttachError, CreateError, ObserveError, OpenError, PayloadAlign, PeerState, RecvTimeoutError, RingBuilder, Segment,
+    SendTimeoutError, TryRecvError, TrySendError, WaitStrategy,
 };
 
 fn unique(tag: &str) -> String {
@@ -33,7 +33,7 @@ fn messages_arrive_in_order_and_intact_across_many_wraps() {
             let len = if rng % 50 == 0 { max } else { (rng % 300) as usize };
             match p.try_send_typed(sent as u16, &payload(sent, len)) {
                 Ok(()) => sent += 1,
-                Err(SendError::Full) => {
+                Err(TrySendError::Full) => {
                     while let Ok(msg) = c.try_recv() {
                         assert_eq!(msg.message_type(), received as u16);
                         assert_eq!(&*msg, &payload(received, msg.len())[..]);
@@ -57,7 +57,7 @@ fn messages_arrive_in_order_and_intact_across_many_wraps() {
 fn oversize_message_is_refused_and_the_ring_goes_on() {
     let seg = RingBuilder::new(8192).max_message_len(100).create_anonymous().unwrap();
     let (mut p, mut c) = (seg.producer().unwrap(), seg.consumer().unwrap());
-    assert_eq!(p.try_send(&[1; 101]), Err(SendError::TooLarge { len: 101, max: 100 }));
+    assert_eq!(p.try_send(&[1; 101]), Err(TrySendError::TooLarge { len: 101, max: 100 }));
     p.try_send(&[2; 100]).unwrap();
     assert_eq!(&*c.try_recv().unwrap(), &[2; 100]);
     assert_eq!(seg.status().produced.oversize_rejects, 1);
@@ -72,11 +72,11 @@ fn full_ring_refuses_without_overwriting_unread_data() {
         n += 1;
     }
     assert!(n > 200, "a 4 KiB ring holds {n} 16-byte records");
-    assert_eq!(p.try_send(b"x"), Err(SendError::Full));
+    assert_eq!(p.try_send(b"x"), Err(TrySendError::Full));
     for i in 0..n {
         assert_eq!(&*c.try_recv().unwrap(), &i.to_le_bytes());
     }
-    assert_eq!(c.try_recv().err(), Some(RecvError::Empty));
+    assert_eq!(c.try_recv().err(), Some(TryRecvError::Empty));
     assert!(seg.status().produced.full_events >= 1);
 }
 
@@ -93,10 +93,10 @@ fn dropped_grant_and_dropped_batch_publish_nothing() {
         b.try_push(b"one").unwrap();
         b.try_push(b"two").unwrap();
     }
-    assert_eq!(c.try_recv().err(), Some(RecvError::Empty));
+    assert_eq!(c.try_recv().err(), Some(TryRecvError::Empty));
     p.try_send(b"kept").unwrap();
     assert_eq!(&*c.try_recv().unwrap(), b"kept");
-    assert_eq!(c.try_recv().err(), Some(RecvError::Empty));
+    assert_eq!(c.try_recv().err(), Some(TryRecvError::Empty));
 }
 
 #[test]
@@ -130,7 +130,7 @@ fn read_batch_stops_at_max_and_leaves_the_rest() {
     }
     assert_eq!(c.read_batch(4).unwrap().iter().map(|r| r.payload[0]).collect::<Vec<_>>(), [0, 1, 2, 3]);
     assert_eq!(c.read_batch(100).unwrap().len(), 6);
-    assert_eq!(c.read_batch(100).err(), Some(RecvError::Empty));
+    assert_eq!(c.read_batch(100).err(), Some(TryRecvError::Empty));
 }
 
 #[test]
@@ -155,8 +155,8 @@ fn consumer_drains_then_reports_disconnected_after_producer_drops() {
     drop(p);
     assert_eq!(c.producer_state(), PeerState::Closed);
     assert_eq!(&*c.try_recv().unwrap(), b"last words");
-    assert_eq!(c.try_recv().err(), Some(RecvError::Disconnected));
-    assert_eq!(c.recv_timeout(Some(Duration::from_secs(5))).err(), Some(RecvError::Disconnected));
+    assert_eq!(c.try_recv().err(), Some(TryRecvError::Disconnected));
+    assert_eq!(c.recv_timeout(Duration::from_secs(5)).err(), Some(RecvTimeoutError::Disconnected));
 }
 
 #[test]
@@ -169,8 +169,8 @@ fn producer_gets_disconnected_when_the_consumer_left_and_the_ring_is_full() {
             break e;
         }
     };
-    assert_eq!(err, SendError::Disconnected);
-    assert_eq!(p.send_timeout(&[0; 64], Some(Duration::from_secs(5))), Err(SendError::Disconnected));
+    assert_eq!(err, TrySendError::Disconnected);
+    assert_eq!(p.send_timeout(&[0; 64], Duration::from_secs(5)), Err(SendTimeoutError::Disconnected));
 }
 
 #[test]
@@ -181,10 +181,10 @@ fn waits_time_out_with_every_strategy() {
         c.set_wait_strategy(wait);
         p.set_wait_strategy(wait);
         let t = Instant::now();
-        assert_eq!(c.recv_timeout(Some(Duration::from_millis(30))).err(), Some(RecvError::Timeout));
+        assert_eq!(c.recv_timeout(Duration::from_millis(30)).err(), Some(RecvTimeoutError::Timeout));
         assert!(t.elapsed() >= Duration::from_millis(30));
         while p.try_send(&[0; 100]).is_ok() {}
-        assert_eq!(p.send_timeout(&[0; 100], Some(Duration::from_millis(30))), Err(SendError::Timeout));
+        assert_eq!(p.send_timeout(&[0; 100], Duration::from_millis(30)), Err(SendTimeoutError::Timeout));
     }
 }
 
@@ -197,7 +197,7 @@ fn blocked_consumer_and_producer_are_woken_by_the_doorbell() {
     let n = 20_000u64;
     let reader = std::thread::spawn(move || {
         for i in 0..n {
-            let msg = c.recv_timeout(Some(Duration::from_secs(10))).unwrap();
+            let msg = c.recv_timeout(Duration::from_secs(10)).unwrap();
             assert_eq!(&*msg, &i.to_le_bytes());
             if i % 700 == 0 {
                 // Let the producer fill the ring and go to sleep.
@@ -207,7 +207,7 @@ fn blocked_consumer_and_producer_are_woken_by_the_doorbell() {
         c
     });
     for i in 0..n {
-        p.send_timeout(&i.to_le_bytes(), Some(Duration::from_secs(10))).unwrap();
+        p.send_timeout(&i.to_le_bytes(), Duration::from_secs(10)).unwrap();
         if i % 500 == 0 {
             // Let the consumer drain the ring and go to sleep.
             std::thread::sleep(Duration::from_millis(5));
@@ -253,7 +253,7 @@ fn held_leases_apply_backpressure_never_overwrite() {
     loop {
         match p.try_send(&[9; 100]) {
             Ok(()) => more += 1,
-            Err(SendError::Full) => break,
+            Err(TrySendError::Full) => break,
             Err(e) => panic!("{e}"),
         }
         while let Ok(m) = c.try_recv() {
@@ -310,7 +310,7 @@ fn zero_length_messages_are_messages() {
     p.try_send_typed(0, b"").unwrap();
     assert_eq!(c.try_recv().unwrap().len(), 0);
     assert_eq!(c.try_recv().unwrap().len(), 0);
-    assert_eq!(c.try_recv().err(), Some(RecvError::Empty));
+    assert_eq!(c.try_recv().err(), Some(TryRecvError::Empty));
 }
 
 #[test]
@@ -377,7 +377,7 @@ fn a_lease_outliving_its_consumer_holds_the_side_until_it_drops() {
     let st = seg.status();
     assert_eq!(st.head, st.tail);
     let mut c2 = seg.consumer().unwrap();
-    assert_eq!(c2.try_recv().err(), Some(RecvError::Empty));
+    assert_eq!(c2.try_recv().err(), Some(TryRecvError::Empty));
 }
 
 #[test]
@@ -389,9 +389,9 @@ fn a_timeout_too_large_for_the_clock_means_no_deadline() {
         p.try_send(b"late").unwrap();
         p
     });
-    assert_eq!(&*c.recv_timeout(Some(Duration::MAX)).unwrap(), b"late");
+    assert_eq!(&*c.recv_timeout(Duration::MAX).unwrap(), b"late");
     let mut p = sender.join().unwrap();
     while p.try_send(&[0; 100]).is_ok() {}
     drop(c);
-    assert_eq!(p.send_timeout(&[0; 100], Some(Duration::MAX)), Err(SendError::Disconnected));
+    assert_eq!(p.send_timeout(&[0; 100], Duration::MAX), Err(SendTimeoutError::Disconnected));
 }
