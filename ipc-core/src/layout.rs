@@ -390,10 +390,9 @@ pub struct SegmentHeader {
     pub consumer_counters: ConsumerCounters,
 }
 
-/// Byte offsets of each block, for tools and for the tests that pin the format.
+/// Byte offsets of each block, for tools and for the tests that pin the format; the fields
+/// inside a block are in the submodules.
 pub mod offsets {
-    //! Blocks of the header page. Fields inside a block: see [`descriptor`], [`producer_position`],
-    //! [`attach`], [`producer_counters`], [`consumer_counters`].
     pub const DESCRIPTOR: usize = 0;
     pub const PRODUCER_POSITION: usize = 128;
     pub const CONSUMER_POSITION: usize = 256;

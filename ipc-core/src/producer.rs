@@ -187,6 +187,8 @@ pub struct Producer {
     peer_check: PeerSchedule,
     /// Claims left before the consumer's liveness is considered again (see `PeerSchedule`).
     claims_to_peer_check: u32,
+    /// The consumer's owner word when it was found gone: until it changes, claims fail at once.
+    gone_consumer: Option<u64>,
 }
 
 /// Claims between two looks at the coarse clock for the consumer's liveness.
@@ -267,6 +269,7 @@ impl Segment {
             frontier_seq: 0,
             peer_check: PeerSchedule::default(),
             claims_to_peer_check: CLAIMS_PER_PEER_CHECK,
+            gone_consumer: None,
         };
         // A producer killed between its header store and its tail store left committed records
         // past `tail`: walk them, so they are neither lost nor overwritten, and count them onto
@@ -453,6 +456,9 @@ impl Producer {
     /// # drop(producer);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    // The error carries the producer back by value, like the grant does: boxing it would put an
+    // allocation on a path that has none.
+    #[allow(clippy::result_large_err)]
     pub fn try_reserve_owned(mut self, len: usize) -> Result<OwnedWriteGrant, ReserveOwnedError> {
         self.start_pending();
         match self.claim(len) {
@@ -533,7 +539,19 @@ impl Producer {
     #[inline(never)]
     fn check_consumer(&mut self) -> Result<(), Refusal> {
         self.claims_to_peer_check = CLAIMS_PER_PEER_CHECK;
-        if self.consumer_detached() || (self.peer_check.due_by_clock() && self.consumer_gone()) {
+        let owner = self.header().consumer_attach.owner.load(Acquire);
+        if let Some(gone) = self.gone_consumer {
+            // Still the consumer found gone: every claim says so, at the cost of one load,
+            // until another consumer attaches.
+            if owner == gone {
+                self.claims_to_peer_check = 1;
+                return Err(Refusal::Disconnected);
+            }
+            self.gone_consumer = None;
+        }
+        if owner & OWNER_DETACHED != 0 || (self.peer_check.due_by_clock() && self.consumer_gone()) {
+            self.gone_consumer = Some(owner);
+            self.claims_to_peer_check = 1;
             return Err(Refusal::Disconnected);
         }
         Ok(())

@@ -887,3 +887,94 @@ fn blocked_producer_is_woken_when_a_consumer_in_another_process_releases() {
     assert!(st.consumed.wakes >= 15, "the consumer rang a sleeping producer's doorbell: {st:?}");
     assert!(median < Duration::from_millis(5), "woken by the doorbell, not by a timed poll: median {median:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dead peers seen by polling calls, and the exact frontier after kills.
+
+/// How soon a polling caller must learn of a dead peer in these tests: the documented bound is
+/// about 20 ms; the margin absorbs a loaded CI machine.
+const DEATH_NOTICED_WITHIN: Duration = Duration::from_millis(1000);
+
+#[test]
+fn a_polling_consumer_gets_disconnected_soon_after_its_producer_is_killed() {
+    let _serial = serial();
+    let name = unique("poll-dead-producer");
+    let _unlink = Unlink(name.clone());
+    let segment = RingBuilder::new(RING).create_named(&name).unwrap();
+    let mut consumer = segment.consumer().unwrap();
+    for short_timeouts in [false, true] {
+        let mut child = spawn_named("hold-producer", &name, 0, 0);
+        wait_until(STALL, "the producer attached", || matches!(consumer.producer_state(), PeerState::Attached(_)));
+        assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Empty));
+        child.kill_9();
+        let killed = Instant::now();
+        loop {
+            let disconnected = if short_timeouts {
+                // A caller of its own event loop with a 1 ms timeout per turn.
+                match consumer.recv_timeout(Duration::from_millis(1)) {
+                    Err(RecvTimeoutError::Timeout) => false,
+                    Err(RecvTimeoutError::Disconnected) => true,
+                    other => panic!("{:?}", other.map(|m| m.to_vec())),
+                }
+            } else {
+                match consumer.try_recv() {
+                    Err(TryRecvError::Empty) => false,
+                    Err(TryRecvError::Disconnected) => true,
+                    other => panic!("{:?}", other.map(|m| m.to_vec())),
+                }
+            };
+            if disconnected {
+                break;
+            }
+            assert!(killed.elapsed() < DEATH_NOTICED_WITHIN, "still not disconnected after {:?}", killed.elapsed());
+        }
+    }
+}
+
+#[test]
+fn a_polling_producer_gets_disconnected_soon_after_its_consumer_is_killed_with_room_left() {
+    let _serial = serial();
+    let name = unique("poll-dead-consumer");
+    let _unlink = Unlink(name.clone());
+    let segment = RingBuilder::new(1 << 20).create_named(&name).unwrap();
+    let mut producer = segment.producer().unwrap();
+    let mut child = spawn_named("hold-consumer", &name, 0, 0);
+    wait_until(STALL, "the consumer attached", || matches!(producer.consumer_state(), PeerState::Attached(_)));
+    child.kill_9();
+    let killed = Instant::now();
+    let mut sent = 0u64;
+    loop {
+        match producer.try_send(&sent.to_le_bytes()) {
+            Ok(()) => sent += 1,
+            Err(TrySendError::Disconnected) => break,
+            Err(e) => panic!("after {sent} messages: {e}"),
+        }
+        assert!(killed.elapsed() < DEATH_NOTICED_WITHIN, "still not disconnected after {:?}", killed.elapsed());
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    assert!(segment.status().used_bytes() < (1 << 19), "noticed long before the ring filled");
+}
+
+#[test]
+fn the_frontier_counts_exactly_what_killed_producers_committed() {
+    let _serial = serial();
+    let name = unique("frontier-kills");
+    let _unlink = Unlink(name.clone());
+    let segment = RingBuilder::new(RING).create_named(&name).unwrap();
+    let mut consumer = segment.consumer().unwrap();
+    let mut verifier = Verifier::new(0, segment.max_message_len(), PayloadAlign::Eight);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for round in 0..8u64 {
+        let start = verifier.next;
+        let mut child = spawn_named("produce-traffic", &name, start, u64::MAX);
+        verifier.receive_until(&mut consumer, start + 5_000 + round * 3_331, deadline);
+        child.kill_9();
+        verifier.drain_until_disconnected(&mut consumer, deadline);
+        // A replacement producer learns exactly how many messages the ring carried and where
+        // the next one goes, however the last one died (mid-batch, mid-commit, between commits).
+        let producer = segment.producer().unwrap();
+        let frontier = producer.frontier();
+        assert_eq!(frontier.messages, verifier.received, "round {round}");
+        assert_eq!(frontier.position, segment.status().head, "round {round}");
+    }
+}
