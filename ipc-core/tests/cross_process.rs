@@ -902,14 +902,35 @@ fn a_polling_consumer_gets_disconnected_soon_after_its_producer_is_killed() {
     let _unlink = Unlink(name.clone());
     let segment = RingBuilder::new(RING).create_named(&name).unwrap();
     let mut consumer = segment.consumer().unwrap();
-    for short_timeouts in [false, true] {
+    for way in ["poll", "short timeouts", "block"] {
         let mut child = spawn_named("hold-producer", &name, 0, 0);
         wait_until(STALL, "the producer attached", || matches!(consumer.producer_state(), PeerState::Attached(_)));
         assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Empty));
+        if way == "block" {
+            // Asleep on the futex when the producer dies: the sleep is bounded, the death seen.
+            consumer.set_wait_strategy(WaitStrategy::Block);
+            let sleeper = std::thread::spawn(move || {
+                let started = Instant::now();
+                let outcome = consumer.recv_timeout(STALL).err();
+                (outcome, started.elapsed(), consumer)
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            child.kill_9();
+            let killed = Instant::now();
+            let (outcome, _, back) = sleeper.join().unwrap();
+            assert_eq!(outcome, Some(RecvTimeoutError::Disconnected));
+            assert!(killed.elapsed() < DEATH_NOTICED_WITHIN, "blocked wait saw the death after {:?}", killed.elapsed());
+            consumer = back;
+            // A later short wait says so at once rather than sleeping out its deadline.
+            let started = Instant::now();
+            assert_eq!(consumer.recv_timeout(Duration::from_millis(30)).err(), Some(RecvTimeoutError::Disconnected));
+            assert!(started.elapsed() < Duration::from_millis(500));
+            continue;
+        }
         child.kill_9();
         let killed = Instant::now();
         loop {
-            let disconnected = if short_timeouts {
+            let disconnected = if way == "short timeouts" {
                 // A caller of its own event loop with a 1 ms timeout per turn.
                 match consumer.recv_timeout(Duration::from_millis(1)) {
                     Err(RecvTimeoutError::Timeout) => false,
