@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use ipc_core::{Consumer, Producer, RecvError, RingBuilder, Segment, WaitStrategy};
+use ipc_core::{Consumer, Producer, RecvError, RingBuilder, Segment, TryRecvError, WaitStrategy};
 
 use crate::peer::{Peer, signal_ready};
 use crate::{BenchResult, unique_name};
@@ -114,7 +114,7 @@ impl EchoSession {
             self.producer.try_send(std::hint::black_box(&self.payload))?;
             loop {
                 match self.consumer.try_recv() {
-                    Err(RecvError::Empty) => {}
+                    Err(TryRecvError::Empty) => {}
                     other => break other?,
                 }
             }
@@ -206,27 +206,27 @@ pub(crate) fn peer_main(args: &[String]) -> BenchResult<u64> {
     signal_ready()?;
     let mut echoed = 0u64;
     loop {
-        let received = if mode == Mode::Poll {
+        let msg = if mode == Mode::Poll {
             loop {
                 match consumer.try_recv() {
-                    Err(RecvError::Empty) => {}
-                    other => break other,
+                    Ok(msg) => break msg,
+                    Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Disconnected) => return Ok(echoed),
+                    Err(e) => return Err(e.into()),
                 }
             }
         } else {
-            consumer.recv()
-        };
-        match received {
-            Ok(msg) => {
-                if mode == Mode::Poll {
-                    producer.try_send(&msg)?
-                } else {
-                    producer.send(&msg)?
-                }
-                echoed += 1;
+            match consumer.recv() {
+                Ok(msg) => msg,
+                Err(RecvError::Disconnected) => return Ok(echoed),
+                Err(e) => return Err(e.into()),
             }
-            Err(RecvError::Disconnected) => return Ok(echoed),
-            Err(e) => return Err(e.into()),
+        };
+        if mode == Mode::Poll {
+            producer.try_send(&msg)?
+        } else {
+            producer.send(&msg)?
         }
+        echoed += 1;
     }
 }

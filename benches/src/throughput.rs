@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ipc_core::{Consumer, Producer, RecvError, RingBuilder, SendError};
+use ipc_core::{Consumer, Producer, RingBuilder, TryRecvError, TrySendError};
 
 use crate::{BenchResult, PEER_CPU};
 
@@ -164,7 +164,7 @@ fn produce_each(
         loop {
             match producer.try_send(std::hint::black_box(payload)) {
                 Ok(()) => break,
-                Err(SendError::Full) => {
+                Err(TrySendError::Full) => {
                     aborted(abort)?;
                     std::hint::spin_loop();
                 }
@@ -190,7 +190,7 @@ fn produce_batches(
             stamp(payload, seq);
             match batch.try_push(std::hint::black_box(payload)) {
                 Ok(()) => seq += 1,
-                Err(SendError::Full) => break,
+                Err(TrySendError::Full) => break,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -225,7 +225,7 @@ fn consume_each(consumer: &mut Consumer, sink: &mut [u8], first: u64, end: u64, 
                 check(sink, &msg, expected)?;
                 expected += 1;
             }
-            Err(RecvError::Empty) => {
+            Err(TryRecvError::Empty) => {
                 aborted(abort)?;
                 std::hint::spin_loop();
             }
@@ -251,7 +251,7 @@ fn consume_batches(
                     expected += 1;
                 }
             }
-            Err(RecvError::Empty) => {
+            Err(TryRecvError::Empty) => {
                 aborted(abort)?;
                 std::hint::spin_loop();
             }

@@ -276,9 +276,15 @@ impl Segment {
         // the last frontier it recorded (see `ProducerPositionBlock`) for an exact total.
         let recorded = read_frontier(h);
         let (walk_from, recorded_messages) = match recorded {
-            // A recorded frontier inside the live span: walk on from it (it may be behind the
-            // stored tail by one commit, never ahead of what was published).
-            Some((end, messages, _)) if end % 8 == 0 && end >= head && end <= tail + self.params.capacity => {
+            // A recorded frontier within a ring of the live span: walk on from it. It is the
+            // stored tail, or one commit past it (recorded before the tail store); it may lie
+            // behind the head when the consumer read that commit already, and the records from
+            // it on are intact since (nobody writes while the producer side is dead).
+            Some((end, messages, _))
+                if end % 8 == 0
+                    && end <= tail + self.params.capacity
+                    && head.saturating_sub(end) <= self.params.capacity =>
+            {
                 (end, Some(messages))
             }
             // None yet (a new ring) or impossible (hostile): walk from the tail; the counter is

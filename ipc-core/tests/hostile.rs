@@ -20,16 +20,8 @@ use ipc_core::{
 };
 use proptest::prelude::*;
 
-/// Byte offsets of the descriptor's fields (`layout::Descriptor`, `#[repr(C)]`).
-mod field {
-    pub const MAGIC: usize = 0;
-    pub const LAYOUT_VERSION: usize = 8;
-    pub const HEADER_LEN: usize = 12;
-    pub const CAPACITY: usize = 16;
-    pub const SEGMENT_LEN: usize = 24;
-    pub const MAX_MESSAGE_LEN: usize = 32;
-    pub const PAYLOAD_ALIGN: usize = 36;
-}
+/// Byte offsets of the descriptor's fields, as the crate names them.
+use offsets::descriptor as field;
 
 fn unique(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -756,4 +748,100 @@ proptest! {
         }));
         prop_assert!(outcome.is_ok(), "the consumer panicked on garbage");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crash states forged in the header: a producer killed at each point of a commit. The next
+// producer must find the exact frontier (position and message count) from what is in memory.
+
+/// Offsets of frontier slot `i`'s words.
+fn frontier_slot(i: usize) -> (usize, usize, usize) {
+    let base = offsets::producer_position::FRONTIER + i * offsets::producer_position::FRONTIER_SLOT_LEN;
+    (base, base + 8, base + 16)
+}
+
+fn read_u64(file: &ShmFile, offset: usize) -> u64 {
+    let f = std::fs::File::open(&file.path).unwrap();
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, offset as u64).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// Ten one-message commits of 24-byte records, received or not; returns the file, the segment,
+/// and the start of the last record.
+fn ten_commits(receive: bool) -> (ShmFile, Segment, u64) {
+    let file = ShmFile::new("frontier");
+    let segment = RingBuilder::new(4096).create_named(&file.name).unwrap();
+    let mut consumer = segment.consumer().unwrap();
+    let mut producer = segment.producer().unwrap();
+    let mut last = 0;
+    for i in 0..10u64 {
+        let grant = producer.try_reserve(16).unwrap();
+        last = grant.position();
+        let mut grant = grant;
+        grant.copy_from_slice(&[i as u8; 16]);
+        grant.commit();
+        if receive {
+            drop(consumer.try_recv().unwrap());
+        }
+    }
+    assert_eq!(producer.frontier().messages, 10);
+    drop(producer);
+    drop(consumer);
+    (file, segment, last)
+}
+
+/// Makes the newest frontier slot look half written (odd sequence word).
+fn tear_newest_slot(file: &ShmFile) {
+    let (seq0, seq1) = (read_u64(file, frontier_slot(0).0), read_u64(file, frontier_slot(1).0));
+    let newest = if seq0 > seq1 { 0 } else { 1 };
+    let seq = read_u64(file, frontier_slot(newest).0);
+    file.write_u64(frontier_slot(newest).0, seq - 1);
+}
+
+#[test]
+fn killed_after_publishing_but_before_the_frontier_and_the_tail_nothing_is_miscounted() {
+    for receive in [false, true] {
+        let (file, segment, last) = ten_commits(receive);
+        tear_newest_slot(&file);
+        file.write_u64(offsets::producer_position::POSITION, last);
+        let producer = segment.producer().unwrap();
+        assert_eq!(producer.frontier().messages, 10, "received: {receive}");
+        assert_eq!(producer.frontier().position, last + 24);
+    }
+}
+
+#[test]
+fn killed_after_the_frontier_but_before_the_tail_store_nothing_is_counted_twice() {
+    for receive in [false, true] {
+        let (file, segment, last) = ten_commits(receive);
+        file.write_u64(offsets::producer_position::POSITION, last);
+        let producer = segment.producer().unwrap();
+        assert_eq!(producer.frontier().messages, 10, "received: {receive}");
+        assert_eq!(producer.frontier().position, last + 24);
+    }
+}
+
+#[test]
+fn a_hostile_frontier_slot_never_breaks_attach_and_falls_back_to_the_counter() {
+    let (file, segment, last) = ten_commits(true);
+    for slot in 0..2 {
+        let (seq, end, _) = frontier_slot(slot);
+        file.write_u64(seq, 1 << 40);
+        file.write_u64(end, u64::MAX - 7);
+    }
+    let producer = segment.producer().unwrap();
+    assert_eq!(producer.frontier().position, last + 24);
+    assert_eq!(producer.frontier().messages, 10, "from the message counter");
+}
+
+#[test]
+fn an_epoch_of_zero_is_refused() {
+    let file = ShmFile::new("epoch");
+    file.write_all(&valid_image(4096, PayloadAlign::Eight));
+    file.write_u64(field::EPOCH, 0);
+    assert!(matches!(
+        Segment::open(&file.name),
+        Err(OpenError::Invalid(SegmentFault::BadField { field: "epoch", value: 0 }))
+    ));
 }

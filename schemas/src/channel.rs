@@ -34,6 +34,8 @@ pub use envelope::{
 
 use std::time::{Duration, Instant};
 
+use ipc_core::LeaseRefused;
+
 /// How a channel call waits for the ring: not at all, or up to a deadline
 /// (`None` = forever).
 #[derive(Clone, Copy, Debug)]
@@ -48,7 +50,17 @@ impl Wait {
     }
 
     /// Time left for the next ring call.
-    fn remaining(deadline: Option<Instant>) -> Option<Duration> {
-        deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    fn remaining(deadline: Instant) -> Duration {
+        deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// The count a channel's `LeasesExhausted` error reports for a refused lease:
+/// the consumer's lease capacity, or 0 when it releases explicitly
+/// ([`ipc_core::ReleaseMode::Explicit`]) and so may hold no lease at all.
+fn lease_capacity(refused: LeaseRefused) -> usize {
+    match refused {
+        LeaseRefused::Exhausted { capacity } => capacity,
+        LeaseRefused::ExplicitRelease => 0,
     }
 }

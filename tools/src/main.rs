@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use ipc_core::{ObserveError, PeerState, RecvError, RingBuilder, Segment, WaitStrategy};
+use ipc_core::{ObserveError, PeerState, RecvError, RecvTimeoutError, RingBuilder, Segment, WaitStrategy};
 
 #[derive(Parser)]
 #[command(name = "tadpole", version, about = "Shared-memory IPC for latency-critical agents")]
@@ -221,7 +221,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
     let _child = ChildGuard(echo.spawn().context("starting the echo process")?);
 
     let payload = vec![0xA5u8; args.size as usize];
-    let timeout = Some(Duration::from_secs(10));
+    let timeout = Duration::from_secs(10);
     let mut round_trip = |seq: u64| -> Result<()> {
         let mut grant = tx.reserve_timeout(payload.len(), timeout)?;
         grant.copy_from_slice(&payload);
@@ -247,8 +247,8 @@ fn demo(args: &DemoArgs) -> Result<()> {
     }
     let elapsed = started.elapsed();
     drop(tx);
-    let closing = rx.recv_timeout(Some(Duration::from_secs(5)));
-    if !matches!(closing, Err(RecvError::Disconnected)) {
+    let closing = rx.recv_timeout(Duration::from_secs(5));
+    if !matches!(closing, Err(RecvTimeoutError::Disconnected)) {
         bail!("echo did not shut down cleanly");
     }
 

@@ -10,7 +10,7 @@
 //! try_recv), `batch` (256 try_push + one commit, then one read_batch; per message), and
 //! `empty-poll` (try_recv on an empty ring).
 
-use ipc_core::{RecvError, RingBuilder};
+use ipc_core::{RingBuilder, TryRecvError};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,7 +61,7 @@ fn main() {
         }
         "empty-poll" => {
             for _ in 0..n {
-                assert_eq!(consumer.try_recv().err(), Some(RecvError::Empty));
+                assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Empty));
                 received += 1;
             }
         }

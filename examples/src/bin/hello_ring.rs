@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ipc_core::{RecvError, RingBuilder, Segment};
+use ipc_core::{RecvTimeoutError, RingBuilder, Segment};
 use tadpole_examples::{peer_role, spawn_peer};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -10,9 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The consumer: open the ring by name, print what arrives until the producer leaves.
         let mut consumer = Segment::open(&ring)?.consumer()?;
         loop {
-            match consumer.recv_timeout(Some(Duration::from_secs(5))) {
+            match consumer.recv_timeout(Duration::from_secs(5)) {
                 Ok(msg) => println!("consumer got type {} : {}", msg.message_type(), String::from_utf8_lossy(&msg)),
-                Err(RecvError::Disconnected) => return Ok(()),
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
         }

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipc_core::{PayloadAlign, RecvError, RingBuilder, Segment, SendError};
+use ipc_core::{LeaseRefused, PayloadAlign, RingBuilder, Segment, TryRecvError, TrySendError};
 
 /// Ring capacities the images come in.
 pub const CAPACITIES: [usize; 2] = [4096, 8192];
@@ -89,7 +89,17 @@ pub fn exercise(segment: &Segment) {
                     }
                     sum
                 }),
-                _ => consumer.try_recv().and_then(|m| m.into_lease()).map(|lease| {
+                _ => consumer
+                    .try_recv()
+                    .and_then(|m| {
+                        // Not expected (at most 4 leases held, release on drop): the match below
+                        // panics on an exhausted lease queue.
+                        m.into_lease().map_err(|refused| match refused.reason {
+                            LeaseRefused::Exhausted { capacity } => TryRecvError::LeasesExhausted { capacity },
+                            LeaseRefused::ExplicitRelease => unreachable!("this consumer releases on drop"),
+                        })
+                    })
+                    .map(|lease| {
                     let sum = lease.iter().map(|&b| u64::from(b)).sum::<u64>();
                     leases.push(lease);
                     sum
@@ -97,7 +107,7 @@ pub fn exercise(segment: &Segment) {
             };
             match result {
                 Ok(sum) => checksum = checksum.wrapping_add(sum),
-                Err(RecvError::Empty | RecvError::Disconnected | RecvError::Corrupt { .. }) => return,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected | TryRecvError::Corrupt { .. }) => return,
                 Err(e) => panic!("unexpected receive error {e}"),
             }
             if leases.len() > 3 {
@@ -109,7 +119,7 @@ pub fn exercise(segment: &Segment) {
     if let Ok(mut producer) = segment.producer() {
         for len in [0, 1, 100, max] {
             match producer.try_send(&vec![0x5A; len]) {
-                Ok(()) | Err(SendError::Full | SendError::TooLarge { .. } | SendError::Corrupt(_)) => {}
+                Ok(()) | Err(TrySendError::Full | TrySendError::TooLarge { .. } | TrySendError::Corrupt(_)) => {}
                 Err(e) => panic!("unexpected send error {e}"),
             }
         }

@@ -63,7 +63,7 @@ use arrow_ipc::MessageHeader;
 use arrow_schema::{ArrowError, SchemaRef};
 use ipc_core::{Consumer, CorruptReason, PayloadAlign, Producer, SegmentFault, WriteGrant};
 
-use super::Wait;
+use super::{Wait, lease_capacity};
 use crate::arrow_frame::{
     ArrowFrameDecoder, ArrowFrameEncoder, DecodedFrame, FrameDecodeError, FrameEncodeError, FrameSink,
     buffer_from_owner,
@@ -110,7 +110,7 @@ pub enum BatchSendError {
         /// The ring's maximum message length.
         max: usize,
     },
-    /// The consumer is gone and the ring is full.
+    /// No consumer is attached: it detached, or its process is gone.
     #[error("consumer disconnected")]
     Disconnected,
     /// The ring's positions are impossible: the segment is corrupt or hostile.
@@ -121,11 +121,20 @@ pub enum BatchSendError {
     Arrow(#[from] ArrowError),
 }
 
+impl From<ipc_core::TrySendError> for BatchSendError {
+    fn from(e: ipc_core::TrySendError) -> Self {
+        match e {
+            ipc_core::TrySendError::Full => Self::Full,
+            ipc_core::TrySendError::TooLarge { len, max } => Self::TooLarge { len, max },
+            ipc_core::TrySendError::Disconnected => Self::Disconnected,
+            ipc_core::TrySendError::Corrupt(fault) => Self::Corrupt(fault),
+        }
+    }
+}
+
 impl From<ipc_core::SendError> for BatchSendError {
     fn from(e: ipc_core::SendError) -> Self {
         match e {
-            ipc_core::SendError::Full => Self::Full,
-            ipc_core::SendError::Timeout => Self::Timeout,
             ipc_core::SendError::TooLarge { len, max } => Self::TooLarge { len, max },
             ipc_core::SendError::Disconnected => Self::Disconnected,
             ipc_core::SendError::Corrupt(fault) => Self::Corrupt(fault),
@@ -133,11 +142,22 @@ impl From<ipc_core::SendError> for BatchSendError {
     }
 }
 
-impl From<FrameEncodeError<ipc_core::SendError>> for BatchSendError {
-    fn from(e: FrameEncodeError<ipc_core::SendError>) -> Self {
+impl From<ipc_core::SendTimeoutError> for BatchSendError {
+    fn from(e: ipc_core::SendTimeoutError) -> Self {
+        match e {
+            ipc_core::SendTimeoutError::Timeout => Self::Timeout,
+            ipc_core::SendTimeoutError::TooLarge { len, max } => Self::TooLarge { len, max },
+            ipc_core::SendTimeoutError::Disconnected => Self::Disconnected,
+            ipc_core::SendTimeoutError::Corrupt(fault) => Self::Corrupt(fault),
+        }
+    }
+}
+
+impl From<FrameEncodeError<BatchSendError>> for BatchSendError {
+    fn from(e: FrameEncodeError<BatchSendError>) -> Self {
         match e {
             FrameEncodeError::Arrow(e) => Self::Arrow(e),
-            FrameEncodeError::Sink(e) => e.into(),
+            FrameEncodeError::Sink(e) => e,
         }
     }
 }
@@ -256,9 +276,9 @@ impl<'p> RingSink<'p> {
 }
 
 impl FrameSink for RingSink<'_> {
-    type Error = ipc_core::SendError;
+    type Error = BatchSendError;
 
-    fn reserve(&mut self, len: usize) -> Result<&mut [u8], ipc_core::SendError> {
+    fn reserve(&mut self, len: usize) -> Result<&mut [u8], BatchSendError> {
         // An earlier grant never committed is dropped (publishing nothing)
         // before the producer is borrowed again.
         self.grant = None;
@@ -268,12 +288,13 @@ impl FrameSink for RingSink<'_> {
         let producer = unsafe { &mut *self.producer.as_ptr() };
         let grant = match self.wait {
             Wait::No => producer.try_reserve(len)?,
-            Wait::Until(deadline) => producer.reserve_timeout(len, Wait::remaining(deadline))?,
+            Wait::Until(None) => producer.reserve(len)?,
+            Wait::Until(Some(deadline)) => producer.reserve_timeout(len, Wait::remaining(deadline))?,
         };
         Ok(self.grant.insert(grant))
     }
 
-    fn commit(&mut self, _len: usize) -> Result<(), ipc_core::SendError> {
+    fn commit(&mut self, _len: usize) -> Result<(), BatchSendError> {
         if let Some(mut grant) = self.grant.take() {
             let kind = frame_kind(&grant);
             grant.set_message_type(u16::from(kind.0));
@@ -314,7 +335,8 @@ pub enum BatchRecvError {
     #[error("producer disconnected")]
     Disconnected,
     /// Too many records are held (batches and dictionaries not yet dropped):
-    /// nothing more can be received until some are dropped.
+    /// nothing more can be received until some are dropped. (0: the consumer
+    /// releases explicitly, so it may hold no batch at all.)
     #[error("{0} leases outstanding: drop some batches before receiving more")]
     LeasesExhausted(usize),
     /// A ring record header is invalid; the ring cannot be read past it.
@@ -337,14 +359,34 @@ pub enum BatchRecvError {
     },
 }
 
+impl From<ipc_core::TryRecvError> for BatchRecvError {
+    fn from(e: ipc_core::TryRecvError) -> Self {
+        match e {
+            ipc_core::TryRecvError::Empty => Self::Empty,
+            ipc_core::TryRecvError::Disconnected => Self::Disconnected,
+            ipc_core::TryRecvError::LeasesExhausted { capacity } => Self::LeasesExhausted(capacity),
+            ipc_core::TryRecvError::Corrupt { position, reason } => Self::Corrupt { position, reason },
+        }
+    }
+}
+
 impl From<ipc_core::RecvError> for BatchRecvError {
     fn from(e: ipc_core::RecvError) -> Self {
         match e {
-            ipc_core::RecvError::Empty => Self::Empty,
-            ipc_core::RecvError::Timeout => Self::Timeout,
             ipc_core::RecvError::Disconnected => Self::Disconnected,
-            ipc_core::RecvError::LeasesExhausted(n) => Self::LeasesExhausted(n),
+            ipc_core::RecvError::LeasesExhausted { capacity } => Self::LeasesExhausted(capacity),
             ipc_core::RecvError::Corrupt { position, reason } => Self::Corrupt { position, reason },
+        }
+    }
+}
+
+impl From<ipc_core::RecvTimeoutError> for BatchRecvError {
+    fn from(e: ipc_core::RecvTimeoutError) -> Self {
+        match e {
+            ipc_core::RecvTimeoutError::Timeout => Self::Timeout,
+            ipc_core::RecvTimeoutError::Disconnected => Self::Disconnected,
+            ipc_core::RecvTimeoutError::LeasesExhausted { capacity } => Self::LeasesExhausted(capacity),
+            ipc_core::RecvTimeoutError::Corrupt { position, reason } => Self::Corrupt { position, reason },
         }
     }
 }
@@ -452,7 +494,8 @@ impl BatchReceiver {
         loop {
             let guard = match wait {
                 Wait::No => self.consumer.try_recv()?,
-                Wait::Until(deadline) => self.consumer.recv_timeout(Wait::remaining(deadline))?,
+                Wait::Until(None) => self.consumer.recv()?,
+                Wait::Until(Some(deadline)) => self.consumer.recv_timeout(Wait::remaining(deadline))?,
             };
             let len = guard.len();
             let frame = if guard.message_type() == u16::from(MessageHeader::DictionaryBatch.0) {
@@ -463,7 +506,11 @@ impl BatchReceiver {
                 drop(guard);
                 copy
             } else {
-                let lease = guard.into_lease()?;
+                // A refused guard comes back in the error; dropping it
+                // releases the record.
+                let lease = guard
+                    .into_lease()
+                    .map_err(|refused| BatchRecvError::LeasesExhausted(lease_capacity(refused.reason)))?;
                 let ptr = NonNull::from(lease.deref()).cast::<u8>();
                 // SAFETY: `ptr..ptr + len` is the lease's record in the mapped
                 // ring; the lease (the buffer's owner) keeps the mapping alive

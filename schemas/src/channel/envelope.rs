@@ -19,7 +19,7 @@ use std::time::Duration;
 use flatbuffers::FlatBufferBuilder;
 use ipc_core::{Consumer, CorruptReason, Lease, Producer, ReadGuard, SegmentFault};
 
-use super::Wait;
+use super::{Wait, lease_capacity};
 use crate::envelope::{
     Envelope, EnvelopeEncoder, EnvelopeError, EnvelopeHeader, Event, FILE_IDENTIFIER, MIN_ENVELOPE_LEN, PayloadOffset,
     SIZE_PREFIX_LEN, VerifyOptions, envelope_unchecked, verify_envelope,
@@ -46,7 +46,7 @@ pub enum EnvelopeSendError {
         /// The ring's maximum message length.
         max: usize,
     },
-    /// The consumer is gone and the ring is full.
+    /// No consumer is attached: it detached, or its process is gone.
     #[error("consumer disconnected")]
     Disconnected,
     /// The ring's positions are impossible: the segment is corrupt or hostile.
@@ -54,14 +54,34 @@ pub enum EnvelopeSendError {
     Corrupt(SegmentFault),
 }
 
+impl From<ipc_core::TrySendError> for EnvelopeSendError {
+    fn from(e: ipc_core::TrySendError) -> Self {
+        match e {
+            ipc_core::TrySendError::Full => Self::Full,
+            ipc_core::TrySendError::TooLarge { len, max } => Self::TooLarge { len, max },
+            ipc_core::TrySendError::Disconnected => Self::Disconnected,
+            ipc_core::TrySendError::Corrupt(fault) => Self::Corrupt(fault),
+        }
+    }
+}
+
 impl From<ipc_core::SendError> for EnvelopeSendError {
     fn from(e: ipc_core::SendError) -> Self {
         match e {
-            ipc_core::SendError::Full => Self::Full,
-            ipc_core::SendError::Timeout => Self::Timeout,
             ipc_core::SendError::TooLarge { len, max } => Self::TooLarge { len, max },
             ipc_core::SendError::Disconnected => Self::Disconnected,
             ipc_core::SendError::Corrupt(fault) => Self::Corrupt(fault),
+        }
+    }
+}
+
+impl From<ipc_core::SendTimeoutError> for EnvelopeSendError {
+    fn from(e: ipc_core::SendTimeoutError) -> Self {
+        match e {
+            ipc_core::SendTimeoutError::Timeout => Self::Timeout,
+            ipc_core::SendTimeoutError::TooLarge { len, max } => Self::TooLarge { len, max },
+            ipc_core::SendTimeoutError::Disconnected => Self::Disconnected,
+            ipc_core::SendTimeoutError::Corrupt(fault) => Self::Corrupt(fault),
         }
     }
 }
@@ -158,7 +178,8 @@ impl EnvelopeSender {
         let len = self.encoder.encoded_len();
         let mut grant = match wait {
             Wait::No => self.producer.try_reserve(len)?,
-            Wait::Until(deadline) => self.producer.reserve_timeout(len, Wait::remaining(deadline))?,
+            Wait::Until(None) => self.producer.reserve(len)?,
+            Wait::Until(Some(deadline)) => self.producer.reserve_timeout(len, Wait::remaining(deadline))?,
         };
         // The grant is exactly `encoded_len()` bytes, so this cannot fail; if it
         // did, dropping the grant would publish nothing.
@@ -213,7 +234,8 @@ pub enum EnvelopeRecvError {
     /// The producer is gone and everything it committed has been received.
     #[error("producer disconnected")]
     Disconnected,
-    /// Too many envelopes are held as [`OwnedEnvelope`]s.
+    /// Too many envelopes are held as [`OwnedEnvelope`]s (0: the consumer
+    /// releases explicitly, so it may hold none).
     #[error("{0} leases outstanding: drop some before receiving more")]
     LeasesExhausted(usize),
     /// A ring record header is invalid; the ring cannot be read past it.
@@ -238,14 +260,34 @@ pub enum EnvelopeRecvError {
     },
 }
 
+impl From<ipc_core::TryRecvError> for EnvelopeRecvError {
+    fn from(e: ipc_core::TryRecvError) -> Self {
+        match e {
+            ipc_core::TryRecvError::Empty => Self::Empty,
+            ipc_core::TryRecvError::Disconnected => Self::Disconnected,
+            ipc_core::TryRecvError::LeasesExhausted { capacity } => Self::LeasesExhausted(capacity),
+            ipc_core::TryRecvError::Corrupt { position, reason } => Self::Corrupt { position, reason },
+        }
+    }
+}
+
 impl From<ipc_core::RecvError> for EnvelopeRecvError {
     fn from(e: ipc_core::RecvError) -> Self {
         match e {
-            ipc_core::RecvError::Empty => Self::Empty,
-            ipc_core::RecvError::Timeout => Self::Timeout,
             ipc_core::RecvError::Disconnected => Self::Disconnected,
-            ipc_core::RecvError::LeasesExhausted(n) => Self::LeasesExhausted(n),
+            ipc_core::RecvError::LeasesExhausted { capacity } => Self::LeasesExhausted(capacity),
             ipc_core::RecvError::Corrupt { position, reason } => Self::Corrupt { position, reason },
+        }
+    }
+}
+
+impl From<ipc_core::RecvTimeoutError> for EnvelopeRecvError {
+    fn from(e: ipc_core::RecvTimeoutError) -> Self {
+        match e {
+            ipc_core::RecvTimeoutError::Timeout => Self::Timeout,
+            ipc_core::RecvTimeoutError::Disconnected => Self::Disconnected,
+            ipc_core::RecvTimeoutError::LeasesExhausted { capacity } => Self::LeasesExhausted(capacity),
+            ipc_core::RecvTimeoutError::Corrupt { position, reason } => Self::Corrupt { position, reason },
         }
     }
 }
@@ -357,7 +399,10 @@ impl EnvelopeReceiver {
     /// Like [`recv`](Self::recv), giving up after `timeout` with
     /// [`EnvelopeRecvError::Timeout`] (`None` waits forever).
     pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<ReceivedEnvelope<'_>, EnvelopeRecvError> {
-        let guard = self.consumer.recv_timeout(timeout)?;
+        let guard = match timeout {
+            None => self.consumer.recv()?,
+            Some(timeout) => self.consumer.recv_timeout(timeout)?,
+        };
         check(guard, &self.options, self.trusted, &mut self.dead_letters)
     }
 }
@@ -475,7 +520,12 @@ impl ReceivedEnvelope<'_> {
     /// releases in order), so holding many applies backpressure. On
     /// [`EnvelopeRecvError::LeasesExhausted`] the envelope has been released.
     pub fn into_owned(self) -> Result<OwnedEnvelope, EnvelopeRecvError> {
-        Ok(OwnedEnvelope { lease: self.guard.into_lease()? })
+        match self.guard.into_lease() {
+            Ok(lease) => Ok(OwnedEnvelope { lease }),
+            // Dropping the error drops the guard that came back in it: the
+            // record is released.
+            Err(refused) => Err(EnvelopeRecvError::LeasesExhausted(lease_capacity(refused.reason))),
+        }
     }
 }
 

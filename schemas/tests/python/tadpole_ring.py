@@ -10,7 +10,7 @@ import os
 import struct
 
 MAGIC = int.from_bytes(b"TADPOLE\x01", "little")
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 HEADER_LEN = 4096
 PRODUCER_POSITION = 128
 CONSUMER_POSITION = 256
