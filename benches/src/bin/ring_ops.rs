@@ -7,15 +7,23 @@
 //! ```
 //!
 //! Operations: `send-recv` (try_send then try_recv), `reserve-recv` (try_reserve + commit, then
-//! try_recv), `batch` (256 try_push + one commit, then one read_batch; per message), and
-//! `empty-poll` (try_recv on an empty ring).
+//! try_recv), `batch` (256 try_push + one commit, then one read_batch; per message),
+//! `empty-poll` (try_recv on an empty ring), and the two ways to hold a window of 2048 records
+//! (a relay's in flight) before giving them back: `explicit-window` (explicit release mode:
+//! receive and drop 2048, then one `release_through`) and `lease-window` (2048 leases, dropped
+//! oldest first).
 
-use ipc_core::{RingBuilder, TryRecvError};
+use ipc_core::{ReleaseMode, RingBuilder, TryRecvError};
+
+/// Records held at once by the window operations.
+const WINDOW: usize = 2048;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [op, size, n] = &args[..] else {
-        eprintln!("usage: ring_ops <send-recv|reserve-recv|batch|empty-poll> <size> <count>");
+        eprintln!(
+            "usage: ring_ops <send-recv|reserve-recv|batch|empty-poll|explicit-window|lease-window> <size> <count>"
+        );
         std::process::exit(2);
     };
     let size: usize = size.parse().expect("size");
@@ -57,6 +65,33 @@ fn main() {
                     sink.copy_from_slice(record.payload);
                     received += 1;
                 }
+            }
+        }
+        "explicit-window" => {
+            consumer.set_release_mode(ReleaseMode::Explicit).expect("explicit mode");
+            for _ in 0..n / WINDOW as u64 {
+                let mut last = 0;
+                for _ in 0..WINDOW {
+                    producer.try_send(std::hint::black_box(&payload)).expect("send");
+                    let msg = consumer.try_recv().expect("recv");
+                    sink.copy_from_slice(&msg);
+                    last = msg.position();
+                    received += 1;
+                }
+                consumer.release_through(last).expect("release");
+            }
+        }
+        "lease-window" => {
+            let mut held = std::collections::VecDeque::with_capacity(WINDOW);
+            for _ in 0..n / WINDOW as u64 {
+                for _ in 0..WINDOW {
+                    producer.try_send(std::hint::black_box(&payload)).expect("send");
+                    let lease = consumer.try_recv().expect("recv").into_lease().expect("lease");
+                    sink.copy_from_slice(&lease);
+                    held.push_back(lease);
+                    received += 1;
+                }
+                held.clear();
             }
         }
         "empty-poll" => {
