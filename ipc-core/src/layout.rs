@@ -16,11 +16,14 @@
 //!
 //! ```text
 //!  offset  block              written by   contents
-//!  0       DESCRIPTOR         creator      magic, version, sizes, creator pid + start time
+//!  0       DESCRIPTOR         creator      magic, version, sizes, heartbeat timeout, creator
+//!                                          identity (pid, start time, namespaces, boot) and
+//!                                          heartbeat
 //!  128     PRODUCER_POSITION  producer     tail: end of the last commit (u64 position)
 //!  256     CONSUMER_POSITION  consumer     head: everything before it is released
-//!  384     PRODUCER_ATTACH    producer     owner (pid | start<<32 | detached<<63), write limit
-//!  512     CONSUMER_ATTACH    consumer     owner (same packing)
+//!  384     PRODUCER_ATTACH    producer     owner word, write limit; in its second cache line
+//!                                          the owner's identity record and heartbeat
+//!  512     CONSUMER_ATTACH    consumer     owner word, identity record, heartbeat
 //!  640     CONSUMER_DOORBELL  both         futex word: 1 while the consumer sleeps for data;
 //!                                          blocking flag: 1 while it may sleep at all
 //!  768     PRODUCER_DOORBELL  both         the same for the producer waiting for space
@@ -182,10 +185,23 @@ pub struct Descriptor {
     /// 8, or 64 when every payload starts on a 64-byte boundary.
     pub payload_align: AtomicU32,
     pub creator_pid: AtomicU32,
-    pub _reserved0: AtomicU32,
+    /// How long a heartbeat may go unrefreshed before its process is judged dead, in ms
+    /// (see `AttachBlock::heartbeat_ns`). Hostile input: readers clamp it to the valid range.
+    pub heartbeat_timeout_ms: AtomicU32,
     /// Start time of the creator process in clock ticks since boot (`/proc/<pid>/stat` field 22).
     pub creator_start_time: AtomicU64,
     pub created_unix_ns: AtomicU64,
+    /// Reserved for the segment epoch.
+    pub _reserved_epoch: AtomicU64,
+    /// Inode of the creator's PID namespace (`/proc/self/ns/pid`); 0 when unknown.
+    pub creator_pid_ns: AtomicU64,
+    /// Inode of the creator's time namespace (`/proc/self/ns/time`); 0 when unknown.
+    pub creator_time_ns: AtomicU64,
+    /// The first 64 bits of the creator's boot id (`/proc/sys/kernel/random/boot_id`); 0 when
+    /// unknown.
+    pub creator_boot_id: AtomicU64,
+    /// `CLOCK_BOOTTIME` in ns, refreshed while the creator holds the segment mapped.
+    pub creator_heartbeat_ns: AtomicU64,
 }
 
 /// A position published by one side, alone in its block.
@@ -195,8 +211,14 @@ pub struct PositionBlock {
 }
 
 /// Who owns one side of the ring. `owner` packs, so one compare-and-swap claims or hands over
-/// the side: pid (bits 0-31), the low 31 bits of the process start time (bits 32-62), and
-/// [`OWNER_DETACHED`] (bit 63) once the owner let go cleanly. Zero means "never attached".
+/// the side: pid (bits 0-31), 31 bits that tell processes with that pid apart (the low bits of
+/// the start time mixed with the PID-namespace inode, bits 32-62), and [`OWNER_DETACHED`]
+/// (bit 63) once the owner let go cleanly. Zero means "never attached".
+///
+/// The second cache line holds the owner's identity record, written by the owner after its
+/// claim and tagged with the owner word it describes (`identity_owner`, stored last), and its
+/// heartbeat: a process in another PID namespace cannot check a pid, so it judges the owner by
+/// how recently the heartbeat moved. The hot path never touches this line.
 #[repr(C, align(128))]
 pub struct AttachBlock {
     pub owner: AtomicU64,
@@ -206,6 +228,23 @@ pub struct AttachBlock {
     pub write_limit: AtomicU64,
     /// Bumped on every attach: a reader can tell a restarted peer from the old one.
     pub generation: AtomicU64,
+    pub _pad: [u8; 40],
+    /// The owner word the fields below describe; until it equals `owner`, they belong to an
+    /// earlier owner (or the new owner is still writing them).
+    pub identity_owner: AtomicU64,
+    /// Full start time of the owner (clock ticks since boot); 0 when unknown.
+    pub start_time: AtomicU64,
+    /// Inode of the owner's PID namespace; 0 when unknown.
+    pub pid_ns: AtomicU64,
+    /// Inode of the owner's time namespace (its clocks may be offset); 0 when unknown.
+    pub time_ns: AtomicU64,
+    /// First 64 bits of the owner's boot id; 0 when unknown.
+    pub boot_id: AtomicU64,
+    /// `CLOCK_BOOTTIME` in ns, refreshed by a background thread of the owner's process.
+    pub heartbeat_ns: AtomicU64,
+    /// `CLOCK_BOOTTIME` in ns at which a claim of this side began, 0 when none is under way:
+    /// covers the moment between a claim and its identity record.
+    pub claim_started_ns: AtomicU64,
 }
 
 /// Bit of [`AttachBlock::owner`] set when the owner detached cleanly.
@@ -283,6 +322,22 @@ pub mod offsets {
     pub const PRODUCER_DOORBELL: usize = 768;
     pub const PRODUCER_COUNTERS: usize = 896;
     pub const CONSUMER_COUNTERS: usize = 1024;
+
+    /// Fields of the descriptor, from its start.
+    pub const HEARTBEAT_TIMEOUT_MS: usize = 44;
+    pub const CREATOR_PID_NS: usize = 72;
+    pub const CREATOR_TIME_NS: usize = 80;
+    pub const CREATOR_BOOT_ID: usize = 88;
+    pub const CREATOR_HEARTBEAT_NS: usize = 96;
+
+    /// Fields of an attach block, from its start.
+    pub const ATTACH_IDENTITY_OWNER: usize = 64;
+    pub const ATTACH_START_TIME: usize = 72;
+    pub const ATTACH_PID_NS: usize = 80;
+    pub const ATTACH_TIME_NS: usize = 88;
+    pub const ATTACH_BOOT_ID: usize = 96;
+    pub const ATTACH_HEARTBEAT_NS: usize = 104;
+    pub const ATTACH_CLAIM_STARTED_NS: usize = 112;
 }
 
 #[cfg(not(loom))]
@@ -300,6 +355,21 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, consumer_counters) == offsets::CONSUMER_COUNTERS);
     assert!(offset_of!(Descriptor, magic) == 0);
     assert!(offset_of!(Descriptor, capacity) == 16);
+    assert!(offset_of!(Descriptor, heartbeat_timeout_ms) == offsets::HEARTBEAT_TIMEOUT_MS);
+    assert!(offset_of!(Descriptor, _reserved_epoch) == 64);
+    assert!(offset_of!(Descriptor, creator_pid_ns) == offsets::CREATOR_PID_NS);
+    assert!(offset_of!(Descriptor, creator_time_ns) == offsets::CREATOR_TIME_NS);
+    assert!(offset_of!(Descriptor, creator_boot_id) == offsets::CREATOR_BOOT_ID);
+    assert!(offset_of!(Descriptor, creator_heartbeat_ns) == offsets::CREATOR_HEARTBEAT_NS);
+    assert!(size_of::<Descriptor>() <= BLOCK);
+    assert!(size_of::<AttachBlock>() == BLOCK);
+    assert!(offset_of!(AttachBlock, identity_owner) == offsets::ATTACH_IDENTITY_OWNER);
+    assert!(offset_of!(AttachBlock, start_time) == offsets::ATTACH_START_TIME);
+    assert!(offset_of!(AttachBlock, pid_ns) == offsets::ATTACH_PID_NS);
+    assert!(offset_of!(AttachBlock, time_ns) == offsets::ATTACH_TIME_NS);
+    assert!(offset_of!(AttachBlock, boot_id) == offsets::ATTACH_BOOT_ID);
+    assert!(offset_of!(AttachBlock, heartbeat_ns) == offsets::ATTACH_HEARTBEAT_NS);
+    assert!(offset_of!(AttachBlock, claim_started_ns) == offsets::ATTACH_CLAIM_STARTED_NS);
 };
 
 #[cfg(test)]
