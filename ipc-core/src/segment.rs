@@ -406,34 +406,44 @@ impl Segment {
     }
 
     /// Unlinks the named segment if no process that uses it (creator, producer, consumer) may
-    /// still run; returns whether it was removed. Never removes a segment whose users it cannot
-    /// judge: one in another PID namespace counts as alive while its heartbeat is fresh, and one
-    /// whose `/proc` entry cannot be read while `kill` still finds its pid. A segment that is
-    /// not a ring (garbage, or caught between its creator's `shm_open` and the header write) is
-    /// removed only once its file is older than a minute; one of another layout version, never.
+    /// still run; returns whether it was removed. See [`Segment::is_reclaimable`] for what
+    /// counts as stale.
     pub fn reclaim_if_stale(name: &str) -> Result<bool, OpenError> {
-        let opened = match Segment::open(name) {
-            Ok(seg) => seg,
-            Err(OpenError::Invalid(SegmentFault::UnsupportedVersion { .. })) => return Ok(false),
-            Err(OpenError::Invalid(_)) => {
-                let stale = shm_file_age(name).is_some_and(|age| age > UNREADABLE_GRACE);
-                if stale {
-                    Segment::unlink(name)?;
+        match Segment::judge_stale(name)? {
+            Staleness::InUse => Ok(false),
+            Staleness::Unreadable => Segment::unlink(name).map(|()| true),
+            Staleness::Stale(opened) => {
+                // The name must still be the file we judged: its creator may have unlinked it
+                // and another process made a new ring under the same name meanwhile.
+                if !opened.as_fd().is_some_and(|fd| same_file_as_name(fd, name)) {
+                    return Ok(false);
                 }
-                return Ok(stale);
+                Segment::unlink(name).map(|()| true)
             }
-            Err(e) => return Err(e),
-        };
-        if opened.status().anyone_alive() {
-            return Ok(false);
         }
-        // The name must still be the file we judged: its creator may have unlinked it and
-        // another process made a new ring under the same name meanwhile.
-        if !opened.as_fd().is_some_and(|fd| same_file_as_name(fd, name)) {
-            return Ok(false);
+    }
+
+    /// Whether [`Segment::reclaim_if_stale`] would remove the named segment now. It never takes
+    /// a segment whose users it cannot judge for stale: a process in another PID namespace
+    /// counts as alive while its heartbeat is fresh (see [`RingBuilder::heartbeat_timeout`]),
+    /// and one whose `/proc` entry cannot be read as alive while `kill` finds its pid. A file
+    /// that is not a readable ring (garbage, or caught between its creator's `shm_open` and its
+    /// header write) is stale only once it is a minute old; one of another layout version, never.
+    pub fn is_reclaimable(name: &str) -> Result<bool, OpenError> {
+        Segment::judge_stale(name).map(|s| !matches!(s, Staleness::InUse))
+    }
+
+    fn judge_stale(name: &str) -> Result<Staleness, OpenError> {
+        match Segment::open(name) {
+            Ok(seg) if seg.status().anyone_alive() => Ok(Staleness::InUse),
+            Ok(seg) => Ok(Staleness::Stale(seg)),
+            Err(OpenError::Invalid(SegmentFault::UnsupportedVersion { .. })) => Ok(Staleness::InUse),
+            Err(OpenError::Invalid(_)) if shm_file_age(name).is_some_and(|age| age > UNREADABLE_GRACE) => {
+                Ok(Staleness::Unreadable)
+            }
+            Err(OpenError::Invalid(_)) => Ok(Staleness::InUse),
+            Err(e) => Err(e),
         }
-        Segment::unlink(name)?;
-        Ok(true)
     }
 
     /// Names of the segments in `/dev/shm` that carry the Tadpole prefix.
@@ -451,6 +461,13 @@ impl Segment {
     pub fn status(&self) -> crate::stats::RingStatus {
         crate::stats::RingStatus::read(self)
     }
+}
+
+enum Staleness {
+    InUse,
+    /// Not a ring, and old.
+    Unreadable,
+    Stale(Segment),
 }
 
 /// How old a segment that is not a readable ring must be before [`Segment::reclaim_if_stale`]
