@@ -156,3 +156,39 @@ pub(crate) fn publish_identity(block: &AttachBlock, word: u64, id: &Identity, no
     block.heartbeat_ns.store(now, Relaxed);
     block.identity_owner.store(word, Release);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CreateError, RingBuilder};
+
+    #[test]
+    fn hostile_timeouts_are_clamped_and_the_builder_refuses_them() {
+        assert_eq!(timeout_from_ms(0), DEFAULT_TIMEOUT);
+        assert_eq!(timeout_from_ms(1), MIN_TIMEOUT);
+        assert_eq!(timeout_from_ms(u32::MAX), MAX_TIMEOUT);
+        assert_eq!(timeout_from_ms(300), Duration::from_millis(300));
+        for bad in [Duration::ZERO, MIN_TIMEOUT / 2, MAX_TIMEOUT * 2] {
+            let built = RingBuilder::new(4096).heartbeat_timeout(bad).create_private();
+            assert!(matches!(built, Err(CreateError::InvalidOptions(_))), "{bad:?}");
+        }
+        let segment = RingBuilder::new(4096).heartbeat_timeout(Duration::from_millis(300)).create_private().unwrap();
+        assert_eq!(segment.heartbeat_timeout(), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn an_idle_holder_keeps_its_heartbeat_fresh_and_a_dropped_one_stops() {
+        let segment = RingBuilder::new(4096).heartbeat_timeout(MIN_TIMEOUT).create_private().unwrap();
+        let producer = segment.producer().unwrap();
+        let beat = || segment.header().producer_attach.heartbeat_ns.load(Relaxed);
+        let first = beat();
+        std::thread::sleep(MIN_TIMEOUT);
+        let second = beat();
+        assert!(second > first, "refreshed without any call on the producer");
+        assert!(now_ns() - second < MIN_TIMEOUT.as_nanos() as u64);
+        drop(producer);
+        let last = beat();
+        std::thread::sleep(MIN_TIMEOUT);
+        assert_eq!(beat(), last, "no heartbeat for a side no longer held");
+    }
+}

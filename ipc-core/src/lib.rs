@@ -87,7 +87,9 @@ mod api {
     /// Why a producer or consumer handle could not be had.
     #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
     pub enum AttachError {
-        /// Another live process (or another handle in this process) holds this side.
+        /// Another live process (or another handle in this process) holds this side, or one
+        /// that cannot be proven dead: a process in a PID namespace this one cannot see whose
+        /// heartbeat is fresh (see [`RingBuilder::heartbeat_timeout`]).
         #[error("{side:?} side is held by live process {owner:?}")]
         Busy {
             /// The side asked for.
@@ -109,7 +111,10 @@ mod api {
         Attached(ProcessId),
         /// Detached cleanly (dropped its handle).
         Closed,
-        /// Its process is gone without detaching (crashed or killed).
+        /// Its process is gone without detaching (crashed or killed): `kill` finds no such
+        /// process, or a reused pid, in our PID namespace; or, for a process we cannot check
+        /// (another PID namespace, no readable `/proc`), its heartbeat is older than the ring's
+        /// heartbeat timeout.
         Dead(ProcessId),
     }
 
