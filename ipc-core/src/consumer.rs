@@ -362,12 +362,12 @@ impl Segment {
     /// Attaches as this ring's consumer, starting at the first unreleased record (so records
     /// a dead consumer held but never released are delivered again: at-least-once).
     pub fn consumer(&self) -> Result<Consumer, AttachError> {
-        attach_side(self, Side::Consumer, crate::ProcessId::current())?;
+        let claim = attach_side(self, Side::Consumer, crate::ProcessId::current())?;
         let h = self.header();
         let head = h.consumer_position.position.load(Acquire);
         let tail = h.producer_position.position.load(Acquire);
         if let Err(fault) = check_positions(head, tail, self.params.capacity) {
-            detach_side(self, Side::Consumer);
+            detach_side(self, &claim);
             return Err(AttachError::Corrupt(fault));
         }
         // A new consumer starts with the default (non-blocking) strategy.
@@ -398,7 +398,7 @@ impl Segment {
             },
             leases: None,
             max_leases: DEFAULT_MAX_LEASES,
-            attachment: Arc::new(ConsumerAttachment { segment: self.clone() }),
+            attachment: Arc::new(ConsumerAttachment { segment: self.clone(), claim }),
             poisoned: None,
             explicit: false,
             epoch: self.epoch(),

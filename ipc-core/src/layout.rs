@@ -16,11 +16,14 @@
 //!
 //! ```text
 //!  offset  block              written by   contents
-//!  0       DESCRIPTOR         creator      magic, version, sizes, creator pid + start time
+//!  0       DESCRIPTOR         creator      magic, version, sizes, heartbeat timeout, creator
+//!                                          identity (pid, start time, namespaces, boot) and
+//!                                          heartbeat
 //!  128     PRODUCER_POSITION  producer     tail: end of the last commit (u64 position)
 //!  256     CONSUMER_POSITION  consumer     head: everything before it is released
-//!  384     PRODUCER_ATTACH    producer     owner (pid | start<<32 | detached<<63), write limit
-//!  512     CONSUMER_ATTACH    consumer     owner (same packing)
+//!  384     PRODUCER_ATTACH    producer     owner word, write limit; in its second cache line
+//!                                          the owner's identity record and heartbeat
+//!  512     CONSUMER_ATTACH    consumer     owner word, identity record, heartbeat
 //!  640     CONSUMER_DOORBELL  both         futex word: 1 while the consumer sleeps for data;
 //!                                          blocking flag: 1 while it may sleep at all
 //!  768     PRODUCER_DOORBELL  both         the same for the producer waiting for space
@@ -266,13 +269,24 @@ pub struct Descriptor {
     /// 8, or 64 when every payload starts on a 64-byte boundary.
     pub payload_align: AtomicU32,
     pub creator_pid: AtomicU32,
-    pub _reserved0: AtomicU32,
+    /// How long a heartbeat may go unrefreshed before its process is judged dead, in ms
+    /// (see `AttachBlock::heartbeat_ns`). Hostile input: readers clamp it to the valid range.
+    pub heartbeat_timeout_ms: AtomicU32,
     /// Start time of the creator process in clock ticks since boot (`/proc/<pid>/stat` field 22).
     pub creator_start_time: AtomicU64,
     pub created_unix_ns: AtomicU64,
     /// A random non-zero number drawn when the ring is created: a ring recreated under the same
     /// name has another epoch, so `(epoch, position)` names one record for as long as it exists.
     pub epoch: AtomicU64,
+    /// Inode of the creator's PID namespace (`/proc/self/ns/pid`); 0 when unknown.
+    pub creator_pid_ns: AtomicU64,
+    /// Inode of the creator's time namespace (`/proc/self/ns/time`); 0 when unknown.
+    pub creator_time_ns: AtomicU64,
+    /// The first 64 bits of the creator's boot id (`/proc/sys/kernel/random/boot_id`); 0 when
+    /// unknown.
+    pub creator_boot_id: AtomicU64,
+    /// `CLOCK_BOOTTIME` in ns, refreshed while the creator holds the segment mapped.
+    pub creator_heartbeat_ns: AtomicU64,
 }
 
 /// A position published by one side, alone in its block.
@@ -308,8 +322,14 @@ pub struct FrontierSlot {
 }
 
 /// Who owns one side of the ring. `owner` packs, so one compare-and-swap claims or hands over
-/// the side: pid (bits 0-31), the low 31 bits of the process start time (bits 32-62), and
-/// [`OWNER_DETACHED`] (bit 63) once the owner let go cleanly. Zero means "never attached".
+/// the side: pid (bits 0-31), 31 bits that tell processes with that pid apart (the low bits of
+/// the start time mixed with the PID-namespace inode, bits 32-62), and [`OWNER_DETACHED`]
+/// (bit 63) once the owner let go cleanly. Zero means "never attached".
+///
+/// The second cache line holds the owner's identity record, written by the owner after its
+/// claim and tagged with the owner word it describes (`identity_owner`, stored last), and its
+/// heartbeat: a process in another PID namespace cannot check a pid, so it judges the owner by
+/// how recently the heartbeat moved. The hot path never touches this line.
 #[repr(C, align(128))]
 pub struct AttachBlock {
     pub owner: AtomicU64,
@@ -319,6 +339,23 @@ pub struct AttachBlock {
     pub write_limit: AtomicU64,
     /// Bumped on every attach: a reader can tell a restarted peer from the old one.
     pub generation: AtomicU64,
+    pub _pad: [u8; 40],
+    /// The owner word the fields below describe; until it equals `owner`, they belong to an
+    /// earlier owner (or the new owner is still writing them).
+    pub identity_owner: AtomicU64,
+    /// Full start time of the owner (clock ticks since boot); 0 when unknown.
+    pub start_time: AtomicU64,
+    /// Inode of the owner's PID namespace; 0 when unknown.
+    pub pid_ns: AtomicU64,
+    /// Inode of the owner's time namespace (its clocks may be offset); 0 when unknown.
+    pub time_ns: AtomicU64,
+    /// First 64 bits of the owner's boot id; 0 when unknown.
+    pub boot_id: AtomicU64,
+    /// `CLOCK_BOOTTIME` in ns, refreshed by a background thread of the owner's process.
+    pub heartbeat_ns: AtomicU64,
+    /// `CLOCK_BOOTTIME` in ns at which a claim of this side began, 0 when none is under way:
+    /// covers the moment between a claim and its identity record.
+    pub claim_started_ns: AtomicU64,
 }
 
 /// Bit of [`AttachBlock::owner`] set when the owner detached cleanly.
@@ -415,7 +452,27 @@ pub mod offsets {
         pub const CREATOR_PID: usize = 40;
         pub const CREATOR_START_TIME: usize = 48;
         pub const CREATED_UNIX_NS: usize = 56;
+        pub const HEARTBEAT_TIMEOUT_MS: usize = 44;
         pub const EPOCH: usize = 64;
+        pub const CREATOR_PID_NS: usize = 72;
+        pub const CREATOR_TIME_NS: usize = 80;
+        pub const CREATOR_BOOT_ID: usize = 88;
+        pub const CREATOR_HEARTBEAT_NS: usize = 96;
+    }
+
+    /// Fields of an attach block (producer's at [`PRODUCER_ATTACH`], consumer's at
+    /// [`CONSUMER_ATTACH`]), from the block's start.
+    pub mod attach {
+        pub const OWNER: usize = 0;
+        pub const WRITE_LIMIT: usize = 8;
+        pub const GENERATION: usize = 16;
+        pub const IDENTITY_OWNER: usize = 64;
+        pub const START_TIME: usize = 72;
+        pub const PID_NS: usize = 80;
+        pub const TIME_NS: usize = 88;
+        pub const BOOT_ID: usize = 96;
+        pub const HEARTBEAT_NS: usize = 104;
+        pub const CLAIM_STARTED_NS: usize = 112;
     }
 
     /// Fields of the producer position block, from the start of the segment.
@@ -492,6 +549,26 @@ const _: () = {
         assert!(offset_of!(Descriptor, creator_start_time) == d::CREATOR_START_TIME);
         assert!(offset_of!(Descriptor, created_unix_ns) == d::CREATED_UNIX_NS);
         assert!(offset_of!(Descriptor, epoch) == d::EPOCH);
+        assert!(offset_of!(Descriptor, heartbeat_timeout_ms) == d::HEARTBEAT_TIMEOUT_MS);
+        assert!(offset_of!(Descriptor, creator_pid_ns) == d::CREATOR_PID_NS);
+        assert!(offset_of!(Descriptor, creator_time_ns) == d::CREATOR_TIME_NS);
+        assert!(offset_of!(Descriptor, creator_boot_id) == d::CREATOR_BOOT_ID);
+        assert!(offset_of!(Descriptor, creator_heartbeat_ns) == d::CREATOR_HEARTBEAT_NS);
+        assert!(size_of::<Descriptor>() <= BLOCK);
+    }
+    {
+        use offsets::attach as a;
+        assert!(size_of::<AttachBlock>() == BLOCK);
+        assert!(offset_of!(AttachBlock, owner) == a::OWNER);
+        assert!(offset_of!(AttachBlock, write_limit) == a::WRITE_LIMIT);
+        assert!(offset_of!(AttachBlock, generation) == a::GENERATION);
+        assert!(offset_of!(AttachBlock, identity_owner) == a::IDENTITY_OWNER);
+        assert!(offset_of!(AttachBlock, start_time) == a::START_TIME);
+        assert!(offset_of!(AttachBlock, pid_ns) == a::PID_NS);
+        assert!(offset_of!(AttachBlock, time_ns) == a::TIME_NS);
+        assert!(offset_of!(AttachBlock, boot_id) == a::BOOT_ID);
+        assert!(offset_of!(AttachBlock, heartbeat_ns) == a::HEARTBEAT_NS);
+        assert!(offset_of!(AttachBlock, claim_started_ns) == a::CLAIM_STARTED_NS);
     }
     {
         use offsets::producer_position as p;

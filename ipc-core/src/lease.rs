@@ -25,12 +25,13 @@ pub(crate) trait HeadSink: Send + Sync {
 #[cfg(not(loom))]
 pub(crate) struct ConsumerAttachment {
     pub(crate) segment: Segment,
+    pub(crate) claim: crate::SideClaim,
 }
 
 #[cfg(not(loom))]
 impl Drop for ConsumerAttachment {
     fn drop(&mut self) {
-        crate::detach_side(&self.segment, crate::Side::Consumer);
+        crate::detach_side(&self.segment, &self.claim);
         ring_doorbell(&self.segment.header().producer_doorbell);
     }
 }

@@ -37,6 +37,8 @@ mod sync;
 #[cfg(not(loom))]
 mod consumer;
 #[cfg(not(loom))]
+mod heartbeat;
+#[cfg(not(loom))]
 mod liveness;
 #[cfg(not(loom))]
 mod observer;
@@ -74,8 +76,11 @@ mod api {
     pub use crate::stats::{ConsumerCounters, ProducerCounters, RingStatus};
     pub use crate::wait::WaitStrategy;
 
+    use crate::heartbeat::{self, Beat};
     use crate::layout::{AttachBlock, OWNER_DETACHED};
-    use crate::sync::atomic::Ordering::{AcqRel, Acquire};
+    use crate::liveness::{self, Identity, Verdict, judge, judge_unrecorded, now_ns};
+    use crate::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+    use crate::sync::atomic::fence;
 
     /// Which end of a ring.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +94,9 @@ mod api {
     /// Why a producer or consumer handle could not be had.
     #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
     pub enum AttachError {
-        /// Another live process (or another handle in this process) holds this side.
+        /// Another live process (or another handle in this process) holds this side, or one
+        /// that cannot be proven dead: a process in a PID namespace this one cannot see whose
+        /// heartbeat is fresh (see [`RingBuilder::heartbeat_timeout`]).
         #[error("{side:?} side is held by live process {owner:?}")]
         Busy {
             /// The side asked for.
@@ -111,7 +118,10 @@ mod api {
         Attached(ProcessId),
         /// Detached cleanly (dropped its handle).
         Closed,
-        /// Its process is gone without detaching (crashed or killed).
+        /// Its process is gone without detaching (crashed or killed): `kill` finds no such
+        /// process, or a reused pid, in our PID namespace; or, for a process we cannot check
+        /// (another PID namespace, no readable `/proc`), its heartbeat is older than the ring's
+        /// heartbeat timeout.
         Dead(ProcessId),
     }
 
@@ -123,38 +133,139 @@ mod api {
         }
     }
 
-    /// Claims `side` for `me`: free if never attached, detached, or held by a dead process.
-    pub(crate) fn attach_side(segment: &Segment, side: Side, me: ProcessId) -> Result<(), AttachError> {
+    /// A side held by this process: the exact owner word its claim stored (so detaching cannot
+    /// touch a later owner's claim), and the heartbeat registration that keeps it looking alive
+    /// to processes in other namespaces.
+    pub(crate) struct SideClaim {
+        side: Side,
+        word: u64,
+        _beat: Beat,
+    }
+
+    /// Claims `side` for `me`: free if never attached, detached, or held by a process judged
+    /// dead (see `liveness`). Records `me`'s identity and starts its heartbeat.
+    pub(crate) fn attach_side(segment: &Segment, side: Side, me: ProcessId) -> Result<SideClaim, AttachError> {
         let block = attach_block(segment, side);
+        let identity = Identity::of(me);
+        let word = liveness::claim_word(&identity);
+        let timeout = segment.heartbeat_timeout();
         loop {
             let current = block.owner.load(Acquire);
             if current != 0 && current & OWNER_DETACHED == 0 {
-                let owner = ProcessId::unpack(current);
-                if owner.is_alive() {
+                if let Verdict::Alive(owner) = judge_owner(block, current, timeout) {
                     return Err(AttachError::Busy { side, owner });
                 }
             }
-            if block.owner.compare_exchange(current, me.pack(), AcqRel, Acquire).is_ok() {
+            // Announced before the claim (whose release publishes it): until the identity record
+            // is written, a reader takes the claim for one in progress, not for a dead owner.
+            let started = now_ns().max(1);
+            block.claim_started_ns.store(started, Relaxed);
+            let claimed = block.owner.compare_exchange(current, word, AcqRel, Acquire).is_ok();
+            if claimed {
+                heartbeat::publish_identity(block, word, &identity, now_ns());
                 block.generation.fetch_add(1, AcqRel);
-                return Ok(());
+            }
+            // Cleared only if no later claim announced itself meanwhile.
+            let _ = block.claim_started_ns.compare_exchange(started, 0, Relaxed, Relaxed);
+            if claimed {
+                let beat = heartbeat::register(segment, heartbeat::Target::Side(side, word, identity));
+                return Ok(SideClaim { side, word, _beat: beat });
             }
         }
     }
 
-    /// Marks `side` detached; a later attach may take it.
-    pub(crate) fn detach_side(segment: &Segment, side: Side) {
-        attach_block(segment, side).owner.fetch_or(OWNER_DETACHED, AcqRel);
+    /// Marks the side `claim` holds detached, if it still holds it; a later attach may take it.
+    /// A handle that was judged dead and taken over (stopped past the heartbeat timeout in a
+    /// namespace its peers cannot see) leaves the new owner alone.
+    pub(crate) fn detach_side(segment: &Segment, claim: &SideClaim) {
+        let block = attach_block(segment, claim.side);
+        let _ = block.owner.compare_exchange(claim.word, claim.word | OWNER_DETACHED, AcqRel, Relaxed);
     }
 
+    /// The identity recorded for owner word `word`, and its heartbeat; `None` while the record
+    /// describes another word (an earlier owner's, or not written yet).
+    fn read_identity(block: &AttachBlock, word: u64) -> Option<(Identity, u64)> {
+        if block.identity_owner.load(Acquire) != word {
+            return None;
+        }
+        let id = Identity {
+            pid: word as u32,
+            start_time: block.start_time.load(Relaxed),
+            pid_ns: block.pid_ns.load(Relaxed),
+            time_ns: block.time_ns.load(Relaxed),
+            boot_id: block.boot_id.load(Relaxed),
+        };
+        let heartbeat = block.heartbeat_ns.load(Relaxed);
+        // Pairs with the fence in `publish_identity`: if a later claim wrote any field read above,
+        // the owner word read below is that claim's.
+        fence(Acquire);
+        (block.owner.load(Relaxed) == word && block.identity_owner.load(Relaxed) == word).then_some((id, heartbeat))
+    }
+
+    /// Judges the owner `word` of `block`. Never dead when unsure: a claim whose identity is
+    /// not recorded yet is alive while its announcement is younger than the timeout.
+    fn judge_owner(block: &AttachBlock, word: u64, timeout: std::time::Duration) -> Verdict {
+        if let Some((id, heartbeat)) = read_identity(block, word) {
+            return judge(&id, heartbeat, timeout);
+        }
+        let started = block.claim_started_ns.load(Relaxed);
+        if started != 0 && liveness::heartbeat_fresh(0, started, timeout) {
+            return Verdict::Alive(ProcessId::unpack(word));
+        }
+        judge_unrecorded(word)
+    }
+
+    /// What is known of `side`'s owner: at most a `kill` and one read of `/proc`.
     pub(crate) fn peer_state(segment: &Segment, side: Side) -> PeerState {
-        let word = attach_block(segment, side).owner.load(Acquire);
+        let block = attach_block(segment, side);
+        let word = block.owner.load(Acquire);
         if word == 0 {
             PeerState::NeverAttached
         } else if word & OWNER_DETACHED != 0 {
             PeerState::Closed
         } else {
-            let id = ProcessId::unpack(word);
-            id.resolve().map_or(PeerState::Dead(id), PeerState::Attached)
+            match judge_owner(block, word, segment.heartbeat_timeout()) {
+                Verdict::Alive(id) => PeerState::Attached(id),
+                Verdict::Dead(id) => PeerState::Dead(id),
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_stale_handle_dropping_after_a_takeover_leaves_the_new_owner_attached() {
+            let segment = RingBuilder::new(4096).create_private().unwrap();
+            let old = segment.producer().unwrap();
+            // Another process took the side over while this handle was judged dead: its claim
+            // replaced the owner word (and its identity record, with the tag).
+            let block = &segment.header().producer_attach;
+            let new_owner = liveness::claim_word(&Identity::of(ProcessId::current()));
+            block.owner.store(new_owner, Relaxed);
+            block.identity_owner.store(new_owner, Relaxed);
+            drop(old);
+            assert_eq!(block.owner.load(Relaxed), new_owner, "the new owner is not marked detached");
+            assert!(matches!(peer_state(&segment, Side::Producer), PeerState::Attached(_)));
+            assert!(matches!(segment.producer(), Err(AttachError::Busy { .. })));
+        }
+
+        #[test]
+        fn a_claim_in_progress_is_busy_and_an_abandoned_one_is_judged_by_its_pid() {
+            let segment = RingBuilder::new(4096).heartbeat_timeout(heartbeat::MIN_TIMEOUT).create_private().unwrap();
+            let block = &segment.header().consumer_attach;
+            // pid 0x7FFF_FFF0 does not exist; no identity record names this word.
+            let word = 0x7FFF_FFF0u64 | 7 << 32;
+            block.owner.store(word, Relaxed);
+            block.claim_started_ns.store(now_ns(), Relaxed);
+            assert!(matches!(peer_state(&segment, Side::Consumer), PeerState::Attached(_)));
+            assert!(matches!(segment.consumer(), Err(AttachError::Busy { .. })));
+            std::thread::sleep(heartbeat::MIN_TIMEOUT * 2);
+            assert!(matches!(peer_state(&segment, Side::Consumer), PeerState::Dead(_)));
+            let consumer = segment.consumer().expect("an abandoned claim is taken over");
+            drop(consumer);
+            assert_eq!(peer_state(&segment, Side::Consumer), PeerState::Closed);
         }
     }
 }

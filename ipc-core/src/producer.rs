@@ -11,7 +11,7 @@ use crate::segment::{PayloadAlign, Segment, SegmentFault, check_head_behind, che
 use crate::sync::atomic::AtomicU64;
 use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use crate::wait::{PeerSchedule, WaitStep, WaitStrategy, Waiter, ring_doorbell};
-use crate::{AttachError, PeerState, Side, attach_side, detach_side, peer_state};
+use crate::{AttachError, PeerState, Side, SideClaim, attach_side, detach_side, peer_state};
 
 /// Why [`Producer::try_send`], [`Producer::try_reserve`] or a [`WriteBatch`] reservation wrote
 /// nothing.
@@ -162,6 +162,8 @@ pub struct ReserveOwnedError {
 /// ```
 pub struct Producer {
     segment: Segment,
+    /// The producer side, held with this claim until drop.
+    claim: SideClaim,
     /// The segment's header page, cached: `segment.header()` goes through the `Arc`.
     header: NonNull<SegmentHeader>,
     data: *mut u8,
@@ -242,18 +244,19 @@ impl Segment {
     /// producer keeps every record it committed.
     pub fn producer(&self) -> Result<Producer, AttachError> {
         let me = ProcessId::current();
-        attach_side(self, Side::Producer, me)?;
+        let claim = attach_side(self, Side::Producer, me)?;
         let h = self.header();
         let head = h.consumer_position.position.load(Acquire);
         let stored_tail = h.producer_position.position.load(Acquire);
         if let Err(fault) = check_positions(head, stored_tail, self.params.capacity) {
-            detach_side(self, Side::Producer);
+            detach_side(self, &claim);
             return Err(AttachError::Corrupt(fault));
         }
         // The consumer may have read records past a tail that was never stored.
         let tail = stored_tail.max(head);
         let mut producer = Producer {
             segment: self.clone(),
+            claim,
             header: NonNull::from(h),
             data: self.data().as_ptr(),
             mask: self.params.capacity - 1,
@@ -760,7 +763,7 @@ impl Producer {
 
 impl Drop for Producer {
     fn drop(&mut self) {
-        detach_side(&self.segment, Side::Producer);
+        detach_side(&self.segment, &self.claim);
         ring_doorbell(&self.header().consumer_doorbell);
     }
 }

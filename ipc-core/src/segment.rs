@@ -6,10 +6,11 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::heartbeat::{self, Beat};
 use crate::layout::{self, HEADER_LEN, LAYOUT_VERSION, MAGIC, MAX_CAPACITY, MIN_CAPACITY, SegmentHeader};
-use crate::liveness::ProcessId;
+use crate::liveness::{self, Identity, ProcessId, Verdict};
 use crate::shm::{self, Mapping};
 use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
@@ -46,6 +47,7 @@ pub struct RingBuilder {
     capacity: u64,
     max_message_len: Option<u64>,
     payload_align: PayloadAlign,
+    heartbeat_timeout: Duration,
 }
 
 /// The validated shape of a ring, copied out of shared memory once.
@@ -147,7 +149,12 @@ pub enum SegmentFault {
 impl RingBuilder {
     /// A ring with a data region of `capacity` bytes (a power of two, at least 4096).
     pub fn new(capacity: usize) -> RingBuilder {
-        RingBuilder { capacity: capacity as u64, max_message_len: None, payload_align: PayloadAlign::Eight }
+        RingBuilder {
+            capacity: capacity as u64,
+            max_message_len: None,
+            payload_align: PayloadAlign::Eight,
+            heartbeat_timeout: heartbeat::DEFAULT_TIMEOUT,
+        }
     }
 
     /// Largest payload accepted; defaults to (and may not exceed) `capacity / 2 - 128`.
@@ -162,7 +169,32 @@ impl RingBuilder {
         self
     }
 
+    /// How long a process attached to (or that created) this ring may go without refreshing its
+    /// heartbeat before a process in another PID namespace judges it dead; 2 s by default,
+    /// between 100 ms and 1 hour. Processes that share a PID namespace and a readable `/proc`
+    /// check each other's pid instead and never wait for it. A background thread refreshes the
+    /// heartbeat every quarter of this, so an idle process still looks alive; a stopped one
+    /// (SIGSTOP) does not, and loses its side to a peer in another namespace after the timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let segment = ipc_core::RingBuilder::new(4096).heartbeat_timeout(Duration::from_millis(500)).create_anonymous()?;
+    /// # Ok::<(), ipc_core::CreateError>(())
+    /// ```
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> RingBuilder {
+        self.heartbeat_timeout = timeout;
+        self
+    }
+
     fn params(&self) -> Result<RingParams, CreateError> {
+        let timeout = self.heartbeat_timeout;
+        if !(heartbeat::MIN_TIMEOUT..=heartbeat::MAX_TIMEOUT).contains(&timeout) {
+            return Err(CreateError::InvalidOptions(format!(
+                "heartbeat timeout {timeout:?} must be between {:?} and {:?}",
+                heartbeat::MIN_TIMEOUT,
+                heartbeat::MAX_TIMEOUT
+            )));
+        }
         let cap = self.capacity;
         if !cap.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&cap) {
             return Err(CreateError::InvalidOptions(format!(
@@ -192,16 +224,16 @@ impl RingBuilder {
         let map = match Mapping::create_named(&os_name, HEADER_LEN + params.capacity as usize) {
             Ok(map) => map,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let creator = Segment::open(name).ok().map(|s| s.creator());
+                let existing = Segment::open(name).ok();
                 return Err(CreateError::AlreadyExists {
                     name: name.to_owned(),
-                    creator,
-                    creator_alive: creator.is_some_and(ProcessId::is_alive),
+                    creator: existing.as_ref().map(Segment::creator),
+                    creator_alive: existing.is_none_or(|s| s.creator_alive()),
                 });
             }
             Err(e) => return Err(CreateError::Io(e)),
         };
-        Ok(Segment::initialize(map, params, Some(name.to_owned())))
+        Ok(Segment::initialize(map, params, self.heartbeat_timeout, Some(name.to_owned())))
     }
 
     /// Creates a ring in this process's heap, for threads of one process (no shared memory,
@@ -209,7 +241,7 @@ impl RingBuilder {
     pub fn create_private(&self) -> Result<Segment, CreateError> {
         let params = self.params()?;
         let map = Mapping::heap(HEADER_LEN + params.capacity as usize)?;
-        Ok(Segment::initialize(map, params, None))
+        Ok(Segment::initialize(map, params, self.heartbeat_timeout, None))
     }
 
     /// Creates an anonymous segment (a sealed memfd): share it with a child through
@@ -217,7 +249,7 @@ impl RingBuilder {
     pub fn create_anonymous(&self) -> Result<Segment, CreateError> {
         let params = self.params()?;
         let map = Mapping::create_memfd(HEADER_LEN + params.capacity as usize)?;
-        Ok(Segment::initialize(map, params, None))
+        Ok(Segment::initialize(map, params, self.heartbeat_timeout, None))
     }
 }
 
@@ -225,6 +257,9 @@ impl RingBuilder {
 /// (segment, producer, consumer, observer, lease) does.
 #[derive(Clone)]
 pub struct Segment {
+    /// Set in the process that created the segment: refreshes the creator's heartbeat while any
+    /// handle lives.
+    creator_beat: Option<Arc<Beat>>,
     pub(crate) map: Arc<Mapping>,
     pub(crate) params: RingParams,
     name: Option<String>,
@@ -254,10 +289,10 @@ fn unix_ns() -> u64 {
 }
 
 impl Segment {
-    fn initialize(map: Mapping, params: RingParams, name: Option<String>) -> Segment {
-        let seg = Segment { map: Arc::new(map), params, name };
+    fn initialize(map: Mapping, params: RingParams, heartbeat_timeout: Duration, name: Option<String>) -> Segment {
+        let mut seg = Segment { creator_beat: None, map: Arc::new(map), params, name };
         let d = &seg.header().descriptor;
-        let me = ProcessId::current();
+        let me = Identity::of(ProcessId::current());
         d.layout_version.store(LAYOUT_VERSION, Relaxed);
         d.header_len.store(HEADER_LEN as u32, Relaxed);
         d.capacity.store(params.capacity, Relaxed);
@@ -268,7 +303,13 @@ impl Segment {
         d.creator_start_time.store(me.start_time, Relaxed);
         d.created_unix_ns.store(unix_ns(), Relaxed);
         d.epoch.store(params.epoch, Relaxed);
+        d.heartbeat_timeout_ms.store(heartbeat_timeout.as_millis() as u32, Relaxed);
+        d.creator_pid_ns.store(me.pid_ns, Relaxed);
+        d.creator_time_ns.store(me.time_ns, Relaxed);
+        d.creator_boot_id.store(me.boot_id, Relaxed);
+        d.creator_heartbeat_ns.store(liveness::now_ns(), Relaxed);
         d.magic.store(MAGIC, Release);
+        seg.creator_beat = Some(Arc::new(heartbeat::register(&seg, heartbeat::Target::Creator)));
         seg
     }
 
@@ -302,7 +343,7 @@ impl Segment {
         let map = Arc::new(Mapping::map_existing(fd, actual as usize).map_err(OpenError::Io)?);
         // SAFETY: as above, on the full mapping of at least HEADER_LEN bytes.
         let params = validate_header(unsafe { map.ptr().cast::<SegmentHeader>().as_ref() }, actual)?;
-        Ok(Segment { map, params, name })
+        Ok(Segment { creator_beat: None, map, params, name })
     }
 
     pub(crate) fn header(&self) -> &SegmentHeader {
@@ -351,10 +392,31 @@ impl Segment {
         }
     }
 
-    /// The process that created the segment.
+    /// The process that created the segment (its pid as seen in its own PID namespace).
     pub fn creator(&self) -> ProcessId {
         let d = &self.header().descriptor;
         ProcessId { pid: d.creator_pid.load(Relaxed), start_time: d.creator_start_time.load(Relaxed) }
+    }
+
+    /// Whether the creator may still run, judged like an attached side (see
+    /// [`RingBuilder::heartbeat_timeout`]): by its pid in a shared PID namespace, otherwise by
+    /// its heartbeat, which it refreshes while it holds the segment.
+    pub(crate) fn creator_alive(&self) -> bool {
+        let d = &self.header().descriptor;
+        let id = Identity {
+            pid: d.creator_pid.load(Relaxed),
+            start_time: d.creator_start_time.load(Relaxed),
+            pid_ns: d.creator_pid_ns.load(Relaxed),
+            time_ns: d.creator_time_ns.load(Relaxed),
+            boot_id: d.creator_boot_id.load(Relaxed),
+        };
+        let verdict = liveness::judge(&id, d.creator_heartbeat_ns.load(Relaxed), self.heartbeat_timeout());
+        matches!(verdict, Verdict::Alive(_))
+    }
+
+    /// The heartbeat timeout stored at creation, made safe to use (see `heartbeat::timeout_from_ms`).
+    pub(crate) fn heartbeat_timeout(&self) -> Duration {
+        heartbeat::timeout_from_ms(self.header().descriptor.heartbeat_timeout_ms.load(Relaxed))
     }
 
     /// Keeps the segment's name after this process's last handle drops (the creator unlinks
@@ -378,20 +440,45 @@ impl Segment {
         })
     }
 
-    /// Unlinks the named segment if no process that ever used it (creator, producer, consumer)
-    /// is alive; returns whether it was removed. A segment whose header is unreadable garbage
-    /// is removed too, since nothing can use it.
+    /// Unlinks the named segment if no process that uses it (creator, producer, consumer) may
+    /// still run; returns whether it was removed. See [`Segment::is_reclaimable`] for what
+    /// counts as stale.
     pub fn reclaim_if_stale(name: &str) -> Result<bool, OpenError> {
-        let stale = match Segment::open(name) {
-            Ok(seg) => !seg.status().anyone_alive(),
-            Err(OpenError::Invalid(SegmentFault::NotInitialized)) => false,
-            Err(OpenError::Invalid(_)) => true,
-            Err(e) => return Err(e),
-        };
-        if stale {
-            Segment::unlink(name)?;
+        match Segment::judge_stale(name)? {
+            Staleness::InUse => Ok(false),
+            Staleness::Unreadable => Segment::unlink(name).map(|()| true),
+            Staleness::Stale(opened) => {
+                // The name must still be the file we judged: its creator may have unlinked it
+                // and another process made a new ring under the same name meanwhile.
+                if !opened.as_fd().is_some_and(|fd| same_file_as_name(fd, name)) {
+                    return Ok(false);
+                }
+                Segment::unlink(name).map(|()| true)
+            }
         }
-        Ok(stale)
+    }
+
+    /// Whether [`Segment::reclaim_if_stale`] would remove the named segment now. It never takes
+    /// a segment whose users it cannot judge for stale: a process in another PID namespace
+    /// counts as alive while its heartbeat is fresh (see [`RingBuilder::heartbeat_timeout`]),
+    /// and one whose `/proc` entry cannot be read as alive while `kill` finds its pid. A file
+    /// that is not a readable ring (garbage, or caught between its creator's `shm_open` and its
+    /// header write) is stale only once it is a minute old; one of another layout version, never.
+    pub fn is_reclaimable(name: &str) -> Result<bool, OpenError> {
+        Segment::judge_stale(name).map(|s| !matches!(s, Staleness::InUse))
+    }
+
+    fn judge_stale(name: &str) -> Result<Staleness, OpenError> {
+        match Segment::open(name) {
+            Ok(seg) if seg.status().anyone_alive() => Ok(Staleness::InUse),
+            Ok(seg) => Ok(Staleness::Stale(seg)),
+            Err(OpenError::Invalid(SegmentFault::UnsupportedVersion { .. })) => Ok(Staleness::InUse),
+            Err(OpenError::Invalid(_)) if shm_file_age(name).is_some_and(|age| age > UNREADABLE_GRACE) => {
+                Ok(Staleness::Unreadable)
+            }
+            Err(OpenError::Invalid(_)) => Ok(Staleness::InUse),
+            Err(e) => Err(e),
+        }
     }
 
     /// Names of the segments in `/dev/shm` that carry the Tadpole prefix.
@@ -409,6 +496,38 @@ impl Segment {
     pub fn status(&self) -> crate::stats::RingStatus {
         crate::stats::RingStatus::read(self)
     }
+}
+
+enum Staleness {
+    InUse,
+    /// Not a ring, and old.
+    Unreadable,
+    Stale(Segment),
+}
+
+/// How old a segment that is not a readable ring must be before [`Segment::reclaim_if_stale`]
+/// takes it for garbage rather than a ring being created.
+const UNREADABLE_GRACE: Duration = Duration::from_secs(60);
+
+fn shm_path(name: &str) -> String {
+    format!("/dev/shm/{}{name}", shm::NAME_PREFIX)
+}
+
+/// Time since the named segment's file was last modified (`ftruncate` by its creator counts).
+fn shm_file_age(name: &str) -> Option<Duration> {
+    let modified = std::fs::metadata(shm_path(name)).ok()?.modified().ok()?;
+    // A modification time in the future is a file we know nothing about: not old.
+    Some(SystemTime::now().duration_since(modified).unwrap_or(Duration::ZERO))
+}
+
+fn same_file_as_name(fd: BorrowedFd<'_>, name: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(by_name), Ok(by_fd)) =
+        (std::fs::metadata(shm_path(name)), fd.try_clone_to_owned().map(std::fs::File::from))
+    else {
+        return false;
+    };
+    by_fd.metadata().is_ok_and(|m| m.ino() == by_name.ino() && m.dev() == by_name.dev())
 }
 
 /// Copies every descriptor field out once and checks it against the mapped size.

@@ -84,7 +84,7 @@ impl RingStatus {
             max_message_len: segment.params.max_message_len,
             payload_align: segment.params.payload_align,
             creator,
-            creator_alive: creator.is_alive(),
+            creator_alive: segment.creator_alive(),
             head: h.consumer_position.position.load(Acquire),
             tail: h.producer_position.position.load(Acquire),
             producer: peer_state(segment, Side::Producer),

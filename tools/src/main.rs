@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use ipc_core::{ObserveError, PeerState, RecvError, RecvTimeoutError, RingBuilder, Segment, WaitStrategy};
+use ipc_core::{ObserveError, OpenError, PeerState, RecvError, RecvTimeoutError, RingBuilder, Segment, WaitStrategy};
 
 #[derive(Parser)]
 #[command(name = "tadpole", version, about = "Shared-memory IPC for latency-critical agents")]
@@ -342,17 +342,14 @@ fn stat(name: Option<&str>) -> Result<()> {
 
 fn clean(dry_run: bool) -> Result<()> {
     for n in Segment::list().context("listing /dev/shm")? {
-        let stale = match Segment::open(&n) {
-            Ok(seg) => !seg.status().anyone_alive(),
-            Err(_) => true,
-        };
-        if !stale {
-            continue;
-        }
-        if dry_run {
-            println!("would remove {n}");
-        } else if Segment::reclaim_if_stale(&n)? {
-            println!("removed {n}");
+        // The library judges: a ring whose users run in another PID namespace, or whose /proc
+        // entries cannot be read, is in use until proven otherwise.
+        let outcome = if dry_run { Segment::is_reclaimable(&n) } else { Segment::reclaim_if_stale(&n) };
+        match outcome {
+            Ok(true) if dry_run => println!("would remove {n}"),
+            Ok(true) => println!("removed {n}"),
+            Ok(false) | Err(OpenError::NotFound(_)) => {}
+            Err(e) => eprintln!("{n}: left in place: {e}"),
         }
     }
     Ok(())
