@@ -384,7 +384,7 @@ fn tap(name: &str, count: Option<u64>, from_oldest: bool) -> Result<()> {
                 }
             }
             Err(ObserveError::Lagged { skipped }) => println!("-- lagged: skipped {skipped} bytes of traffic"),
-            Err(e @ ObserveError::Corrupt(_)) => bail!("{e}"),
+            Err(e @ (ObserveError::Corrupt(_) | ObserveError::ImpossibleBounds { .. })) => bail!("{e}"),
         }
     }
     Ok(())
