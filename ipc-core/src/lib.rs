@@ -37,6 +37,8 @@ mod sync;
 #[cfg(not(loom))]
 mod consumer;
 #[cfg(not(loom))]
+mod fdpass;
+#[cfg(not(loom))]
 mod liveness;
 #[cfg(not(loom))]
 mod observer;
@@ -58,6 +60,7 @@ pub use api::*;
 #[cfg(not(loom))]
 mod api {
     pub use crate::consumer::{Consumer, CorruptReason, ReadBatch, ReadGuard, Record, RecvError};
+    pub use crate::fdpass::{ReceiveError, SegmentServer, ShareError};
     pub use crate::lease::Lease;
     pub use crate::liveness::{ProcessId, process_start_time};
     pub use crate::observer::{ObserveError, Observed, Observer};
