@@ -4,6 +4,7 @@
 //! `tap` (watch a ring without consuming) and `clean` (remove rings left by dead processes).
 
 mod pipeline;
+mod sigbus;
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -296,7 +297,23 @@ fn peer(state: PeerState) -> String {
     }
 }
 
+/// Opens a ring for reading by a tool, refusing one whose file has shrunk since it was made.
+fn open_for_reading(name: &str) -> Result<Segment> {
+    let segment = Segment::open(name)?;
+    ensure_intact(&segment)?;
+    Ok(segment)
+}
+
+/// Stops before reading a ring whose file another process truncated (see `sigbus`).
+fn ensure_intact(segment: &Segment) -> Result<()> {
+    if sigbus::check_sizes() && segment.is_truncated().context("checking the ring's size")? {
+        bail!("the ring's file was truncated by another process; stopping before reading it");
+    }
+    Ok(())
+}
+
 fn stat(name: Option<&str>) -> Result<()> {
+    sigbus::confine().context("installing the SIGBUS handler")?;
     let names = match name {
         Some(n) => vec![n.to_owned()],
         None => Segment::list().context("listing /dev/shm")?,
@@ -305,7 +322,7 @@ fn stat(name: Option<&str>) -> Result<()> {
         println!("no Tadpole rings in /dev/shm");
     }
     for n in names {
-        match Segment::open(&n) {
+        match open_for_reading(&n) {
             Ok(seg) => {
                 let s = seg.status();
                 println!(
@@ -334,7 +351,9 @@ fn stat(name: Option<&str>) -> Result<()> {
                     s.consumed.corrupt_records
                 );
             }
-            Err(e) => println!("{n}: unreadable: {e}"),
+            // Asked about one ring: failing to read it is the command failing.
+            Err(e) if name.is_some() => return Err(e.context(format!("ring {n:?} unreadable"))),
+            Err(e) => println!("{n}: unreadable: {e:#}"),
         }
     }
     Ok(())
@@ -359,7 +378,8 @@ fn clean(dry_run: bool) -> Result<()> {
 }
 
 fn tap(name: &str, count: Option<u64>, from_oldest: bool) -> Result<()> {
-    let segment = Segment::open(name).with_context(|| format!("opening ring {name:?}"))?;
+    sigbus::confine().context("installing the SIGBUS handler")?;
+    let segment = open_for_reading(name).with_context(|| format!("opening ring {name:?}"))?;
     let mut tap = segment.observer();
     if !from_oldest {
         tap.skip_to_latest();
@@ -368,6 +388,7 @@ fn tap(name: &str, count: Option<u64>, from_oldest: bool) -> Result<()> {
     let mut seen = 0u64;
     let idle = crossbeam_utils::Backoff::new();
     while count.is_none_or(|n| seen < n) {
+        ensure_intact(&segment).with_context(|| format!("tapping ring {name:?}"))?;
         match tap.try_observe(&mut copy) {
             Ok(rec) => {
                 idle.reset();
@@ -383,6 +404,7 @@ fn tap(name: &str, count: Option<u64>, from_oldest: bool) -> Result<()> {
                     idle.snooze();
                 }
             }
+            // Never twice in a row without moving forward (see `Observer::try_observe`).
             Err(ObserveError::Lagged { skipped }) => println!("-- lagged: skipped {skipped} bytes of traffic"),
             Err(e @ (ObserveError::Corrupt(_) | ObserveError::ImpossibleBounds { .. })) => bail!("{e}"),
         }
