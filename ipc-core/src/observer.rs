@@ -123,6 +123,31 @@ impl Observer {
         unsafe { AtomicU64::from_ptr(self.data.add((pos & self.mask) as usize).cast_mut().cast()) }.load(order)
     }
 
+    /// Copies `len` bytes from ring position `from` (8-aligned, within one lap) into `out`, as
+    /// the producer may be rewriting them: the caller validates the copy afterwards.
+    fn copy_racing(&self, from: u64, len: usize, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(len);
+        let mut at = from;
+        while out.len() < len {
+            // SAFETY: the seqlock reader rule: read data the writer may be changing only with
+            // atomic (or volatile) loads, validate *after* the copy, and discard a copy that fails
+            // validation (`check_lap`: acquire fence, then the bounds the producer publishes
+            // before writing). `at & mask` is an 8-aligned offset inside the mapped data region,
+            // kept mapped by `self.segment`, and no reference to that memory is ever made. The
+            // producer writes these bytes plainly through the `&mut [u8]` of its grant: making
+            // its side atomic would slow the fast path for an optional tool, and a plain store
+            // racing an atomic load is the accepted pattern of the `seqlock` crate and of
+            // crossbeam's `AtomicCell` fallback: the race is on values only, and a torn value is
+            // never used.
+            let word = unsafe { AtomicU64::from_ptr(self.data.add((at & self.mask) as usize).cast_mut().cast()) }
+                .load(Relaxed);
+            let take = (len - out.len()).min(8);
+            out.extend_from_slice(&word.to_le_bytes()[..take]);
+            at += 8;
+        }
+    }
+
     /// The check after reading `[pos, end)` (`end == pos` when only the header word at `pos` was
     /// read): `Lagged`, having resynced, if the producer may have overwritten what was read;
     /// `ImpossibleBounds` if the bounds it is judged by are ones no honest ring holds.
@@ -188,24 +213,7 @@ impl Observer {
                 self.pos = end;
                 continue;
             }
-            out.clear();
-            let len = rec.payload_len as usize;
-            out.reserve(len);
-            // The seqlock reader rule: copy the bytes the writer may be rewriting with atomic
-            // (relaxed) loads, then validate *after* the copy (`check_lap`: acquire fence, then
-            // the bounds) and discard the copy if the writer may have been there. The producer
-            // writes these bytes plainly through the `&mut [u8]` of its grant: making its side
-            // atomic would slow the fast path for the sake of an optional tool. This is the pattern
-            // of the `seqlock` crate and of crossbeam's `AtomicCell` fallback: the race is on the
-            // bytes' values only, a torn value is never used, and the reader never makes a
-            // reference to memory the writer may be changing.
-            let mut at = pos + RECORD_HEADER_LEN;
-            while out.len() < len {
-                let bytes = self.word(at, Relaxed).to_le_bytes();
-                let take = (len - out.len()).min(8);
-                out.extend_from_slice(&bytes[..take]);
-                at += 8;
-            }
+            self.copy_racing(pos + RECORD_HEADER_LEN, rec.payload_len as usize, out);
             self.check_lap(pos, end)?;
             self.pos = end;
             return Ok(Observed { message_type: rec.message_type, position: pos });

@@ -236,8 +236,9 @@ proptest! {
     }
 }
 
-/// A producer (with its consumer) laps an observer on another thread as fast as it can for a
-/// second: every copy the observer returns is a whole message, never a torn one.
+/// A producer (with its consumer) laps an observer on another thread as fast as it can: every
+/// copy the observer returns is a whole message, never a torn one. Runs until the observer has
+/// copied 2000 records and been lapped 20 times (bounded at 60 s: the two cores are shared).
 #[test]
 fn a_producer_lapping_an_observer_never_yields_torn_data() {
     let _serial = serial();
@@ -246,22 +247,21 @@ fn a_producer_lapping_an_observer_never_yields_torn_data() {
     let done = Arc::new(AtomicBool::new(false));
     let stop = done.clone();
     let writer = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(1);
         let mut seq = 0u64;
-        while Instant::now() < deadline {
+        while !stop.load(Ordering::Relaxed) {
             for _ in 0..64 {
                 p.try_send(&message(seq, 8 + (mix(seq) % 1500) as usize)).unwrap();
                 drop(c.try_recv().unwrap());
                 seq += 1;
             }
         }
-        stop.store(true, Ordering::Release);
         seq
     });
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut tap = seg.observer();
     let (mut copies, mut laps, mut last) = (0u64, 0u64, None);
     let mut copy = Vec::new();
-    while !done.load(Ordering::Acquire) {
+    while (copies < 2000 || laps < 20) && Instant::now() < deadline {
         match tap.try_observe(&mut copy) {
             Ok(_) => {
                 let seq = intact(&copy).unwrap_or_else(|| panic!("torn copy of {} bytes", copy.len()));
@@ -277,9 +277,13 @@ fn a_producer_lapping_an_observer_never_yields_torn_data() {
             Err(e) => panic!("{e:?}"),
         }
     }
+    done.store(true, Ordering::Relaxed);
     let sent = writer.join().unwrap();
     eprintln!("{sent} messages sent, {copies} copied intact, {laps} laps");
-    assert!(copies > 100, "the observer copied only {copies} records");
+    assert!(
+        copies >= 2000 && laps >= 20,
+        "within 60 s the observer copied {copies} records and was lapped {laps} times"
+    );
 }
 
 /// The child: attaches as producer of the named ring, fills it, says how many it sent, waits.
