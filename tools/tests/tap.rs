@@ -50,3 +50,34 @@ fn tap_prints_every_record_of_a_full_ring_without_a_false_lag() {
     assert_eq!(text.lines().filter(|l| l.starts_with("pos")).count(), records, "{text}");
     assert!(!text.contains("lagged"), "{text}");
 }
+
+/// A sealed ring has no file in /dev/shm: the tools reach it through the socket that serves it.
+#[test]
+fn stat_and_tap_read_a_sealed_ring_through_its_socket() {
+    let ring = RingBuilder::new(1 << 16).create_anonymous().unwrap();
+    let path = std::env::temp_dir().join(format!("tadpole-tap-{}.sock", std::process::id()));
+    let server = ipc_core::SegmentServer::bind(&ring, &path).unwrap();
+    let serving = std::thread::spawn(move || {
+        for _ in 0..2 {
+            server.accept().unwrap();
+        }
+        server
+    });
+    let mut p = ring.producer().unwrap();
+    for i in 0..3u8 {
+        p.try_send_typed(u16::from(i), &[i; 24]).unwrap();
+    }
+    let socket = path.to_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tadpole")).args(["stat", "--socket", socket]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("3 messages"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tadpole"))
+        .args(["tap", "--socket", socket, "--from-oldest", "--count", "3"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.lines().filter(|l| l.starts_with("pos")).count(), 3, "{text}");
+    assert!(text.contains("type     2") && text.contains("24 B"), "{text}");
+    drop(serving.join().unwrap());
+}
