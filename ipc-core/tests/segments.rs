@@ -6,7 +6,6 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -63,11 +62,16 @@ fn child_process_entry_point() {
                 assert_eq!(&*msg, &seq.to_le_bytes());
             }
         }
-        // Runs as another user: the server must send it nothing.
-        "other-user" => match Segment::connect(&path) {
-            Err(ReceiveError::DescriptorCount(0)) => {}
-            other => panic!("another user got {other:?}"),
-        },
+        // Becomes another user (after exec, so the binary's own permissions do not matter),
+        // then connects: the server must send it nothing.
+        "other-user" => {
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).unwrap();
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).unwrap();
+            match Segment::connect(&path) {
+                Err(ReceiveError::DescriptorCount(0)) => {}
+                other => panic!("another user got {other:?}"),
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -98,7 +102,7 @@ fn a_client_running_as_another_user_is_sent_nothing() {
     // As if the client connected in the window before the mode was set, or through a
     // permissive directory: the credentials check still refuses it.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let mut nobody = child("other-user", &path).uid(65534).gid(65534).spawn().unwrap();
+    let mut nobody = child("other-user", &path).spawn().unwrap();
     assert!(matches!(server.accept(), Err(ShareError::OtherUser { uid: 65534 })));
     assert!(nobody.wait().unwrap().success());
 }
