@@ -37,6 +37,8 @@ mod sync;
 #[cfg(not(loom))]
 mod consumer;
 #[cfg(not(loom))]
+mod fdpass;
+#[cfg(not(loom))]
 mod heartbeat;
 #[cfg(not(loom))]
 mod liveness;
@@ -63,6 +65,7 @@ mod api {
         Consumer, LeaseError, LeaseRefused, LeasesOutstanding, ReadBatch, ReadGuard, Record, RecvError,
         RecvTimeoutError, ReleaseError, ReleaseMode, SpanIter, TryRecvError,
     };
+    pub use crate::fdpass::{ReceiveError, SegmentServer, ShareError};
     pub use crate::layout::CorruptReason;
     pub use crate::lease::{BatchLease, Lease};
     pub use crate::liveness::{ProcessId, process_start_time};

@@ -2,15 +2,22 @@
 //! write to the segment, never slow the producer or consumer down beyond the cache lines read.
 //!
 //! An observer may fall behind and be lapped: the producer then rewrites the bytes it is copying.
-//! It detects that after the copy, seqlock-style: the producer publishes (coarsely, before
-//! writing) a limit below which all its writes lie; a copy of `[pos, end)` is intact if that
-//! limit had not passed `pos + capacity` once the copy was done. A lapped observer reports
-//! [`ObserveError::Lagged`] and resumes at the consumer's position.
+//! It detects that after the copy, seqlock-style. Every byte the producer writes lies below two
+//! bounds: the write limit it publishes (coarsely, a quarter of the ring at a time, before
+//! writing), and `head + capacity` for the consumer position `head` it last read (it never
+//! overwrites what the consumer has not released). A copy of `[pos, end)` may have been
+//! overwritten only if, read after the copy, the write limit is past `pos + capacity` *and* the
+//! consumer has released `pos`. Either bound alone is not enough: the write limit of a full ring
+//! may legitimately run up to a quarter past `head + capacity`, so an observer reading at the
+//! consumer's position would otherwise "lag" forever without skipping anything.
+//!
+//! A lapped observer reports [`ObserveError::Lagged`] with a non-zero skip and resumes at the
+//! consumer position it read, which the producer cannot overwrite until the consumer moves on.
 
-use crate::layout::{self, RECORD_HEADER_LEN, record_len};
+use crate::layout::{self, RECORD_HEADER_LEN, SLACK, record_len};
 use crate::segment::Segment;
 use crate::sync::atomic::AtomicU64;
-use crate::sync::atomic::Ordering::{Acquire, Relaxed};
+use crate::sync::atomic::Ordering::{self, Acquire, Relaxed};
 
 /// Why nothing was observed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -18,8 +25,8 @@ pub enum ObserveError {
     /// Nothing new has been published.
     #[error("nothing new")]
     Empty,
-    /// The producer overwrote records before they were read; observation resumes at the
-    /// consumer's position, `skipped` bytes later.
+    /// The producer may have overwritten records before they were copied; observation resumes
+    /// at the consumer's position, `skipped` bytes later. `skipped` is never zero.
     #[error("lagged: skipped {skipped} bytes")]
     Lagged {
         /// Bytes of ring positions skipped.
@@ -28,6 +35,17 @@ pub enum ObserveError {
     /// A header that is neither valid nor explained by lagging.
     #[error("corrupt record at position {0}")]
     Corrupt(u64),
+    /// The producer's write limit, or the consumer position it is checked against, is one no
+    /// ring can hold (unaligned, beyond any position, too far ahead, or behind a record it
+    /// covers): the segment is corrupt or hostile, and no copy could be proven intact. The
+    /// observer stays where it is; a producer attaching repairs the limit.
+    #[error("impossible bounds: write limit {write_limit}, consumer position {head}")]
+    ImpossibleBounds {
+        /// The write limit read.
+        write_limit: u64,
+        /// The consumer position read.
+        head: u64,
+    },
 }
 
 /// A record copied out by [`Observer::try_observe`].
@@ -96,58 +114,107 @@ impl Observer {
         self.pos = tail.max(head) & !7;
     }
 
-    fn word(&self, pos: u64) -> u64 {
-        // SAFETY: `pos & mask` is an 8-aligned offset inside the mapped data region.
-        unsafe { AtomicU64::from_ptr(self.data.add((pos & self.mask) as usize).cast_mut().cast()) }.load(Acquire)
+    /// One word of the data region at ring position `pos` (8-aligned).
+    fn word(&self, pos: u64, order: Ordering) -> u64 {
+        // SAFETY: `pos & mask` is an 8-aligned offset inside the mapped data region (positions
+        // are 8-aligned and the region is a power of two of at least 4096 bytes), kept mapped by
+        // `self.segment`. The load is atomic, so a concurrent store by the producer is a race on
+        // the value only, never undefined behaviour in this process.
+        unsafe { AtomicU64::from_ptr(self.data.add((pos & self.mask) as usize).cast_mut().cast()) }.load(order)
     }
 
-    /// Whether the producer may have written over position `pos` of the current lap.
-    fn overrun(&self, pos: u64) -> bool {
+    /// Copies `len` bytes from ring position `from` (8-aligned, within one lap) into `out`, as
+    /// the producer may be rewriting them: the caller validates the copy afterwards.
+    fn copy_racing(&self, from: u64, len: usize, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(len);
+        let mut at = from;
+        while out.len() < len {
+            // SAFETY: the seqlock reader rule: read data the writer may be changing only with
+            // atomic (or volatile) loads, validate *after* the copy, and discard a copy that fails
+            // validation (`check_lap`: acquire fence, then the bounds the producer publishes
+            // before writing). `at & mask` is an 8-aligned offset inside the mapped data region,
+            // kept mapped by `self.segment`, and no reference to that memory is ever made. The
+            // producer writes these bytes plainly through the `&mut [u8]` of its grant: making
+            // its side atomic would slow the fast path for an optional tool, and a plain store
+            // racing an atomic load is the accepted pattern of the `seqlock` crate and of
+            // crossbeam's `AtomicCell` fallback: the race is on values only, and a torn value is
+            // never used.
+            let word = unsafe { AtomicU64::from_ptr(self.data.add((at & self.mask) as usize).cast_mut().cast()) }
+                .load(Relaxed);
+            let take = (len - out.len()).min(8);
+            out.extend_from_slice(&word.to_le_bytes()[..take]);
+            at += 8;
+        }
+    }
+
+    /// The check after reading `[pos, end)` (`end == pos` when only the header word at `pos` was
+    /// read): `Lagged`, having resynced, if the producer may have overwritten what was read;
+    /// `ImpossibleBounds` if the bounds it is judged by are ones no honest ring holds.
+    fn check_lap(&mut self, pos: u64, end: u64) -> Result<(), ObserveError> {
+        // Orders every load of the copy before the loads of the bounds (the reader half of the
+        // seqlock: the producer publishes the limit, then fences, then writes).
         crate::sync::atomic::fence(Acquire);
-        self.segment.header().producer_attach.write_limit.load(Relaxed) > pos + self.capacity
-    }
-
-    fn resync(&mut self) -> ObserveError {
-        let head =
-            valid_position(self.segment.header().consumer_position.position.load(Acquire)).unwrap_or(self.pos) & !7;
-        let skipped = head.saturating_sub(self.pos);
-        self.pos = self.pos.max(head);
-        ObserveError::Lagged { skipped }
+        let h = self.segment.header();
+        let write_limit = h.producer_attach.write_limit.load(Relaxed);
+        let head = h.consumer_position.position.load(Acquire);
+        let quarter = self.capacity / 4;
+        // An honest limit is a multiple of a quarter, at most a quarter past `head + capacity`
+        // for a head the producer read before publishing it: a whole ring of slack for a head
+        // read here a little late. Validated before any arithmetic on it.
+        let plausible = head % 8 == 0
+            && head < layout::MAX_POSITION
+            && write_limit % quarter == 0
+            && write_limit < layout::MAX_POSITION
+            && write_limit <= head + 2 * self.capacity;
+        if !plausible {
+            return Err(ObserveError::ImpossibleBounds { write_limit, head });
+        }
+        if write_limit > pos + self.capacity && head > pos {
+            self.pos = head;
+            return Err(ObserveError::Lagged { skipped: head - pos });
+        }
+        // The producer raised the limit over a record before writing it, and its header's
+        // release store carried that: a record the limit does not cover was not written by it.
+        if end > pos && write_limit < end + SLACK {
+            return Err(ObserveError::ImpossibleBounds { write_limit, head });
+        }
+        Ok(())
     }
 
     /// Copies the next record's payload into `out` (replacing its contents).
+    ///
+    /// Never returns [`ObserveError::Lagged`] twice without moving forward: each lag skips
+    /// at least one byte, and each other outcome either returns a record or leaves the observer
+    /// where it is.
     pub fn try_observe(&mut self, out: &mut Vec<u8>) -> Result<Observed, ObserveError> {
         loop {
             let pos = self.pos;
-            let rec = match layout::decode_header(pos, self.word(pos)) {
+            // Acquire: a published header carries the payload writes before it.
+            let rec = match layout::decode_header(pos, self.word(pos, Acquire)) {
                 Ok(Some(rec)) => rec,
-                Ok(None) if !self.overrun(pos) => return Err(ObserveError::Empty),
-                Err(_) if !self.overrun(pos) => return Err(ObserveError::Corrupt(pos)),
-                _ => return Err(self.resync()),
+                Ok(None) => {
+                    self.check_lap(pos, pos)?;
+                    return Err(ObserveError::Empty);
+                }
+                Err(_) => {
+                    self.check_lap(pos, pos)?;
+                    return Err(ObserveError::Corrupt(pos));
+                }
             };
             let end = pos + record_len(u64::from(rec.payload_len));
             if (pos & self.mask) + (end - pos) > self.capacity || (!rec.padding && rec.payload_len > self.max_len) {
-                return Err(if self.overrun(pos) { self.resync() } else { ObserveError::Corrupt(pos) });
+                self.check_lap(pos, pos)?;
+                return Err(ObserveError::Corrupt(pos));
             }
             if rec.padding {
+                // A padding header of a later lap would send the observer to a wrong position.
+                self.check_lap(pos, end)?;
                 self.pos = end;
                 continue;
             }
-            out.clear();
-            let len = rec.payload_len as usize;
-            out.reserve(len);
-            // Word-wise atomic loads: the producer may be rewriting these bytes right now if we
-            // are being lapped; the check below discards such a copy.
-            let mut at = pos + RECORD_HEADER_LEN;
-            while out.len() < len {
-                let bytes = self.word(at).to_le_bytes();
-                let take = (len - out.len()).min(8);
-                out.extend_from_slice(&bytes[..take]);
-                at += 8;
-            }
-            if self.overrun(pos) {
-                return Err(self.resync());
-            }
+            self.copy_racing(pos + RECORD_HEADER_LEN, rec.payload_len as usize, out);
+            self.check_lap(pos, end)?;
             self.pos = end;
             return Ok(Observed { message_type: rec.message_type, position: pos });
         }

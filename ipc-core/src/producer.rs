@@ -298,6 +298,16 @@ impl Segment {
         let tail = frontier.max(tail);
         producer.tail = tail;
         producer.pending.end = tail;
+        // The write limit never moves back (observers judge their copies by it): start from the
+        // one the last producer published, or, if that is impossible, from the highest any
+        // producer of this ring could have had. Published before any write of ours.
+        let quarter = self.params.capacity / 4;
+        let ceiling = (head + self.params.capacity).next_multiple_of(quarter);
+        let shared = h.producer_attach.write_limit.load(Acquire);
+        let valid = shared % quarter == 0 && shared <= ceiling && (tail == 0 || shared >= tail + SLACK);
+        producer.write_limit = if valid { shared } else { ceiling };
+        h.producer_attach.write_limit.store(producer.write_limit, Relaxed);
+        crate::sync::atomic::fence(Release);
         let c = &h.producer_counters;
         producer.counters.messages = match recorded_messages {
             Some(messages) if frontier >= stored_tail => messages.wrapping_add(walked),

@@ -331,7 +331,7 @@ impl Segment {
     /// Checks the header through a mapping of the header page alone, then maps (and populates)
     /// the declared size and checks again: a hostile file costs no more than a page to refuse.
     fn validate(fd: OwnedFd, name: Option<String>) -> Result<Segment, OpenError> {
-        let actual = Mapping::file_len(&fd).map_err(OpenError::Io)?;
+        let actual = Mapping::file_size(&fd).map_err(OpenError::Io)?.len;
         if actual < HEADER_LEN as u64 {
             return Err(SegmentFault::SizeMismatch { expected: HEADER_LEN as u64, actual }.into());
         }
@@ -429,6 +429,18 @@ impl Segment {
     /// `None` for a private (heap) ring.
     pub fn as_fd(&self) -> Option<BorrowedFd<'_>> {
         self.map.fd().map(|fd| fd.as_fd())
+    }
+
+    /// Whether the file behind this segment is now shorter than its mapping: another process
+    /// truncated it (only a named segment, or an unsealed descriptor, can be), and touching the
+    /// part past the new end would fault with `SIGBUS`. Always `false` for sealed and private
+    /// rings. Tools call it before reading a ring they do not own; it is a syscall, so it stays off
+    /// the fast path.
+    pub fn is_truncated(&self) -> io::Result<bool> {
+        match self.map.fd() {
+            Some(fd) => Ok(Mapping::file_size(fd)?.len < HEADER_LEN as u64 + self.params.capacity),
+            None => Ok(false),
+        }
     }
 
     /// Removes the named segment `name`; processes that mapped it keep their mapping.

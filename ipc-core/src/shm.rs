@@ -4,9 +4,16 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::fcntl::{FcntlArg, OFlag, SealFlag, fcntl};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{self, MapFlags, ProtFlags};
+use nix::sys::stat::{Mode, fstat};
+use nix::unistd::ftruncate;
 
 /// Prefix of every segment name in `/dev/shm`, so tools can find ours and nothing else.
 pub const NAME_PREFIX: &str = "tadpole.";
@@ -24,6 +31,15 @@ pub(crate) fn os_name(name: &str) -> Option<CString> {
         return None;
     }
     CString::new(format!("/{NAME_PREFIX}{name}")).ok()
+}
+
+/// A file's size and the storage it really holds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FileSize {
+    /// `st_size`.
+    pub len: u64,
+    /// `st_blocks * 512`.
+    pub allocated: u64,
 }
 
 /// One mapping of a whole segment: shared memory behind a file descriptor, or (for rings
@@ -44,27 +60,25 @@ unsafe impl Send for Mapping {}
 // SAFETY: as above; `&Mapping` only exposes the raw pointer and length.
 unsafe impl Sync for Mapping {}
 
-fn last_os_error(op: &'static str) -> io::Error {
-    let e = io::Error::last_os_error();
+fn os_error(op: &'static str, e: nix::Error) -> io::Error {
+    let e = io::Error::from(e);
     io::Error::new(e.kind(), format!("{op}: {e}"))
 }
+
+/// The seals every shared ring's memfd carries: its size can never change again, so no process
+/// holding it can make a mapping of it fault.
+pub(crate) const RING_SEALS: SealFlag =
+    SealFlag::F_SEAL_SHRINK.union(SealFlag::F_SEAL_GROW).union(SealFlag::F_SEAL_SEAL);
 
 impl Mapping {
     /// Creates `/tadpole.<name>` exclusively with mode 0600, sized `len`, zero-filled and mapped.
     pub(crate) fn create_named(os_name: &CString, len: usize) -> io::Result<Mapping> {
-        // SAFETY: `os_name` is a valid NUL-terminated string; flags and mode are constants.
-        let raw = unsafe {
-            libc::shm_open(os_name.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC, 0o600)
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a file descriptor we just opened and own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC;
+        let fd = mman::shm_open(os_name.as_c_str(), flags, Mode::S_IRUSR | Mode::S_IWUSR).map_err(io::Error::from)?;
         let result = Self::size_and_map(fd, len);
         if result.is_err() {
-            // SAFETY: valid C string; removing the half-made segment we created.
-            unsafe { libc::shm_unlink(os_name.as_ptr()) };
+            // Removing the half-made segment we created.
+            let _ = mman::shm_unlink(os_name.as_c_str());
         }
         let mut mapping = result?;
         mapping.unlink_on_drop = Some(os_name.clone());
@@ -73,44 +87,32 @@ impl Mapping {
 
     /// Opens an existing named segment read-write (not mapped yet).
     pub(crate) fn open_named(os_name: &CString) -> io::Result<OwnedFd> {
-        // SAFETY: valid C string; no O_CREAT, so mode is unused.
-        let raw = unsafe { libc::shm_open(os_name.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a file descriptor we just opened and own.
-        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+        mman::shm_open(os_name.as_c_str(), OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()).map_err(io::Error::from)
     }
 
-    /// Creates an anonymous memfd of `len` bytes, sealed against shrinking and growing so no
-    /// process holding it can make the mapping fault.
+    /// Creates an anonymous memfd of `len` bytes, sealed with [`RING_SEALS`].
     pub(crate) fn create_memfd(len: usize) -> io::Result<Mapping> {
-        // SAFETY: the name is a valid C string literal; flags are constants.
-        let raw = unsafe { libc::memfd_create(c"tadpole-ring".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-        if raw < 0 {
-            return Err(last_os_error("memfd_create"));
-        }
-        // SAFETY: `raw` is a file descriptor we just created and own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = memfd_create(c"tadpole-ring", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
+            .map_err(|e| os_error("memfd_create", e))?;
         let mapping = Self::size_and_map(fd, len)?;
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        let raw = mapping.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
-        // SAFETY: fcntl on an fd we own with a constant command and argument.
-        if unsafe { libc::fcntl(raw, libc::F_ADD_SEALS, seals) } != 0 {
-            return Err(last_os_error("fcntl(F_ADD_SEALS)"));
-        }
+        let fd = mapping.fd.as_ref().ok_or_else(|| io::Error::other("memfd mapping without its fd"))?;
+        fcntl(fd, FcntlArg::F_ADD_SEALS(RING_SEALS)).map_err(|e| os_error("fcntl(F_ADD_SEALS)", e))?;
         Ok(mapping)
     }
 
-    /// The current size of the file behind `fd`.
-    pub(crate) fn file_len(fd: &OwnedFd) -> io::Result<u64> {
-        // SAFETY: zeroed `stat` is a valid out-parameter for fstat.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fd is open; `st` is a valid pointer to a stat struct.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(last_os_error("fstat"));
-        }
-        u64::try_from(st.st_size).map_err(|_| io::Error::other("negative segment size"))
+    /// The current size of the file behind `fd`, and the bytes of storage it really holds
+    /// (a sparse file holds fewer than its size).
+    pub(crate) fn file_size(fd: impl AsFd) -> io::Result<FileSize> {
+        let st = fstat(fd).map_err(|e| os_error("fstat", e))?;
+        let len = u64::try_from(st.st_size).map_err(|_| io::Error::other("negative segment size"))?;
+        let allocated = u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512);
+        Ok(FileSize { len, allocated })
+    }
+
+    /// The seals on `fd`; an error for a file that cannot carry seals (not a memfd).
+    pub(crate) fn seals(fd: impl AsFd) -> io::Result<SealFlag> {
+        let bits = fcntl(fd, FcntlArg::F_GET_SEALS).map_err(|e| os_error("fcntl(F_GET_SEALS)", e))?;
+        Ok(SealFlag::from_bits_retain(bits))
     }
 
     /// Maps the first `len` bytes of a file someone else made, without faulting pages in: a
@@ -119,22 +121,24 @@ impl Mapping {
         Self::map_with(fd.try_clone()?, len, false)
     }
 
-    /// Maps `len` bytes of a file whose header was checked, populating every page.
+    /// Maps `len` bytes of a file whose header was checked. Pages are populated up front (so
+    /// the fast path takes no page fault) only when the file already holds storage for all of
+    /// them: populating a sparse file would allocate it, and a valid header on a sparse file
+    /// must not let anyone fill `/dev/shm` through whoever opens it.
     pub(crate) fn map_existing(fd: OwnedFd, len: usize) -> io::Result<Mapping> {
-        Self::map_with(fd, len, true)
+        let populate = Self::file_size(&fd)?.allocated >= len as u64;
+        Self::map_with(fd, len, populate)
     }
 
     fn size_and_map(fd: OwnedFd, len: usize) -> io::Result<Mapping> {
         let off = libc::off_t::try_from(len).map_err(|_| io::Error::other("segment too large"))?;
-        // SAFETY: fd is open and owned; ftruncate only sets its size (new bytes read as zero).
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), off) } != 0 {
-            return Err(last_os_error("ftruncate"));
-        }
+        // New bytes read as zero; populating the fresh mapping below allocates them.
+        ftruncate(&fd, off).map_err(|e| os_error("ftruncate", e))?;
         Self::map_with(fd, len, true)
     }
 
     fn map_with(fd: OwnedFd, len: usize, populate: bool) -> io::Result<Mapping> {
-        if len == 0 {
+        let Some(length) = NonZeroUsize::new(len) else {
             return Ok(Mapping {
                 ptr: NonNull::dangling(),
                 len: 0,
@@ -142,24 +146,13 @@ impl Mapping {
                 unlink_on_drop: None,
                 keep: AtomicBool::new(false),
             });
-        }
-        // SAFETY: a fresh shared mapping of an fd we hold; the kernel picks the address. Populate
-        // up front so the fast path never takes a page fault.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                if populate { libc::MAP_SHARED | libc::MAP_POPULATE } else { libc::MAP_SHARED },
-                fd.as_raw_fd(),
-                0,
-            )
         };
-        if ptr == libc::MAP_FAILED {
-            return Err(last_os_error("mmap"));
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Mapping { ptr, len, fd: Some(fd), unlink_on_drop: None, keep: AtomicBool::new(false) })
+        let flags = if populate { MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE } else { MapFlags::MAP_SHARED };
+        // SAFETY: a fresh shared mapping of an fd we hold, at an address the kernel picks, so it
+        // aliases no Rust object; the pointer is used only through `Mapping`, which unmaps it.
+        let ptr = unsafe { mman::mmap(None, length, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, flags, &fd, 0) }
+            .map_err(|e| os_error("mmap", e))?;
+        Ok(Mapping { ptr: ptr.cast(), len, fd: Some(fd), unlink_on_drop: None, keep: AtomicBool::new(false) })
     }
 
     /// A zeroed, page-aligned heap allocation of `len` bytes, private to this process.
@@ -195,12 +188,11 @@ impl Drop for Mapping {
         } else if self.len != 0 {
             // SAFETY: `ptr`/`len` are exactly what mmap returned; every borrow of the mapping
             // holds an `Arc<Mapping>`, so none outlives this drop.
-            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+            let _ = unsafe { mman::munmap(self.ptr.cast(), self.len) };
         }
         if let Some(name) = &self.unlink_on_drop {
             if !self.keep.load(Ordering::Relaxed) {
-                // SAFETY: valid C string naming the segment this process created.
-                unsafe { libc::shm_unlink(name.as_ptr()) };
+                let _ = mman::shm_unlink(name.as_c_str());
             }
         }
     }
@@ -208,11 +200,7 @@ impl Drop for Mapping {
 
 /// Removes a named segment. Processes that have it mapped keep their mapping.
 pub(crate) fn unlink(os_name: &CString) -> io::Result<()> {
-    // SAFETY: valid C string.
-    if unsafe { libc::shm_unlink(os_name.as_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    mman::shm_unlink(os_name.as_c_str()).map_err(io::Error::from)
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! `tap` (watch a ring without consuming) and `clean` (remove rings left by dead processes).
 
 mod pipeline;
+mod sigbus;
 
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -29,12 +31,20 @@ enum Cmd {
     /// Lists Tadpole rings in /dev/shm, or shows one in detail.
     Stat {
         /// A ring name (without the `tadpole.` prefix); all rings when omitted.
+        #[arg(conflicts_with = "socket")]
         name: Option<String>,
+        /// Show the sealed ring served at this Unix socket path (`SegmentServer`) instead.
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Prints the records passing through a ring without consuming them.
     Tap {
         /// The ring's name.
-        name: String,
+        #[arg(required_unless_present = "socket", conflicts_with = "socket")]
+        name: Option<String>,
+        /// Tap the sealed ring served at this Unix socket path (`SegmentServer`) instead.
+        #[arg(long)]
+        socket: Option<PathBuf>,
         /// Stop after this many records (default: run until interrupted).
         #[arg(long)]
         count: Option<u64>,
@@ -130,9 +140,16 @@ fn main() -> Result<()> {
         Cmd::Pingpong(args) => demo(&args),
         Cmd::Agent { role, run, wait } => pipeline::agent(&role, &run, wait.strategy()),
         Cmd::DemoEcho { ping, pong, wait, cpu } => demo_echo(&ping, &pong, wait, cpu),
-        Cmd::Stat { name } => stat(name.as_deref()),
+        Cmd::Stat { socket: Some(path), .. } => stat_one(&RingSource::Socket(path), true),
+        Cmd::Stat { name, socket: None } => stat(name.as_deref()),
         Cmd::Clean { dry_run } => clean(dry_run),
-        Cmd::Tap { name, count, from_oldest } => tap(&name, count, from_oldest),
+        Cmd::Tap { name, socket, count, from_oldest } => {
+            let source = match (socket, name) {
+                (Some(path), _) => RingSource::Socket(path),
+                (None, name) => RingSource::Named(name.context("a ring name or --socket")?),
+            };
+            tap(&source, count, from_oldest)
+        }
     }
 }
 
@@ -296,6 +313,41 @@ fn peer(state: PeerState) -> String {
     }
 }
 
+/// Where a tool finds the ring it reads.
+enum RingSource {
+    /// `/dev/shm/tadpole.<name>`.
+    Named(String),
+    /// A sealed ring served at a Unix socket path.
+    Socket(PathBuf),
+}
+
+impl RingSource {
+    /// Opens the ring for reading, refusing a named one whose file has shrunk since it was made.
+    fn open(&self) -> Result<Segment> {
+        let segment = match self {
+            RingSource::Named(name) => Segment::open(name)?,
+            RingSource::Socket(path) => Segment::connect(path)?,
+        };
+        ensure_intact(&segment)?;
+        Ok(segment)
+    }
+
+    fn label(&self) -> String {
+        match self {
+            RingSource::Named(name) => name.clone(),
+            RingSource::Socket(path) => path.display().to_string(),
+        }
+    }
+}
+
+/// Stops before reading a ring whose file another process truncated (see `sigbus`).
+fn ensure_intact(segment: &Segment) -> Result<()> {
+    if sigbus::check_sizes() && segment.is_truncated().context("checking the ring's size")? {
+        bail!("the ring's file was truncated by another process; stopping before reading it");
+    }
+    Ok(())
+}
+
 fn stat(name: Option<&str>) -> Result<()> {
     let names = match name {
         Some(n) => vec![n.to_owned()],
@@ -305,38 +357,45 @@ fn stat(name: Option<&str>) -> Result<()> {
         println!("no Tadpole rings in /dev/shm");
     }
     for n in names {
-        match Segment::open(&n) {
-            Ok(seg) => {
-                let s = seg.status();
-                println!(
-                    "{n}: capacity {} B, max message {} B, {} B in use",
-                    s.capacity,
-                    s.max_message_len,
-                    s.used_bytes()
-                );
-                println!("  creator  pid {} ({})", s.creator.pid, if s.creator_alive { "running" } else { "gone" });
-                println!(
-                    "  producer {}: {} messages, {} B, {} commits, {} full, {} wakes",
-                    peer(s.producer),
-                    s.produced.messages,
-                    s.produced.bytes,
-                    s.produced.commits,
-                    s.produced.full_events,
-                    s.produced.wakes
-                );
-                println!(
-                    "  consumer {}: {} messages, {} B, {} releases, {} wakes, {} corrupt",
-                    peer(s.consumer),
-                    s.consumed.messages,
-                    s.consumed.bytes,
-                    s.consumed.releases,
-                    s.consumed.wakes,
-                    s.consumed.corrupt_records
-                );
-            }
-            Err(e) => println!("{n}: unreadable: {e}"),
-        }
+        // Asked about one ring: failing to read it is the command failing.
+        stat_one(&RingSource::Named(n), name.is_some())?;
     }
+    Ok(())
+}
+
+/// Prints one ring's status; an unreadable ring is an error if `must_read`, a line otherwise.
+fn stat_one(source: &RingSource, must_read: bool) -> Result<()> {
+    sigbus::confine().context("installing the SIGBUS handler")?;
+    let n = source.label();
+    let seg = match source.open() {
+        Ok(seg) => seg,
+        Err(e) if must_read => return Err(e.context(format!("ring {n:?} unreadable"))),
+        Err(e) => {
+            println!("{n}: unreadable: {e:#}");
+            return Ok(());
+        }
+    };
+    let s = seg.status();
+    println!("{n}: capacity {} B, max message {} B, {} B in use", s.capacity, s.max_message_len, s.used_bytes());
+    println!("  creator  pid {} ({})", s.creator.pid, if s.creator_alive { "running" } else { "gone" });
+    println!(
+        "  producer {}: {} messages, {} B, {} commits, {} full, {} wakes",
+        peer(s.producer),
+        s.produced.messages,
+        s.produced.bytes,
+        s.produced.commits,
+        s.produced.full_events,
+        s.produced.wakes
+    );
+    println!(
+        "  consumer {}: {} messages, {} B, {} releases, {} wakes, {} corrupt",
+        peer(s.consumer),
+        s.consumed.messages,
+        s.consumed.bytes,
+        s.consumed.releases,
+        s.consumed.wakes,
+        s.consumed.corrupt_records
+    );
     Ok(())
 }
 
@@ -355,8 +414,10 @@ fn clean(dry_run: bool) -> Result<()> {
     Ok(())
 }
 
-fn tap(name: &str, count: Option<u64>, from_oldest: bool) -> Result<()> {
-    let segment = Segment::open(name).with_context(|| format!("opening ring {name:?}"))?;
+fn tap(source: &RingSource, count: Option<u64>, from_oldest: bool) -> Result<()> {
+    sigbus::confine().context("installing the SIGBUS handler")?;
+    let name = source.label();
+    let segment = source.open().with_context(|| format!("opening ring {name:?}"))?;
     let mut tap = segment.observer();
     if !from_oldest {
         tap.skip_to_latest();
@@ -365,6 +426,7 @@ fn tap(name: &str, count: Option<u64>, from_oldest: bool) -> Result<()> {
     let mut seen = 0u64;
     let idle = crossbeam_utils::Backoff::new();
     while count.is_none_or(|n| seen < n) {
+        ensure_intact(&segment).with_context(|| format!("tapping ring {name:?}"))?;
         match tap.try_observe(&mut copy) {
             Ok(rec) => {
                 idle.reset();
@@ -380,8 +442,9 @@ fn tap(name: &str, count: Option<u64>, from_oldest: bool) -> Result<()> {
                     idle.snooze();
                 }
             }
+            // Never twice in a row without moving forward (see `Observer::try_observe`).
             Err(ObserveError::Lagged { skipped }) => println!("-- lagged: skipped {skipped} bytes of traffic"),
-            Err(e @ ObserveError::Corrupt(_)) => bail!("{e}"),
+            Err(e @ (ObserveError::Corrupt(_) | ObserveError::ImpossibleBounds { .. })) => bail!("{e}"),
         }
     }
     Ok(())
