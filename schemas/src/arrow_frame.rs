@@ -530,7 +530,7 @@ impl ArrowFrameDecoder {
                     .ok_or_else(|| FrameDecodeError::OutOfBounds("record batch header missing".into()))?;
                 let schema = self.schema.clone().ok_or(FrameDecodeError::MissingSchema("record batch"))?;
                 check_batch_layout(&batch, body_available)?;
-                check_buffer_lengths(&schema, &batch)?;
+                let lengths_checked = check_buffer_lengths(&schema, &batch)?;
                 let batch = contain_panic(|| {
                     arrow_ipc::reader::RecordBatchDecoder::try_new(&body, batch, schema, &self.dictionaries, &version)?
                         .with_require_alignment(true)
@@ -538,7 +538,7 @@ impl ArrowFrameDecoder {
                         .read_record_batch()
                 })?;
                 if self.skip_validation.get() {
-                    check_buffer_sizes(&batch)?;
+                    check_buffer_sizes(&batch, !lengths_checked)?;
                 }
                 Ok(DecodedFrame::RecordBatch(batch))
             }
@@ -553,21 +553,22 @@ impl ArrowFrameDecoder {
 /// this too, but only when it runs (not under `skip_validation`) and only
 /// after arrow-ipc 60.1 has sliced the buffers (which panics when short).
 /// Fields of a layout not mapped here (views, unions, run-end encoded) end
-/// the check; [`check_buffer_sizes`] still covers them after decoding.
+/// the check: `Ok(false)`, and [`check_buffer_sizes`] covers the batch after
+/// decoding instead.
 fn check_buffer_lengths(
     schema: &arrow_schema::Schema,
     batch: &arrow_ipc::RecordBatch<'_>,
-) -> Result<(), FrameDecodeError> {
+) -> Result<bool, FrameDecodeError> {
     let (Some(nodes), Some(buffers)) = (batch.nodes(), batch.buffers()) else {
-        return Ok(()); // arrow reports the missing vectors
+        return Ok(false); // arrow reports the missing vectors
     };
     let mut layout = LayoutCheck { nodes: nodes.iter().enumerate(), buffers: buffers.iter().enumerate() };
     for field in schema.fields() {
         if !layout.field(field.data_type(), 0)? {
-            break;
+            return Ok(false);
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The field nodes and buffers of a record batch, consumed in IPC order.
@@ -651,11 +652,13 @@ where
 }
 
 /// The checks skipping validation must not skip: every column has the batch's
-/// row count, and every buffer of every array (children included) is long
-/// enough for the array's length (`ArrayData::validate`, cheap: it does not
-/// look at values). arrow-ipc 60.1 skips them too under `skip_validation`,
-/// and an accessor reading past a short buffer is undefined behaviour.
-fn check_buffer_sizes(batch: &RecordBatch) -> Result<(), ArrowError> {
+/// row count, and (if `validate_layout`: [`check_buffer_lengths`] could not
+/// check every field) every buffer of every array, children included, is
+/// long enough for the array's length (`ArrayData::validate`: it does not
+/// look at values, but clones each column's `ArrayData`). arrow-ipc 60.1
+/// skips them under `skip_validation`, and an accessor reading past a short
+/// buffer is undefined behaviour.
+fn check_buffer_sizes(batch: &RecordBatch, validate_layout: bool) -> Result<(), ArrowError> {
     for (i, column) in batch.columns().iter().enumerate() {
         if column.len() != batch.num_rows() {
             return Err(ArrowError::InvalidArgumentError(format!(
@@ -664,7 +667,9 @@ fn check_buffer_sizes(batch: &RecordBatch) -> Result<(), ArrowError> {
                 batch.num_rows()
             )));
         }
-        column.to_data().validate()?;
+        if validate_layout {
+            column.to_data().validate()?;
+        }
     }
     Ok(())
 }
