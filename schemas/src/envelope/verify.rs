@@ -1,5 +1,7 @@
 //! Verification of records from peers: [`verify_envelope`] and its options.
 
+use flatbuffers::InvalidFlatbuffer;
+
 use super::catalogue::is_known_payload;
 use super::framing::framed_record;
 use super::{Envelope, EnvelopeError, FILE_IDENTIFIER, walk};
@@ -70,22 +72,33 @@ pub enum VerifierKind {
 /// ```
 pub fn verify_envelope<'a>(bytes: &'a [u8], opts: &VerifyOptions) -> Result<Envelope<'a>, EnvelopeError> {
     let record = framed_record(bytes, opts.allow_padding_to_8)?;
-    let envelope = if opts.verifier == VerifierKind::Specialised && walk::verify_fast(record, opts) {
+    let fast = match opts.verifier {
+        VerifierKind::Specialised => Some(walk::verify_fast(record, opts)),
+        VerifierKind::FlatBuffers => None,
+    };
+    let envelope = match fast {
         // SAFETY: `verify_fast` accepted `record`, and it accepts only records
         // FlatBuffers' verifier accepts with the same limits (the same checks,
         // see `envelope/walk.rs`; tested against it by proptest), which is
         // what the generated accessors rely on. `record` is borrowed for 'a.
-        unsafe { flatbuffers::size_prefixed_root_unchecked::<Envelope<'a>>(record) }
-    } else {
+        Some(Ok(())) => unsafe { flatbuffers::size_prefixed_root_unchecked::<Envelope<'a>>(record) },
+        // A limit: FlatBuffers' verifier stops on the same one (same checks,
+        // same order), so its error is known without running it again over a
+        // record that may be expensive to walk.
+        Some(Err(walk::Reject::ApparentSize)) => return Err(InvalidFlatbuffer::ApparentSizeTooLarge.into()),
+        Some(Err(walk::Reject::Tables)) => return Err(InvalidFlatbuffer::TooManyTables.into()),
+        Some(Err(walk::Reject::Depth)) => return Err(InvalidFlatbuffer::DepthLimitReached.into()),
         // FlatBuffers' verifier: the chosen one, or the source of the detailed
         // error for a record the specialised walk refused.
-        let fb_opts = flatbuffers::VerifierOptions {
-            max_depth: opts.max_depth,
-            max_tables: opts.max_tables,
-            max_apparent_size: opts.max_apparent_size,
-            ignore_missing_null_terminator: false,
-        };
-        flatbuffers::size_prefixed_root_with_opts::<Envelope<'a>>(&fb_opts, record)?
+        Some(Err(walk::Reject::Malformed)) | None => {
+            let fb_opts = flatbuffers::VerifierOptions {
+                max_depth: opts.max_depth,
+                max_tables: opts.max_tables,
+                max_apparent_size: opts.max_apparent_size,
+                ignore_missing_null_terminator: false,
+            };
+            flatbuffers::size_prefixed_root_with_opts::<Envelope<'a>>(&fb_opts, record)?
+        }
     };
     check_semantics(&envelope, record, opts)?;
     Ok(envelope)

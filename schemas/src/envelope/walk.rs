@@ -35,10 +35,22 @@
 use super::VerifyOptions;
 use crate::fb::{Envelope as E, KeyValue as K};
 
-/// The walk found something FlatBuffers' verifier would reject. Zero-sized:
-/// the caller reruns FlatBuffers' verifier for the detailed error.
+/// The walk found something FlatBuffers' verifier would reject: a limit
+/// passed (the checks run in FlatBuffers' order, so its verifier fails on the
+/// same limit at the same step, and the caller reports that without rerunning
+/// it), or anything else (the caller reruns FlatBuffers' verifier for the
+/// detailed error). One byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Reject;
+pub(super) enum Reject {
+    /// Out of bounds, misaligned, not UTF-8, inconsistent union, ...
+    Malformed,
+    /// `max_apparent_size` passed.
+    ApparentSize,
+    /// `max_tables` passed.
+    Tables,
+    /// `max_depth` passed.
+    Depth,
+}
 
 pub(super) type Step<T = ()> = Result<T, Reject>;
 
@@ -132,11 +144,11 @@ impl<'b> Walk<'b> {
     #[inline(always)]
     fn range(&mut self, pos: usize, size: usize) -> Step {
         if pos.saturating_add(size) > self.buf.len() {
-            return Err(Reject);
+            return Err(Reject::Malformed);
         }
         self.apparent_size = self.apparent_size.saturating_add(size);
         if self.apparent_size > self.max_apparent_size {
-            return Err(Reject);
+            return Err(Reject::ApparentSize);
         }
         Ok(())
     }
@@ -147,14 +159,14 @@ impl<'b> Walk<'b> {
         // `align` is a power of two (an `align_of`): a mask, not a division.
         debug_assert!(align.is_power_of_two());
         if pos & (align - 1) != 0 {
-            return Err(Reject);
+            return Err(Reject::Malformed);
         }
         self.range(pos, size)
     }
 
     #[inline(always)]
     fn bytes<const N: usize>(&self, pos: usize) -> Step<[u8; N]> {
-        self.buf.get(pos..).and_then(<[u8]>::first_chunk::<N>).copied().ok_or(Reject)
+        self.buf.get(pos..).and_then(<[u8]>::first_chunk::<N>).copied().ok_or(Reject::Malformed)
     }
 
     #[inline(always)]
@@ -166,7 +178,7 @@ impl<'b> Walk<'b> {
     #[inline(always)]
     fn u32_at(&mut self, pos: usize) -> Step<usize> {
         self.in_buffer(pos, 4, 4)?;
-        usize::try_from(u32::from_le_bytes(self.bytes(pos)?)).map_err(|_| Reject)
+        usize::try_from(u32::from_le_bytes(self.bytes(pos)?)).map_err(|_| Reject::Malformed)
     }
 
     /// `ForwardsUOffset<T>`: the position the `u32` offset at `pos` points to.
@@ -181,17 +193,20 @@ impl<'b> Walk<'b> {
     pub(super) fn table(&mut self, pos: usize, depth: usize) -> Step<Table> {
         self.in_buffer(pos, 4, 4)?;
         let soffset = i32::from_le_bytes(self.bytes(pos)?);
-        let distance = usize::try_from(soffset.unsigned_abs()).map_err(|_| Reject)?;
+        let distance = usize::try_from(soffset.unsigned_abs()).map_err(|_| Reject::Malformed)?;
         let vtable = if soffset > 0 { pos.checked_sub(distance) } else { pos.checked_add(distance) };
-        let vtable = vtable.filter(|&v| v < self.buf.len()).ok_or(Reject)?;
+        let vtable = vtable.filter(|&v| v < self.buf.len()).ok_or(Reject::Malformed)?;
         let vtable_len = self.u16_at(vtable)?;
         if !vtable.saturating_add(vtable_len).is_multiple_of(2) {
-            return Err(Reject);
+            return Err(Reject::Malformed);
         }
         self.range(vtable, vtable_len)?;
         self.tables += 1;
-        if self.tables > self.max_tables || depth > self.max_depth {
-            return Err(Reject);
+        if self.tables > self.max_tables {
+            return Err(Reject::Tables);
+        }
+        if depth > self.max_depth {
+            return Err(Reject::Depth);
         }
         Ok(Table { pos, vtable, vtable_len })
     }
@@ -208,7 +223,7 @@ impl<'b> Walk<'b> {
         debug_assert!(voffset.is_multiple_of(2));
         self.apparent_size = self.apparent_size.saturating_add(2);
         if self.apparent_size > self.max_apparent_size {
-            return Err(Reject);
+            return Err(Reject::ApparentSize);
         }
         let field_offset = usize::from(u16::from_le_bytes(self.bytes(table.vtable + voffset)?));
         Ok((field_offset > 0).then(|| table.pos.saturating_add(field_offset)))
@@ -221,7 +236,7 @@ impl<'b> Walk<'b> {
         let start = pos.saturating_add(4);
         debug_assert!(elem_align.is_power_of_two());
         if start & (elem_align - 1) != 0 {
-            return Err(Reject);
+            return Err(Reject::Malformed);
         }
         let size = len.saturating_mul(elem_size);
         self.range(start, size)?;
@@ -232,11 +247,11 @@ impl<'b> Walk<'b> {
     #[inline(always)]
     fn string(&mut self, pos: usize) -> Step {
         let (start, end) = self.vector(pos, 1, 1)?;
-        let text = self.buf.get(start..end).ok_or(Reject)?;
+        let text = self.buf.get(start..end).ok_or(Reject::Malformed)?;
         // ASCII (word at a time, inlined) is valid UTF-8; only other text
         // pays for the full validation.
         if self.buf.get(end) != Some(&0) || !(text.is_ascii() || std::str::from_utf8(text).is_ok()) {
-            return Err(Reject);
+            return Err(Reject::Malformed);
         }
         Ok(())
     }
@@ -274,9 +289,9 @@ impl<'b> Walk<'b> {
 
 /// Whether FlatBuffers' verifier, run by `size_prefixed_root_with_opts` with
 /// `opts`' limits over `record` (size prefix included, no padding), accepts
-/// it. `true` means the generated accessors may read the record.
-pub(super) fn verify_fast(record: &[u8], opts: &VerifyOptions) -> bool {
-    walk_envelope(&mut Walk::new(record, opts)).is_ok()
+/// it. `Ok` means the generated accessors may read the record.
+pub(super) fn verify_fast(record: &[u8], opts: &VerifyOptions) -> Step {
+    walk_envelope(&mut Walk::new(record, opts))
 }
 
 /// What the walk over `record` counted before it accepted or stopped:
@@ -333,7 +348,7 @@ fn walk_envelope(walk: &mut Walk<'_>) -> Step {
                 super::catalogue::walk_payload(walk, kind, payload)?;
             }
         }
-        _ => return Err(Reject),
+        _ => return Err(Reject::Malformed),
     }
 
     // `metadata: [KeyValue]`, `key` required.
@@ -343,7 +358,7 @@ fn walk_envelope(walk: &mut Walk<'_>) -> Step {
         for element in (start..end).step_by(4) {
             let kv_pos = walk.forward(element)?;
             let kv = walk.table(kv_pos, 2)?;
-            let key = walk.slot(&kv, usize::from(K::VT_KEY))?.ok_or(Reject)?;
+            let key = walk.slot(&kv, usize::from(K::VT_KEY))?.ok_or(Reject::Malformed)?;
             walk.field_at(key, Shape::String)?;
             walk.field(&kv, usize::from(K::VT_VALUE), Shape::String)?;
         }
