@@ -2,6 +2,15 @@
 //! identifier. The one place that decides whether a record's length and
 //! identifier are acceptable, for [`verify_envelope`](super::verify_envelope)
 //! and the channel receiver alike.
+//!
+//! The padding rule: the size prefix plus 4 must equal the record length
+//! exactly. `ipc_core` pads records to 8 bytes in the ring, but reports each
+//! record's payload length exactly (the padding is not part of the payload),
+//! so a receiver on a ring sees the envelope's own length and needs no
+//! padding allowance. [`VerifyOptions::allow_padding_to_8`](super::VerifyOptions::allow_padding_to_8)
+//! exists for transports that round the length they report up to 8; the
+//! receiver applies the same option on its trusted path as on its verifying
+//! one, so both accept the same framings.
 
 use super::EnvelopeError;
 
@@ -16,7 +25,9 @@ pub const MIN_ENVELOPE_LEN: usize = SIZE_PREFIX_LEN + 4 + FILE_IDENTIFIER.len();
 
 pub(super) const FILE_IDENTIFIER_STR: &str = "TDPL";
 
-/// Applies the length and identifier rules; returns the record without padding.
+/// Applies the length and identifier rules; returns the record without
+/// padding (what the FlatBuffers verifier must see: offsets cannot reach
+/// into padding).
 pub(crate) fn framed_record(bytes: &[u8], allow_padding_to_8: bool) -> Result<&[u8], EnvelopeError> {
     let len = bytes.len();
     let (Some(prefix), Some(ident)) = (bytes.first_chunk::<4>(), bytes.get(8..12)) else {
