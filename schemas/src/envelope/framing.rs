@@ -28,17 +28,19 @@ pub(super) const FILE_IDENTIFIER_STR: &str = "TDPL";
 /// Applies the length and identifier rules; returns the record without
 /// padding (what the FlatBuffers verifier must see: offsets cannot reach
 /// into padding).
+#[inline]
 pub(crate) fn framed_record(bytes: &[u8], allow_padding_to_8: bool) -> Result<&[u8], EnvelopeError> {
     let len = bytes.len();
     let (Some(prefix), Some(ident)) = (bytes.first_chunk::<4>(), bytes.get(8..12)) else {
         return Err(EnvelopeError::Truncated { len });
     };
     let prefix = u32::from_le_bytes(*prefix);
-    let mismatch = EnvelopeError::SizePrefixMismatch { prefix, len };
-    let exact = usize::try_from(prefix).ok().and_then(|p| p.checked_add(SIZE_PREFIX_LEN)).ok_or(mismatch.clone())?;
+    // Built only on failure: an `EnvelopeError` is not trivial to drop.
+    let mismatch = || EnvelopeError::SizePrefixMismatch { prefix, len };
+    let exact = usize::try_from(prefix).ok().and_then(|p| p.checked_add(SIZE_PREFIX_LEN)).ok_or_else(mismatch)?;
     let fits = len == exact || (allow_padding_to_8 && exact < len && len == exact.next_multiple_of(8));
     if !fits {
-        return Err(mismatch);
+        return Err(mismatch());
     }
     if ident != FILE_IDENTIFIER {
         let mut found = [0u8; 4];

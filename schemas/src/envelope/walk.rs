@@ -140,13 +140,28 @@ impl<'b> Walk<'b> {
     }
 
     /// `range_in_buffer`: `size` bytes at `pos` lie inside the buffer; they
-    /// count towards the apparent size, which must stay within its limit.
+    /// count towards the apparent size.
+    ///
+    /// The limit is compared where the walk is about to do work that grows
+    /// with a length it read (a vector or string, [`Self::vector`]), where it
+    /// enters a table (FlatBuffers' next table-limit check must not come
+    /// first) and at the end ([`verify_fast`]). In between are only
+    /// fixed-size steps, so the work stays bounded by the limit; and a walk
+    /// that passes the limit between two comparisons and then finds the
+    /// record malformed is rerun through FlatBuffers' verifier, which reports
+    /// the limit, as it would have.
     #[inline(always)]
     fn range(&mut self, pos: usize, size: usize) -> Step {
         if pos.saturating_add(size) > self.buf.len() {
             return Err(Reject::Malformed);
         }
         self.apparent_size = self.apparent_size.saturating_add(size);
+        Ok(())
+    }
+
+    /// The apparent size so far is within its limit.
+    #[inline(always)]
+    fn within_apparent_size(&self) -> Step {
         if self.apparent_size > self.max_apparent_size {
             return Err(Reject::ApparentSize);
         }
@@ -201,6 +216,7 @@ impl<'b> Walk<'b> {
             return Err(Reject::Malformed);
         }
         self.range(vtable, vtable_len)?;
+        self.within_apparent_size()?;
         self.tables += 1;
         if self.tables > self.max_tables {
             return Err(Reject::Tables);
@@ -222,9 +238,6 @@ impl<'b> Walk<'b> {
         // range, and `voffset` is even and inside it. The apparent size counts.
         debug_assert!(voffset.is_multiple_of(2));
         self.apparent_size = self.apparent_size.saturating_add(2);
-        if self.apparent_size > self.max_apparent_size {
-            return Err(Reject::ApparentSize);
-        }
         let field_offset = usize::from(u16::from_le_bytes(self.bytes(table.vtable + voffset)?));
         Ok((field_offset > 0).then(|| table.pos.saturating_add(field_offset)))
     }
@@ -240,6 +253,8 @@ impl<'b> Walk<'b> {
         }
         let size = len.saturating_mul(elem_size);
         self.range(start, size)?;
+        // Before the caller looks at any element or byte of it.
+        self.within_apparent_size()?;
         Ok((start, start.saturating_add(size)))
     }
 
@@ -287,11 +302,26 @@ impl<'b> Walk<'b> {
     }
 }
 
+/// What the walk learnt on the way that the envelope rules beyond
+/// FlatBuffers' verifier need (see `verify::check_semantics`), so they cost
+/// no second lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Walked {
+    /// Position of the `message_id` struct, if present (verified in range).
+    pub(super) message_id: Option<usize>,
+    /// The payload union has a value of a type this build does not know
+    /// (so nothing verified it).
+    pub(super) unknown_payload: bool,
+}
+
 /// Whether FlatBuffers' verifier, run by `size_prefixed_root_with_opts` with
 /// `opts`' limits over `record` (size prefix included, no padding), accepts
 /// it. `Ok` means the generated accessors may read the record.
-pub(super) fn verify_fast(record: &[u8], opts: &VerifyOptions) -> Step {
-    walk_envelope(&mut Walk::new(record, opts))
+pub(super) fn verify_fast(record: &[u8], opts: &VerifyOptions) -> Step<Walked> {
+    let mut walk = Walk::new(record, opts);
+    let walked = walk_envelope(&mut walk)?;
+    walk.within_apparent_size()?;
+    Ok(walked)
 }
 
 /// What the walk over `record` counted before it accepted or stopped:
@@ -299,7 +329,7 @@ pub(super) fn verify_fast(record: &[u8], opts: &VerifyOptions) -> Step {
 #[cfg(test)]
 pub(super) fn walk_counts(record: &[u8], opts: &VerifyOptions) -> (bool, usize, usize) {
     let mut walk = Walk::new(record, opts);
-    let accepted = walk_envelope(&mut walk).is_ok();
+    let accepted = walk_envelope(&mut walk).is_ok() && walk.within_apparent_size().is_ok();
     (accepted, walk.apparent_size, walk.tables)
 }
 
@@ -322,12 +352,15 @@ pub(super) fn payload_slot_is_table(record: &[u8], opts: &VerifyOptions) -> bool
     check(&mut Walk::new(record, opts)).is_ok()
 }
 
-fn walk_envelope(walk: &mut Walk<'_>) -> Step {
+fn walk_envelope(walk: &mut Walk<'_>) -> Step<Walked> {
     // `SkipSizePrefix<ForwardsUOffset<Envelope>>` at 0.
     let root = walk.forward(super::SIZE_PREFIX_LEN)?;
     let table = walk.table(root, 1)?;
     let uuid = Shape::inline::<crate::fb::Uuid>();
-    walk.field(&table, usize::from(E::VT_MESSAGE_ID), uuid)?;
+    let message_id = walk.slot(&table, usize::from(E::VT_MESSAGE_ID))?;
+    if let Some(pos) = message_id {
+        walk.field_at(pos, uuid)?;
+    }
     walk.field(&table, usize::from(E::VT_CORRELATION_ID), uuid)?;
     walk.field(&table, usize::from(E::VT_TIMESTAMP_NS), Shape::inline::<u64>())?;
     walk.field(&table, usize::from(E::VT_SOURCE), Shape::String)?;
@@ -338,6 +371,7 @@ fn walk_envelope(walk: &mut Walk<'_>) -> Step {
     // accepted unverified (its table is never read: `Event` reports it).
     let value = walk.slot(&table, usize::from(E::VT_PAYLOAD))?;
     let key = walk.slot(&table, usize::from(E::VT_PAYLOAD_TYPE))?;
+    let mut unknown_payload = false;
     match (key, value) {
         (None, None) => {}
         (Some(key), Some(value)) => {
@@ -346,6 +380,8 @@ fn walk_envelope(walk: &mut Walk<'_>) -> Step {
             if super::catalogue::is_known_payload(kind) {
                 let payload = walk.forward(value)?;
                 super::catalogue::walk_payload(walk, kind, payload)?;
+            } else {
+                unknown_payload = true;
             }
         }
         _ => return Err(Reject::Malformed),
@@ -363,7 +399,7 @@ fn walk_envelope(walk: &mut Walk<'_>) -> Step {
             walk.field(&kv, usize::from(K::VT_VALUE), Shape::String)?;
         }
     }
-    Ok(())
+    Ok(Walked { message_id, unknown_payload })
 }
 
 /// Walks the table at `$pos` (`$depth` levels deep) as the generated verifier
