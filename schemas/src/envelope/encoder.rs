@@ -338,9 +338,9 @@ impl EnvelopeEncoder {
     /// Copies the last encoded record into the front of `dst` (the one copy
     /// on the way into shared memory) and returns its length.
     ///
-    /// For [`verify_envelope`] to accept the record, the reader must see
+    /// For [`verify_envelope`](super::verify_envelope) to accept the record, the reader must see
     /// exactly `encoded_len()` bytes (or, with
-    /// [`VerifyOptions::allow_padding_to_8`], that rounded up to 8).
+    /// [`VerifyOptions::allow_padding_to_8`](super::VerifyOptions::allow_padding_to_8), that rounded up to 8).
     pub fn write_into(&self, dst: &mut [u8]) -> Result<usize, EncodeError> {
         if self.finished == Finished::Nothing {
             return Err(EncodeError::NothingEncoded);

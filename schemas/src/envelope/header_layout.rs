@@ -1,4 +1,4 @@
-//! The envelope header as [`EnvelopeEncoder`] lays it out by hand (the
+//! The envelope header as [`EnvelopeEncoder`](super::EnvelopeEncoder) lays it out by hand (the
 //! payload the builder made follows, unchanged). Byte positions from the
 //! record start; `T` = [`TABLE_AT`]:
 //!

@@ -61,7 +61,7 @@ pub enum VerifierKind {
 /// a payload the envelope carries must point at a table inside the record.
 ///
 /// A payload of a type this build does not know passes verification (the
-/// header is still useful, e.g. to forward or log it); [`Event::from_envelope`]
+/// header is still useful, e.g. to forward or log it); [`Event::from_envelope`](super::Event::from_envelope)
 /// reports it as [`EnvelopeError::UnknownPayload`]. An envelope without a
 /// payload (`payload_type` `NONE`) passes too.
 ///
@@ -144,13 +144,13 @@ fn check_unknown_payload(envelope: &Envelope<'_>, record: &[u8], opts: &VerifyOp
 }
 
 /// Reads an envelope without any check, for peers that are trusted (same
-/// binary, records produced by [`EnvelopeEncoder`]) when verification cost
+/// binary, records produced by [`EnvelopeEncoder`](super::EnvelopeEncoder)) when verification cost
 /// matters.
 ///
 /// # Safety
 ///
 /// `bytes` must be one complete size-prefixed envelope as produced by
-/// [`EnvelopeEncoder`] (or one that [`verify_envelope`] has accepted), and must
+/// [`EnvelopeEncoder`](super::EnvelopeEncoder) (or one that [`verify_envelope`] has accepted), and must
 /// not change while the returned [`Envelope`] is used. Reading anything else
 /// through the accessors may panic or read out of bounds (undefined behaviour).
 pub unsafe fn envelope_unchecked(bytes: &[u8]) -> Envelope<'_> {
