@@ -403,7 +403,10 @@ impl BatchReceiver {
     }
 
     /// Skips Arrow validation of array data, so receiving costs the same for
-    /// 1 K or 1 M rows (framing and layout bounds checks still run).
+    /// 1 K or 1 M rows. Framing and layout bounds checks still run, and so
+    /// does the per-column check that every validity, values, offsets and
+    /// keys buffer is as long as its field node says (a short buffer is a
+    /// [`BatchRecvError::Rejected`] frame, not a read past it).
     ///
     /// # Safety
     ///
