@@ -966,6 +966,15 @@ impl<'a> ReadGuard<'a> {
     }
 }
 
+impl ReadGuard<'_> {
+    /// Puts the record back, unreleased: the next receive delivers it again (for a caller that
+    /// cannot deal with it now, e.g. after a refused [`into_lease`](Self::into_lease)).
+    pub fn requeue(self) {
+        // Delivery moves on only when a guard finishes; a forgotten guard never finishes.
+        std::mem::forget(self);
+    }
+}
+
 impl std::ops::Deref for ReadGuard<'_> {
     type Target = [u8];
     #[inline]

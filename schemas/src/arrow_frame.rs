@@ -28,7 +28,10 @@
 //!
 //! This module owns the framing rules. It must never panic on a frame from a
 //! peer, and must copy array data exactly once on the way out (into the
-//! sink's memory) and zero times on the way in.
+//! sink's memory) and zero times on the way in — except dictionaries: the
+//! decoder keeps them for the rest of the stream, so it copies each
+//! dictionary frame's body once, rather than keep the frame's memory (a ring
+//! record) alive.
 //!
 //! [Arrow IPC streaming format]: https://arrow.apache.org/docs/format/Columnar.html#ipc-streaming-format
 
@@ -43,7 +46,7 @@ use arrow_buffer::{Buffer, MutableBuffer};
 use arrow_data::UnsafeFlag;
 use arrow_ipc::writer::{IpcWriteOptions, StreamEncoder};
 use arrow_ipc::{MessageHeader, MetadataVersion};
-use arrow_schema::{ArrowError, SchemaRef};
+use arrow_schema::{ArrowError, DataType, SchemaRef};
 
 /// The first four bytes of every frame.
 pub const CONTINUATION_MARKER: [u8; 4] = [0xFF; 4];
@@ -406,7 +409,10 @@ impl ArrowFrameDecoder {
     }
 
     /// Skips validation of array data (offsets, UTF-8, null counts) for
-    /// trusted peers. The framing and layout bounds checks still run.
+    /// trusted peers. The framing and layout bounds checks still run, and so
+    /// do the checks that cost nothing per row: each buffer is long enough
+    /// for its array's length (fixed-width values, validity bitmaps, offset
+    /// buffers) and each column has the batch's row count.
     ///
     /// # Safety
     ///
@@ -485,8 +491,15 @@ impl ArrowFrameDecoder {
                     .ok_or_else(|| FrameDecodeError::OutOfBounds("dictionary batch without data".into()))?;
                 check_batch_layout(&data, body_available)?;
                 let (id, is_delta) = (dictionary.id(), dictionary.isDelta());
-                let dictionaries = &mut self.dictionaries;
+                // The decoder keeps dictionaries for the rest of the stream, so
+                // they must not borrow the frame (a ring record would stay
+                // pinned, and every record after it): decided here, from the
+                // message just parsed, whatever the frame's sender claims.
+                // Arrow allocations are 64-byte aligned, like ring payloads.
+                let body = Buffer::from_slice_ref(body.as_slice());
                 let skip_validation = self.skip_validation.clone();
+                let previous = self.dictionaries.get(&id).cloned();
+                let dictionaries = &mut self.dictionaries;
                 contain_panic(|| {
                     arrow_ipc::reader::read_dictionary_impl(
                         &body,
@@ -498,6 +511,17 @@ impl ArrowFrameDecoder {
                         skip_validation,
                     )
                 })?;
+                if self.skip_validation.get() {
+                    let checked = self.dictionaries.get(&id).map_or(Ok(()), |values| values.to_data().validate());
+                    if let Err(e) = checked {
+                        // Leave the decoder as it was before this frame.
+                        match previous {
+                            Some(values) => self.dictionaries.insert(id, values),
+                            None => self.dictionaries.remove(&id),
+                        };
+                        return Err(e.into());
+                    }
+                }
                 Ok(DecodedFrame::Dictionary { id, is_delta })
             }
             MessageHeader::RecordBatch => {
@@ -506,17 +530,148 @@ impl ArrowFrameDecoder {
                     .ok_or_else(|| FrameDecodeError::OutOfBounds("record batch header missing".into()))?;
                 let schema = self.schema.clone().ok_or(FrameDecodeError::MissingSchema("record batch"))?;
                 check_batch_layout(&batch, body_available)?;
+                let lengths_checked = check_buffer_lengths(&schema, &batch)?;
                 let batch = contain_panic(|| {
                     arrow_ipc::reader::RecordBatchDecoder::try_new(&body, batch, schema, &self.dictionaries, &version)?
                         .with_require_alignment(true)
                         .with_skip_validation(self.skip_validation.clone())
                         .read_record_batch()
                 })?;
+                if self.skip_validation.get() {
+                    check_buffer_sizes(&batch, !lengths_checked)?;
+                }
                 Ok(DecodedFrame::RecordBatch(batch))
             }
             other => Err(FrameDecodeError::UnsupportedMessage(other)),
         }
     }
+}
+
+/// Checks, before arrow slices anything, that every buffer whose length
+/// follows from its field node's length (validity bitmaps, fixed-width values,
+/// dictionary keys, offsets) is at least that long. Arrow's validation checks
+/// this too, but only when it runs (not under `skip_validation`) and only
+/// after arrow-ipc 60.1 has sliced the buffers (which panics when short).
+/// Fields of a layout not mapped here (views, unions, run-end encoded) end
+/// the check: `Ok(false)`, and [`check_buffer_sizes`] covers the batch after
+/// decoding instead.
+fn check_buffer_lengths(
+    schema: &arrow_schema::Schema,
+    batch: &arrow_ipc::RecordBatch<'_>,
+) -> Result<bool, FrameDecodeError> {
+    let (Some(nodes), Some(buffers)) = (batch.nodes(), batch.buffers()) else {
+        return Ok(false); // arrow reports the missing vectors
+    };
+    let mut layout = LayoutCheck { nodes: nodes.iter().enumerate(), buffers: buffers.iter().enumerate() };
+    for field in schema.fields() {
+        if !layout.field(field.data_type(), 0)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The field nodes and buffers of a record batch, consumed in IPC order.
+struct LayoutCheck<N, B> {
+    nodes: N,
+    buffers: B,
+}
+
+/// Nesting beyond this ends the check (the schema, a peer's too, may nest
+/// arbitrarily deep; recursion must not follow it).
+const MAX_CHECKED_NESTING: usize = 64;
+
+impl<'a, N, B> LayoutCheck<N, B>
+where
+    N: Iterator<Item = (usize, &'a arrow_ipc::FieldNode)>,
+    B: Iterator<Item = (usize, &'a arrow_ipc::Buffer)>,
+{
+    /// Checks the node and buffers of one field of type `data_type` and its
+    /// children; `Ok(false)` if the check cannot go on (layout not mapped,
+    /// too deep, or nodes/buffers missing: arrow reports those).
+    fn field(&mut self, data_type: &DataType, nesting: usize) -> Result<bool, FrameDecodeError> {
+        use DataType::*;
+        if nesting > MAX_CHECKED_NESTING
+            || matches!(
+                data_type,
+                Union(..) | RunEndEncoded(..) | Utf8View | BinaryView | ListView(_) | LargeListView(_)
+            )
+        {
+            return Ok(false);
+        }
+        let Some((node_index, node)) = self.nodes.next() else { return Ok(false) };
+        if matches!(data_type, Null) {
+            return Ok(true); // no buffers
+        }
+        // Non-negative: `check_batch_layout` ran first.
+        let len = usize::try_from(node.length()).unwrap_or(usize::MAX);
+        let mut need = |bytes: Option<usize>, what: &str| -> Result<bool, FrameDecodeError> {
+            let Some((index, buffer)) = self.buffers.next() else { return Ok(false) };
+            let have = usize::try_from(buffer.length()).unwrap_or(0);
+            match bytes {
+                Some(need) if have >= need => Ok(true),
+                _ => Err(FrameDecodeError::OutOfBounds(format!(
+                    "field node {node_index} ({data_type}, length {len}): {what} buffer {index} has {have} bytes, \
+                     needs {}",
+                    bytes.map_or_else(|| "more than fit in memory".to_owned(), |n| n.to_string())
+                ))),
+            }
+        };
+        let bitmap = Some(len.div_ceil(8));
+        let offsets = |width: usize| if len == 0 { Some(0) } else { len.checked_add(1)?.checked_mul(width) };
+        let validity = if node.null_count() > 0 { bitmap } else { Some(0) };
+        if !need(validity, "validity")? {
+            return Ok(false);
+        }
+        let more = match data_type {
+            Boolean => need(bitmap, "values")?,
+            FixedSizeBinary(width) => need(usize::try_from(*width).ok().and_then(|w| len.checked_mul(w)), "values")?,
+            Utf8 | Binary => need(offsets(4), "offsets")? && need(Some(0), "values")?,
+            LargeUtf8 | LargeBinary => need(offsets(8), "offsets")? && need(Some(0), "values")?,
+            List(child) | Map(child, _) => {
+                need(offsets(4), "offsets")? && self.field(child.data_type(), nesting + 1)?
+            }
+            LargeList(child) => need(offsets(8), "offsets")? && self.field(child.data_type(), nesting + 1)?,
+            FixedSizeList(child, _) => self.field(child.data_type(), nesting + 1)?,
+            Struct(children) => {
+                for child in children {
+                    if !self.field(child.data_type(), nesting + 1)? {
+                        return Ok(false);
+                    }
+                }
+                true
+            }
+            Dictionary(key, _) => need(key.primitive_width().and_then(|w| len.checked_mul(w)), "keys")?,
+            other => match other.primitive_width() {
+                Some(width) => need(len.checked_mul(width), "values")?,
+                None => false,
+            },
+        };
+        Ok(more)
+    }
+}
+
+/// The checks skipping validation must not skip: every column has the batch's
+/// row count, and (if `validate_layout`: [`check_buffer_lengths`] could not
+/// check every field) every buffer of every array, children included, is
+/// long enough for the array's length (`ArrayData::validate`: it does not
+/// look at values, but clones each column's `ArrayData`). arrow-ipc 60.1
+/// skips them under `skip_validation`, and an accessor reading past a short
+/// buffer is undefined behaviour.
+fn check_buffer_sizes(batch: &RecordBatch, validate_layout: bool) -> Result<(), ArrowError> {
+    for (i, column) in batch.columns().iter().enumerate() {
+        if column.len() != batch.num_rows() {
+            return Err(ArrowError::InvalidArgumentError(format!(
+                "column {i} has {} rows, the batch {}",
+                column.len(),
+                batch.num_rows()
+            )));
+        }
+        if validate_layout {
+            column.to_data().validate()?;
+        }
+    }
+    Ok(())
 }
 
 /// Bounds checks that arrow-ipc 60.1 does not do before slicing (it panics

@@ -15,10 +15,13 @@
 //! * it is skipped only through an `unsafe fn trust_peer`, whose contract is
 //!   that the peer is trusted to write valid messages.
 //!
-//! Verification protects against malformed records, not against a peer that
-//! rewrites a record *while* it is being read: like every zero-copy view into
-//! `ipc_core`'s shared memory, a view is only as stable as the producer's
-//! promise not to touch committed records.
+//! Verification in place protects against malformed records, not against a
+//! peer that rewrites a record *after* it was verified: like every zero-copy
+//! view into `ipc_core`'s shared memory, a view is only as stable as the
+//! producer's promise not to touch committed records.
+//! [`EnvelopeReceiver::copy_before_verify`] verifies and reads a private copy
+//! instead, for peers not trusted that far (see [`EnvelopeReceiver`]'s trust
+//! boundary). Arrow batches are always read in place.
 //!
 //! This module never parses record headers or positions itself; that is
 //! `ipc_core`'s job.
@@ -61,6 +64,7 @@ impl Wait {
 fn lease_capacity(refused: LeaseRefused) -> usize {
     match refused {
         LeaseRefused::Exhausted { capacity } => capacity,
+        // The receivers set on-drop release when they are made.
         LeaseRefused::ExplicitRelease => 0,
     }
 }

@@ -356,3 +356,88 @@ fn ring_records_are_tagged_with_their_ipc_message_type() {
         [MessageHeader::Schema, MessageHeader::DictionaryBatch, MessageHeader::RecordBatch].map(|h| u16::from(h.0));
     assert_eq!(types, [schema, dictionary, batch, batch, 0]);
 }
+
+/// A writer in another language may tag ring records however it likes: the
+/// receiver must copy a dictionary because the frame *is* one, not because
+/// the record says so. Tagged 0, 1 or 3, a leased dictionary would pin the
+/// ring and stall the producer after one lap.
+#[test]
+fn dictionary_frames_with_any_record_type_do_not_pin_the_ring() {
+    let dict: Arc<DictionaryArray<Int32Type>> = Arc::new(vec!["BTC", "ETH", "SOL"].into_iter().collect());
+    let schema = Arc::new(arrow_schema::Schema::new(vec![
+        Field::new("sym", dict.data_type().clone(), false),
+        Field::new("n", DataType::Int64, false),
+    ]));
+    for dictionary_tag in [0u16, 1, 3] {
+        let segment = ring(1 << 16).create_anonymous().unwrap();
+        let mut raw = segment.producer().unwrap();
+        let mut rx = BatchReceiver::new(segment.consumer().unwrap()).unwrap();
+        let mut enc = ArrowFrameEncoder::new();
+        for n in 0..2_000i64 {
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::clone(&dict) as ArrayRef, Arc::new(Int64Array::from(vec![n; 3])) as ArrayRef],
+            )
+            .unwrap();
+            let mut sink = FrameBuffers::default();
+            enc.encode(&batch, &mut sink).unwrap();
+            for frame in &sink.frames {
+                let meta_len = i32::from_le_bytes(frame[4..8].try_into().unwrap()) as usize;
+                let kind = arrow_ipc::root_as_message(&frame[8..8 + meta_len]).unwrap().header_type();
+                let tag = if kind == MessageHeader::DictionaryBatch { dictionary_tag } else { u16::from(kind.0) };
+                raw.try_send_typed(tag, frame).unwrap_or_else(|e| panic!("tag {dictionary_tag}, batch {n}: {e}"));
+            }
+            let got = rx.try_recv().unwrap();
+            assert_eq!(got, batch);
+            drop(got);
+            assert_eq!(segment.status().head, segment.status().tail, "tag {dictionary_tag}: held after batch {n}");
+        }
+        assert!(segment.status().tail > 8 * (1 << 16), "many laps past the dictionary's record");
+    }
+}
+
+/// `frame` (a record batch frame) with the buffer of length `from` claiming
+/// `to` bytes instead (still inside the body).
+fn with_buffer_length(frame: &[u8], from: i64, to: i64) -> Vec<u8> {
+    let meta_len = i32::from_le_bytes(frame[4..8].try_into().unwrap()) as usize;
+    let message = arrow_ipc::root_as_message(&frame[8..8 + meta_len]).unwrap();
+    let target = message.header_as_record_batch().unwrap().buffers().unwrap().iter().find(|b| b.length() == from);
+    let target = target.unwrap_or_else(|| panic!("no buffer of {from} bytes"));
+    let needle = [target.offset().to_le_bytes(), target.length().to_le_bytes()].concat();
+    let pos = frame[8..8 + meta_len].windows(16).position(|w| w == needle.as_slice()).unwrap();
+    let mut evil = frame.to_vec();
+    evil[8 + pos + 8..8 + pos + 16].copy_from_slice(&to.to_le_bytes());
+    evil
+}
+
+/// Under `trust_peer` arrow skips validation, including (arrow-ipc 60.1)
+/// whether a fixed-width buffer holds as many values as the field node says;
+/// the receiver still checks it, so a short buffer is a rejected frame.
+#[test]
+fn trusted_receiver_still_refuses_fixed_width_buffers_shorter_than_their_node() {
+    let segment = ring(1 << 20).create_anonymous().unwrap();
+    let mut raw = segment.producer().unwrap();
+    // SAFETY: the test's frames are valid Arrow data apart from buffer
+    // lengths, which the receiver checks even when trusting its peer.
+    let mut rx = unsafe { BatchReceiver::new(segment.consumer().unwrap()).unwrap().trust_peer() };
+    let fixed = arrow_array::FixedSizeBinaryArray::try_from_iter([b"abcd", b"efgh", b"ijkl"].into_iter()).unwrap();
+    let ints = Int64Array::from(vec![1, 2, 3]);
+    let cases: [(ArrayRef, i64); 2] = [(Arc::new(fixed), 12), (Arc::new(ints), 24)];
+    for (column, values_len) in cases {
+        let batch = RecordBatch::try_from_iter([("c", column)]).unwrap();
+        let frames = frames_of(&batch);
+        raw.try_send(&frames[0]).unwrap();
+        raw.try_send(&with_buffer_length(&frames[1], values_len, 8)).unwrap();
+        raw.try_send(&frames[1]).unwrap();
+        match rx.try_recv() {
+            // Refused by the receiver's own check, before arrow slices (and
+            // arrow-ipc 60.1 would panic on) the short buffer.
+            Err(BatchRecvError::Rejected { reason: FrameDecodeError::OutOfBounds(msg), .. }) => {
+                assert!(msg.contains("has 8 bytes, needs"), "{msg}");
+            }
+            other => panic!("expected an out-of-bounds rejection, got {other:?}"),
+        }
+        assert_eq!(rx.try_recv().unwrap(), batch, "the intact frame after it decodes");
+    }
+    assert_eq!(rx.dead_letters(), 2);
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipc_core::{RingBuilder, Segment};
 use schemas::channel::{EnvelopeReceiver, EnvelopeRecvError, EnvelopeSendError, EnvelopeSender, RejectReason};
-use schemas::envelope::{EnvelopeEncoder, EnvelopeError, EnvelopeHeader, Event, MessageId};
+use schemas::envelope::{EnvelopeEncoder, EnvelopeError, EnvelopeHeader, Event, MessageId, PayloadOffset};
 use schemas::fb;
 
 fn ring() -> Segment {
@@ -321,4 +321,93 @@ fn envelopes_cross_a_process_boundary_through_named_shared_memory() {
     assert!(child.wait().unwrap().success());
     assert_eq!(expected, CROSS_PROCESS_MESSAGES);
     assert_eq!(rx.dead_letters(), 0);
+}
+
+#[test]
+fn envelope_without_payload_is_sent_and_received() {
+    let ring = ring();
+    let mut tx = EnvelopeSender::new(ring.producer().unwrap());
+    let mut rx = EnvelopeReceiver::new(ring.consumer().unwrap());
+    let header = EnvelopeHeader::new("probe", "peer");
+    tx.try_send(&header, |_| PayloadOffset::none()).unwrap();
+    let msg = rx.try_recv().unwrap();
+    assert_eq!(msg.message_type(), fb::Payload::NONE);
+    assert_eq!(msg.envelope().payload_type(), fb::Payload::NONE);
+    assert_eq!(EnvelopeHeader::from_envelope(&msg.envelope()).message_id, header.message_id);
+    assert_eq!(msg.event().unwrap_err(), EnvelopeError::MissingPayload);
+    drop(msg);
+    assert_eq!(rx.dead_letters(), 0);
+}
+
+#[test]
+fn envelope_with_a_nil_message_id_is_a_counted_dead_letter() {
+    let ring = ring();
+    let mut raw = ring.producer().unwrap();
+    let mut rx = EnvelopeReceiver::new(ring.consumer().unwrap());
+    let mut header = EnvelopeHeader::new("a", "b");
+    header.message_id = MessageId::NIL;
+    let nil = EnvelopeEncoder::new().encode(&header, heartbeat(1)).to_vec();
+    raw.try_send_typed(u16::from(fb::Payload::Heartbeat.0), &nil).unwrap();
+    raw.try_send_typed(u16::from(fb::Payload::Heartbeat.0), &valid_envelope(2)).unwrap();
+    match rx.try_recv() {
+        Err(EnvelopeRecvError::Rejected {
+            reason: RejectReason::Envelope(EnvelopeError::MissingMessageId), ..
+        }) => {}
+        other => panic!("expected a MissingMessageId rejection, got {other:?}"),
+    }
+    assert_eq!(rx.dead_letters(), 1);
+    assert_eq!(rx.try_recv().unwrap().envelope().payload_as_heartbeat().unwrap().sequence(), 2);
+}
+
+/// Overwrites `len` bytes of the named segment's file at the address `at` of
+/// this process's mapping: what a producer that ignores the ring protocol
+/// does to a committed record, through its own mapping.
+fn rewrite_shared_memory(name: &str, at: *const u8, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let mapping = common::shm_mapping(name);
+    let path = format!("/dev/shm/{}{name}", ipc_core::NAME_PREFIX);
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, (at as usize - mapping.start) as u64).unwrap();
+}
+
+#[test]
+fn private_copy_is_what_is_read_when_the_peer_rewrites_the_record_after_verification() {
+    let name = common::unique_name("env-private-copy");
+    let ring = RingBuilder::new(1 << 16).create_named(&name).unwrap();
+    let mut tx = EnvelopeSender::new(ring.producer().unwrap());
+    let data = common::data_region(&common::shm_mapping(&name));
+
+    // In place: the view is the ring record, so a rewrite shows through.
+    let mut in_place = EnvelopeReceiver::new(ring.consumer().unwrap());
+    tx.try_send(&EnvelopeHeader::new("honest", "b"), heartbeat(1)).unwrap();
+    let msg = in_place.try_recv().unwrap();
+    let original = msg.bytes().to_vec();
+    rewrite_shared_memory(&name, msg.bytes().as_ptr(), &vec![0xEE; original.len()]);
+    assert_ne!(msg.bytes(), &original[..], "in place, the peer's rewrite reaches the view");
+    drop(msg); // never read through the accessors: the bytes are no envelope now
+    let consumer = in_place.into_consumer();
+
+    // Copied: verification and every read use the receiver's own memory.
+    let mut copied = EnvelopeReceiver::new(consumer).copy_before_verify(1024);
+    tx.try_send(&EnvelopeHeader::new("honest", "b"), heartbeat(2)).unwrap();
+    let msg = copied.try_recv().unwrap();
+    assert!(!common::within(msg.bytes(), &data), "the copy is private memory");
+    // Find the record in the ring (its message id makes it unique) and wreck it.
+    // SAFETY: `data` is this process's live mapping of the segment.
+    let region = unsafe { std::slice::from_raw_parts(data.start as *const u8, data.end - data.start) };
+    let at = region.windows(msg.bytes().len()).position(|w| w == msg.bytes()).expect("record in the ring");
+    rewrite_shared_memory(&name, region[at..].as_ptr(), &vec![0xEE; msg.bytes().len()]);
+    assert_eq!(msg.envelope().source(), Some("honest"));
+    assert_eq!(msg.envelope().payload_as_heartbeat().unwrap().sequence(), 2);
+    let owned = msg.into_owned().unwrap();
+    assert_eq!(owned.envelope().payload_as_heartbeat().unwrap().sequence(), 2);
+    assert_eq!(owned.message_type(), fb::Payload::Heartbeat);
+    drop(owned);
+    assert_eq!(ring.status().head, ring.status().tail, "the copied record was released");
+
+    // Longer records than the limit are verified in place, as before.
+    let mut small = EnvelopeReceiver::new(copied.into_consumer()).copy_before_verify(16);
+    tx.try_send(&EnvelopeHeader::new("honest", "b"), heartbeat(3)).unwrap();
+    let msg = small.try_recv().unwrap();
+    assert!(common::within(msg.bytes(), &data));
 }

@@ -29,7 +29,8 @@
 //!
 //! Each record's message type is the frame's `arrow_ipc::MessageHeader`
 //! (1 schema, 2 dictionary, 3 record batch; 0 for end of stream), so a
-//! consumer can tell frames apart without parsing them.
+//! consumer can tell frames apart without parsing them. The receiver does
+//! not rely on it.
 //!
 //! # Release order and backpressure
 //!
@@ -42,12 +43,14 @@
 //! batches while waiting for the producer to send more than the ring can
 //! take: it would wait for space that only your drop can free.
 //!
-//! Dictionary frames are the one exception to zero copy: the receiver copies
-//! each into its own memory before decoding. The decoder keeps dictionary
-//! values for the rest of the stream, and a dictionary left in the ring
-//! would pin its record and, in-order release, everything after it: the ring
-//! would fill up and stall once one capacity of batches had passed. A
-//! dictionary is normally sent once per stream, so the copy is rare; the
+//! Dictionary frames are the one exception to zero copy: the decoder copies
+//! each dictionary's body into its own memory. It keeps dictionary values
+//! for the rest of the stream, and a dictionary left in the ring would pin
+//! its record and, in-order release, everything after it: the ring would
+//! fill up and stall once one capacity of batches had passed. The decision is
+//! made from the IPC message the decoder parsed, not from the record's
+//! message type (a peer's claim, which another writer may set to anything).
+//! A dictionary is normally sent once per stream, so the copy is rare; the
 //! dictionary *keys* of every batch stay in shared memory.
 
 use std::fmt;
@@ -58,7 +61,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
-use arrow_buffer::Buffer;
 use arrow_ipc::MessageHeader;
 use arrow_schema::{ArrowError, SchemaRef};
 use ipc_core::{Consumer, CorruptReason, PayloadAlign, Producer, SegmentFault, WriteGrant};
@@ -334,9 +336,9 @@ pub enum BatchRecvError {
     /// The producer is gone and everything it committed has been received.
     #[error("producer disconnected")]
     Disconnected,
-    /// Too many records are held (batches and dictionaries not yet dropped):
-    /// nothing more can be received until some are dropped. (0: the consumer
-    /// releases explicitly, so it may hold no batch at all.)
+    /// Too many records are held (batches not yet dropped): nothing more can
+    /// be received until some are dropped (a refused frame stays in the ring
+    /// and comes next).
     #[error("{0} leases outstanding: drop some batches before receiving more")]
     LeasesExhausted(usize),
     /// A ring record header is invalid; the ring cannot be read past it.
@@ -437,13 +439,18 @@ impl fmt::Debug for BatchReceiver {
 impl BatchReceiver {
     /// A validating receiver over `consumer`, whose ring must have been
     /// built with [`PayloadAlign::SixtyFour`].
-    pub fn new(consumer: Consumer) -> Result<Self, BatchChannelError> {
+    pub fn new(mut consumer: Consumer) -> Result<Self, BatchChannelError> {
         check_alignment(consumer.segment().payload_align())?;
+        // Batches release their records when dropped; cannot fail.
+        let _ = consumer.set_release_mode(ipc_core::ReleaseMode::OnDrop);
         Ok(Self { consumer, decoder: ArrowFrameDecoder::new(), dead_letters: 0 })
     }
 
     /// Skips Arrow validation of array data, so receiving costs the same for
-    /// 1 K or 1 M rows (framing and layout bounds checks still run).
+    /// 1 K or 1 M rows. Framing and layout bounds checks still run, and so
+    /// does the per-column check that every validity, values, offsets and
+    /// keys buffer is as long as its field node says (a short buffer is a
+    /// [`BatchRecvError::Rejected`] frame, not a read past it).
     ///
     /// # Safety
     ///
@@ -498,26 +505,23 @@ impl BatchReceiver {
                 Wait::Until(Some(deadline)) => self.consumer.recv_timeout(Wait::remaining(deadline))?,
             };
             let len = guard.len();
-            let frame = if guard.message_type() == u16::from(MessageHeader::DictionaryBatch.0) {
-                // Kept for the whole stream: copied out so it pins no ring
-                // space (see the module docs). Arrow allocations are 64-byte
-                // aligned, like the ring's payloads.
-                let copy = Buffer::from_slice_ref(&*guard);
-                drop(guard);
-                copy
-            } else {
-                // A refused guard comes back in the error; dropping it
-                // releases the record.
-                let lease = guard
-                    .into_lease()
-                    .map_err(|refused| BatchRecvError::LeasesExhausted(lease_capacity(refused.reason)))?;
-                let ptr = NonNull::from(lease.deref()).cast::<u8>();
-                // SAFETY: `ptr..ptr + len` is the lease's record in the mapped
-                // ring; the lease (the buffer's owner) keeps the mapping alive
-                // and the record unreleased, so the producer does not write
-                // it, until the last Buffer or array referring to it drops.
-                unsafe { buffer_from_owner(ptr, len, Arc::new(lease)) }
-            };
+            // Every frame is decoded where it lies; what outlives it is for the
+            // decoder to decide from the message it parses (it copies
+            // dictionaries), never from the record's message type, which is
+            // the peer's claim.
+            // A refused lease puts the frame back: it is received again once
+            // the caller has dropped some batches.
+            let lease = guard.into_lease().map_err(|refused| {
+                let capacity = lease_capacity(refused.reason);
+                refused.into_inner().requeue();
+                BatchRecvError::LeasesExhausted(capacity)
+            })?;
+            let ptr = NonNull::from(lease.deref()).cast::<u8>();
+            // SAFETY: `ptr..ptr + len` is the lease's record in the mapped
+            // ring; the lease (the buffer's owner) keeps the mapping alive
+            // and the record unreleased, so the producer does not write
+            // it, until the last Buffer or array referring to it drops.
+            let frame = unsafe { buffer_from_owner(ptr, len, Arc::new(lease)) };
             match self.decoder.decode(&frame) {
                 Ok(DecodedFrame::RecordBatch(batch)) => return Ok(batch),
                 Ok(DecodedFrame::Schema(_) | DecodedFrame::Dictionary { .. } | DecodedFrame::EndOfStream) => {}

@@ -21,8 +21,8 @@ use ipc_core::{Consumer, CorruptReason, Lease, Producer, ReadGuard, SegmentFault
 
 use super::{Wait, lease_capacity};
 use crate::envelope::{
-    Envelope, EnvelopeEncoder, EnvelopeError, EnvelopeHeader, Event, FILE_IDENTIFIER, MIN_ENVELOPE_LEN, PayloadOffset,
-    SIZE_PREFIX_LEN, VerifyOptions, envelope_unchecked, verify_envelope,
+    Envelope, EnvelopeEncoder, EnvelopeError, EnvelopeHeader, Event, PayloadOffset, VerifyOptions, envelope_unchecked,
+    framed_record, verify_envelope,
 };
 use crate::fb;
 
@@ -234,8 +234,8 @@ pub enum EnvelopeRecvError {
     /// The producer is gone and everything it committed has been received.
     #[error("producer disconnected")]
     Disconnected,
-    /// Too many envelopes are held as [`OwnedEnvelope`]s (0: the consumer
-    /// releases explicitly, so it may hold none).
+    /// Too many envelopes are held as [`OwnedEnvelope`]s: drop some, then
+    /// receive again (a refused envelope stays in the ring and comes next).
     #[error("{0} leases outstanding: drop some before receiving more")]
     LeasesExhausted(usize),
     /// A ring record header is invalid; the ring cannot be read past it.
@@ -297,10 +297,33 @@ impl From<ipc_core::RecvTimeoutError> for EnvelopeRecvError {
 ///
 /// Verification (on by default) checks the framing (record length == size
 /// prefix + 4, identifier `"TDPL"`), runs the FlatBuffers verifier with the
-/// tight [`VerifyOptions::default`] limits, and checks that the record's
-/// message type equals the payload type. A record that fails is released,
-/// counted in [`dead_letters`](Self::dead_letters) and reported as
+/// tight [`VerifyOptions::default`] limits, the envelope rules of
+/// [`verify_envelope`] (a non-nil `message_id`, ...), and checks that the
+/// record's message type equals the payload type. A record that fails is
+/// released, counted in [`dead_letters`](Self::dead_letters) and reported as
 /// [`EnvelopeRecvError::Rejected`]; the next call gets the next record.
+///
+/// # Trust boundary
+///
+/// By default the record is verified *in place*, in shared memory the
+/// producer's process can also write. That guarantees the bytes were a valid
+/// envelope at the moment they were checked, and that a producer following
+/// the ring protocol (it never writes a committed record before the consumer
+/// releases it) cannot change them while a view exists. It does **not**
+/// protect against a producer that breaks the protocol and rewrites a record
+/// after it was verified: the generated accessors then read offsets that
+/// were never checked, which can read out of bounds of the record (within or
+/// beyond the mapping) — undefined behaviour in the reading process.
+///
+/// For a producer that is not trusted that far, [`copy_before_verify`]
+/// copies each record up to a given length into memory private to this
+/// receiver, verifies the copy and reads the envelope from it: what was
+/// verified is then what is read, whatever the peer does to the ring
+/// afterwards. It costs one copy of the record per receive (see the channels
+/// bench: a few ns for a 248-byte envelope); records longer than the limit are
+/// still verified in place.
+///
+/// [`copy_before_verify`]: Self::copy_before_verify
 ///
 /// ```
 /// use ipc_core::RingBuilder;
@@ -327,6 +350,9 @@ pub struct EnvelopeReceiver {
     options: VerifyOptions,
     trusted: bool,
     dead_letters: u64,
+    /// Private copies of records up to this many bytes (0: none); its
+    /// length is the limit set by `copy_before_verify`.
+    private_copy: Vec<u8>,
 }
 
 impl fmt::Debug for EnvelopeReceiver {
@@ -336,14 +362,45 @@ impl fmt::Debug for EnvelopeReceiver {
             .field("options", &self.options)
             .field("trusted", &self.trusted)
             .field("dead_letters", &self.dead_letters)
+            .field("copy_before_verify", &self.private_copy.len())
             .finish()
     }
 }
 
 impl EnvelopeReceiver {
     /// A receiver that verifies every record with [`VerifyOptions::default`].
-    pub fn new(consumer: Consumer) -> Self {
-        Self { consumer, options: VerifyOptions::default(), trusted: false, dead_letters: 0 }
+    /// The receiver releases each record when its envelope is done with
+    /// ([`ipc_core::ReleaseMode::OnDrop`], which it sets).
+    pub fn new(mut consumer: Consumer) -> Self {
+        // Cannot fail: switching to on-drop release is always allowed.
+        let _ = consumer.set_release_mode(ipc_core::ReleaseMode::OnDrop);
+        Self { consumer, options: VerifyOptions::default(), trusted: false, dead_letters: 0, private_copy: Vec::new() }
+    }
+
+    /// Verifies a private copy of every record of at most `max_len` bytes
+    /// instead of the record in shared memory, and reads the envelope from
+    /// that copy, so a peer rewriting the ring after verification cannot
+    /// change what is read (see the type docs' trust boundary). Allocates
+    /// `max_len` bytes once, here; receiving still allocates nothing. Has
+    /// no effect after [`trust_peer`](Self::trust_peer), which verifies
+    /// nothing.
+    ///
+    /// ```
+    /// # use ipc_core::RingBuilder;
+    /// # use schemas::channel::{EnvelopeReceiver, EnvelopeSender};
+    /// # use schemas::envelope::EnvelopeHeader;
+    /// # use schemas::fb;
+    /// # let ring = RingBuilder::new(1 << 16).create_anonymous()?;
+    /// # let mut tx = EnvelopeSender::new(ring.producer()?);
+    /// let mut rx = EnvelopeReceiver::new(ring.consumer()?).copy_before_verify(1024);
+    /// tx.try_send(&EnvelopeHeader::new("a", "b"), |fbb| fb::Heartbeat::create(fbb, &Default::default()))?;
+    /// let msg = rx.try_recv()?;
+    /// assert_eq!(msg.envelope().source(), Some("a")); // read from the private copy
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn copy_before_verify(mut self, max_len: usize) -> Self {
+        self.private_copy = vec![0; max_len];
+        self
     }
 
     /// Replaces the verifier limits (e.g. a larger `max_apparent_size` for
@@ -388,7 +445,7 @@ impl EnvelopeReceiver {
     #[inline]
     pub fn try_recv(&mut self) -> Result<ReceivedEnvelope<'_>, EnvelopeRecvError> {
         let guard = self.consumer.try_recv()?;
-        check(guard, &self.options, self.trusted, &mut self.dead_letters)
+        check(guard, &self.options, self.trusted, &mut self.private_copy, &mut self.dead_letters)
     }
 
     /// The next envelope, waiting with the consumer's wait strategy.
@@ -403,24 +460,36 @@ impl EnvelopeReceiver {
             None => self.consumer.recv()?,
             Some(timeout) => self.consumer.recv_timeout(timeout)?,
         };
-        check(guard, &self.options, self.trusted, &mut self.dead_letters)
+        check(guard, &self.options, self.trusted, &mut self.private_copy, &mut self.dead_letters)
     }
 }
 
-/// Verifies the record in `guard`, or releases it and counts it.
+/// Verifies the record in `guard` (or its private copy in `private_copy`, if
+/// it fits), or releases it and counts it.
 #[inline]
 fn check<'a>(
     guard: ReadGuard<'a>,
     options: &VerifyOptions,
     trusted: bool,
+    private_copy: &'a mut [u8],
     dead_letters: &mut u64,
 ) -> Result<ReceivedEnvelope<'a>, EnvelopeRecvError> {
     let message_type = guard.message_type();
-    pull_into_cache(&guard);
+    let copy = match private_copy.get_mut(..guard.len()) {
+        Some(copy) if !trusted => {
+            copy.copy_from_slice(&guard);
+            Some(&*copy)
+        }
+        _ => {
+            pull_into_cache(&guard);
+            None
+        }
+    };
+    let bytes = copy.unwrap_or(&guard);
     let outcome = if trusted {
-        check_framing(&guard).map_err(RejectReason::from)
+        framed_record(bytes, options.allow_padding_to_8).map(|_| ()).map_err(RejectReason::from)
     } else {
-        verify_envelope(&guard, options).map_err(RejectReason::from).and_then(|env| {
+        verify_envelope(bytes, options).map_err(RejectReason::from).and_then(|env| {
             let payload = env.payload_type().0;
             if u16::from(payload) == message_type {
                 Ok(())
@@ -430,7 +499,7 @@ fn check<'a>(
         })
     };
     match outcome {
-        Ok(()) => Ok(ReceivedEnvelope { guard }),
+        Ok(()) => Ok(ReceivedEnvelope { guard, copy }),
         Err(reason) => {
             let len = guard.len();
             drop(guard);
@@ -457,32 +526,15 @@ fn pull_into_cache(bytes: &[u8]) {
     std::hint::black_box(head.iter().step_by(64).fold(last, |acc, b| acc ^ b));
 }
 
-/// The framing rules of [`verify_envelope`] without the FlatBuffers verifier.
-#[inline]
-fn check_framing(bytes: &[u8]) -> Result<(), EnvelopeError> {
-    let len = bytes.len();
-    let (Some(prefix), Some(ident)) = (bytes.first_chunk::<4>(), bytes.get(8..12)) else {
-        return Err(EnvelopeError::Truncated { len });
-    };
-    let prefix = u32::from_le_bytes(*prefix);
-    if u64::from(prefix) + SIZE_PREFIX_LEN as u64 != len as u64 {
-        return Err(EnvelopeError::SizePrefixMismatch { prefix, len });
-    }
-    if ident != FILE_IDENTIFIER {
-        let mut found = [0u8; 4];
-        found.copy_from_slice(ident);
-        return Err(EnvelopeError::WrongIdentifier { found });
-    }
-    debug_assert!(len >= MIN_ENVELOPE_LEN);
-    Ok(())
-}
-
 /// A received, verified envelope borrowing its record in shared memory. The
 /// record is released (the producer may reuse the space) when this drops;
 /// the receiver cannot receive again until then. Use
 /// [`into_owned`](Self::into_owned) to keep it longer.
 pub struct ReceivedEnvelope<'a> {
     guard: ReadGuard<'a>,
+    /// The receiver's private copy of the record, verified instead of the
+    /// record in `guard` (see [`EnvelopeReceiver::copy_before_verify`]).
+    copy: Option<&'a [u8]>,
 }
 
 impl ReceivedEnvelope<'_> {
@@ -490,10 +542,13 @@ impl ReceivedEnvelope<'_> {
     #[inline]
     pub fn envelope(&self) -> Envelope<'_> {
         // SAFETY: the receiver verified these bytes (or its owner promised, in
-        // `trust_peer`, that the peer writes only valid envelopes), and the
-        // producer does not write a record before it is released, which
-        // happens only when `self.guard` drops after every borrow of `self`.
-        unsafe { envelope_unchecked(&self.guard) }
+        // `trust_peer`, that the peer writes only valid envelopes). A private
+        // copy is borrowed from the receiver for as long as `self` lives and
+        // nothing else writes it; a record in the ring is not written by the
+        // producer before it is released, which happens only when
+        // `self.guard` drops after every borrow of `self` (the trust boundary
+        // in `EnvelopeReceiver`'s docs).
+        unsafe { envelope_unchecked(self.bytes()) }
     }
 
     /// The typed payload ([`EnvelopeError::UnknownPayload`] for a payload
@@ -508,24 +563,35 @@ impl ReceivedEnvelope<'_> {
         fb::Payload(self.guard.message_type() as u8)
     }
 
-    /// The envelope's bytes in shared memory (size prefix included).
+    /// The envelope's bytes (size prefix included): the verified private
+    /// copy if the receiver made one, else the record in shared memory.
     #[inline]
     pub fn bytes(&self) -> &[u8] {
-        &self.guard
+        self.copy.unwrap_or(&self.guard)
     }
 
     /// Keeps the envelope beyond the next receive, e.g. to hand it to another
     /// thread. It still lives in the ring: until it drops, neither its space
     /// nor that of any later record is given back to the producer (the ring
     /// releases in order), so holding many applies backpressure. On
-    /// [`EnvelopeRecvError::LeasesExhausted`] the envelope has been released.
+    /// [`EnvelopeRecvError::LeasesExhausted`] the envelope is put back in the
+    /// ring, unreleased: the next receive returns it again.
+    ///
+    /// An envelope read from a private copy (see
+    /// [`EnvelopeReceiver::copy_before_verify`]) stays a private copy: it is
+    /// copied onto the heap (one allocation) and its record is released now.
     pub fn into_owned(self) -> Result<OwnedEnvelope, EnvelopeRecvError> {
-        match self.guard.into_lease() {
-            Ok(lease) => Ok(OwnedEnvelope { lease }),
-            // Dropping the error drops the guard that came back in it: the
-            // record is released.
-            Err(refused) => Err(EnvelopeRecvError::LeasesExhausted(lease_capacity(refused.reason))),
-        }
+        let storage = match self.copy {
+            Some(copy) => Storage::Copy { bytes: copy.into(), message_type: self.guard.message_type() },
+            // A refused lease puts the envelope back in the ring, unreleased:
+            // the next receive returns it again.
+            None => Storage::Lease(self.guard.into_lease().map_err(|refused| {
+                let capacity = lease_capacity(refused.reason);
+                refused.into_inner().requeue();
+                EnvelopeRecvError::LeasesExhausted(capacity)
+            })?),
+        };
+        Ok(OwnedEnvelope { storage })
     }
 }
 
@@ -560,7 +626,15 @@ impl fmt::Debug for ReceivedEnvelope<'_> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct OwnedEnvelope {
-    lease: Lease,
+    storage: Storage,
+}
+
+/// Where an [`OwnedEnvelope`]'s verified bytes live.
+enum Storage {
+    /// The record in the ring, kept unreleased.
+    Lease(Lease),
+    /// A verified private copy and its record's message type.
+    Copy { bytes: Box<[u8]>, message_type: u16 },
 }
 
 impl OwnedEnvelope {
@@ -568,9 +642,9 @@ impl OwnedEnvelope {
     #[inline]
     pub fn envelope(&self) -> Envelope<'_> {
         // SAFETY: made only from a `ReceivedEnvelope`, whose bytes were
-        // verified (or trusted); the lease keeps the record unreleased, so
-        // unwritten, until it drops.
-        unsafe { envelope_unchecked(&self.lease) }
+        // verified (or trusted): either a private copy this value owns, or a
+        // record the lease keeps unreleased, so unwritten, until it drops.
+        unsafe { envelope_unchecked(self.bytes()) }
     }
 
     /// The typed payload.
@@ -580,12 +654,19 @@ impl OwnedEnvelope {
 
     /// The payload type, read from the ring record header.
     pub fn message_type(&self) -> fb::Payload {
-        fb::Payload(self.lease.message_type() as u8)
+        let message_type = match &self.storage {
+            Storage::Lease(lease) => lease.message_type(),
+            Storage::Copy { message_type, .. } => *message_type,
+        };
+        fb::Payload(message_type as u8)
     }
 
-    /// The envelope's bytes in shared memory.
+    /// The envelope's bytes: in shared memory, or the private copy.
     pub fn bytes(&self) -> &[u8] {
-        &self.lease
+        match &self.storage {
+            Storage::Lease(lease) => lease,
+            Storage::Copy { bytes, .. } => bytes,
+        }
     }
 }
 
@@ -593,7 +674,7 @@ impl fmt::Debug for OwnedEnvelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OwnedEnvelope")
             .field("message_type", &self.message_type())
-            .field("len", &self.lease.len())
+            .field("len", &self.bytes().len())
             .finish()
     }
 }

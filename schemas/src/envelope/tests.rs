@@ -1,5 +1,11 @@
+use super::catalogue::{CATALOGUE, payload_shapes};
+use super::encoder::Finished;
+use super::walk as verify;
 use super::*;
+use crate::fb;
+use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use proptest::prelude::*;
+use serde_json::Value;
 
 fn heartbeat(enc: &mut EnvelopeEncoder, header: &EnvelopeHeader<'_>, sequence: u64) -> Vec<u8> {
     enc.encode(header, |fbb| {
@@ -342,7 +348,7 @@ fn any_event(fbb: &mut FlatBufferBuilder<'static>, kind: u8, bits: &mut Bits) ->
     let shapes = payload_shapes(fb::Payload(kind));
     // Offsets first: strings and vectors cannot be built inside a table.
     let mut offsets = Vec::new();
-    for shape in &shapes {
+    for (_, shape) in &shapes {
         offsets.push(match shape {
             Shape::String => Some(fbb.create_string(bits.text()).value()),
             Shape::StringVector => {
@@ -353,8 +359,8 @@ fn any_event(fbb: &mut FlatBufferBuilder<'static>, kind: u8, bits: &mut Bits) ->
         });
     }
     let start = fbb.start_table();
-    for (i, (shape, offset)) in shapes.iter().zip(offsets).enumerate() {
-        let slot = u16::try_from(4 + 2 * i).unwrap();
+    for ((slot, shape), offset) in shapes.iter().zip(offsets) {
+        let slot = *slot;
         if bits.next() % 5 == 0 {
             continue; // absent
         }
@@ -425,7 +431,7 @@ fn assert_verifiers_agree(bytes: &[u8], opts: &VerifyOptions) {
     let Ok(record) = framed_record(bytes, opts.allow_padding_to_8) else {
         return;
     };
-    let fast = verify::verify_fast(record, opts);
+    let fast = verify::verify_fast(record, opts).is_ok();
     let fb_opts = flatbuffers::VerifierOptions {
         max_depth: opts.max_depth,
         max_tables: opts.max_tables,
@@ -435,7 +441,15 @@ fn assert_verifiers_agree(bytes: &[u8], opts: &VerifyOptions) {
     let generic = flatbuffers::size_prefixed_root_with_opts::<Envelope<'_>>(&fb_opts, record);
     assert_eq!(fast, generic.is_ok(), "specialised {fast}, flatbuffers {generic:?}, opts {opts:?}, record {record:?}");
     let via_api = verify_envelope(bytes, opts);
-    assert_eq!(via_api.is_ok(), fast);
+    let via_flatbuffers =
+        verify_envelope(bytes, &VerifyOptions { verifier: VerifierKind::FlatBuffers, ..opts.clone() });
+    // The specialised walk's refusal reports FlatBuffers' own error.
+    assert_eq!(via_api.as_ref().map(|_| ()), via_flatbuffers.as_ref().map(|_| ()));
+    match &via_api {
+        // Rules beyond FlatBuffers' verifier, checked once it accepted.
+        Ok(_) | Err(EnvelopeError::MissingMessageId | EnvelopeError::UnknownPayloadNotATable(_)) => assert!(fast),
+        Err(_) => assert!(!fast),
+    }
     if let Ok(env) = via_api {
         // Every accessor: header, metadata (keys and values), payload fields.
         let _ = envelope_to_json(&env);
@@ -464,7 +478,7 @@ fn specialised_verifier_accepts_every_event_type() {
         for seed in 0..20 {
             let bytes = any_event_record(kind, seed, (seed % 3) as usize);
             let env = verify_envelope(&bytes, &VerifyOptions::default()).unwrap();
-            assert!(verify::verify_fast(&bytes, &VerifyOptions::default()), "kind {kind} seed {seed}");
+            assert!(verify::verify_fast(&bytes, &VerifyOptions::default()).is_ok(), "kind {kind} seed {seed}");
             if (1..=20).contains(&kind) {
                 assert!(Event::from_envelope(&env).is_ok());
             }
@@ -528,5 +542,201 @@ proptest! {
         for opts in limit_variants() {
             assert_verifiers_agree(&bytes, &opts);
         }
+    }
+}
+
+/// A `MeshFormed` whose `member_agent_ids` are `count` offsets to one string
+/// of `string_len` bytes: tiny on the wire, `count * string_len` bytes for a
+/// verifier that checks every element it is pointed at.
+fn mesh_with_shared_member_string(count: usize, string_len: usize) -> Vec<u8> {
+    let mut enc = EnvelopeEncoder::with_capacity(count * 4 + string_len + 1024);
+    let text = "m".repeat(string_len);
+    enc.encode(&EnvelopeHeader::new("a", "b"), |fbb| {
+        let member = fbb.create_string(&text);
+        let members = fbb.create_vector(&vec![member; count]);
+        fb::MeshFormed::create(fbb, &fb::MeshFormedArgs { member_agent_ids: Some(members), ..Default::default() })
+    })
+    .to_vec()
+}
+
+/// The 256 KiB record of issue 11 (32 K offsets to one 128 KiB string): the
+/// walk stops once the apparent size passes the limit, after visiting at most
+/// the limit plus one string, instead of 32 K x 128 KiB = 4 GiB.
+#[test]
+fn walk_stops_at_the_apparent_size_limit_for_offsets_sharing_one_string() {
+    for (count, string_len) in [(32 * 1024, 128 * 1024), (64 * 1024, 256 * 1024)] {
+        let bytes = mesh_with_shared_member_string(count, string_len);
+        let opts = VerifyOptions::default();
+        let (accepted, visited, _) = verify::walk_counts(&bytes, &opts);
+        assert!(!accepted);
+        assert!(visited <= opts.max_apparent_size + string_len + 4, "visited {visited} bytes");
+        for verifier in [VerifierKind::Specialised, VerifierKind::FlatBuffers] {
+            let err = verify_envelope(&bytes, &VerifyOptions { verifier, ..opts.clone() }).unwrap_err();
+            assert_eq!(err, EnvelopeError::Invalid(flatbuffers::InvalidFlatbuffer::ApparentSizeTooLarge));
+        }
+        // With a limit that admits it, the same record is valid: the refusal
+        // was the bound, not a malformed record.
+        let roomy = VerifyOptions { max_apparent_size: usize::MAX, ..opts.clone() };
+        if count * string_len <= 8 << 30 && count == 32 * 1024 {
+            assert!(verify::walk_counts(&bytes, &roomy).0);
+        }
+    }
+}
+
+/// A metadata vector of 200 000 offsets to one `KeyValue` table: the walk
+/// stops at table `max_tables + 1`.
+#[test]
+fn walk_stops_at_the_table_limit_for_a_vector_of_one_repeated_table() {
+    let mut fbb = FlatBufferBuilder::new();
+    let key = fbb.create_string("k");
+    let kv = fb::KeyValue::create(&mut fbb, &fb::KeyValueArgs { key: Some(key), value: None });
+    let metadata = fbb.create_vector(&vec![kv; 200_000]);
+    let id = MessageId::new_v4().to_wire();
+    let root = fb::Envelope::create(
+        &mut fbb,
+        &fb::EnvelopeArgs { message_id: Some(&id), metadata: Some(metadata), ..Default::default() },
+    );
+    fbb.finish_size_prefixed(root, Some("TDPL"));
+    let bytes = fbb.finished_data();
+    let opts = VerifyOptions { max_apparent_size: usize::MAX, ..VerifyOptions::default() };
+    let (accepted, _, tables) = verify::walk_counts(bytes, &opts);
+    assert!(!accepted);
+    assert_eq!(tables, opts.max_tables + 1);
+    assert_eq!(
+        verify_envelope(bytes, &opts).unwrap_err(),
+        EnvelopeError::Invalid(flatbuffers::InvalidFlatbuffer::TooManyTables)
+    );
+    // The default apparent-size limit stops it even earlier.
+    let (_, visited, _) = verify::walk_counts(bytes, &VerifyOptions::default());
+    assert!(visited <= VerifyOptions::default().max_apparent_size + 8);
+}
+
+/// Nesting is fixed by the schema (envelope → payload or `KeyValue`), so the
+/// depth limit is checked where a table is entered.
+#[test]
+fn depth_limit_refuses_the_payload_table_below_the_envelope() {
+    let bytes = heartbeat(&mut EnvelopeEncoder::new(), &EnvelopeHeader::new("a", "b"), 1);
+    let shallow = VerifyOptions { max_depth: 1, ..VerifyOptions::default() };
+    assert!(!verify::walk_counts(&bytes, &shallow).0);
+    assert_eq!(
+        verify_envelope(&bytes, &shallow).unwrap_err(),
+        EnvelopeError::Invalid(flatbuffers::InvalidFlatbuffer::DepthLimitReached)
+    );
+    assert!(verify::walk_counts(&bytes, &VerifyOptions { max_depth: 2, ..VerifyOptions::default() }).0);
+}
+
+#[allow(clippy::all, clippy::pedantic, clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+#[allow(mismatched_lifetime_syntaxes, non_camel_case_types, non_snake_case, unused_imports, dead_code)]
+#[allow(deprecated, missing_docs)]
+#[rustfmt::skip]
+#[path = "../../testdata/vtable_ids/generated/mod.rs"]
+mod vtable_ids_fixture;
+
+/// The fixture declares `name` first but gives it `(id: 1)`: its slot is 6,
+/// not the 4 a walk computing `4 + 2 * index` would read (where `count`, a
+/// ulong, lives). The walk the event tables use must follow the generated
+/// constants.
+#[test]
+fn walk_follows_explicit_field_ids() {
+    use vtable_ids_fixture::fixture::{Reordered, ReorderedArgs};
+    assert_eq!((Reordered::VT_COUNT, Reordered::VT_NAME, Reordered::VT_TAGS), (4, 6, 8));
+
+    let build = |count: u64| {
+        let mut fbb = FlatBufferBuilder::new();
+        let name = fbb.create_string("fixture-name");
+        let tag = fbb.create_string("t");
+        let tags = fbb.create_vector(&[tag]);
+        let root = Reordered::create(&mut fbb, &ReorderedArgs { name: Some(name), count, tags: Some(tags) });
+        fbb.finish(root, None);
+        fbb.finished_data().to_vec()
+    };
+    let walk_reordered = |bytes: &[u8]| -> bool {
+        let mut walk = verify::Walk::new(bytes, &VerifyOptions::default());
+        let run = |walk: &mut verify::Walk<'_>| -> verify::Step {
+            let root = walk.forward(0)?;
+            verify::walk_table!(walk, root, 1, Reordered { name = VT_NAME, count = VT_COUNT, tags = VT_TAGS })
+        };
+        run(&mut walk).is_ok()
+    };
+    // A count whose low 32 bits, read as an offset from slot 4, point
+    // outside the buffer: a walk reading `name` at slot 4 would refuse it.
+    let bytes = build(0xFFFF_FF00);
+    assert!(flatbuffers::root::<Reordered<'_>>(&bytes).is_ok());
+    assert!(walk_reordered(&bytes), "the walk reads name at VT_NAME");
+
+    // Break only the string at slot 6 (its NUL terminator): the walk must see it.
+    let mut broken = bytes.clone();
+    let at = broken.windows(12).position(|w| w == b"fixture-name").unwrap() + 12;
+    broken[at] = b'x';
+    assert!(flatbuffers::root::<Reordered<'_>>(&broken).is_err());
+    assert!(!walk_reordered(&broken), "the walk checked the string in slot 6");
+}
+
+/// Position of the envelope table and its field offsets in a record the
+/// hand layout wrote without metadata (see `header_layout`).
+const T: usize = super::header_layout::TABLE_AT_SHORT;
+
+/// A union member this build does not know is not verified by either
+/// verifier; `payload()` (a safe accessor) still follows its offset, so an
+/// offset off the record is refused, never followed.
+#[test]
+fn unknown_payload_with_a_hostile_value_slot_is_refused_not_read() {
+    let mut enc = EnvelopeEncoder::new();
+    let good = enc
+        .encode(&EnvelopeHeader::new("future", "me"), |fbb| {
+            let t = fb::Heartbeat::create(fbb, &fb::HeartbeatArgs::default());
+            PayloadOffset::new(fb::Payload(200), t.as_union_value())
+        })
+        .to_vec();
+    let payload_slot = T + super::header_layout::PAYLOAD;
+    for (kind, offset) in [(200u8, 0x7FFF_FFF0u32), (200, 2), (0, 0x7FFF_FFF0), (250, u32::MAX - 3)] {
+        let mut bytes = good.clone();
+        bytes[T + super::header_layout::PAYLOAD_TYPE] = kind;
+        bytes[payload_slot..][..4].copy_from_slice(&offset.to_le_bytes());
+        for verifier in [VerifierKind::Specialised, VerifierKind::FlatBuffers] {
+            let opts = VerifyOptions { verifier, ..VerifyOptions::default() };
+            assert_eq!(
+                verify_envelope(&bytes, &opts).unwrap_err(),
+                EnvelopeError::UnknownPayloadNotATable(kind),
+                "kind {kind} offset {offset:#x} {verifier:?}"
+            );
+        }
+    }
+    // The honest unknown payload stays readable, as a table.
+    let env = verify_envelope(&good, &VerifyOptions::default()).unwrap();
+    let table = env.payload().expect("the unknown member's table");
+    assert!(table.vtable().num_bytes() >= 4);
+}
+
+#[test]
+fn missing_or_nil_message_id_is_refused() {
+    let mut enc = EnvelopeEncoder::new();
+    let mut header = EnvelopeHeader::new("a", "b");
+    header.message_id = MessageId::NIL;
+    let nil = heartbeat(&mut enc, &header, 1);
+    assert_eq!(verify_envelope(&nil, &VerifyOptions::default()).unwrap_err(), EnvelopeError::MissingMessageId);
+
+    let mut fbb = FlatBufferBuilder::new();
+    let source = fbb.create_string("a");
+    let root = fb::Envelope::create(&mut fbb, &fb::EnvelopeArgs { source: Some(source), ..Default::default() });
+    fbb.finish_size_prefixed(root, Some("TDPL"));
+    for verifier in [VerifierKind::Specialised, VerifierKind::FlatBuffers] {
+        let opts = VerifyOptions { verifier, ..VerifyOptions::default() };
+        assert_eq!(verify_envelope(fbb.finished_data(), &opts).unwrap_err(), EnvelopeError::MissingMessageId);
+    }
+}
+
+#[test]
+fn envelope_without_payload_is_built_and_verified() {
+    let mut enc = EnvelopeEncoder::new();
+    for metadata in [&[][..], &[("k", "v")][..]] {
+        let header = EnvelopeHeader::new("probe", "peer").with_metadata(metadata);
+        let bytes = enc.encode(&header, |_| PayloadOffset::none()).to_vec();
+        let env = verify_envelope(&bytes, &VerifyOptions::default()).unwrap();
+        assert_eq!(env.payload_type(), fb::Payload::NONE);
+        assert!(env.payload().is_none());
+        assert_eq!(EnvelopeHeader::from_envelope(&env).message_id, header.message_id);
+        assert_eq!(Event::from_envelope(&env).unwrap_err(), EnvelopeError::MissingPayload);
+        assert_eq!(envelope_to_json(&env)["message_type"], "NONE");
     }
 }
