@@ -14,7 +14,7 @@
 //! A lapped observer reports [`ObserveError::Lagged`] with a non-zero skip and resumes at the
 //! consumer position it read, which the producer cannot overwrite until the consumer moves on.
 
-use crate::layout::{self, RECORD_HEADER_LEN, SLACK, record_len};
+use crate::layout::{self, RECORD_HEADER_LEN, SLACK};
 use crate::segment::Segment;
 use crate::sync::atomic::AtomicU64;
 use crate::sync::atomic::Ordering::{self, Acquire, Relaxed};
@@ -75,7 +75,7 @@ pub struct Observer {
     data: *const u8,
     mask: u64,
     capacity: u64,
-    max_len: u32,
+    bounds: layout::RecordBounds,
     pos: u64,
 }
 
@@ -99,7 +99,7 @@ impl Segment {
             data: self.data().as_ptr(),
             mask: self.params.capacity - 1,
             capacity: self.params.capacity,
-            max_len: self.params.max_message_len,
+            bounds: self.record_bounds(),
             pos: pos & !7,
         }
     }
@@ -191,8 +191,11 @@ impl Observer {
         loop {
             let pos = self.pos;
             // Acquire: a published header carries the payload writes before it.
-            let rec = match layout::decode_header(pos, self.word(pos, Acquire)) {
-                Ok(Some(rec)) => rec,
+            // The same checks as every other reader of records (`layout::check_record`); the
+            // observer knows no producer limit, so only the lap and the position bound it.
+            let checked = layout::check_record(pos, self.word(pos, Acquire), self.bounds, layout::MAX_POSITION);
+            let (rec, end) = match checked {
+                Ok(Some(checked)) => (checked.header, checked.end),
                 Ok(None) => {
                     self.check_lap(pos, pos)?;
                     return Err(ObserveError::Empty);
@@ -202,11 +205,6 @@ impl Observer {
                     return Err(ObserveError::Corrupt(pos));
                 }
             };
-            let end = pos + record_len(u64::from(rec.payload_len));
-            if (pos & self.mask) + (end - pos) > self.capacity || (!rec.padding && rec.payload_len > self.max_len) {
-                self.check_lap(pos, pos)?;
-                return Err(ObserveError::Corrupt(pos));
-            }
             if rec.padding {
                 // A padding header of a later lap would send the observer to a wrong position.
                 self.check_lap(pos, end)?;

@@ -246,6 +246,29 @@ fn owned_envelopes_outlive_later_receives_and_hold_ring_space_until_dropped() {
 }
 
 #[test]
+fn an_envelope_that_cannot_be_owned_stays_in_the_ring_and_comes_next() {
+    let ring = ring();
+    let mut tx = EnvelopeSender::new(ring.producer().unwrap());
+    let mut consumer = ring.consumer().unwrap();
+    consumer.set_max_leases(2);
+    let mut rx = EnvelopeReceiver::new(consumer);
+    for n in 0..4 {
+        tx.try_send(&EnvelopeHeader::new("a", "b"), heartbeat(n)).unwrap();
+    }
+    let seq = |e: &schemas::envelope::Envelope<'_>| e.payload_as_heartbeat().unwrap().sequence();
+    // One owned envelope and one ordinary release behind it fill the two lease entries.
+    let owned = rx.try_recv().unwrap().into_owned().unwrap();
+    assert_eq!(seq(&rx.try_recv().unwrap().envelope()), 1);
+    let refused = rx.try_recv().unwrap().into_owned();
+    assert!(matches!(refused, Err(EnvelopeRecvError::LeasesExhausted(2))), "{refused:?}");
+    drop(owned);
+    // The refused envelope was put back, not released: it is the next one received.
+    let again = rx.try_recv().unwrap().into_owned().unwrap();
+    assert_eq!(seq(&again.envelope()), 2);
+    assert_eq!(seq(&rx.try_recv().unwrap().envelope()), 3);
+}
+
+#[test]
 fn full_ring_and_oversized_envelopes_are_errors_not_waits() {
     let ring = RingBuilder::new(4096).max_message_len(256).create_anonymous().unwrap();
     let mut tx = EnvelopeSender::new(ring.producer().unwrap());

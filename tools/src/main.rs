@@ -388,13 +388,15 @@ fn stat_one(source: &RingSource, must_read: bool) -> Result<()> {
         s.produced.wakes
     );
     println!(
-        "  consumer {}: {} messages, {} B, {} releases, {} wakes, {} corrupt",
+        "  consumer {}: {} messages, {} B, {} releases, {} wakes, {} corrupt, leases {}/{}",
         peer(s.consumer),
         s.consumed.messages,
         s.consumed.bytes,
         s.consumed.releases,
         s.consumed.wakes,
-        s.consumed.corrupt_records
+        s.consumed.corrupt_records,
+        s.consumed.leases_held,
+        s.consumed.lease_capacity
     );
     Ok(())
 }

@@ -64,6 +64,13 @@ fn stat_and_tap_show_a_live_ring_without_consuming_it() {
     // Nothing was consumed.
     let mut consumer = seg.consumer().unwrap();
     assert_eq!(&*consumer.try_recv().unwrap(), &[0; 40]);
+    // Leases held, and how many the consumer may hold, are shown.
+    consumer.set_max_leases(100);
+    let _held =
+        [consumer.try_recv().unwrap().into_lease().unwrap(), consumer.try_recv().unwrap().into_lease().unwrap()];
+    let (ok, out) = tadpole(&["stat", &name]);
+    assert!(ok, "{out}");
+    assert!(out.contains("leases 2/100"), "{out}");
 }
 
 #[test]
