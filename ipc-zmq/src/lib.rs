@@ -1,4 +1,6 @@
-//! The CURVE bridge between hosts. Empty until the relay issue: nothing here is usable yet.
+//! The CURVE bridge between hosts: what `tadpole relay` is made of.
+
+pub mod http;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,277 @@
+//! The relay's HTTP endpoint: `/metrics` (Prometheus text format, rendered by `prometheus-client`),
+//! `/health` and `/ready` (JSON). Read-only, served by one thread with `tiny_http`; it never
+//! touches a ring or a socket, only what the relay publishes through [`Status`].
+//!
+//! Counters stay plain atomics where the relay updates them; they are read at scrape time by a
+//! [`CounterSet`] (a `prometheus_client` collector), so the fast path pays nothing for metrics.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// What a value read at scrape time is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only grows (records, bytes, failures).
+    Counter,
+    /// Goes up and down (in flight, breaker state).
+    Gauge,
+}
+
+type Reader = Box<dyn Fn() -> u64 + Send + Sync>;
+
+struct Series {
+    labels: Vec<(String, String)>,
+    read: Reader,
+}
+
+struct Family {
+    name: String,
+    help: String,
+    kind: Kind,
+    series: Vec<Series>,
+}
+
+/// Metrics read from the relay's atomics on every scrape.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use ipc_zmq::http::{CounterSet, Kind};
+///
+/// let sent = Arc::new(AtomicU64::new(3));
+/// let mut set = CounterSet::default();
+/// let s = sent.clone();
+/// set.add("tadpole_relay_records_sent", "Records sent to the far relay", Kind::Counter, &[("route", "signals")], move || {
+///     s.load(Ordering::Relaxed)
+/// });
+/// let text = set.render();
+/// assert!(text.contains("tadpole_relay_records_sent_total{route=\"signals\"} 3"));
+/// ```
+#[derive(Default)]
+pub struct CounterSet {
+    families: Vec<Family>,
+}
+
+impl fmt::Debug for CounterSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CounterSet").field("families", &self.families.len()).finish()
+    }
+}
+
+impl CounterSet {
+    /// Adds one series: `name` with `labels`, its value read by `read` at scrape time. Series of
+    /// one name share its help and kind (the first given).
+    pub fn add(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        labels: &[(&str, &str)],
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        let series = Series {
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            read: Box::new(read),
+        };
+        match self.families.iter_mut().find(|f| f.name == name) {
+            Some(family) => family.series.push(series),
+            None => {
+                self.families.push(Family { name: name.to_owned(), help: help.to_owned(), kind, series: vec![series] })
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every series (what `/metrics` serves).
+    pub fn render(self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+impl Collector for CounterSet {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        for family in &self.families {
+            let metric_type = match family.kind {
+                Kind::Counter => ConstCounter::new(0u64).metric_type(),
+                Kind::Gauge => ConstGauge::new(0i64).metric_type(),
+            };
+            let mut metric = encoder.encode_descriptor(&family.name, &family.help, None, metric_type)?;
+            for series in &family.series {
+                let value = (series.read)();
+                let labelled = metric.encode_family(&series.labels)?;
+                match family.kind {
+                    Kind::Counter => ConstCounter::new(value).encode(labelled)?,
+                    Kind::Gauge => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(labelled)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the relay publishes to its HTTP endpoint.
+pub trait Status: Send + Sync + 'static {
+    /// Every metric, read now.
+    fn metrics(&self) -> CounterSet;
+    /// Whether the relay is healthy, with details (links, handshake failures, breakers) as JSON.
+    fn health(&self) -> (bool, serde_json::Value);
+    /// Whether the relay serves: its listener is bound behind a running ZAP handler, and its
+    /// rings are attached.
+    fn ready(&self) -> bool;
+}
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve HTTP on {addr}: {reason}")]
+pub struct HttpError {
+    /// The address asked for.
+    pub addr: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// The running endpoint; stops (and joins its thread) when dropped.
+pub struct HttpEndpoint {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpEndpoint {
+    /// Serves `/metrics`, `/health` and `/ready` on `addr` (`127.0.0.1:0` picks a free port).
+    pub fn start(addr: &str, status: Arc<dyn Status>) -> Result<HttpEndpoint, HttpError> {
+        let fail = |reason: String| HttpError { addr: addr.to_owned(), reason };
+        let server = tiny_http::Server::http(addr).map_err(|e| fail(e.to_string()))?;
+        let bound = server.server_addr().to_ip().ok_or_else(|| fail("not an IP address".to_owned()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tadpole-http".to_owned())
+            .spawn(move || {
+                while !stopping.load(Ordering::Relaxed) {
+                    match server.recv_timeout(Duration::from_millis(100)) {
+                        Ok(Some(request)) => respond(request, &*status),
+                        Ok(None) => {}
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(HttpEndpoint { addr: bound, stop, thread: Some(thread) })
+    }
+
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for HttpEndpoint {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn respond(request: tiny_http::Request, status: &dyn Status) {
+    let header = |value: &str| tiny_http::Header::from_bytes(&b"Content-Type"[..], value.as_bytes()).ok();
+    let (code, body, content_type) = if *request.method() != tiny_http::Method::Get {
+        (405, "only GET\n".to_owned(), "text/plain")
+    } else {
+        match request.url().split('?').next().unwrap_or("") {
+            "/metrics" => {
+                (200, status.metrics().render(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            }
+            "/health" => {
+                let (ok, detail) = status.health();
+                let body = serde_json::json!({ "healthy": ok, "detail": detail }).to_string();
+                (if ok { 200 } else { 503 }, body, "application/json")
+            }
+            "/ready" => {
+                let ready = status.ready();
+                (if ready { 200 } else { 503 }, serde_json::json!({ "ready": ready }).to_string(), "application/json")
+            }
+            _ => (404, "not found: try /metrics, /health or /ready\n".to_owned(), "text/plain"),
+        }
+    };
+    let mut response = tiny_http::Response::from_string(body).with_status_code(code);
+    if let Some(h) = header(content_type) {
+        response = response.with_header(h);
+    }
+    // A client that went away is not our problem.
+    let _ = request.respond(response);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::atomic::AtomicU64;
+
+    struct Fake {
+        sent: Arc<AtomicU64>,
+        healthy: AtomicBool,
+    }
+
+    impl Status for Fake {
+        fn metrics(&self) -> CounterSet {
+            let mut set = CounterSet::default();
+            let sent = self.sent.clone();
+            set.add("tadpole_relay_records_sent", "Records sent", Kind::Counter, &[("route", "a")], move || {
+                sent.load(Ordering::Relaxed)
+            });
+            set.add("tadpole_relay_in_flight", "Records in flight", Kind::Gauge, &[("route", "a")], || 7);
+            set
+        }
+        fn health(&self) -> (bool, serde_json::Value) {
+            (self.healthy.load(Ordering::Relaxed), serde_json::json!({ "handshake_failures": 4 }))
+        }
+        fn ready(&self) -> bool {
+            true
+        }
+    }
+
+    fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (code, text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
+    }
+
+    #[test]
+    fn metrics_health_and_ready_are_served_from_the_live_status() {
+        let fake = Arc::new(Fake { sent: Arc::new(AtomicU64::new(41)), healthy: AtomicBool::new(true) });
+        let endpoint = HttpEndpoint::start("127.0.0.1:0", fake.clone()).unwrap();
+        fake.sent.fetch_add(1, Ordering::Relaxed);
+        let (code, body) = get(endpoint.addr(), "/metrics");
+        assert_eq!(code, 200);
+        assert!(body.contains("tadpole_relay_records_sent_total{route=\"a\"} 42"), "{body}");
+        assert!(body.contains("tadpole_relay_in_flight{route=\"a\"} 7"), "{body}");
+        let (code, body) = get(endpoint.addr(), "/health");
+        assert_eq!(code, 200);
+        assert!(body.contains("\"handshake_failures\":4"), "{body}");
+        fake.healthy.store(false, Ordering::Relaxed);
+        assert_eq!(get(endpoint.addr(), "/health").0, 503);
+        assert_eq!(get(endpoint.addr(), "/ready").0, 200);
+        assert_eq!(get(endpoint.addr(), "/nope").0, 404);
+    }
+}
