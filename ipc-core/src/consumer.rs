@@ -20,6 +20,9 @@ use crate::{AttachError, PeerState, Side, attach_side, detach_side, peer_state};
 /// Header loads per full poll while busy-spinning (a few microseconds at most).
 const SPIN_BURST: u32 = 1024;
 
+/// Receives between two copies of the consumer's tallies into the segment's counters.
+const COUNTER_PUBLISH_INTERVAL: u64 = 256;
+
 /// Why [`Consumer::try_recv`] or [`Consumer::read_batch`] returned nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TryRecvError {
@@ -93,47 +96,22 @@ pub enum RecvTimeoutError {
     },
 }
 
-/// Why a poll stopped without a record: the union of the public errors, converted by each call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stop {
-    Empty,
-    Timeout,
-    Disconnected,
-    LeasesExhausted(usize),
-    Corrupt(u64, CorruptReason),
-}
-
-impl From<Stop> for TryRecvError {
-    fn from(stop: Stop) -> Self {
-        match stop {
-            // `try_` calls never wait, so never time out.
-            Stop::Empty | Stop::Timeout => TryRecvError::Empty,
-            Stop::Disconnected => TryRecvError::Disconnected,
-            Stop::LeasesExhausted(capacity) => TryRecvError::LeasesExhausted { capacity },
-            Stop::Corrupt(position, reason) => TryRecvError::Corrupt { position, reason },
-        }
+/// What a wait that ran out of patience says about an empty ring.
+fn waited(e: TryRecvError) -> RecvTimeoutError {
+    match e {
+        TryRecvError::Empty => RecvTimeoutError::Timeout,
+        TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+        TryRecvError::LeasesExhausted { capacity } => RecvTimeoutError::LeasesExhausted { capacity },
+        TryRecvError::Corrupt { position, reason } => RecvTimeoutError::Corrupt { position, reason },
     }
 }
 
-impl From<Stop> for RecvTimeoutError {
-    fn from(stop: Stop) -> Self {
-        match stop {
-            Stop::Empty | Stop::Timeout => RecvTimeoutError::Timeout,
-            Stop::Disconnected => RecvTimeoutError::Disconnected,
-            Stop::LeasesExhausted(capacity) => RecvTimeoutError::LeasesExhausted { capacity },
-            Stop::Corrupt(position, reason) => RecvTimeoutError::Corrupt { position, reason },
-        }
-    }
-}
-
-impl From<Stop> for RecvError {
-    fn from(stop: Stop) -> Self {
-        match stop {
-            // A wait without a deadline returns neither; a dead producer is `Disconnected`.
-            Stop::Empty | Stop::Timeout | Stop::Disconnected => RecvError::Disconnected,
-            Stop::LeasesExhausted(capacity) => RecvError::LeasesExhausted { capacity },
-            Stop::Corrupt(position, reason) => RecvError::Corrupt { position, reason },
-        }
+/// A wait without a deadline never times out; what else it can return.
+fn forever(e: RecvTimeoutError) -> RecvError {
+    match e {
+        RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected => RecvError::Disconnected,
+        RecvTimeoutError::LeasesExhausted { capacity } => RecvError::LeasesExhausted { capacity },
+        RecvTimeoutError::Corrupt { position, reason } => RecvError::Corrupt { position, reason },
     }
 }
 
@@ -261,6 +239,9 @@ pub struct Consumer {
     poisoned: Option<(u64, CorruptReason)>,
     /// [`ReleaseMode::Explicit`].
     explicit: bool,
+    /// Releases do not go straight to the head: explicit mode, or a lease queue exists. One
+    /// flag for the guard's drop to test, so neither costs the common case anything.
+    deferred: bool,
     epoch: u64,
     peer_check: PeerSchedule,
 }
@@ -401,6 +382,7 @@ impl Segment {
             attachment: Arc::new(ConsumerAttachment { segment: self.clone(), claim }),
             poisoned: None,
             explicit: false,
+            deferred: false,
             epoch: self.epoch(),
             peer_check: PeerSchedule::default(),
         })
@@ -423,8 +405,13 @@ impl Consumer {
             if let Some(queue) = self.leases.as_ref().filter(|queue| !queue.is_idle()) {
                 return Err(LeasesOutstanding { outstanding: queue.capacity() - queue.room() });
             }
+            // The last lease's fold published the head without telling `self.head`; explicit
+            // release needs it exact (rewind and acknowledgements start from it).
+            self.leases = None;
+            self.head = self.header().consumer_position.position.load(Acquire);
         }
         self.explicit = mode == ReleaseMode::Explicit;
+        self.deferred = self.explicit || self.leases.is_some();
         Ok(())
     }
 
@@ -441,6 +428,7 @@ impl Consumer {
         self.header().consumer_counters.lease_capacity.store(self.max_leases as u64, Relaxed);
         if self.leases.as_ref().is_some_and(|queue| queue.is_idle()) {
             self.leases = None;
+            self.deferred = self.explicit;
         }
     }
 
@@ -550,16 +538,16 @@ impl Consumer {
 
     /// [`peek_at`](Self::peek_at), counting a corrupt record and poisoning the consumer.
     #[inline]
-    fn checked_peek(&mut self, pos: u64) -> Result<Option<Found>, Stop> {
+    fn checked_peek(&mut self, pos: u64) -> Result<Option<Found>, TryRecvError> {
         self.peek_at(pos).map_err(|(position, reason)| self.corrupt(position, reason))
     }
 
     #[cold]
-    fn corrupt(&mut self, position: u64, reason: CorruptReason) -> Stop {
+    fn corrupt(&mut self, position: u64, reason: CorruptReason) -> TryRecvError {
         self.counters.corrupt = self.counters.corrupt.wrapping_add(1);
         self.header().consumer_counters.corrupt_records.store(self.counters.corrupt, Relaxed);
         self.poisoned = Some((position, reason));
-        Stop::Corrupt(position, reason)
+        TryRecvError::Corrupt { position, reason }
     }
 
     /// The next record when it is a message that the fast path accepts and can be handed out
@@ -581,15 +569,15 @@ impl Consumer {
     /// [`poll`](Self::poll) out of line, for when [`poll_fast`](Self::poll_fast) declined.
     #[cold]
     #[inline(never)]
-    fn poll_slow(&mut self) -> Result<Found, Stop> {
+    fn poll_slow(&mut self) -> Result<Found, TryRecvError> {
         self.poll()
     }
 
     /// The next record, or why there is none. Empty means the caller may wait.
     #[inline]
-    fn poll(&mut self) -> Result<Found, Stop> {
+    fn poll(&mut self) -> Result<Found, TryRecvError> {
         if let Some((position, reason)) = self.poisoned {
-            return Err(Stop::Corrupt(position, reason));
+            return Err(TryRecvError::Corrupt { position, reason });
         }
         match self.checked_peek(self.read_pos)? {
             Some(found) => self.reserve_release_slot(found),
@@ -598,28 +586,38 @@ impl Consumer {
     }
 
     #[cold]
-    fn empty(&mut self) -> Result<Found, Stop> {
+    fn empty(&mut self) -> Result<Found, TryRecvError> {
         self.counters.empty_polls = self.counters.empty_polls.wrapping_add(1);
-        if self.counters.empty_polls % 64 == 0 {
-            self.header().consumer_counters.empty_polls.store(self.counters.empty_polls, Relaxed);
-        }
         // A clean close is a release store made after the producer's last commit, so once it is
-        // seen, one more look at the header settles whether anything is left. A death is looked
-        // for on the schedule (a `kill` and a `/proc` read at most every few milliseconds).
-        let closed = self.header().producer_attach.owner.load(Acquire) & OWNER_DETACHED != 0;
-        if closed || (self.peer_check.due() && self.producer_gone()) {
+        // seen, one more look at the header settles whether anything is left.
+        if self.header().producer_attach.owner.load(Acquire) & OWNER_DETACHED != 0 {
             return self.drain_or_disconnected();
         }
-        Err(Stop::Empty)
+        if self.counters.empty_polls % 64 == 0 {
+            return self.every_64_empty_polls();
+        }
+        Err(TryRecvError::Empty)
+    }
+
+    /// Counters out, and a death looked for on the schedule (a `kill` and a `/proc` read at most
+    /// every few milliseconds, by the coarse clock).
+    #[cold]
+    #[inline(never)]
+    fn every_64_empty_polls(&mut self) -> Result<Found, TryRecvError> {
+        self.publish_counters();
+        if self.peer_check.due_by_clock() && self.producer_gone() {
+            return self.drain_or_disconnected();
+        }
+        Err(TryRecvError::Empty)
     }
 
     /// The producer is gone: a dead process commits nothing more, so what is published now is all
     /// there is. The next record if any, else `Disconnected`.
     #[cold]
-    fn drain_or_disconnected(&mut self) -> Result<Found, Stop> {
+    fn drain_or_disconnected(&mut self) -> Result<Found, TryRecvError> {
         match self.checked_peek(self.read_pos)? {
             Some(found) => self.reserve_release_slot(found),
-            None => Err(Stop::Disconnected),
+            None => Err(TryRecvError::Disconnected),
         }
     }
 
@@ -629,7 +627,7 @@ impl Consumer {
 
     /// Receives the next message without waiting. The guard borrows the payload in shared
     /// memory; its space is released when the guard drops (see [`ReleaseMode`]).
-    #[inline]
+    #[inline(always)]
     pub fn try_recv(&mut self) -> Result<ReadGuard<'_>, TryRecvError> {
         let found = match self.poll_fast() {
             Some(found) => found,
@@ -640,7 +638,7 @@ impl Consumer {
 
     /// Receives the next message, waiting with the wait strategy for as long as it takes.
     pub fn recv(&mut self) -> Result<ReadGuard<'_>, RecvError> {
-        let found = self.poll_waiting(None)?;
+        let found = self.poll_waiting(None).map_err(forever)?;
         Ok(self.guard(found))
     }
 
@@ -650,15 +648,15 @@ impl Consumer {
         Ok(self.guard(found))
     }
 
-    fn poll_waiting(&mut self, timeout: Option<Duration>) -> Result<Found, Stop> {
+    fn poll_waiting(&mut self, timeout: Option<Duration>) -> Result<Found, RecvTimeoutError> {
         let mut waiter: Option<Waiter> = None;
         loop {
             if let Some(found) = self.poll_fast() {
                 return Ok(found);
             }
             match self.poll_slow() {
-                Err(Stop::Empty) => {}
-                other => return other,
+                Err(TryRecvError::Empty) => {}
+                other => return other.map_err(waited),
             }
             let slot = self.slot(self.read_pos);
             if self.wait == WaitStrategy::BusySpin {
@@ -679,13 +677,13 @@ impl Consumer {
                 WaitStep::TimedOut => {
                     // Short timeouts in a loop must learn of a death too (on the schedule).
                     if self.peer_check.due_by_clock() && self.producer_gone() {
-                        return self.drain_or_disconnected();
+                        return self.drain_or_disconnected().map_err(waited);
                     }
-                    return Err(Stop::Timeout);
+                    return Err(RecvTimeoutError::Timeout);
                 }
                 WaitStep::CheckPeer => {
                     if self.producer_gone() {
-                        return self.drain_or_disconnected();
+                        return self.drain_or_disconnected().map_err(waited);
                     }
                 }
             }
@@ -695,7 +693,7 @@ impl Consumer {
     /// While leases are held, every receive needs a place in the lease queue for its release
     /// (or its lease): refuse to hand out a record that could not be given back.
     #[inline]
-    fn reserve_release_slot(&mut self, found: Found) -> Result<Found, Stop> {
+    fn reserve_release_slot(&mut self, found: Found) -> Result<Found, TryRecvError> {
         match &self.leases {
             Some(queue) if !queue.is_idle() => Self::check_release_room(queue, found),
             _ => Ok(found),
@@ -706,18 +704,35 @@ impl Consumer {
     /// held: out of line, so the common receive stays small enough to inline.
     #[cold]
     #[inline(never)]
-    fn check_release_room(queue: &SegmentLeaseQueue, found: Found) -> Result<Found, Stop> {
-        if queue.can_take_release() { Ok(found) } else { Err(Stop::LeasesExhausted(queue.capacity())) }
+    fn check_release_room(queue: &SegmentLeaseQueue, found: Found) -> Result<Found, TryRecvError> {
+        if queue.can_take_release() {
+            Ok(found)
+        } else {
+            Err(TryRecvError::LeasesExhausted { capacity: queue.capacity() })
+        }
     }
 
-    #[inline]
+    #[inline(always)]
     fn guard(&mut self, found: Found) -> ReadGuard<'_> {
         self.counters.messages = self.counters.messages.wrapping_add(1);
         self.counters.bytes = self.counters.bytes.wrapping_add(u64::from(found.len));
-        let c = &self.header().consumer_counters;
-        c.messages.store(self.counters.messages, Relaxed);
-        c.bytes.store(self.counters.bytes, Relaxed);
+        if self.counters.messages % COUNTER_PUBLISH_INTERVAL == 0 {
+            self.publish_counters();
+        }
         ReadGuard { consumer: self, found }
+    }
+
+    /// Copies the process-local tallies into the segment's counters (for `tadpole stat`): every
+    /// [`COUNTER_PUBLISH_INTERVAL`] messages, every 64 empty polls (so at once when the ring runs
+    /// dry), after a batch, and when the consumer drops; not on every receive.
+    #[cold]
+    #[inline(never)]
+    fn publish_counters(&self) {
+        let (t, c) = (&self.counters, &self.header().consumer_counters);
+        c.messages.store(t.messages, Relaxed);
+        c.bytes.store(t.bytes, Relaxed);
+        c.releases.store(t.releases, Relaxed);
+        c.empty_polls.store(t.empty_polls, Relaxed);
     }
 
     /// Every message available now (at most `max`), released together when the batch drops.
@@ -772,9 +787,7 @@ impl Consumer {
         }
         self.counters.messages = self.counters.messages.wrapping_add(count as u64);
         self.counters.bytes = self.counters.bytes.wrapping_add(bytes);
-        let c = &self.header().consumer_counters;
-        c.messages.store(self.counters.messages, Relaxed);
-        c.bytes.store(self.counters.bytes, Relaxed);
+        self.publish_counters();
         ReadBatch { consumer: self, start, end, count }
     }
 
@@ -826,11 +839,20 @@ impl Consumer {
     }
 
     /// A guard or batch ending at `end` is done with.
-    #[inline]
+    #[inline(always)]
     fn finish(&mut self, end: u64) {
-        if self.explicit {
-            self.read_pos = end;
-        } else {
+        self.read_pos = end;
+        if self.deferred {
+            return self.finish_deferred(end);
+        }
+        self.store_head(end);
+    }
+
+    /// [`finish`](Self::finish) in explicit mode (delivery only moves on) or with a lease queue.
+    #[cold]
+    #[inline(never)]
+    fn finish_deferred(&mut self, end: u64) {
+        if !self.explicit {
             self.release(end);
         }
     }
@@ -847,14 +869,12 @@ impl Consumer {
     }
 
     /// Publishes `end` as the head: the producer may reuse everything before it.
-    #[inline]
+    #[inline(always)]
     fn store_head(&mut self, end: u64) {
         self.head = end;
         self.counters.releases = self.counters.releases.wrapping_add(1);
-        let releases = self.counters.releases;
         let h = self.header();
         h.consumer_position.position.store(end, Release);
-        h.consumer_counters.releases.store(releases, Relaxed);
         if ring_doorbell(&h.producer_doorbell) {
             self.count_wake();
         }
@@ -877,7 +897,12 @@ impl Consumer {
 
     /// The lease queue, made on first use (or after [`set_max_leases`](Self::set_max_leases)).
     fn lease_queue(&mut self) -> Arc<SegmentLeaseQueue> {
+        // A new maximum takes effect once the queue has drained.
+        if self.leases.as_ref().is_some_and(|queue| queue.capacity() != self.max_leases && queue.is_idle()) {
+            self.leases = None;
+        }
         let (attachment, max) = (&self.attachment, self.max_leases);
+        self.deferred = true;
         self.leases.get_or_insert_with(|| Arc::new(SegmentLeaseQueue::new(attachment.clone(), max))).clone()
     }
 
@@ -892,7 +917,7 @@ impl Consumer {
         Ok((queue, seq))
     }
 
-    #[inline]
+    #[inline(always)]
     fn payload_ptr(&self, payload_pos: u64) -> *const u8 {
         // SAFETY: `peek_at` checked that the record lies inside one lap of the data region.
         unsafe { self.data.add((payload_pos & self.mask) as usize) }
@@ -908,6 +933,12 @@ impl Consumer {
             end,
             _records: std::marker::PhantomData,
         }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.publish_counters();
     }
 }
 
@@ -987,7 +1018,7 @@ impl std::ops::Deref for ReadGuard<'_> {
 }
 
 impl Drop for ReadGuard<'_> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         // A panic while the record was in hand means it was not dealt with: keep it.
         if std::thread::panicking() {
@@ -1130,6 +1161,7 @@ impl<'b> Iterator for SpanIter<'b> {
             let (message_type, len) = if (word & TAG_MASK == message_tag(pos))
                 & (next <= self.end)
                 & ((pos & self.mask) + (next - pos) <= self.capacity)
+                & ((pos + RECORD_HEADER_LEN) & (self.bounds.payload_align - 1) == 0)
             {
                 self.pos = next;
                 ((word >> 32) as u16, len)

@@ -298,24 +298,24 @@ pub struct PositionBlock {
 /// The producer's position, and the committed frontier kept crash-consistent beside it.
 ///
 /// Every commit writes its end position and the running message count into one of two
-/// [`FrontierSlot`]s (alternating), each bracketed by a sequence word (odd while written). A
-/// producer killed mid-commit can tear only the slot it was writing; the other one holds the
-/// previous commit's frontier exactly, and the records after it are still in the ring (a replacement
-/// producer walks them). So the count of messages ever committed is exact after any crash.
+/// [`FrontierSlot`]s, alternating: `end` first, then `messages` with release. Commits only move
+/// forward, so the slot with the lower `end` is always complete: it is the previous commit's (or
+/// the one before, if the newest write had not started), whatever instant the producer was killed
+/// at. A replacement producer takes that slot and walks the records after it (they are still in
+/// the ring: nobody writes while the producer side is dead), so the count of messages ever
+/// committed is exact after any crash, for two stores per commit.
 #[repr(C, align(128))]
 pub struct ProducerPositionBlock {
     /// Tail: end of the last commit (u64 position). Stored with release after each commit.
     pub position: AtomicU64,
-    /// Two frontier slots; commit number `n` writes slot `n & 1`.
+    /// The two frontier slots, written alternately.
     pub frontier: [FrontierSlot; 2],
 }
 
 /// One copy of the committed frontier (see [`ProducerPositionBlock`]).
 #[repr(C)]
 pub struct FrontierSlot {
-    /// `2n + 1` while commit `n` writes this slot, `2n + 2` once it is written; 0 if never written.
-    pub seq: AtomicU64,
-    /// End position of that commit.
+    /// End position of a commit.
     pub end: AtomicU64,
     /// Messages committed in the ring's life up to `end`.
     pub messages: AtomicU64,
@@ -479,9 +479,9 @@ pub mod offsets {
     pub mod producer_position {
         /// The tail (u64).
         pub const POSITION: usize = super::PRODUCER_POSITION;
-        /// Frontier slot `i` starts at `FRONTIER + i * FRONTIER_SLOT_LEN`: seq, end, messages (u64 each).
+        /// Frontier slot `i` starts at `FRONTIER + i * FRONTIER_SLOT_LEN`: end, messages (u64 each).
         pub const FRONTIER: usize = super::PRODUCER_POSITION + 8;
-        pub const FRONTIER_SLOT_LEN: usize = 24;
+        pub const FRONTIER_SLOT_LEN: usize = 16;
     }
 
     /// The consumer's head (u64), from the start of the segment.
@@ -576,9 +576,8 @@ const _: () = {
         assert!(base + offset_of!(ProducerPositionBlock, position) == p::POSITION);
         assert!(base + offset_of!(ProducerPositionBlock, frontier) == p::FRONTIER);
         assert!(size_of::<FrontierSlot>() == p::FRONTIER_SLOT_LEN);
-        assert!(offset_of!(FrontierSlot, seq) == 0);
-        assert!(offset_of!(FrontierSlot, end) == 8);
-        assert!(offset_of!(FrontierSlot, messages) == 16);
+        assert!(offset_of!(FrontierSlot, end) == 0);
+        assert!(offset_of!(FrontierSlot, messages) == 8);
         assert!(size_of::<ProducerPositionBlock>() == BLOCK);
     }
     assert!(offsets::CONSUMER_POSITION + offset_of!(PositionBlock, position) == offsets::CONSUMER_HEAD);

@@ -5,7 +5,9 @@
 use std::ptr::NonNull;
 use std::time::Duration;
 
-use crate::layout::{self, OWNER_DETACHED, RECORD_HEADER_LEN, SLACK, SegmentHeader, encode_header, record_len};
+use crate::layout::{
+    self, FrontierSlot, OWNER_DETACHED, RECORD_HEADER_LEN, SLACK, SegmentHeader, encode_header, record_len,
+};
 use crate::liveness::ProcessId;
 use crate::segment::{PayloadAlign, Segment, SegmentFault, check_head_behind, check_positions};
 use crate::sync::atomic::AtomicU64;
@@ -80,46 +82,62 @@ pub enum SendTimeoutError {
     Corrupt(SegmentFault),
 }
 
-/// Why a claim failed: the union of the public errors, converted by each call.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a claim failed, in one byte so that `Result<u64, Refusal>` travels in registers on the
+/// fast path; the details (lengths, the fault) are added by [`Producer::explain`] on the way out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Refusal {
     Full,
     Timeout,
-    TooLarge { len: usize, max: usize },
+    TooLarge,
     Disconnected,
-    Corrupt(SegmentFault),
+    Corrupt,
 }
 
-impl From<Refusal> for TrySendError {
-    fn from(r: Refusal) -> Self {
-        match r {
+/// A refusal with its details: the union of the public errors, converted by each call.
+struct Explained {
+    refusal: Refusal,
+    len: usize,
+    max: usize,
+    fault: Option<SegmentFault>,
+}
+
+impl Explained {
+    fn fault(self) -> SegmentFault {
+        // `Corrupt` is only refused after `refresh_head` stored the fault.
+        self.fault.unwrap_or(SegmentFault::NotInitialized)
+    }
+}
+
+impl From<Explained> for TrySendError {
+    fn from(e: Explained) -> Self {
+        match e.refusal {
             // `try_` calls never wait, so never time out.
             Refusal::Full | Refusal::Timeout => TrySendError::Full,
-            Refusal::TooLarge { len, max } => TrySendError::TooLarge { len, max },
+            Refusal::TooLarge => TrySendError::TooLarge { len: e.len, max: e.max },
             Refusal::Disconnected => TrySendError::Disconnected,
-            Refusal::Corrupt(f) => TrySendError::Corrupt(f),
+            Refusal::Corrupt => TrySendError::Corrupt(e.fault()),
         }
     }
 }
 
-impl From<Refusal> for SendTimeoutError {
-    fn from(r: Refusal) -> Self {
-        match r {
+impl From<Explained> for SendTimeoutError {
+    fn from(e: Explained) -> Self {
+        match e.refusal {
             Refusal::Full | Refusal::Timeout => SendTimeoutError::Timeout,
-            Refusal::TooLarge { len, max } => SendTimeoutError::TooLarge { len, max },
+            Refusal::TooLarge => SendTimeoutError::TooLarge { len: e.len, max: e.max },
             Refusal::Disconnected => SendTimeoutError::Disconnected,
-            Refusal::Corrupt(f) => SendTimeoutError::Corrupt(f),
+            Refusal::Corrupt => SendTimeoutError::Corrupt(e.fault()),
         }
     }
 }
 
-impl From<Refusal> for SendError {
-    fn from(r: Refusal) -> Self {
-        match r {
+impl From<Explained> for SendError {
+    fn from(e: Explained) -> Self {
+        match e.refusal {
             // A wait without a deadline returns neither; a gone consumer is `Disconnected`.
             Refusal::Full | Refusal::Timeout | Refusal::Disconnected => SendError::Disconnected,
-            Refusal::TooLarge { len, max } => SendError::TooLarge { len, max },
-            Refusal::Corrupt(f) => SendError::Corrupt(f),
+            Refusal::TooLarge => SendError::TooLarge { len: e.len, max: e.max },
+            Refusal::Corrupt => SendError::Corrupt(e.fault()),
         }
     }
 }
@@ -183,31 +201,38 @@ pub struct Producer {
     /// record, stored last (with release) to publish the whole span. Reset when a reservation
     /// or batch starts (not after a publish: a dropped grant or batch may have left it dirty).
     pending: Pending,
-    /// Frontier records written (see `ProducerPositionBlock`): the next goes to slot
-    /// `frontier_seq & 1` with sequence words `2 * frontier_seq + 1` then `+ 2`.
-    frontier_seq: u64,
+    /// The frontier slot the next commit writes (see `ProducerPositionBlock`), in the header
+    /// page; the other slot is at this address xor [`FRONTIER_TOGGLE`].
+    frontier_slot: *const FrontierSlot,
     peer_check: PeerSchedule,
     /// Claims left before the consumer's liveness is considered again (see `PeerSchedule`).
     claims_to_peer_check: u32,
     /// The consumer's owner word when it was found gone: until it changes, claims fail at once.
     gone_consumer: Option<u64>,
+    /// The impossible consumer position last refused (`Refusal::Corrupt`'s detail).
+    fault: Option<SegmentFault>,
 }
+
+/// Xor of the two frontier slots' addresses: they are adjacent, and the first sits at an offset
+/// (in a page-aligned header) with this bit clear, so one xor steps from either to the other.
+const FRONTIER_TOGGLE: usize = core::mem::size_of::<FrontierSlot>();
+const _: () = {
+    assert!(FRONTIER_TOGGLE.is_power_of_two());
+    assert!(crate::layout::offsets::producer_position::FRONTIER & FRONTIER_TOGGLE == 0);
+    assert!(crate::layout::offsets::producer_position::FRONTIER_SLOT_LEN == FRONTIER_TOGGLE);
+};
 
 /// Claims between two looks at the coarse clock for the consumer's liveness.
 const CLAIMS_PER_PEER_CHECK: u32 = 64;
 
-/// The newest fully written frontier slot of `h`: (end, messages, seq).
-fn read_frontier(h: &SegmentHeader) -> Option<(u64, u64, u64)> {
-    let mut best: Option<(u64, u64, u64)> = None;
-    for slot in &h.producer_position.frontier {
-        let seq = slot.seq.load(Acquire);
-        let (end, messages) = (slot.end.load(Relaxed), slot.messages.load(Relaxed));
-        crate::sync::atomic::fence(Acquire);
-        if seq != 0 && seq % 2 == 0 && slot.seq.load(Relaxed) == seq && best.is_none_or(|(_, _, s)| seq > s) {
-            best = Some((end, messages, seq));
-        }
-    }
-    best
+/// The frontier slot that is certainly complete (the lower `end`, see `ProducerPositionBlock`):
+/// (index, end, messages).
+pub(crate) fn complete_frontier(h: &SegmentHeader) -> (usize, u64, u64) {
+    let [a, b] = &h.producer_position.frontier;
+    // `messages` is stored after `end` with release: acquiring it first gives a matching `end`.
+    let (ma, mb) = (a.messages.load(Acquire), b.messages.load(Acquire));
+    let (ea, eb) = (a.end.load(Relaxed), b.end.load(Relaxed));
+    if eb < ea { (1, eb, mb) } else { (0, ea, ma) }
 }
 
 #[derive(Default)]
@@ -269,31 +294,24 @@ impl Segment {
             wait: WaitStrategy::default(),
             counters: Tally::default(),
             pending: Pending::default(),
-            frontier_seq: 0,
+            frontier_slot: &h.producer_position.frontier[0],
             peer_check: PeerSchedule::default(),
             claims_to_peer_check: CLAIMS_PER_PEER_CHECK,
             gone_consumer: None,
+            fault: None,
         };
         // A producer killed between its header store and its tail store left committed records
         // past `tail`: walk them, so they are neither lost nor overwritten, and count them onto
         // the last frontier it recorded (see `ProducerPositionBlock`) for an exact total.
-        let recorded = read_frontier(h);
-        let (walk_from, recorded_messages) = match recorded {
-            // A recorded frontier within a ring of the live span: walk on from it. It is the
-            // stored tail, or one commit past it (recorded before the tail store); it may lie
-            // behind the head when the consumer read that commit already, and the records from
-            // it on are intact since (nobody writes while the producer side is dead).
-            Some((end, messages, _))
-                if end % 8 == 0
-                    && end <= tail + self.params.capacity
-                    && head.saturating_sub(end) <= self.params.capacity =>
-            {
-                (end, Some(messages))
-            }
-            // None yet (a new ring) or impossible (hostile): walk from the tail; the counter is
-            // then the best count there is.
-            _ => (tail, if stored_tail == 0 && head == 0 { Some(0) } else { None }),
-        };
+        let (slot, recorded_end, recorded_messages) = complete_frontier(h);
+        // The complete slot is the stored tail, or a commit or two behind it; it may lie behind
+        // the head when the consumer read those commits already, and the records from it on are
+        // intact (nobody writes while the producer side is dead). Anything else is hostile:
+        // walk from the tail, and the recorded count is then the best there is.
+        let plausible = recorded_end % 8 == 0
+            && recorded_end <= layout::producer_limit(head, self.params.capacity)
+            && head.saturating_sub(recorded_end) <= self.params.capacity;
+        let walk_from = if plausible { recorded_end } else { tail };
         let (frontier, walked) = producer.walk_committed(walk_from, head);
         let tail = frontier.max(tail);
         producer.tail = tail;
@@ -309,10 +327,7 @@ impl Segment {
         h.producer_attach.write_limit.store(producer.write_limit, Relaxed);
         crate::sync::atomic::fence(Release);
         let c = &h.producer_counters;
-        producer.counters.messages = match recorded_messages {
-            Some(messages) if frontier >= stored_tail => messages.wrapping_add(walked),
-            _ => c.messages.load(Relaxed),
-        };
+        producer.counters.messages = recorded_messages.wrapping_add(walked);
         producer.counters.bytes = c.bytes.load(Relaxed);
         producer.counters.commits = c.commits.load(Relaxed);
         producer.counters.full_events = c.full_events.load(Relaxed);
@@ -320,9 +335,12 @@ impl Segment {
         producer.counters.padding_bytes = c.padding_bytes.load(Relaxed);
         producer.counters.oversize = c.oversize_rejects.load(Relaxed);
         c.messages.store(producer.counters.messages, Relaxed);
-        // Record the recovered frontier in the slot the last recorded commit did not use.
-        producer.frontier_seq = recorded.map_or(0, |(_, _, seq)| seq / 2);
-        producer.record_frontier();
+        // Keep the complete slot; record the recovered frontier in the other one (unless it adds
+        // nothing), and write the complete one next.
+        producer.frontier_slot = &h.producer_position.frontier[1 - slot];
+        if !plausible || (frontier, walked) != (recorded_end, 0) {
+            producer.record_frontier();
+        }
         h.producer_position.position.store(tail, Release);
         // A new producer starts with the default (non-blocking) strategy.
         crate::wait::set_blocking(&h.producer_doorbell, WaitStrategy::default());
@@ -347,7 +365,7 @@ impl Producer {
 
     /// Forgets any reservation a dropped grant or batch left behind: the next record starts
     /// at the tail. `first_word` needs no reset: whatever is staged at the tail overwrites it.
-    #[inline]
+    #[inline(always)]
     fn start_pending(&mut self) {
         self.pending.end = self.tail;
         self.pending.padding = 0;
@@ -391,35 +409,37 @@ impl Producer {
         (pos, messages)
     }
 
-    /// Writes the frontier (tail, messages) into the next slot, bracketed by its sequence word.
-    #[inline]
+    /// Writes the frontier (tail, messages) into the next slot: `end`, then `messages` with
+    /// release, so the other slot stays complete whatever instant this one is interrupted at.
+    #[inline(always)]
     fn record_frontier(&mut self) {
-        let n = self.frontier_seq;
-        self.frontier_seq = n.wrapping_add(1);
-        let (tail, messages) = (self.tail, self.counters.messages);
-        let slot = &self.header().producer_position.frontier[(n & 1) as usize];
-        slot.seq.store(n.wrapping_mul(2).wrapping_add(1), Relaxed);
-        // Orders the odd sequence word before the fields (seqlock writer).
-        crate::sync::atomic::fence(Release);
+        let (tail, messages, at) = (self.tail, self.counters.messages, self.frontier_slot);
+        self.frontier_slot = (at as usize ^ FRONTIER_TOGGLE) as *const FrontierSlot;
+        // SAFETY: `at` is one of the two frontier slots of this producer's header page (set at
+        // attach, then toggled between them: see `FRONTIER_TOGGLE`), which `self.segment` keeps
+        // mapped; a slot holds only atomics.
+        let slot = unsafe { &*at };
         slot.end.store(tail, Relaxed);
-        slot.messages.store(messages, Relaxed);
-        slot.seq.store(n.wrapping_mul(2).wrapping_add(2), Release);
+        slot.messages.store(messages, Release);
     }
 
     /// Copies `payload` into the ring as one message of type 0. Fails with
     /// [`TrySendError::Full`] instead of waiting.
-    #[inline]
+    #[inline(always)]
     pub fn try_send(&mut self, payload: &[u8]) -> Result<(), TrySendError> {
         self.try_send_typed(0, payload)
     }
 
     /// [`try_send`](Self::try_send) with a message type the consumer reads back.
-    #[inline]
+    #[inline(always)]
     pub fn try_send_typed(&mut self, message_type: u16, payload: &[u8]) -> Result<(), TrySendError> {
-        let mut grant = self.try_reserve(payload.len())?;
-        grant.copy_from_slice(payload);
-        grant.set_message_type(message_type);
-        grant.commit();
+        // Straight through the claim (not `try_reserve`): no grant travels through a `Result`.
+        let len = payload.len();
+        self.start_pending();
+        let payload_pos = self.claim(len).map_err(|r| self.explain(r, len))?;
+        self.payload_mut(payload_pos, len).copy_from_slice(payload);
+        self.finish_record(payload_pos, len, message_type);
+        self.publish(1, len as u64);
         Ok(())
     }
 
@@ -442,22 +462,29 @@ impl Producer {
 
     /// Reserves `len` bytes of payload in shared memory without waiting. Write them through
     /// the grant, then [`WriteGrant::commit`]; dropping the grant publishes nothing.
-    #[inline]
+    #[inline(always)]
     pub fn try_reserve(&mut self, len: usize) -> Result<WriteGrant<'_>, TrySendError> {
         self.start_pending();
-        let payload_pos = self.claim(len)?;
+        let payload_pos = self.claim(len).map_err(|r| self.explain(r, len))?;
         Ok(WriteGrant { payload_pos, len, message_type: 0, producer: self })
+    }
+
+    /// The details of a refusal, for the error a public call returns.
+    #[cold]
+    #[inline(never)]
+    fn explain(&self, refusal: Refusal, len: usize) -> Explained {
+        Explained { refusal, len, max: self.max_len as usize, fault: self.fault.clone() }
     }
 
     /// Reserves `len` bytes, waiting for space with the wait strategy for as long as it takes.
     pub fn reserve(&mut self, len: usize) -> Result<WriteGrant<'_>, SendError> {
-        let payload_pos = self.claim_or_wait(len, None)?;
+        let payload_pos = self.claim_or_wait(len, None).map_err(|r| self.explain(r, len))?;
         Ok(WriteGrant { payload_pos, len, message_type: 0, producer: self })
     }
 
     /// [`reserve`](Self::reserve) giving up after `timeout`.
     pub fn reserve_timeout(&mut self, len: usize, timeout: Duration) -> Result<WriteGrant<'_>, SendTimeoutError> {
-        let payload_pos = self.claim_or_wait(len, Some(timeout))?;
+        let payload_pos = self.claim_or_wait(len, Some(timeout)).map_err(|r| self.explain(r, len))?;
         Ok(WriteGrant { payload_pos, len, message_type: 0, producer: self })
     }
 
@@ -482,7 +509,7 @@ impl Producer {
         self.start_pending();
         match self.claim(len) {
             Ok(payload_pos) => Ok(OwnedWriteGrant { producer: self, payload_pos, len, message_type: 0 }),
-            Err(refusal) => Err(ReserveOwnedError { error: refusal.into(), producer: self }),
+            Err(refusal) => Err(ReserveOwnedError { error: self.explain(refusal, len).into(), producer: self }),
         }
     }
 
@@ -526,7 +553,7 @@ impl Producer {
     #[inline(always)]
     fn claim(&mut self, len: usize) -> Result<u64, Refusal> {
         if len > self.max_len as usize {
-            return Err(self.refuse_oversize(len));
+            return Err(self.refuse_oversize());
         }
         // A consumer that died or left is noticed by senders too, on a cheap schedule.
         self.claims_to_peer_check -= 1;
@@ -558,11 +585,14 @@ impl Producer {
     #[inline(never)]
     fn check_consumer(&mut self) -> Result<(), Refusal> {
         self.claims_to_peer_check = CLAIMS_PER_PEER_CHECK;
+        self.publish_counters();
         let owner = self.header().consumer_attach.owner.load(Acquire);
         if let Some(gone) = self.gone_consumer {
             // Still the consumer found gone: every claim says so, at the cost of one load,
-            // until another consumer attaches.
-            if owner == gone {
+            // until another consumer attaches, or the same one is judged alive again on the
+            // schedule (a consumer judged by a late heartbeat may have been only stalled).
+            let alive_again = owner & OWNER_DETACHED == 0 && self.peer_check.due_by_clock() && !self.consumer_gone();
+            if owner == gone && !alive_again {
                 self.claims_to_peer_check = 1;
                 return Err(Refusal::Disconnected);
             }
@@ -584,11 +614,23 @@ impl Producer {
         matches!(self.consumer_state(), PeerState::Dead(_) | PeerState::Closed)
     }
 
+    /// Copies the process-local tallies into the segment's counters (for `tadpole stat`): every
+    /// [`CLAIMS_PER_PEER_CHECK`] claims, when the ring is full, and when the producer drops; not
+    /// on every commit. (The message count is exact at every commit: the frontier slots.)
     #[cold]
-    fn refuse_oversize(&mut self, len: usize) -> Refusal {
+    fn publish_counters(&self) {
+        let (t, c) = (&self.counters, &self.header().producer_counters);
+        c.messages.store(t.messages, Relaxed);
+        c.bytes.store(t.bytes, Relaxed);
+        c.commits.store(t.commits, Relaxed);
+        c.padding_bytes.store(t.padding_bytes, Relaxed);
+    }
+
+    #[cold]
+    fn refuse_oversize(&mut self) -> Refusal {
         self.counters.oversize = self.counters.oversize.wrapping_add(1);
         self.header().producer_counters.oversize_rejects.store(self.counters.oversize, Relaxed);
-        Refusal::TooLarge { len, max: self.max_len as usize }
+        Refusal::TooLarge
     }
 
     /// Publishes a new write limit above `end`, a quarter of the ring at a time (four times a lap).
@@ -603,7 +645,7 @@ impl Producer {
 
     /// Where a record of `len` payload bytes starting at `start` puts its header, and where it
     /// ends, counting alignment and wrap-around padding.
-    #[inline]
+    #[inline(always)]
     fn place(&self, start: u64, len: usize) -> (u64, u64) {
         let rec = record_len(len as u64);
         let mut header_pos = start;
@@ -623,7 +665,7 @@ impl Producer {
 
     /// Writes padding records covering `[from, to)`: one to the end of the data region if the
     /// span wraps, and one for payload alignment.
-    #[inline]
+    #[inline(always)]
     fn pad(&mut self, from: u64, to: u64) {
         let mut pos = from;
         while pos < to {
@@ -637,7 +679,7 @@ impl Producer {
     }
 
     /// Stores a header inside the pending span, or keeps it for last if it opens the span.
-    #[inline]
+    #[inline(always)]
     fn stage_header(&mut self, pos: u64, word: u64) {
         if pos == self.tail {
             self.pending.first_word = word;
@@ -649,7 +691,10 @@ impl Producer {
     #[cold]
     fn refresh_head(&mut self) -> Result<(), Refusal> {
         let head = self.header().consumer_position.position.load(Acquire);
-        check_head_behind(head, self.tail, self.capacity).map_err(Refusal::Corrupt)?;
+        if let Err(fault) = check_head_behind(head, self.tail, self.capacity) {
+            self.fault = Some(fault);
+            return Err(Refusal::Corrupt);
+        }
         self.cached_head = head;
         Ok(())
     }
@@ -661,6 +706,7 @@ impl Producer {
         self.counters.full_events = self.counters.full_events.wrapping_add(1);
         let h = self.header();
         h.producer_counters.full_events.store(self.counters.full_events, Relaxed);
+        self.publish_counters();
         let gone = self.consumer_detached() || (self.peer_check.due() && self.consumer_gone());
         if gone { Err(Refusal::Disconnected) } else { Ok(()) }
     }
@@ -707,7 +753,7 @@ impl Producer {
 
     /// Publishes the pending span, holding `messages` messages of `bytes` payload bytes in all,
     /// with one release store of its first header.
-    #[inline]
+    #[inline(always)]
     fn publish(&mut self, messages: u64, bytes: u64) {
         let (end, first_word, padding) = (self.pending.end, self.pending.first_word, self.pending.padding);
         if end == self.tail {
@@ -724,19 +770,13 @@ impl Producer {
         t.bytes = t.bytes.wrapping_add(bytes);
         t.commits = t.commits.wrapping_add(1);
         t.padding_bytes = t.padding_bytes.wrapping_add(padding);
-        let (messages, bytes, commits, padding_bytes) = (t.messages, t.bytes, t.commits, t.padding_bytes);
-        // Before the tail: a crash between the two leaves the frontier ahead of the stored tail,
-        // which the next producer's walk starts from (see `ProducerPositionBlock`).
+        // After the records, before the tail: a replacement producer walks on from the complete
+        // slot whatever instant this one dies at (see `ProducerPositionBlock`).
         self.record_frontier();
         let h = self.header();
         h.producer_position.position.store(end, Release);
-        let c = &h.producer_counters;
-        c.messages.store(messages, Relaxed);
-        c.bytes.store(bytes, Relaxed);
-        c.commits.store(commits, Relaxed);
-        if padding != 0 {
-            c.padding_bytes.store(padding_bytes, Relaxed);
-        }
+        // The message count is in the frontier slot just written; the other counters are copied
+        // out every `CLAIMS_PER_PEER_CHECK` claims (`publish_counters`).
         if ring_doorbell(&h.consumer_doorbell) {
             self.count_wake();
         }
@@ -749,13 +789,13 @@ impl Producer {
     }
 
     /// Stages a reserved message's header inside the pending span.
-    #[inline]
+    #[inline(always)]
     fn finish_record(&mut self, payload_pos: u64, len: usize, message_type: u16) {
         let header_pos = payload_pos - RECORD_HEADER_LEN;
         self.stage_header(header_pos, encode_header(header_pos, len as u32, message_type, false));
     }
 
-    #[inline]
+    #[inline(always)]
     fn payload_mut(&mut self, payload_pos: u64, len: usize) -> &mut [u8] {
         // SAFETY: `claim` placed [payload_pos, payload_pos + len) inside one lap of the data
         // region, in free space (the consumer released it and will not read it before the
@@ -773,6 +813,7 @@ impl Producer {
 
 impl Drop for Producer {
     fn drop(&mut self) {
+        self.publish_counters();
         detach_side(&self.segment, &self.claim);
         ring_doorbell(&self.header().consumer_doorbell);
     }
@@ -807,7 +848,7 @@ impl WriteGrant<'_> {
     }
 
     /// Publishes the message: one release store.
-    #[inline]
+    #[inline(always)]
     pub fn commit(self) {
         let (pos, len, ty) = (self.payload_pos, self.len, self.message_type);
         self.producer.finish_record(pos, len, ty);
@@ -855,7 +896,10 @@ impl OwnedWriteGrant {
 
     /// The reserved bytes' address: stable, and writable for `len()` bytes while the grant lives.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.producer.payload_mut(self.payload_pos, self.len).as_mut_ptr()
+        // From the mapping's base pointer, not through a temporary `&mut [u8]`: a pointer derived
+        // from a reborrow would be invalidated by the next `deref_mut`.
+        let p = &self.producer;
+        p.data.wrapping_add((self.payload_pos & p.mask) as usize)
     }
 
     /// Publishes the message (one release store) and gives the producer back.
@@ -903,7 +947,7 @@ impl WriteBatch<'_> {
     /// Reserves `len` more bytes in the batch and returns them to be written.
     #[inline]
     pub fn try_reserve(&mut self, len: usize, message_type: u16) -> Result<&mut [u8], TrySendError> {
-        let pos = self.producer.claim(len)?;
+        let pos = self.producer.claim(len).map_err(|r| self.producer.explain(r, len))?;
         Ok(self.reserved(pos, len, message_type))
     }
 
@@ -920,9 +964,9 @@ impl WriteBatch<'_> {
             Ok(pos) => pos,
             Err(Refusal::Full) => {
                 self.publish_so_far();
-                self.producer.claim_waiting(len, Some(timeout))?
+                self.producer.claim_waiting(len, Some(timeout)).map_err(|r| self.producer.explain(r, len))?
             }
-            Err(other) => return Err(other.into()),
+            Err(other) => return Err(self.producer.explain(other, len).into()),
         };
         Ok(self.reserved(pos, len, message_type))
     }

@@ -90,7 +90,12 @@ impl RingStatus {
             producer: peer_state(segment, Side::Producer),
             consumer: peer_state(segment, Side::Consumer),
             produced: ProducerCounters {
-                messages: p.messages.load(Relaxed),
+                // The newest frontier slot (the higher end) carries the running count.
+                messages: {
+                    let [a, b] = &h.producer_position.frontier;
+                    let newest = if b.end.load(Relaxed) > a.end.load(Relaxed) { b } else { a };
+                    newest.messages.load(Relaxed)
+                },
                 bytes: p.bytes.load(Relaxed),
                 commits: p.commits.load(Relaxed),
                 full_events: p.full_events.load(Relaxed),

@@ -350,3 +350,40 @@ fn a_producer_reports_a_consumer_that_left_even_when_the_ring_has_room() {
     p.try_send(b"new consumer").unwrap();
     assert_eq!(&*c.try_recv().unwrap(), b"before any consumer");
 }
+
+#[test]
+fn switching_to_explicit_release_after_leases_never_redelivers_or_moves_the_head_back() {
+    let segment = ring(4096);
+    let (mut p, mut c) = (segment.producer().unwrap(), segment.consumer().unwrap());
+    p.try_send(b"a").unwrap();
+    p.try_send(b"b").unwrap();
+    let lease = c.try_recv().unwrap().into_lease().unwrap();
+    drop(c.try_recv().unwrap());
+    drop(lease); // the fold publishes the head past both
+    let released = segment.status().head;
+    assert_eq!(released, 32);
+    c.set_release_mode(ReleaseMode::Explicit).unwrap();
+    assert_eq!(c.rewind(), released, "nothing released comes back");
+    assert_eq!(c.try_recv().err(), Some(TryRecvError::Empty));
+    p.try_send(b"c").unwrap();
+    let position = c.try_recv().unwrap().position();
+    c.release_through(position).unwrap();
+    assert_eq!(segment.status().head, released + 16);
+}
+
+#[test]
+fn a_new_lease_maximum_takes_effect_once_the_held_leases_are_dropped() {
+    let segment = ring(4096);
+    let (mut p, mut c) = (segment.producer().unwrap(), segment.consumer().unwrap());
+    for i in 0..4u8 {
+        p.try_send(&[i]).unwrap();
+    }
+    let held = c.try_recv().unwrap().into_lease().unwrap();
+    c.set_max_leases(1);
+    drop(held);
+    let first = c.try_recv().unwrap().into_lease().unwrap();
+    // One lease fills the queue: not even a plain receive can be given back behind it now.
+    assert_eq!(c.try_recv().err(), Some(TryRecvError::LeasesExhausted { capacity: 1 }));
+    drop(first);
+    assert_eq!(&*c.try_recv().unwrap(), &[2]);
+}
