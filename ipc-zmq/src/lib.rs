@@ -1,4 +1,11 @@
-//! The CURVE bridge between hosts. Empty until the relay issue: nothing here is usable yet.
+//! The CURVE bridge between hosts: a relay drains local rings and forwards their records over
+//! ZeroMQ to a relay on another host, which commits them into its local rings.
+//!
+//! - [`wire`]: the versioned frames (`PROTOCOL.md` describes every byte).
+//! - [`engine`]: at-least-once delivery with deduplication, socket-agnostic.
+
+pub mod engine;
+pub mod wire;
 
 #[cfg(test)]
 mod tests {
