@@ -45,7 +45,7 @@ impl Backoff {
         let d = d.min(self.max);
         let half = d / 2;
         let spread = (d - half).as_nanos() as u64;
-        half + Duration::from_nanos(if spread == 0 { 0 } else { jitter.next() % (spread + 1) })
+        half + Duration::from_nanos(if spread == 0 { 0 } else { jitter.next_u64() % (spread + 1) })
     }
 }
 
@@ -67,7 +67,7 @@ impl Jitter {
     }
 
     /// The next pseudo-random word.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
