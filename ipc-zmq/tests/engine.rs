@@ -476,3 +476,35 @@ fn an_unanswered_link_opens_the_breaker_after_five_timeouts_then_half_opens_and_
     assert_eq!(sender.breaker_state(), BreakerState::Closed);
     assert_eq!(load(&sender.counters().breaker_opened), 1);
 }
+
+#[test]
+fn one_lost_message_costs_one_resend_however_many_messages_were_in_flight_behind_it() {
+    let (source, dest) = (ring(1 << 16), ring(1 << 16));
+    let mut producer = source.producer().unwrap();
+    let mut cfg = config();
+    cfg.max_batch_records = 16;
+    let mut sender = Sender::new(cfg, source.consumer().unwrap(), None).unwrap();
+    let mut receiver = receiver_into(&dest, None);
+    let mut out = dest.consumer().unwrap();
+    let now = Instant::now();
+    let (mut next, mut seen) = (0, Vec::new());
+    fill(&mut producer, &mut next, 256);
+    let hello = sender.poll(now).unwrap();
+    sender.handle(&receiver.handle(&hello, now).unwrap(), now);
+    let mut in_flight = Vec::new();
+    while let Some(m) = sender.poll(now) {
+        in_flight.push(m);
+    }
+    assert_eq!(in_flight.len(), 16);
+    // The first is lost; each of the 15 behind it is a gap, answered with the same WELCOME.
+    let replies: Vec<_> = in_flight[1..].iter().map(|m| receiver.handle(m, now).unwrap()).collect();
+    assert_eq!(load(&receiver.counters().gaps), 15);
+    for reply in &replies {
+        sender.handle(reply, now);
+    }
+    assert_eq!(load(&sender.counters().resends), 1, "every gap answer rewound the sender again");
+    exchange(&mut sender, &mut receiver, now);
+    drain(&mut out, &mut seen);
+    assert_once_in_order(&seen, 256);
+    assert_eq!(load(&sender.counters().records_sent), 512, "the window went twice, not sixteen times");
+}

@@ -100,6 +100,13 @@ pub struct Sender {
     in_flight_bytes: usize,
     pending_rejects: BTreeMap<u64, RejectReason>,
     ack_deadline: Option<Instant>,
+    /// Where the last rewind resumed from, until an ACK moves on, and how many DATA messages
+    /// went before it: each of those may still be answered by a WELCOME naming the same
+    /// position (every message in flight behind a lost one is a gap), which asks for nothing new.
+    rewound_from: Option<u64>,
+    stale_answers: usize,
+    /// DATA messages built since the last rewind.
+    sent_since_rewind: usize,
     paused_until: Option<Instant>,
     attempts: u32,
     breaker: Breaker,
@@ -138,6 +145,9 @@ impl Sender {
             in_flight_bytes: 0,
             pending_rejects: BTreeMap::new(),
             ack_deadline: None,
+            rewound_from: None,
+            stale_answers: 0,
+            sent_since_rewind: 0,
             paused_until: None,
             attempts: 0,
             breaker,
@@ -243,7 +253,14 @@ impl Sender {
         }
         self.learn_rejects(&w.rejects);
         if self.welcomed {
-            // An answer to a gap, or a late answer to an earlier HELLO: resend from there.
+            // An answer to a gap, or a late answer to an earlier HELLO: resend from there, unless
+            // it answers a message sent before the last rewind, which already resends from
+            // there. (Counting may take a fresh answer for a stale one: then a resend lost again
+            // is found by the request timeout instead.)
+            if self.rewound_from == Some(w.next) && self.stale_answers > 0 {
+                self.stale_answers -= 1;
+                return;
+            }
             Counters::add(&self.counters.resends, 1);
         }
         self.welcomed = true;
@@ -261,6 +278,7 @@ impl Sender {
         self.learn_rejects(&a.rejects);
         if a.next > self.committed_next {
             self.committed_next = a.next;
+            self.rewound_from = None;
             Counters::add(&self.counters.acks, 1);
             self.attempts = 0;
             self.breaker.on_success();
@@ -336,6 +354,9 @@ impl Sender {
     /// Delivery goes back to the first unreleased record; the next DATA message claims to follow
     /// on from `from`.
     fn rewind_to(&mut self, from: u64) {
+        self.rewound_from = Some(from);
+        self.stale_answers = self.sent_since_rewind;
+        self.sent_since_rewind = 0;
         self.consumer.rewind();
         self.in_flight.clear();
         self.in_flight_bytes = 0;
@@ -414,6 +435,7 @@ impl Sender {
         self.sent_high = self.sent_high.max(self.sent_next);
         parts[0] =
             wire::data_header(&self.config.origin, &self.config.stream, self.epoch, from, self.released_next, count);
+        self.sent_since_rewind += 1;
         let c = &self.counters;
         Counters::add(&c.data_messages, 1);
         Counters::add(&c.records_sent, count as u64);
