@@ -508,3 +508,53 @@ fn one_lost_message_costs_one_resend_however_many_messages_were_in_flight_behind
     assert_once_in_order(&seen, 256);
     assert_eq!(load(&sender.counters().records_sent), 512, "the window went twice, not sixteen times");
 }
+
+#[test]
+fn acks_and_welcomes_naming_positions_never_sent_are_ignored_and_counted() {
+    let (source, dest) = (ring(1 << 16), ring(1 << 16));
+    let mut producer = source.producer().unwrap();
+    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    let mut receiver = receiver_into(&dest, None);
+    let mut out = dest.consumer().unwrap();
+    let now = Instant::now();
+    let (mut next, mut seen) = (0, Vec::new());
+    fill(&mut producer, &mut next, 10);
+    let epoch = source.epoch();
+    // A WELCOME claiming the far side has far more than the ring ever held would skip records.
+    let bogus_welcome = Frame::Welcome(wire::Welcome { stream: ROUTE.into(), epoch, next: 1 << 40, rejects: vec![] });
+    sender.handle(&bogus_welcome.encode(), now);
+    assert!(!sender.is_open());
+    let hello = sender.poll(now).unwrap();
+    sender.handle(&receiver.handle(&hello, now).unwrap(), now);
+    let data = sender.poll(now).unwrap();
+    // An ACK beyond what was sent would release records nobody has.
+    let bogus_ack = Frame::Ack(wire::Ack { stream: ROUTE.into(), epoch, next: 1 << 40, busy: false, rejects: vec![] });
+    sender.handle(&bogus_ack.encode(), now);
+    assert_eq!(sender.consumer().release_position(), 0, "nothing released on a bogus ACK");
+    assert_eq!(load(&sender.counters().malformed), 2);
+    sender.handle(&receiver.handle(&data, now).unwrap(), now);
+    exchange(&mut sender, &mut receiver, now);
+    drain(&mut out, &mut seen);
+    assert_once_in_order(&seen, 10);
+}
+
+#[test]
+fn a_damaged_checkpoint_file_is_refused_with_a_typed_error() {
+    let path = temp_checkpoint("damaged");
+    let (source, dest) = (ring(1 << 16), ring(1 << 16));
+    let mut producer = source.producer().unwrap();
+    producer.try_send(&record(0)).unwrap();
+    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    {
+        let mut receiver = receiver_into(&dest, Some(&path));
+        exchange(&mut sender, &mut receiver, Instant::now());
+    }
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("host-a\torders\t"), "{text}");
+    text = text.replacen("host-a", "host-b", 1);
+    std::fs::write(&path, text).unwrap();
+    let routes = [(ROUTE.to_owned(), Route::new(dest.producer().unwrap()))];
+    let refused = Receiver::new(ReceiverConfig::default(), routes, Some(&path));
+    assert!(matches!(refused, Err(ipc_zmq::engine::CheckpointError::Invalid { .. })));
+    let _ = std::fs::remove_file(&path);
+}
