@@ -122,7 +122,7 @@ fn across_dropped_links(tell_the_sender: bool) {
     assert_eq!(drops, 3);
     let resends = sender.counters().resends.load(Relaxed);
     if tell_the_sender {
-        assert_eq!(sender.counters().hellos.load(Relaxed), 4, "one HELLO per link");
+        assert!(sender.counters().hellos.load(Relaxed) >= 4, "a HELLO on every link");
     } else {
         assert!(resends >= 1, "the drops cost no resend: they did not happen mid-flight");
     }
