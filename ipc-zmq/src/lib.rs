@@ -1,6 +1,13 @@
-//! The CURVE bridge between hosts: what `tadpole relay` is made of.
+//! The CURVE bridge between hosts: a relay drains local rings and forwards their records over
+//! ZeroMQ to a relay on another host, which commits them into its local rings.
+//!
+//! - [`wire`]: the versioned frames (`PROTOCOL.md` describes every byte).
+//! - [`engine`]: at-least-once delivery with deduplication, socket-agnostic.
+//! - [`http`]: `/metrics`, `/health` and `/ready`.
 
+pub mod engine;
 pub mod http;
+pub mod wire;
 
 #[cfg(test)]
 mod tests {

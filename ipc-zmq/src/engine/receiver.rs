@@ -1,0 +1,306 @@
+//! The receiving end: commits records of inbound streams into local rings, then acknowledges.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use ipc_core::{Producer, TrySendError};
+
+use super::checkpoint::{CheckpointError, Checkpoints, StreamState};
+use super::counters::Counters;
+use super::dedup::{DedupConfig, MessageIds, SeenIds};
+use crate::wire::{self, Ack, Data, Frame, RejectReason, Rejected, Welcome};
+
+/// A local ring that inbound records of one route are committed into.
+pub struct Route {
+    producer: Producer,
+    ids: Option<(Box<dyn MessageIds>, SeenIds)>,
+}
+
+impl Route {
+    /// Records are committed as they come (deduplicated by position only).
+    pub fn new(producer: Producer) -> Route {
+        Route { producer, ids: None }
+    }
+
+    /// An envelope route: each payload must yield a `message_id` (else it is rejected as
+    /// invalid), and an id seen within the `dedup` window is dropped as a duplicate.
+    pub fn with_message_ids(producer: Producer, ids: impl MessageIds + 'static, dedup: DedupConfig) -> Route {
+        Route { producer, ids: Some((Box::new(ids), SeenIds::new(dedup))) }
+    }
+}
+
+/// Bounds of a [`Receiver`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiverConfig {
+    /// Most inbound streams `(origin, stream)` remembered (default 1024); HELLO or DATA for
+    /// another is dropped and counted.
+    pub max_streams: usize,
+    /// Earlier source-ring epochs remembered per stream, whose DATA is refused as stale
+    /// (default 8).
+    pub retired_epochs: usize,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig { max_streams: 1024, retired_epochs: 8 }
+    }
+}
+
+/// The receiving end of a relay link. Socket-agnostic: [`handle`](Self::handle) takes one
+/// message from a sender and returns the reply to send back to that sender (behind a ROUTER,
+/// strip the routing id before and put it back after).
+///
+/// Records are committed into the route's local ring before they are acknowledged, and the
+/// per-stream position is saved (checkpoint file) before the ACK goes out.
+pub struct Receiver {
+    config: ReceiverConfig,
+    routes: HashMap<String, Route>,
+    checkpoints: Checkpoints,
+    counters: Arc<Counters>,
+}
+
+impl Receiver {
+    /// A receiver committing into `routes` (route name → local ring). With `checkpoint`, what
+    /// was committed is saved to (and recovered from) that file; a recovered entry whose local
+    /// ring has another epoch now (the ring was recreated) starts that stream afresh.
+    pub fn new(
+        config: ReceiverConfig,
+        routes: impl IntoIterator<Item = (String, Route)>,
+        checkpoint: Option<&Path>,
+    ) -> Result<Receiver, CheckpointError> {
+        let routes: HashMap<String, Route> = routes.into_iter().collect();
+        let mut checkpoints = match checkpoint {
+            Some(path) => Checkpoints::load(path)?,
+            None => Checkpoints::default(),
+        };
+        for ((_, stream), state) in checkpoints.streams.iter_mut() {
+            let local = routes.get(stream).map_or(0, |r| r.producer.segment().epoch());
+            if state.local_epoch != local {
+                state.next = 0;
+                state.rejects.clear();
+                state.local_epoch = local;
+            }
+        }
+        Ok(Receiver { config, routes, checkpoints, counters: Arc::new(Counters::default()) })
+    }
+
+    /// The counters (shared: clone the `Arc` to read them elsewhere).
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Every record of `(origin, stream)` below this position is done (committed, dropped as a
+    /// duplicate, or rejected), for the stream's current epoch: `(epoch, next)`.
+    pub fn next_expected(&self, origin: &str, stream: &str) -> Option<(u64, u64)> {
+        self.checkpoints.streams.get(&(origin.to_owned(), stream.to_owned())).map(|s| (s.epoch, s.next))
+    }
+
+    /// Handles one message from a sender; returns the reply to send back, if any. Messages that
+    /// fail to decode are counted (`malformed`) and get no reply.
+    pub fn handle<P: AsRef<[u8]>>(&mut self, parts: &[P], now: Instant) -> Option<Vec<Vec<u8>>> {
+        let frame = match wire::decode(parts) {
+            Ok(frame) => frame,
+            Err(_) => {
+                Counters::add(&self.counters.malformed, 1);
+                return None;
+            }
+        };
+        match frame {
+            Frame::Hello(h) => {
+                let state = self.stream(&h.origin, &h.stream, h.epoch)?;
+                let welcome = welcome(&h.stream, h.epoch, state);
+                Some(Frame::Welcome(welcome).encode())
+            }
+            Frame::Data(d) => self.on_data(d, now),
+            Frame::Welcome(_) | Frame::Ack(_) => {
+                Counters::add(&self.counters.malformed, 1);
+                None
+            }
+        }
+    }
+
+    fn on_data(&mut self, d: Data<'_>, now: Instant) -> Option<Vec<Vec<u8>>> {
+        let c = Arc::clone(&self.counters);
+        let local = self.routes.get(&d.stream).map_or(0, |r| r.producer.segment().epoch());
+        let state = stream_state(&mut self.checkpoints, &self.config, &c, &d.origin, &d.stream, d.epoch, local)?;
+        if d.from > state.next {
+            // Records between were lost on the way (a DATA message dropped with a connection):
+            // tell the sender where to resume.
+            Counters::add(&c.gaps, 1);
+            return Some(Frame::Welcome(welcome(&d.stream, d.epoch, state)).encode());
+        }
+        let before = (state.next, state.rejects.len());
+        while state.rejects.front().is_some_and(|r| r.position < d.released) {
+            state.rejects.pop_front();
+        }
+        let pruned = state.rejects.len() != before.1;
+        let mut busy = false;
+        let (mut committed, mut bytes) = (0u64, 0u64);
+        let route = self.routes.get_mut(&d.stream);
+        let reject = |state: &mut StreamState, position: u64, reason: RejectReason| -> bool {
+            if state.rejects.len() >= wire::MAX_REJECTS {
+                return false;
+            }
+            Counters::add(&c.rejects[reason.index()], 1);
+            state.rejects.push_back(Rejected { position, reason });
+            state.next = position + 1;
+            true
+        };
+        match route {
+            None => {
+                for rec in &d.records {
+                    if rec.position < state.next {
+                        Counters::add(&c.duplicates_dropped, 1);
+                    } else if !reject(state, rec.position, RejectReason::UnknownRoute) {
+                        busy = true;
+                        break;
+                    }
+                }
+            }
+            Some(route) => {
+                let max = route.producer.max_message_len();
+                let mut batch = route.producer.batch();
+                for rec in &d.records {
+                    if rec.position < state.next {
+                        Counters::add(&c.duplicates_dropped, 1);
+                        continue;
+                    }
+                    if rec.payload.len() > max {
+                        if !reject(state, rec.position, RejectReason::TooLarge) {
+                            busy = true;
+                            break;
+                        }
+                        continue;
+                    }
+                    let mut id = None;
+                    if let Some((ids, seen)) = &mut route.ids {
+                        match ids.message_id(rec.payload) {
+                            Err(_) => {
+                                if !reject(state, rec.position, RejectReason::InvalidEnvelope) {
+                                    busy = true;
+                                    break;
+                                }
+                                continue;
+                            }
+                            Ok(found) if seen.contains(&found, now) => {
+                                Counters::add(&c.id_duplicates_dropped, 1);
+                                state.next = rec.position + 1;
+                                continue;
+                            }
+                            Ok(found) => id = Some(found),
+                        }
+                    }
+                    match batch.try_reserve(rec.payload.len(), rec.message_type) {
+                        Ok(space) => {
+                            space.copy_from_slice(rec.payload);
+                            if let (Some(found), Some((_, seen))) = (id, &mut route.ids) {
+                                seen.insert(found, now);
+                            }
+                            state.next = rec.position + 1;
+                            committed += 1;
+                            bytes += rec.payload.len() as u64;
+                        }
+                        Err(TrySendError::TooLarge { .. }) => {
+                            if !reject(state, rec.position, RejectReason::TooLarge) {
+                                busy = true;
+                                break;
+                            }
+                        }
+                        Err(TrySendError::Full | TrySendError::Disconnected | TrySendError::Corrupt(_)) => {
+                            busy = true;
+                            break;
+                        }
+                    }
+                }
+                batch.commit();
+                if let Some((_, seen)) = &route.ids {
+                    c.ids_expired.store(seen.expired(), Relaxed);
+                    c.ids_evicted.store(seen.evicted(), Relaxed);
+                }
+            }
+        }
+        Counters::add(&c.records_committed, committed);
+        Counters::add(&c.bytes_committed, bytes);
+        if busy {
+            Counters::add(&c.busy, 1);
+        }
+        let ack = Ack {
+            stream: d.stream.clone(),
+            epoch: d.epoch,
+            next: state.next,
+            busy,
+            rejects: state.rejects.iter().copied().collect(),
+        };
+        if (state.next, state.rejects.len()) != before || pruned {
+            if self.checkpoints.store().is_err() {
+                // Committed but not saved: withhold the ACK, so that a crash now cannot widen
+                // the duplicate window past this message (the sender resends; the records are
+                // dropped as duplicates while this process lives).
+                Counters::add(&c.checkpoint_failures, 1);
+                return None;
+            }
+        }
+        Counters::add(&c.acks, 1);
+        Some(Frame::Ack(ack).encode())
+    }
+
+    fn stream(&mut self, origin: &str, stream: &str, epoch: u64) -> Option<&mut StreamState> {
+        let local = self.routes.get(stream).map_or(0, |r| r.producer.segment().epoch());
+        let c = Arc::clone(&self.counters);
+        let state = stream_state(&mut self.checkpoints, &self.config, &c, origin, stream, epoch, local)?;
+        Some(state)
+    }
+}
+
+fn welcome(stream: &str, epoch: u64, state: &StreamState) -> Welcome {
+    Welcome { stream: stream.to_owned(), epoch, next: state.next, rejects: state.rejects.iter().copied().collect() }
+}
+
+/// The state of `(origin, stream)` at `epoch`, made (and saved) if new; `None` (counted) when
+/// `epoch` is one the stream moved on from, or too many streams are known.
+fn stream_state<'a>(
+    checkpoints: &'a mut Checkpoints,
+    config: &ReceiverConfig,
+    c: &Counters,
+    origin: &str,
+    stream: &str,
+    epoch: u64,
+    local_epoch: u64,
+) -> Option<&'a mut StreamState> {
+    let key = (origin.to_owned(), stream.to_owned());
+    let known = checkpoints.streams.len();
+    let changed = match checkpoints.streams.get_mut(&key) {
+        Some(state) if state.epoch == epoch => false,
+        Some(state) if state.retired.contains(&epoch) => {
+            Counters::add(&c.stale_epochs, 1);
+            return None;
+        }
+        Some(state) => {
+            // The source ring was recreated: a new stream of positions from 0.
+            state.retired.push_back(state.epoch);
+            while state.retired.len() > config.retired_epochs {
+                state.retired.pop_front();
+            }
+            state.epoch = epoch;
+            state.next = 0;
+            state.rejects.clear();
+            true
+        }
+        None if known >= config.max_streams => {
+            Counters::add(&c.streams_refused, 1);
+            return None;
+        }
+        None => {
+            let fresh = StreamState { epoch, next: 0, local_epoch, retired: VecDeque::new(), rejects: VecDeque::new() };
+            checkpoints.streams.insert(key.clone(), fresh);
+            true
+        }
+    };
+    if changed && checkpoints.store().is_err() {
+        Counters::add(&c.checkpoint_failures, 1);
+    }
+    checkpoints.streams.get_mut(&key)
+}

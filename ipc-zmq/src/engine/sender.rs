@@ -1,0 +1,468 @@
+//! The sending end of a route: drains a local ring (explicit release) into DATA messages and
+//! releases only what the far side acknowledged.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use ipc_core::{Consumer, LeasesOutstanding, Producer, ReleaseMode, TryRecvError, TrySendError};
+
+use super::counters::Counters;
+use super::dead_letter::DeadLetter;
+use super::policy::{Backoff, Breaker, BreakerConfig, BreakerState, Jitter};
+use crate::wire::{self, Ack, Frame, Hello, RejectReason, Welcome};
+
+/// How a [`Sender`] batches, bounds what is in flight, and retries.
+#[derive(Clone, Debug)]
+pub struct SenderConfig {
+    /// This relay's name (the origin of every record), a valid wire name.
+    pub origin: String,
+    /// The route: which ring on the far side receives the records.
+    pub stream: String,
+    /// Most records sent and not acknowledged (default 8192).
+    pub max_in_flight_records: usize,
+    /// Most payload bytes sent and not acknowledged (default 16 MiB; one larger record may go
+    /// alone).
+    pub max_in_flight_bytes: usize,
+    /// Most records per DATA message (default 512, at most [`wire::MAX_RECORDS`]).
+    pub max_batch_records: usize,
+    /// Most payload bytes per DATA message (default 1 MiB; one larger record may go alone).
+    pub max_batch_bytes: usize,
+    /// How long to wait for a WELCOME before sending HELLO again (connection timeout, 1 s).
+    pub hello_interval: Duration,
+    /// How long the oldest unacknowledged record may wait for its ACK before everything
+    /// unacknowledged is resent (request timeout, 5 s).
+    pub request_timeout: Duration,
+    /// Wait between attempts (after a timeout or a busy receiver): 1 s, ×2, at most 10 s.
+    pub backoff: Backoff,
+    /// Consecutive attempts without progress after which the stream is reopened with a HELLO
+    /// (default 3); retries go on forever, with capped backoff.
+    pub max_attempts: u32,
+    /// The circuit breaker of this link.
+    pub breaker: BreakerConfig,
+}
+
+impl SenderConfig {
+    /// The defaults for `origin` and `stream`.
+    pub fn new(origin: &str, stream: &str) -> SenderConfig {
+        SenderConfig {
+            origin: origin.to_owned(),
+            stream: stream.to_owned(),
+            max_in_flight_records: 8192,
+            max_in_flight_bytes: 16 << 20,
+            max_batch_records: 512,
+            max_batch_bytes: 1 << 20,
+            hello_interval: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            backoff: Backoff::default(),
+            max_attempts: 3,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// Why a [`Sender`] could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SenderError {
+    /// The origin or stream name is empty, longer than [`wire::MAX_NAME_LEN`] or holds control
+    /// characters.
+    #[error("invalid origin or stream name")]
+    BadName,
+    /// The consumer holds leases, so it cannot release explicitly.
+    #[error(transparent)]
+    Leases(#[from] LeasesOutstanding),
+}
+
+/// The sending end of one route. Socket-agnostic: [`poll`](Self::poll) returns the next message
+/// to send, [`handle`](Self::handle) takes each message from the far side; the caller moves them
+/// over its socket (a DEALER connected to the far relay's ROUTER).
+///
+/// Every record stays unreleased in the source ring until the far side acknowledges it, so the
+/// ring's producer feels backpressure (`Full`) when the link is slow or down; nothing is lost
+/// when either relay is killed.
+pub struct Sender {
+    config: SenderConfig,
+    consumer: Consumer,
+    dead_letters: Option<Producer>,
+    epoch: u64,
+    welcomed: bool,
+    hello_due: Option<Instant>,
+    /// Every record below this is done on the far side.
+    committed_next: u64,
+    /// Every record below this is released from the source ring.
+    released_next: u64,
+    /// `from` of the next DATA message: just past the last record sent since the last rewind.
+    sent_next: u64,
+    /// Past the highest record ever sent: no ACK may name more.
+    sent_high: u64,
+    in_flight: VecDeque<(u64, usize)>,
+    in_flight_bytes: usize,
+    pending_rejects: BTreeMap<u64, RejectReason>,
+    ack_deadline: Option<Instant>,
+    /// Where the last rewind resumed from, until an ACK moves on, and how many DATA messages
+    /// went before it: each of those may still be answered by a WELCOME naming the same
+    /// position (every message in flight behind a lost one is a gap), which asks for nothing new.
+    rewound_from: Option<u64>,
+    stale_answers: usize,
+    /// DATA messages built since the last rewind.
+    sent_since_rewind: usize,
+    paused_until: Option<Instant>,
+    attempts: u32,
+    breaker: Breaker,
+    jitter: Jitter,
+    counters: Arc<Counters>,
+}
+
+impl Sender {
+    /// A sender draining `consumer` (switched to [`ReleaseMode::Explicit`] and rewound to its
+    /// first unreleased record), dead-lettering rejected records into `dead_letters` if given
+    /// (otherwise they are dropped and counted).
+    pub fn new(
+        config: SenderConfig,
+        mut consumer: Consumer,
+        dead_letters: Option<Producer>,
+    ) -> Result<Sender, SenderError> {
+        if !wire::valid_name(&config.origin) || !wire::valid_name(&config.stream) {
+            return Err(SenderError::BadName);
+        }
+        consumer.set_release_mode(ReleaseMode::Explicit)?;
+        let head = consumer.rewind();
+        let epoch = consumer.epoch();
+        let breaker = Breaker::new(config.breaker);
+        Ok(Sender {
+            config,
+            consumer,
+            dead_letters,
+            epoch,
+            welcomed: false,
+            hello_due: None,
+            committed_next: head,
+            released_next: head,
+            sent_next: head,
+            sent_high: head,
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
+            pending_rejects: BTreeMap::new(),
+            ack_deadline: None,
+            rewound_from: None,
+            stale_answers: 0,
+            sent_since_rewind: 0,
+            paused_until: None,
+            attempts: 0,
+            breaker,
+            jitter: Jitter::new(),
+            counters: Arc::new(Counters::default()),
+        })
+    }
+
+    /// The counters (shared: clone the `Arc` to read them elsewhere).
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// The breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Whether a WELCOME has been received since the stream was last (re)opened.
+    pub fn is_open(&self) -> bool {
+        self.welcomed
+    }
+
+    /// Records sent and not acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Every source-ring record below this position is acknowledged by the far side.
+    pub fn acknowledged(&self) -> u64 {
+        self.committed_next
+    }
+
+    /// The source ring's consumer.
+    pub fn consumer(&self) -> &Consumer {
+        &self.consumer
+    }
+
+    /// The link went down (or the socket was recreated): reopen the stream with a HELLO and
+    /// resend everything unacknowledged after the WELCOME.
+    pub fn on_link_down(&mut self) {
+        self.welcomed = false;
+        self.hello_due = None;
+        let from = self.committed_next;
+        self.rewind_to(from);
+    }
+
+    /// When [`poll`](Self::poll) has something time-driven to do (a HELLO to repeat, a backoff
+    /// ending, an acknowledgement overdue); `None` when only new records or messages matter.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let hello = if self.welcomed { None } else { self.hello_due };
+        [hello, self.paused_until, self.ack_deadline].into_iter().flatten().min()
+    }
+
+    /// The next message to send, if any: a HELLO while the stream is not open, else a DATA
+    /// message of the records the window, the batch limits, the backoff and the breaker allow.
+    /// Call it whenever the ring may have records, a message was handled, or
+    /// [`next_deadline`](Self::next_deadline) passed.
+    pub fn poll(&mut self, now: Instant) -> Option<Vec<Vec<u8>>> {
+        self.check_timeout(now);
+        if !self.welcomed {
+            if self.hello_due.is_some_and(|due| now < due) {
+                return None;
+            }
+            self.hello_due = Some(now + self.config.hello_interval);
+            Counters::add(&self.counters.hellos, 1);
+            let hello =
+                Hello { origin: self.config.origin.clone(), stream: self.config.stream.clone(), epoch: self.epoch };
+            return Some(Frame::Hello(hello).encode());
+        }
+        if self.paused_until.is_some_and(|until| now < until) {
+            return None;
+        }
+        self.paused_until = None;
+        let permitted = self.breaker.permits(now);
+        self.publish_gauges();
+        if !permitted {
+            return None;
+        }
+        let message = self.build()?;
+        self.breaker.on_request();
+        self.ack_deadline.get_or_insert(now + self.config.request_timeout);
+        self.publish_gauges();
+        Some(message)
+    }
+
+    /// Takes a message from the far side (WELCOME or ACK). Anything else, or anything that
+    /// fails to decode or contradicts what was sent, is counted in `malformed` and ignored.
+    pub fn handle<P: AsRef<[u8]>>(&mut self, parts: &[P], now: Instant) {
+        match wire::decode(parts) {
+            Ok(Frame::Welcome(w)) if w.stream == self.config.stream && w.epoch == self.epoch => self.on_welcome(w),
+            Ok(Frame::Ack(a)) if a.stream == self.config.stream && a.epoch == self.epoch => self.on_ack(a, now),
+            _ => Counters::add(&self.counters.malformed, 1),
+        }
+        self.publish_gauges();
+    }
+
+    fn on_welcome(&mut self, w: Welcome) {
+        // A WELCOME can name at most the end of what the ring holds.
+        if w.next > self.consumer.segment().status().tail + 1 {
+            Counters::add(&self.counters.malformed, 1);
+            return;
+        }
+        self.learn_rejects(&w.rejects);
+        if self.welcomed {
+            // An answer to a gap, or a late answer to an earlier HELLO: resend from there, unless
+            // it answers a message sent before the last rewind, which already resends from
+            // there. (Counting may take a fresh answer for a stale one: then a resend lost again
+            // is found by the request timeout instead.)
+            if self.rewound_from == Some(w.next) && self.stale_answers > 0 {
+                self.stale_answers -= 1;
+                return;
+            }
+            Counters::add(&self.counters.resends, 1);
+        }
+        self.welcomed = true;
+        self.breaker.on_success();
+        self.committed_next = self.committed_next.max(w.next);
+        self.sent_high = self.sent_high.max(w.next);
+        self.rewind_to(w.next);
+    }
+
+    fn on_ack(&mut self, a: Ack, now: Instant) {
+        if a.next > self.sent_high {
+            Counters::add(&self.counters.malformed, 1);
+            return;
+        }
+        self.learn_rejects(&a.rejects);
+        if a.next > self.committed_next {
+            self.committed_next = a.next;
+            self.rewound_from = None;
+            Counters::add(&self.counters.acks, 1);
+            self.attempts = 0;
+            self.breaker.on_success();
+            let mut last = None;
+            while let Some(&(pos, len)) = self.in_flight.front().filter(|(pos, _)| *pos < a.next) {
+                self.in_flight.pop_front();
+                self.in_flight_bytes -= len;
+                last = Some(pos);
+            }
+            if !self.sweep_needed() {
+                if let Some(pos) = last {
+                    if self.consumer.release_through(pos).is_ok() {
+                        self.released_next = pos + 1;
+                    }
+                }
+            }
+            self.ack_deadline = if self.in_flight.is_empty() { None } else { Some(now + self.config.request_timeout) };
+        }
+        if self.sweep_needed() {
+            // A rejected record to dead-letter that delivery has passed: go back over the ring
+            // to it (the records between are released as they are passed again).
+            let from = self.committed_next;
+            self.rewind_to(from);
+        }
+        if a.busy {
+            // The far ring is full: what it did not take is resent after a backoff.
+            self.attempts += 1;
+            self.paused_until = Some(now + self.config.backoff.delay(self.attempts - 1, &mut self.jitter));
+            Counters::add(&self.counters.resends, 1);
+            let from = self.committed_next;
+            self.rewind_to(from);
+        }
+    }
+
+    /// Whether a rejected record waits to be dead-lettered behind the read position.
+    fn sweep_needed(&self) -> bool {
+        let first = self.pending_rejects.range(..self.committed_next).next();
+        first.is_some_and(|(&pos, _)| self.consumer.read_position() > pos)
+    }
+
+    fn learn_rejects(&mut self, rejects: &[wire::Rejected]) {
+        for r in rejects {
+            if r.position >= self.released_next && self.pending_rejects.insert(r.position, r.reason).is_none() {
+                Counters::add(&self.counters.rejects[r.reason.index()], 1);
+            }
+        }
+    }
+
+    fn check_timeout(&mut self, now: Instant) {
+        let overdue = self.ack_deadline.is_some_and(|deadline| now >= deadline) && !self.in_flight.is_empty();
+        if !overdue {
+            return;
+        }
+        Counters::add(&self.counters.timeouts, 1);
+        Counters::add(&self.counters.resends, 1);
+        let was_open = self.breaker.state() == BreakerState::Open;
+        self.breaker.on_failure(now);
+        if !was_open && self.breaker.state() == BreakerState::Open {
+            Counters::add(&self.counters.breaker_opened, 1);
+        }
+        self.attempts += 1;
+        let resume = now + self.config.backoff.delay(self.attempts - 1, &mut self.jitter);
+        self.paused_until = Some(resume);
+        let from = self.committed_next;
+        self.rewind_to(from);
+        if self.attempts >= self.config.max_attempts {
+            // The far relay may have restarted: reopen the stream, after the backoff.
+            self.welcomed = false;
+            self.hello_due = Some(resume);
+        }
+    }
+
+    /// Delivery goes back to the first unreleased record; the next DATA message claims to follow
+    /// on from `from`.
+    fn rewind_to(&mut self, from: u64) {
+        self.rewound_from = Some(from);
+        self.stale_answers = self.sent_since_rewind;
+        self.sent_since_rewind = 0;
+        self.consumer.rewind();
+        self.in_flight.clear();
+        self.in_flight_bytes = 0;
+        self.sent_next = from;
+        self.ack_deadline = None;
+    }
+
+    /// One DATA message of what the limits allow; passes over (releasing, dead-lettering) the
+    /// records the far side already has.
+    fn build(&mut self) -> Option<Vec<Vec<u8>>> {
+        let max_records = self.config.max_batch_records.clamp(1, wire::MAX_RECORDS);
+        let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
+        let (mut batch_bytes, mut release) = (0usize, None);
+        let from = self.sent_next;
+        while parts.len() <= max_records {
+            let guard = match self.consumer.try_recv() {
+                Ok(guard) => guard,
+                Err(TryRecvError::Corrupt { .. }) => {
+                    Counters::add(&self.counters.malformed, 1);
+                    break;
+                }
+                Err(_) => break,
+            };
+            let (pos, len) = (guard.position(), guard.len());
+            if pos < self.committed_next {
+                if let Some(&reason) = self.pending_rejects.get(&pos) {
+                    let letter = DeadLetter {
+                        reason,
+                        message_type: guard.message_type(),
+                        position: pos,
+                        epoch: self.epoch,
+                        stream: &self.config.stream,
+                        payload: &guard,
+                    };
+                    match write_dead_letter(&mut self.dead_letters, &letter) {
+                        Ok(written) => {
+                            let field =
+                                if written { &self.counters.dead_letters } else { &self.counters.dead_letters_dropped };
+                            Counters::add(field, 1);
+                            self.pending_rejects.remove(&pos);
+                        }
+                        Err(()) => {
+                            // The dead-letter ring is full: try again on the next poll.
+                            guard.requeue();
+                            break;
+                        }
+                    }
+                }
+                drop(guard);
+                release = Some(pos);
+                continue;
+            }
+            let window_full = self.in_flight.len() >= self.config.max_in_flight_records
+                || (!self.in_flight.is_empty() && self.in_flight_bytes + len > self.config.max_in_flight_bytes)
+                || (parts.len() > 1 && batch_bytes + len > self.config.max_batch_bytes);
+            if window_full {
+                guard.requeue();
+                break;
+            }
+            parts.push(wire::record_part(pos, guard.message_type(), &guard));
+            drop(guard);
+            self.in_flight.push_back((pos, len));
+            self.in_flight_bytes += len;
+            batch_bytes += len;
+            self.sent_next = pos + 1;
+        }
+        if let Some(pos) = release {
+            if self.consumer.release_through(pos).is_ok() {
+                self.released_next = pos + 1;
+            }
+        }
+        let count = parts.len() - 1;
+        if count == 0 {
+            return None;
+        }
+        self.sent_high = self.sent_high.max(self.sent_next);
+        parts[0] =
+            wire::data_header(&self.config.origin, &self.config.stream, self.epoch, from, self.released_next, count);
+        self.sent_since_rewind += 1;
+        let c = &self.counters;
+        Counters::add(&c.data_messages, 1);
+        Counters::add(&c.records_sent, count as u64);
+        Counters::add(&c.bytes_sent, batch_bytes as u64);
+        Some(parts)
+    }
+
+    fn publish_gauges(&self) {
+        let c = &self.counters;
+        c.in_flight_records.store(self.in_flight.len() as u64, Relaxed);
+        c.in_flight_bytes.store(self.in_flight_bytes as u64, Relaxed);
+        c.breaker_state.store(self.breaker.state() as u64, Relaxed);
+    }
+}
+
+/// Writes `letter` into the dead-letter ring: `Ok(true)` written, `Ok(false)` dropped (no ring,
+/// or too large for it), `Err` the ring is full or has lost its consumer (retry later).
+fn write_dead_letter(ring: &mut Option<Producer>, letter: &DeadLetter<'_>) -> Result<bool, ()> {
+    let Some(producer) = ring else { return Ok(false) };
+    match producer.try_reserve(letter.encoded_len()) {
+        Ok(mut grant) => {
+            letter.write_to(&mut grant);
+            grant.set_message_type(letter.message_type);
+            grant.commit();
+            Ok(true)
+        }
+        Err(TrySendError::TooLarge { .. } | TrySendError::Corrupt(_)) => Ok(false),
+        Err(TrySendError::Full | TrySendError::Disconnected) => Err(()),
+    }
+}

@@ -1,0 +1,468 @@
+//! The relay wire protocol, version 1: typed frames carried as multipart ZeroMQ messages, and a
+//! strict decoder for them. Every byte is described in `ipc-zmq/PROTOCOL.md`.
+//!
+//! The first part of every message is a header: the protocol version, the kind, then fields of
+//! that kind, little-endian. A DATA message adds one part per record. Anything else — a wrong
+//! version, an unknown kind, a short or long part, a name that is not printable UTF-8, positions
+//! that do not increase — is refused with a [`FrameError`]; the decoder never panics and
+//! allocates at most what the message's own (bounded) counts say.
+//!
+//! ```
+//! use ipc_zmq::wire::{self, Frame, Hello};
+//! let hello = Frame::Hello(Hello { origin: "host-a".into(), stream: "orders".into(), epoch: 7 });
+//! let parts = hello.encode();
+//! assert_eq!(wire::decode(&parts)?, hello);
+//! assert!(wire::decode(&[&b"\x01"[..]]).is_err());
+//! # Ok::<(), wire::FrameError>(())
+//! ```
+
+/// The protocol version this crate speaks (first byte of every message).
+pub const VERSION: u8 = 1;
+/// Longest origin or stream name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+/// Most records in one DATA message.
+pub const MAX_RECORDS: usize = 4096;
+/// Most rejected records listed in one ACK.
+pub const MAX_REJECTS: usize = MAX_RECORDS;
+
+/// Kind byte of a HELLO.
+pub const KIND_HELLO: u8 = 1;
+/// Kind byte of a WELCOME.
+pub const KIND_WELCOME: u8 = 2;
+/// Kind byte of a DATA message.
+pub const KIND_DATA: u8 = 3;
+/// Kind byte of an ACK.
+pub const KIND_ACK: u8 = 4;
+
+/// ACK flag: the receiver's local ring was full (or had no consumer) and it stopped short of the
+/// end of the DATA message; the sender resends the rest after a backoff.
+pub const ACK_BUSY: u8 = 1;
+
+/// Bytes of a DATA record part before its payload: position (8) and message type (2).
+pub const RECORD_PREFIX_LEN: usize = 10;
+
+/// One relay message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// Sender → receiver: open (or reopen) a stream.
+    Hello(Hello),
+    /// Receiver → sender: where to resume.
+    Welcome(Welcome),
+    /// Sender → receiver: records.
+    Data(Data<'a>),
+    /// Receiver → sender: cumulative acknowledgement, with the records it rejected.
+    Ack(Ack),
+}
+
+/// Opens a stream: the ring `stream` of relay `origin`, whose ring epoch is `epoch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The sending relay's name.
+    pub origin: String,
+    /// The route (stream) name: which ring on the far side the records go to.
+    pub stream: String,
+    /// The source ring's epoch ([`ipc_core::Segment::epoch`]).
+    pub epoch: u64,
+}
+
+/// Answers a HELLO (or a DATA message that does not follow on from what was committed): every
+/// record of `(stream, epoch)` at a position below `next` is committed (or rejected) on the far
+/// side; the sender resends from the first record at or after `next`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// The stream named in the HELLO.
+    pub stream: String,
+    /// The epoch named in the HELLO.
+    pub epoch: u64,
+    /// Every position below this is done.
+    pub next: u64,
+    /// Records below `next` the receiver rejected and the sender has not yet released (see
+    /// [`Data::released`]): the sender dead-letters them. At most [`MAX_REJECTS`].
+    pub rejects: Vec<Rejected>,
+}
+
+/// Records of one stream, in ring order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Data<'a> {
+    /// The sending relay's name.
+    pub origin: String,
+    /// The route.
+    pub stream: String,
+    /// The source ring's epoch.
+    pub epoch: u64,
+    /// The sender claims no record exists at a position in `[from, records[0].position)`: the
+    /// records follow on from everything below `from`. The receiver accepts the message only if
+    /// `from` is at most its own next expected position (otherwise records were lost on the way).
+    pub from: u64,
+    /// Every record below this position is released from the sender's ring (acknowledged, and
+    /// dead-lettered if it was rejected): the receiver may forget the rejects below it.
+    pub released: u64,
+    /// At least one, at most [`MAX_RECORDS`], positions strictly increasing, all `>= from`.
+    pub records: Vec<DataRecord<'a>>,
+}
+
+/// One record of a DATA message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataRecord<'a> {
+    /// Its position in the source ring (a multiple of 8).
+    pub position: u64,
+    /// The message type the source producer set.
+    pub message_type: u16,
+    /// The payload, byte for byte.
+    pub payload: &'a [u8],
+}
+
+/// Cumulative acknowledgement of one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// The stream acknowledged.
+    pub stream: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Every record below this position is done: committed into the far ring, dropped as a
+    /// duplicate, or rejected (then listed in `rejects` until the sender has released it).
+    pub next: u64,
+    /// The receiver stopped short of the end of the DATA message (local ring full).
+    pub busy: bool,
+    /// Records refused, with why; all below `next`. At most [`MAX_REJECTS`].
+    pub rejects: Vec<Rejected>,
+}
+
+/// A record the receiver refused, to be dead-lettered by the sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// Its position in the source ring.
+    pub position: u64,
+    /// Why.
+    pub reason: RejectReason,
+}
+
+/// Why a receiver refused a record (a permanent refusal: resending would not help).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RejectReason {
+    /// No local ring is configured for the stream's route.
+    UnknownRoute = 1,
+    /// Larger than the local ring's largest message.
+    TooLarge = 2,
+    /// The route carries envelopes and this payload is not a valid one.
+    InvalidEnvelope = 3,
+}
+
+impl RejectReason {
+    /// Every reason, in code order.
+    pub const ALL: [RejectReason; 3] =
+        [RejectReason::UnknownRoute, RejectReason::TooLarge, RejectReason::InvalidEnvelope];
+
+    /// The reason with wire code `code`.
+    pub fn from_code(code: u8) -> Option<RejectReason> {
+        match code {
+            1 => Some(RejectReason::UnknownRoute),
+            2 => Some(RejectReason::TooLarge),
+            3 => Some(RejectReason::InvalidEnvelope),
+            _ => None,
+        }
+    }
+
+    /// Its wire code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Index into per-reason counters.
+    pub(crate) fn index(self) -> usize {
+        self as usize - 1
+    }
+}
+
+/// Why a message was refused by [`decode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The message has no parts.
+    #[error("empty message")]
+    Empty,
+    /// The first byte is not [`VERSION`].
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    /// The kind byte is none of the known kinds.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// A part ends before its fields do.
+    #[error("part {part} truncated")]
+    Truncated {
+        /// Index of the part.
+        part: usize,
+    },
+    /// A part has bytes after its last field.
+    #[error("part {part} has trailing bytes")]
+    TrailingBytes {
+        /// Index of the part.
+        part: usize,
+    },
+    /// The number of parts is not what the header says.
+    #[error("expected {expected} parts, got {got}")]
+    PartCount {
+        /// Parts the header implies.
+        expected: usize,
+        /// Parts received.
+        got: usize,
+    },
+    /// A name is empty, longer than [`MAX_NAME_LEN`], not UTF-8, or holds control characters.
+    #[error("invalid origin or stream name")]
+    BadName,
+    /// A DATA message holds no record or more than [`MAX_RECORDS`], or an ACK more than
+    /// [`MAX_REJECTS`] rejects.
+    #[error("record count {0} out of bounds")]
+    CountOutOfBounds(usize),
+    /// A position is not a multiple of 8, below `from`, or not above the one before it (DATA),
+    /// or a reject is at or above `next` (ACK).
+    #[error("position {0} out of order or misaligned")]
+    BadPosition(u64),
+    /// An unknown reject reason code.
+    #[error("unknown reject reason {0}")]
+    BadReason(u8),
+    /// Unknown flag bits.
+    #[error("unknown flags {0:#x}")]
+    BadFlags(u8),
+}
+
+/// Decodes one message (its parts, in order). Borrows DATA payloads from `parts`.
+pub fn decode<P: AsRef<[u8]>>(parts: &[P]) -> Result<Frame<'_>, FrameError> {
+    let head = parts.first().ok_or(FrameError::Empty)?.as_ref();
+    let mut r = Reader { buf: head, at: 0, part: 0 };
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(FrameError::UnsupportedVersion(version));
+    }
+    let kind = r.u8()?;
+    let frame = match kind {
+        KIND_HELLO => {
+            let epoch = r.u64()?;
+            let origin = r.name()?;
+            let stream = r.name()?;
+            Frame::Hello(Hello { origin, stream, epoch })
+        }
+        KIND_WELCOME => {
+            let epoch = r.u64()?;
+            let next = r.u64()?;
+            let stream = r.name()?;
+            let rejects = r.rejects(next)?;
+            Frame::Welcome(Welcome { stream, epoch, next, rejects })
+        }
+        KIND_DATA => {
+            let epoch = r.u64()?;
+            let from = r.u64()?;
+            let released = r.u64()?;
+            let count = r.u32()? as usize;
+            let origin = r.name()?;
+            let stream = r.name()?;
+            r.end()?;
+            if count == 0 || count > MAX_RECORDS {
+                return Err(FrameError::CountOutOfBounds(count));
+            }
+            if parts.len() != count + 1 {
+                return Err(FrameError::PartCount { expected: count + 1, got: parts.len() });
+            }
+            let mut records = Vec::with_capacity(count);
+            let mut floor = from;
+            for (i, part) in parts[1..].iter().enumerate() {
+                let part = part.as_ref();
+                let mut rec = Reader { buf: part, at: 0, part: i + 1 };
+                let position = rec.u64()?;
+                let message_type = rec.u16()?;
+                let in_order = if i == 0 { position >= floor } else { position > floor };
+                if position % 8 != 0 || !in_order {
+                    return Err(FrameError::BadPosition(position));
+                }
+                floor = position;
+                records.push(DataRecord { position, message_type, payload: &part[RECORD_PREFIX_LEN..] });
+            }
+            return Ok(Frame::Data(Data { origin, stream, epoch, from, released, records }));
+        }
+        KIND_ACK => {
+            let epoch = r.u64()?;
+            let next = r.u64()?;
+            let flags = r.u8()?;
+            if flags & !ACK_BUSY != 0 {
+                return Err(FrameError::BadFlags(flags));
+            }
+            let stream = r.name()?;
+            let rejects = r.rejects(next)?;
+            Frame::Ack(Ack { stream, epoch, next, busy: flags & ACK_BUSY != 0, rejects })
+        }
+        other => return Err(FrameError::UnknownKind(other)),
+    };
+    r.end()?;
+    if parts.len() != 1 {
+        return Err(FrameError::PartCount { expected: 1, got: parts.len() });
+    }
+    Ok(frame)
+}
+
+impl Frame<'_> {
+    /// The message's parts, ready for `send_multipart`.
+    pub fn encode(&self) -> Vec<Vec<u8>> {
+        match self {
+            Frame::Hello(h) => {
+                let mut b = header(KIND_HELLO);
+                b.extend_from_slice(&h.epoch.to_le_bytes());
+                put_name(&mut b, &h.origin);
+                put_name(&mut b, &h.stream);
+                vec![b]
+            }
+            Frame::Welcome(w) => {
+                let mut b = header(KIND_WELCOME);
+                b.extend_from_slice(&w.epoch.to_le_bytes());
+                b.extend_from_slice(&w.next.to_le_bytes());
+                put_name(&mut b, &w.stream);
+                put_rejects(&mut b, &w.rejects);
+                vec![b]
+            }
+            Frame::Data(d) => {
+                let mut parts = Vec::with_capacity(d.records.len() + 1);
+                parts.push(data_header(&d.origin, &d.stream, d.epoch, d.from, d.released, d.records.len()));
+                for rec in &d.records {
+                    parts.push(record_part(rec.position, rec.message_type, rec.payload));
+                }
+                parts
+            }
+            Frame::Ack(a) => {
+                let mut b = header(KIND_ACK);
+                b.extend_from_slice(&a.epoch.to_le_bytes());
+                b.extend_from_slice(&a.next.to_le_bytes());
+                b.push(if a.busy { ACK_BUSY } else { 0 });
+                put_name(&mut b, &a.stream);
+                put_rejects(&mut b, &a.rejects);
+                vec![b]
+            }
+        }
+    }
+}
+
+/// The first part of a DATA message of `count` records.
+pub fn data_header(origin: &str, stream: &str, epoch: u64, from: u64, released: u64, count: usize) -> Vec<u8> {
+    let mut b = header(KIND_DATA);
+    b.extend_from_slice(&epoch.to_le_bytes());
+    b.extend_from_slice(&from.to_le_bytes());
+    b.extend_from_slice(&released.to_le_bytes());
+    b.extend_from_slice(&(count as u32).to_le_bytes());
+    put_name(&mut b, origin);
+    put_name(&mut b, stream);
+    b
+}
+
+/// One record part of a DATA message.
+pub fn record_part(position: u64, message_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(RECORD_PREFIX_LEN + payload.len());
+    b.extend_from_slice(&position.to_le_bytes());
+    b.extend_from_slice(&message_type.to_le_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+/// Whether `name` may be sent as an origin or stream name (what the decoder accepts).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
+}
+
+fn put_rejects(b: &mut Vec<u8>, rejects: &[Rejected]) {
+    let rejects = &rejects[..rejects.len().min(MAX_REJECTS)];
+    b.extend_from_slice(&(rejects.len() as u16).to_le_bytes());
+    for rej in rejects {
+        b.extend_from_slice(&rej.position.to_le_bytes());
+        b.push(rej.reason.code());
+    }
+}
+
+fn header(kind: u8) -> Vec<u8> {
+    vec![VERSION, kind]
+}
+
+fn put_name(b: &mut Vec<u8>, name: &str) {
+    debug_assert!(valid_name(name), "names are checked when the stream is configured");
+    let bytes = &name.as_bytes()[..name.len().min(MAX_NAME_LEN)];
+    b.push(bytes.len() as u8);
+    b.extend_from_slice(bytes);
+}
+
+/// A bounds-checked cursor over one part.
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+    part: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        let end = self.at.checked_add(n).filter(|&end| end <= self.buf.len());
+        let end = end.ok_or(FrameError::Truncated { part: self.part })?;
+        let bytes = &self.buf[self.at..end];
+        self.at = end;
+        Ok(bytes)
+    }
+
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, FrameError> {
+        let mut b = [0; 2];
+        b.copy_from_slice(self.take(2)?);
+        Ok(u16::from_le_bytes(b))
+    }
+
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        let mut b = [0; 4];
+        b.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        let mut b = [0; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn name(&mut self) -> Result<String, FrameError> {
+        let len = self.u8()? as usize;
+        let bytes = self.take(len)?;
+        let name = std::str::from_utf8(bytes).map_err(|_| FrameError::BadName)?;
+        if !valid_name(name) {
+            return Err(FrameError::BadName);
+        }
+        Ok(name.to_owned())
+    }
+
+    /// A reject list (count, then 9 bytes each) ending the part; every position below `next`.
+    fn rejects(&mut self, next: u64) -> Result<Vec<Rejected>, FrameError> {
+        let count = self.u16()? as usize;
+        if count > MAX_REJECTS {
+            return Err(FrameError::CountOutOfBounds(count));
+        }
+        // Refuse a count the part cannot hold before allocating for it.
+        let left = self.buf.len() - self.at;
+        if left != count * 9 {
+            let part = self.part;
+            return Err(if left < count * 9 {
+                FrameError::Truncated { part }
+            } else {
+                FrameError::TrailingBytes { part }
+            });
+        }
+        let mut rejects = Vec::with_capacity(count);
+        for _ in 0..count {
+            let position = self.u64()?;
+            let code = self.u8()?;
+            let reason = RejectReason::from_code(code).ok_or(FrameError::BadReason(code))?;
+            if position >= next || position % 8 != 0 {
+                return Err(FrameError::BadPosition(position));
+            }
+            rejects.push(Rejected { position, reason });
+        }
+        Ok(rejects)
+    }
+
+    fn end(&self) -> Result<(), FrameError> {
+        if self.at == self.buf.len() { Ok(()) } else { Err(FrameError::TrailingBytes { part: self.part }) }
+    }
+}

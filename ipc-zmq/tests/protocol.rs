@@ -1,0 +1,221 @@
+//! The wire format: every kind round-trips, and the decoder refuses (never panics on) anything
+//! else — random bytes, mutations and truncations of valid messages.
+
+use ipc_zmq::wire::{self, Ack, Data, DataRecord, Frame, FrameError, Hello, RejectReason, Rejected, VERSION, Welcome};
+use proptest::prelude::*;
+
+fn samples() -> Vec<Frame<'static>> {
+    vec![
+        Frame::Hello(Hello { origin: "host-a".into(), stream: "orders".into(), epoch: 0xDEAD_BEEF }),
+        Frame::Welcome(Welcome { stream: "orders".into(), epoch: 1, next: 4097, rejects: vec![] }),
+        Frame::Welcome(Welcome {
+            stream: "o".into(),
+            epoch: u64::MAX,
+            next: 65,
+            rejects: vec![Rejected { position: 64, reason: RejectReason::TooLarge }],
+        }),
+        Frame::Data(Data {
+            origin: "host-a".into(),
+            stream: "orders".into(),
+            epoch: 9,
+            from: 16,
+            released: 8,
+            records: vec![
+                DataRecord { position: 16, message_type: 3, payload: b"first" },
+                DataRecord { position: 48, message_type: 0, payload: b"" },
+                DataRecord { position: 56, message_type: u16::MAX, payload: &[0xFF; 300] },
+            ],
+        }),
+        Frame::Ack(Ack { stream: "orders".into(), epoch: 9, next: 57, busy: true, rejects: vec![] }),
+        Frame::Ack(Ack {
+            stream: "orders".into(),
+            epoch: 9,
+            next: 57,
+            busy: false,
+            rejects: vec![
+                Rejected { position: 0, reason: RejectReason::UnknownRoute },
+                Rejected { position: 48, reason: RejectReason::InvalidEnvelope },
+            ],
+        }),
+    ]
+}
+
+#[test]
+fn every_frame_kind_round_trips_byte_for_byte() {
+    for frame in samples() {
+        let parts = frame.encode();
+        assert_eq!(parts[0][0], VERSION);
+        assert_eq!(wire::decode(&parts).unwrap(), frame);
+    }
+}
+
+#[test]
+fn every_strict_prefix_of_a_header_is_refused() {
+    for frame in samples() {
+        let parts = frame.encode();
+        for cut in 0..parts[0].len() {
+            let mut cut_parts = parts.clone();
+            cut_parts[0].truncate(cut);
+            assert!(wire::decode(&cut_parts).is_err(), "{frame:?} cut at {cut} was accepted");
+        }
+    }
+}
+
+#[test]
+fn trailing_bytes_and_extra_or_missing_parts_are_refused() {
+    for frame in samples() {
+        let mut parts = frame.encode();
+        parts[0].push(0);
+        assert!(matches!(wire::decode(&parts), Err(FrameError::TrailingBytes { part: 0 })), "{frame:?}");
+        parts[0].pop();
+        parts.push(b"extra".to_vec());
+        assert!(matches!(wire::decode(&parts), Err(FrameError::PartCount { .. })), "{frame:?}");
+    }
+    let data = samples().into_iter().find(|f| matches!(f, Frame::Data(_))).unwrap();
+    let mut parts = data.encode();
+    parts.pop();
+    assert_eq!(wire::decode(&parts), Err(FrameError::PartCount { expected: 4, got: 3 }));
+    let mut parts = data.encode();
+    parts[1].truncate(9);
+    assert_eq!(wire::decode(&parts), Err(FrameError::Truncated { part: 1 }));
+}
+
+#[test]
+fn wrong_version_unknown_kind_and_empty_messages_are_refused() {
+    let mut parts = samples()[0].encode();
+    parts[0][0] = 2;
+    assert_eq!(wire::decode(&parts), Err(FrameError::UnsupportedVersion(2)));
+    parts[0][0] = VERSION;
+    parts[0][1] = 99;
+    assert_eq!(wire::decode(&parts), Err(FrameError::UnknownKind(99)));
+    assert_eq!(wire::decode::<Vec<u8>>(&[]), Err(FrameError::Empty));
+}
+
+fn data_with(from: u64, positions: &[u64]) -> Vec<Vec<u8>> {
+    let mut parts = vec![wire::data_header("a", "s", 1, from, 0, positions.len())];
+    parts.extend(positions.iter().map(|&p| wire::record_part(p, 0, b"x")));
+    parts
+}
+
+#[test]
+fn data_positions_must_be_aligned_increasing_and_not_below_from() {
+    assert!(wire::decode(&data_with(8, &[8, 16, 24])).is_ok());
+    assert_eq!(wire::decode(&data_with(8, &[8, 8])), Err(FrameError::BadPosition(8)));
+    assert_eq!(wire::decode(&data_with(8, &[16, 8])), Err(FrameError::BadPosition(8)));
+    assert_eq!(wire::decode(&data_with(8, &[12])), Err(FrameError::BadPosition(12)));
+    assert_eq!(wire::decode(&data_with(9, &[8])), Err(FrameError::BadPosition(8)));
+}
+
+#[test]
+fn data_record_counts_outside_the_bounds_are_refused_before_allocating() {
+    let mut parts = data_with(0, &[0]);
+    parts[0] = wire::data_header("a", "s", 1, 0, 0, 0);
+    assert_eq!(wire::decode(&parts[..1]), Err(FrameError::CountOutOfBounds(0)));
+    parts[0] = wire::data_header("a", "s", 1, 0, 0, u32::MAX as usize);
+    assert_eq!(wire::decode(&parts), Err(FrameError::CountOutOfBounds(u32::MAX as usize)));
+    parts[0] = wire::data_header("a", "s", 1, 0, 0, wire::MAX_RECORDS + 1);
+    assert_eq!(wire::decode(&parts), Err(FrameError::CountOutOfBounds(wire::MAX_RECORDS + 1)));
+}
+
+#[test]
+fn names_must_be_short_printable_utf8() {
+    let hello = |origin: &[u8]| {
+        let mut b = vec![VERSION, wire::KIND_HELLO];
+        b.extend_from_slice(&7u64.to_le_bytes());
+        b.push(origin.len() as u8);
+        b.extend_from_slice(origin);
+        b.push(1);
+        b.push(b's');
+        vec![b]
+    };
+    assert!(wire::decode(&hello(b"ok")).is_ok());
+    assert_eq!(wire::decode(&hello(b"")), Err(FrameError::BadName));
+    assert_eq!(wire::decode(&hello(b"new\nline")), Err(FrameError::BadName));
+    assert_eq!(wire::decode(&hello(&[0xC3, 0x28])), Err(FrameError::BadName));
+    assert_eq!(wire::decode(&hello(&[b'x'; 65])), Err(FrameError::BadName));
+    assert!(!wire::valid_name(&"x".repeat(65)) && wire::valid_name(&"x".repeat(64)));
+}
+
+#[test]
+fn acks_refuse_rejects_at_or_past_next_unknown_reasons_and_flags() {
+    let ack = |next: u64, flags: u8, rejects: &[(u64, u8)]| {
+        let mut b = vec![VERSION, wire::KIND_ACK];
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&next.to_le_bytes());
+        b.push(flags);
+        b.push(1);
+        b.push(b's');
+        b.extend_from_slice(&(rejects.len() as u16).to_le_bytes());
+        for &(pos, code) in rejects {
+            b.extend_from_slice(&pos.to_le_bytes());
+            b.push(code);
+        }
+        vec![b]
+    };
+    assert!(wire::decode(&ack(9, 0, &[(8, 1)])).is_ok());
+    assert_eq!(wire::decode(&ack(8, 0, &[(8, 1)])), Err(FrameError::BadPosition(8)));
+    assert_eq!(wire::decode(&ack(9, 0, &[(8, 7)])), Err(FrameError::BadReason(7)));
+    assert_eq!(wire::decode(&ack(9, 0x80, &[])), Err(FrameError::BadFlags(0x80)));
+    let mut huge = ack(9, 0, &[]);
+    let at = huge[0].len() - 2;
+    huge[0][at..].copy_from_slice(&u16::MAX.to_le_bytes());
+    assert_eq!(wire::decode(&huge), Err(FrameError::CountOutOfBounds(u16::MAX as usize)));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_decoder_never_panics_on_random_parts(parts in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..6)) {
+        let _ = wire::decode(&parts);
+    }
+
+    #[test]
+    fn the_decoder_never_panics_on_random_bytes_behind_a_valid_version_and_kind(
+        kind in 0u8..6,
+        body in prop::collection::vec(any::<u8>(), 0..96),
+        records in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..24), 0..4),
+    ) {
+        let mut head = vec![VERSION, kind];
+        head.extend(body);
+        let mut parts = vec![head];
+        parts.extend(records);
+        let _ = wire::decode(&parts);
+    }
+
+    #[test]
+    fn mutated_valid_messages_never_panic_and_decode_only_to_what_they_encode(
+        which in 0usize..6,
+        part_pick in any::<prop::sample::Index>(),
+        byte_pick in any::<prop::sample::Index>(),
+        value in any::<u8>(),
+    ) {
+        let frame = samples().swap_remove(which);
+        let mut parts = frame.encode();
+        let part = part_pick.index(parts.len());
+        if !parts[part].is_empty() {
+            let at = byte_pick.index(parts[part].len());
+            parts[part][at] = value;
+        }
+        if let Ok(decoded) = wire::decode(&parts) {
+            // Whatever is accepted re-encodes to exactly the bytes received.
+            prop_assert_eq!(decoded.encode(), parts.clone());
+        }
+    }
+
+    #[test]
+    fn truncated_valid_messages_are_refused(which in 0usize..6, cut in any::<prop::sample::Index>()) {
+        let parts = samples().swap_remove(which).encode();
+        let mut cut_parts = parts.clone();
+        let at = cut.index(parts[0].len());
+        cut_parts[0].truncate(at);
+        prop_assert!(wire::decode(&cut_parts).is_err());
+        if parts.len() > 1 {
+            prop_assert!(wire::decode(&parts[..parts.len() - 1]).is_err());
+            let mut short = parts.clone();
+            let rec = 1 + cut.index(parts.len() - 1);
+            short[rec].truncate(cut.index(wire::RECORD_PREFIX_LEN));
+            prop_assert!(wire::decode(&short).is_err());
+        }
+    }
+}
