@@ -1,4 +1,9 @@
-//! The CURVE bridge between hosts. Empty until the relay issue: nothing here is usable yet.
+//! The CURVE bridge between hosts: keys and configuration ([`keys`], [`config`]) and the
+//! CURVE/ZAP security layer ([`security`]) of `tadpole relay`.
+
+pub mod config;
+pub mod keys;
+pub mod security;
 
 #[cfg(test)]
 mod tests {
