@@ -171,12 +171,16 @@ impl RelayConfig {
             let field = e.path().to_string();
             let inner = e.into_inner();
             let line = inner.span().map(|s| text[..s.start].matches('\n').count() + 1);
-            let field = match (field.as_str(), line) {
-                (".", Some(line)) => format!("line {line}"),
-                (".", None) => "file".to_owned(),
+            // serde reports a missing field at its parent: name the field.
+            let named = inner.message().strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+            let field = match (field.as_str(), named, line) {
+                (".", Some(name), _) => name.to_owned(),
+                (_, Some(name), _) => format!("{field}.{name}"),
+                (".", None, Some(line)) => format!("line {line}"),
+                (".", None, None) => "file".to_owned(),
                 _ => field,
             };
-            err(&field, inner.message().to_owned())
+            err(&field, inner.message().trim().replace('\n', "; "))
         })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| if p.is_relative() { dir.join(p) } else { p.to_owned() };
@@ -184,7 +188,7 @@ impl RelayConfig {
         if raw.name.is_empty() {
             return Err(err("name", "must not be empty".into()));
         }
-        let keys = KeyPair::load(&resolve(&raw.key_file)).map_err(|e| err("key_file", key_file_reason(e)))?;
+        let keys = KeyPair::load(&resolve(&raw.key_file)).map_err(|e: KeyFileError| err("key_file", e.to_string()))?;
         if let Some(listen) = &raw.listen {
             check_endpoint(listen, true).map_err(|r| err("listen", r))?;
         }
@@ -253,10 +257,6 @@ impl RelayConfig {
             limits: raw.limits,
         })
     }
-}
-
-fn key_file_reason(e: KeyFileError) -> String {
-    e.to_string()
 }
 
 fn check_name(name: &str) -> Result<(), String> {
