@@ -26,6 +26,19 @@ pub const KEY_Z85_CHARS: usize = 40;
 
 const ALPHABET: &[u8; 85] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
 
+const NOT_Z85: u8 = 0xff;
+
+/// Byte -> Z85 digit, `NOT_Z85` outside the alphabet: the listener decodes a User-Id per message.
+const DIGITS: [u8; 256] = {
+    let mut table = [NOT_Z85; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
 /// Why a string is not a Z85-encoded CURVE key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Z85Error {
@@ -63,10 +76,10 @@ fn decode_key(text: &str) -> Result<[u8; KEY_BYTES], Z85Error> {
     for (group, chunk) in text.as_bytes().chunks_exact(5).enumerate() {
         let mut value: u64 = 0;
         for (i, &c) in chunk.iter().enumerate() {
-            let digit = ALPHABET
-                .iter()
-                .position(|&a| a == c)
-                .ok_or(Z85Error::BadCharacter { position: group * 5 + i + 1, found: c as char })?;
+            let digit = DIGITS[c as usize];
+            if digit == NOT_Z85 {
+                return Err(Z85Error::BadCharacter { position: group * 5 + i + 1, found: c as char });
+            }
             value = value * 85 + digit as u64;
         }
         let value =

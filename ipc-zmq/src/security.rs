@@ -371,8 +371,8 @@ fn is(event: u16, e: zmq::SocketEvent) -> bool {
 pub enum Received {
     /// From a peer that is allowed now.
     Message {
-        /// The ROUTER routing id of the peer's connection (to address replies).
-        routing_id: Vec<u8>,
+        /// The ROUTER routing id of the peer's connection (send it first to address a reply).
+        routing_id: zmq::Message,
         /// The peer's CURVE public key, as ZAP admitted it.
         peer: PublicKey,
         /// The frames after the routing id.
@@ -447,9 +447,7 @@ impl Listener {
             self.cached = (generation, self.zap.allowlist());
         }
         match peer {
-            Some(peer) if self.cached.1.contains(&peer) => {
-                Ok(Received::Message { routing_id: routing_id.to_vec(), peer, frames })
-            }
+            Some(peer) if self.cached.1.contains(&peer) => Ok(Received::Message { routing_id, peer, frames }),
             peer => {
                 bump(&self.zap.counters().revoked_messages_dropped);
                 Ok(Received::Dropped { peer })
@@ -526,8 +524,6 @@ pub enum HandshakeFailure {
     Protocol,
     /// The server's ZAP handler refused our key.
     Auth,
-    /// The connection closed before the handshake completed.
-    Disconnected,
 }
 
 /// A link's state, for `/health`.
@@ -544,6 +540,23 @@ pub enum LinkState {
         /// Why the last one failed.
         last: HandshakeFailure,
     },
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkState::Connecting => f.write_str("connecting"),
+            LinkState::Connected => f.write_str("connected"),
+            LinkState::Failing { failures, last } => {
+                let hint = match last {
+                    HandshakeFailure::NoDetail => "wrong server_key?",
+                    HandshakeFailure::Protocol => "not a CURVE server?",
+                    HandshakeFailure::Auth => "our key is not in the server's allowlist",
+                };
+                write!(f, "failing: {failures} handshakes in a row failed ({last:?}: {hint})")
+            }
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -376,3 +376,49 @@ fn a_revoked_key_is_cut_off_while_other_clients_continue() {
     assert_eq!(s.drain(Duration::from_millis(300)), (vec![], 0));
     assert_eq!(s.counters.listener_reopened.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn the_zap_handler_answers_every_request_from_the_moment_it_starts() {
+    let good = KeyPair::generate().unwrap();
+    let ctx = zmq::Context::new();
+    let counters = Arc::new(SecurityCounters::default());
+    let _zap = ZapHandler::start(&ctx, DOMAIN, [*good.public()].into_iter().collect(), counters.clone()).unwrap();
+    let ask = |frames: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        let req = ctx.socket(zmq::REQ).unwrap();
+        req.set_linger(0).unwrap();
+        req.set_rcvtimeo(2000).unwrap();
+        req.connect(ipc_zmq::security::ZAP_ENDPOINT).unwrap();
+        req.send_multipart(frames, 0).unwrap();
+        req.recv_multipart(0).expect("the ZAP handler did not answer")
+    };
+    // ZAP 1.0: version, request id, domain, address, routing id, mechanism, credentials...
+    let request = |version: &str, domain: &str, mechanism: &str, credentials: &[&[u8]]| -> Vec<Vec<u8>> {
+        let mut r: Vec<Vec<u8>> =
+            [version, "7", domain, "127.0.0.1", "", mechanism].iter().map(|f| f.as_bytes().to_vec()).collect();
+        r.extend(credentials.iter().map(|c| c.to_vec()));
+        r
+    };
+    let (good_key, stranger_key) =
+        (good.public().as_bytes(), KeyPair::generate().unwrap().public().as_bytes().to_owned());
+    let cases = [
+        (request("1.0", DOMAIN, "CURVE", &[good_key]), "200", &counters.zap_admitted),
+        (request("1.0", DOMAIN, "CURVE", &[&stranger_key]), "400", &counters.zap_unknown_key),
+        (request("1.0", "other", "CURVE", &[good_key]), "400", &counters.zap_wrong_domain),
+        (request("1.0", DOMAIN, "NULL", &[]), "400", &counters.zap_wrong_mechanism),
+        (request("1.0", DOMAIN, "PLAIN", &[b"admin", b"admin"]), "400", &counters.zap_wrong_mechanism),
+        (request("1.0", DOMAIN, "CURVE", &[b"short"]), "400", &counters.zap_malformed),
+        (request("1.0", DOMAIN, "CURVE", &[good_key, good_key]), "400", &counters.zap_malformed),
+        (request("2.0", DOMAIN, "CURVE", &[good_key]), "400", &counters.zap_malformed),
+        (vec![b"1.0".to_vec()], "400", &counters.zap_malformed),
+    ];
+    for (request, status, counter) in cases {
+        let before = counter.load(Ordering::Relaxed);
+        let reply = ask(&request);
+        assert_eq!(reply.len(), 6, "a ZAP reply has six frames");
+        assert_eq!(reply[0], b"1.0");
+        assert_eq!(reply[2], status.as_bytes(), "{request:?}");
+        assert_eq!(counter.load(Ordering::Relaxed), before + 1, "{request:?}");
+        let user_id = if status == "200" { good.public().to_z85().into_bytes() } else { vec![] };
+        assert_eq!(reply[4], user_id);
+    }
+}
