@@ -23,7 +23,7 @@
 //! let allow: Allowlist = [*client_keys.public()].into_iter().collect();
 //! let zap = ZapHandler::start(&ctx, "tadpole", allow, counters.clone()).unwrap();
 //! let limits = Limits::default();
-//! let mut listener = Listener::bind(&ctx, &server_keys, "tcp://127.0.0.1:*", &limits, &zap).unwrap();
+//! let mut listener = Listener::bind(&zap, &server_keys, "tcp://127.0.0.1:*", &limits).unwrap();
 //! let client = Connector::connect(&ctx, &client_keys, server_keys.public(), listener.endpoint(), &limits, counters).unwrap();
 //! client.socket().send("hello", 0).unwrap();
 //! listener.socket().set_rcvtimeo(5000).unwrap();
@@ -140,6 +140,7 @@ struct ZapState {
 }
 
 struct ZapInner {
+    ctx: zmq::Context,
     state: Arc<ZapState>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -196,7 +197,7 @@ impl ZapHandler {
         // The socket is bound before the thread starts; waiting for the thread to run means
         // no handshake can queue behind a handler that never started.
         let _ = ready_rx.recv();
-        Ok(ZapHandler { inner: Arc::new(ZapInner { state, stop, thread: Mutex::new(Some(thread)) }) })
+        Ok(ZapHandler { inner: Arc::new(ZapInner { ctx: ctx.clone(), state, stop, thread: Mutex::new(Some(thread)) }) })
     }
 
     /// The ZAP domain this handler answers for.
@@ -224,6 +225,11 @@ impl ZapHandler {
         *current = Arc::new(allowlist);
         state.generation.fetch_add(1, Ordering::Release);
         revoked
+    }
+
+    /// The context the handler serves; connectors may share it.
+    pub fn context(&self) -> &zmq::Context {
+        &self.inner.ctx
     }
 
     /// The counters this handler (and the sockets built with it) update.
@@ -400,15 +406,12 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Builds the ROUTER (CURVE server with `keys`, ZAP domain of `zap`, limits) and binds it
-    /// to `endpoint` (`tcp://127.0.0.1:*` picks a free port: see [`Listener::endpoint`]).
-    pub fn bind(
-        ctx: &zmq::Context,
-        keys: &KeyPair,
-        endpoint: &str,
-        limits: &Limits,
-        zap: &ZapHandler,
-    ) -> Result<Listener, SocketError> {
+    /// Builds the ROUTER (CURVE server with `keys`, ZAP domain of `zap`, limits) in `zap`'s
+    /// context — a listener in a context without the handler would admit every key — and
+    /// binds it to `endpoint` (`tcp://127.0.0.1:*` picks a free port: see
+    /// [`Listener::endpoint`]).
+    pub fn bind(zap: &ZapHandler, keys: &KeyPair, endpoint: &str, limits: &Limits) -> Result<Listener, SocketError> {
+        let ctx = &zap.inner.ctx;
         let (socket, monitor, endpoint) = open_server(ctx, keys, endpoint, limits, zap)?;
         Ok(Listener {
             socket,

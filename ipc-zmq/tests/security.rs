@@ -31,7 +31,7 @@ fn server_with(allowed: &[&KeyPair], limits: Limits) -> Server {
     let counters = Arc::new(SecurityCounters::default());
     let allow: Allowlist = allowed.iter().map(|k| *k.public()).collect();
     let zap = ZapHandler::start(&ctx, DOMAIN, allow, counters.clone()).unwrap();
-    let listener = Listener::bind(&ctx, &keys, "tcp://127.0.0.1:*", &limits, &zap).unwrap();
+    let listener = Listener::bind(&zap, &keys, "tcp://127.0.0.1:*", &limits).unwrap();
     listener.socket().set_rcvtimeo(50).unwrap();
     Server { ctx, keys, zap, listener, counters, limits }
 }
