@@ -458,6 +458,17 @@ impl Listener {
         }
     }
 
+    /// What the relay does on SIGHUP: replaces the allowlist and, if that revoked any key,
+    /// [`reopen`](Listener::reopen)s so revoked peers lose their open connections too.
+    /// Returns the revoked keys.
+    pub fn replace_allowlist(&mut self, allowlist: Allowlist) -> Result<Vec<PublicKey>, SocketError> {
+        let revoked = self.zap.reload(allowlist);
+        if !revoked.is_empty() {
+            self.reopen()?;
+        }
+        Ok(revoked)
+    }
+
     /// Closes the socket — and with it every connection, revoked or not — and binds the same
     /// endpoint again. Allowed clients reconnect by themselves and pass ZAP again. Call after a
     /// [`ZapHandler::reload`] that revoked keys.
@@ -598,6 +609,8 @@ pub struct Connector {
     reconnect_ivl_ms: u32,
     limits: Limits,
     failures_seen: u64,
+    restart_pending: bool,
+    last_restart: std::time::Instant,
 }
 
 impl Connector {
@@ -666,6 +679,8 @@ impl Connector {
             reconnect_ivl_ms: limits.reconnect_min_ms,
             limits: limits.clone(),
             failures_seen: 0,
+            restart_pending: false,
+            last_restart: std::time::Instant::now(),
         })
     }
 
@@ -689,33 +704,55 @@ impl Connector {
         self.reconnect_ivl_ms
     }
 
-    /// Call regularly (e.g. once a second) from the thread that owns the socket. While
-    /// handshakes keep failing, it doubles the reconnect interval up to `reconnect_max_ms`
-    /// (libzmq's own backoff only covers refused TCP connects, not failed handshakes); after
-    /// a success the next failure episode starts again from `reconnect_min_ms`. Returns the
-    /// interval in force.
+    /// Call regularly (e.g. every poll timeout) from the thread that owns the socket. While
+    /// handshakes keep failing it doubles the reconnect interval, up to `reconnect_max_ms`
+    /// (libzmq's own backoff only covers refused TCP connects, not failed handshakes), and
+    /// restarts the connection to apply it. It also revives a link libzmq gave up on: after
+    /// the server refuses our key (`Auth`) or speaks another protocol (`Protocol`) libzmq
+    /// never reconnects that endpoint again, so a key added to the server's allowlist later
+    /// would never be tried; here it is, at the backoff interval. After a success the next
+    /// failure episode starts again from `reconnect_min_ms`. Returns the interval in force.
     pub fn back_off(&mut self) -> Result<u32, SocketError> {
         let total = self.status.total_failures();
-        let state = self.status.state();
-        let target = match state {
-            LinkState::Failing { .. } if total > self.failures_seen => {
-                (self.reconnect_ivl_ms.saturating_mul(2)).min(self.limits.reconnect_max_ms)
+        match self.status.state() {
+            LinkState::Connected => {
+                if self.reconnect_ivl_ms != self.limits.reconnect_min_ms {
+                    // Applies to the next connection; the healthy one keeps going.
+                    self.reconnect_ivl_ms = self.limits.reconnect_min_ms;
+                    let ep = &self.endpoint;
+                    step(ep, "ZMQ_RECONNECT_IVL", self.socket.set_reconnect_ivl(self.reconnect_ivl_ms as i32))?;
+                }
+                self.restart_pending = false;
             }
-            LinkState::Connected => self.limits.reconnect_min_ms,
-            _ => self.reconnect_ivl_ms,
-        };
-        self.failures_seen = total;
-        if target != self.reconnect_ivl_ms {
-            let ep = &self.endpoint;
-            step(ep, "ZMQ_RECONNECT_IVL", self.socket.set_reconnect_ivl(target as i32))?;
-            if matches!(state, LinkState::Failing { .. }) {
-                // The interval is fixed when a connection is set up: a failing one is
-                // restarted to take the new value (a healthy one keeps going).
-                step(ep, "disconnect", self.socket.disconnect(ep))?;
-                step(ep, "connect", self.socket.connect(ep))?;
+            LinkState::Failing { last, .. } => {
+                if total > self.failures_seen {
+                    self.reconnect_ivl_ms = self.reconnect_ivl_ms.saturating_mul(2).min(self.limits.reconnect_max_ms);
+                    self.restart_pending = true;
+                }
+                let gave_up = matches!(last, HandshakeFailure::Auth | HandshakeFailure::Protocol);
+                let due = self.last_restart.elapsed() >= Duration::from_millis(self.reconnect_ivl_ms.into());
+                if (self.restart_pending || gave_up) && due {
+                    self.restart()?;
+                }
             }
-            self.reconnect_ivl_ms = target;
+            LinkState::Connecting => {}
         }
+        self.failures_seen = total;
         Ok(self.reconnect_ivl_ms)
+    }
+
+    /// The interval is fixed when a connection is set up: restart it to apply a new one.
+    fn restart(&mut self) -> Result<(), SocketError> {
+        let ep = &self.endpoint;
+        step(ep, "ZMQ_RECONNECT_IVL", self.socket.set_reconnect_ivl(self.reconnect_ivl_ms as i32))?;
+        match self.socket.disconnect(ep) {
+            // libzmq already dropped an endpoint it gave up on.
+            Ok(()) | Err(zmq::Error::ENOENT) => {}
+            Err(e) => return Err(SocketError { endpoint: ep.clone(), what: "disconnect", source: e }),
+        }
+        step(ep, "connect", self.socket.connect(ep))?;
+        self.last_restart = std::time::Instant::now();
+        self.restart_pending = false;
+        Ok(())
     }
 }

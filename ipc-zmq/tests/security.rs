@@ -422,3 +422,44 @@ fn the_zap_handler_answers_every_request_from_the_moment_it_starts() {
         assert_eq!(reply[4], user_id);
     }
 }
+
+#[test]
+fn replacing_the_allowlist_cuts_revoked_peers_and_keeps_added_and_remaining_ones() {
+    let (a, b, c) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+    let mut s = server(&[&a, &b]);
+    let (mut ca, cb, cc) = (s.client(&a), s.client(&b), s.client(&c));
+    legit_traffic_flows(&mut s, &b, &cb, 10);
+    wait_for("C refused before it is allowed", Duration::from_secs(5), || {
+        matches!(cc.status(), LinkState::Failing { last: HandshakeFailure::Auth, .. })
+    });
+
+    // Nothing revoked (C added): no reopen, B's connection is untouched.
+    let revoked = s.listener.replace_allowlist([&a, &b, &c].into_iter().map(|k| *k.public()).collect()).unwrap();
+    assert!(revoked.is_empty());
+    assert_eq!(s.counters.listener_reopened.load(Ordering::Relaxed), 0);
+    // libzmq gave up on C after the refusal; back_off reconnects it, and now it passes ZAP.
+    let mut cc = cc;
+    wait_for("C connected once allowed", Duration::from_secs(10), || {
+        cc.back_off().unwrap();
+        cc.status() == LinkState::Connected
+    });
+    legit_traffic_flows(&mut s, &c, &cc, 10);
+
+    let revoked = s.listener.replace_allowlist([&b, &c].into_iter().map(|k| *k.public()).collect()).unwrap();
+    assert_eq!(revoked, vec![*a.public()]);
+    assert_eq!(s.counters.listener_reopened.load(Ordering::Relaxed), 1);
+    s.listener.socket().set_rcvtimeo(50).unwrap();
+    wait_for("A refused after the reopen", Duration::from_secs(10), || {
+        matches!(ca.status(), LinkState::Failing { last: HandshakeFailure::Auth, .. })
+    });
+    // A keeps retrying (backed off) and keeps being refused.
+    let refused = s.counters.zap_unknown_key.load(Ordering::Relaxed);
+    wait_for("A retried and refused again", Duration::from_secs(10), || {
+        ca.back_off().unwrap();
+        at_least(&s.counters.zap_unknown_key, refused + 1)
+    });
+    let _ = ca.socket().send("revoked", zmq::DONTWAIT);
+    legit_traffic_flows(&mut s, &b, &cb, 100);
+    legit_traffic_flows(&mut s, &c, &cc, 100);
+    assert_eq!(s.drain(Duration::from_millis(300)), (vec![], 0));
+}
