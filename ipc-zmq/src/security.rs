@@ -502,10 +502,11 @@ fn open_server(
     limits: &Limits,
     zap: &ZapHandler,
 ) -> Result<(zmq::Socket, Monitor, String), SocketError> {
-    let s = step(endpoint, "socket", ctx.socket(zmq::ROUTER))?;
+    let mut s = step(endpoint, "socket", ctx.socket(zmq::ROUTER))?;
     step(endpoint, "ZMQ_CURVE_SERVER", s.set_curve_server(true))?;
     step(endpoint, "ZMQ_CURVE_SECRETKEY", s.set_curve_secretkey(keys.secret().as_bytes()))?;
     step(endpoint, "ZMQ_ZAP_DOMAIN", s.set_zap_domain(zap.domain()))?;
+    enforce_zap(&mut s);
     common_options(&s, limits, endpoint)?;
     let counters = zap.counters().clone();
     let monitor = Monitor::start(ctx, &s, endpoint, move |e| {
@@ -526,6 +527,36 @@ fn open_server(
     step(endpoint, "bind", s.bind(endpoint))?;
     let bound = step(endpoint, "ZMQ_LAST_ENDPOINT", s.get_last_endpoint())?.unwrap_or_else(|_| endpoint.to_owned());
     Ok((s, monitor, bound))
+}
+
+/// `ZMQ_ZAP_ENFORCE_DOMAIN` (draft API in libzmq 4.3): without it a CURVE server whose ZAP
+/// handler has gone away admits every client. The types already keep the handler alive as
+/// long as a listener exists; this is the second lock. A libzmq built without draft options
+/// refuses the option (EINVAL) and the first lock alone holds.
+fn enforce_zap(socket: &mut zmq::Socket) {
+    const ZMQ_ZAP_ENFORCE_DOMAIN: std::ffi::c_int = 93;
+    let on: std::ffi::c_int = 1;
+    // SAFETY: the socket pointer is live for the call (we hold `&mut` to its owner), and the
+    // option value is a c_int read by libzmq for exactly `size_of::<c_int>()` bytes.
+    let _ = unsafe {
+        zmq_setsockopt(
+            socket.as_mut_ptr(),
+            ZMQ_ZAP_ENFORCE_DOMAIN,
+            (&on as *const std::ffi::c_int).cast(),
+            std::mem::size_of::<std::ffi::c_int>(),
+        )
+    };
+}
+
+// Declared here rather than through zmq-sys, which this crate does not depend on directly;
+// libzmq is linked by the `zmq` crate.
+unsafe extern "C" {
+    fn zmq_setsockopt(
+        socket: *mut std::ffi::c_void,
+        option: std::ffi::c_int,
+        value: *const std::ffi::c_void,
+        len: usize,
+    ) -> std::ffi::c_int;
 }
 
 /// Why a connector's last handshake failed.
@@ -754,5 +785,30 @@ impl Connector {
         self.last_restart = std::time::Instant::now();
         self.restart_pending = false;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Second lock: even if the handler thread were gone, the listener admits no one (a CURVE
+    /// server without ZAP would admit every key).
+    #[test]
+    fn a_listener_whose_zap_handler_stopped_admits_no_one() {
+        let ctx = zmq::Context::new();
+        let (server, client) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+        let counters = Arc::new(SecurityCounters::default());
+        let zap = ZapHandler::start(&ctx, "t", [*client.public()].into_iter().collect(), counters.clone()).unwrap();
+        let limits = Limits::default();
+        let mut listener = Listener::bind(&zap, &server, "tcp://127.0.0.1:*", &limits).unwrap();
+        zap.inner.stop.store(true, Ordering::Relaxed);
+        zap.inner.thread.lock().unwrap().take().unwrap().join().unwrap();
+        let stranger = KeyPair::generate().unwrap();
+        let conn =
+            Connector::connect(&ctx, &stranger, server.public(), listener.endpoint(), &limits, counters).unwrap();
+        let _ = conn.socket().send("in", zmq::DONTWAIT);
+        listener.socket().set_rcvtimeo(1500).unwrap();
+        assert!(matches!(listener.recv(0), Err(zmq::Error::EAGAIN)), "a client was admitted without ZAP");
     }
 }
