@@ -170,7 +170,7 @@ impl RelayConfig {
         let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(&text)).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
-            let line = inner.span().map(|s| text[..s.start].matches('\n').count() + 1);
+            let line = inner.span().and_then(|s| text.get(..s.start)).map(|t| t.matches('\n').count() + 1);
             // serde reports a missing field at its parent: name the field.
             let named = inner.message().strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
             let field = match (field.as_str(), named, line) {

@@ -5,14 +5,19 @@
 //! Order matters and the types enforce it: a CURVE server in a context without a ZAP handler
 //! admits **every** client key, and a handler that is bound but not answering stalls every
 //! handshake. [`ZapHandler::start`] returns only once its socket is bound and its thread is
-//! serving, and [`Listener::bind`] takes a `&ZapHandler` (and keeps it alive).
+//! serving; [`Listener::bind`] takes the `&ZapHandler`, builds the server in the handler's own
+//! context, keeps the handler alive, and sets `ZMQ_ZAP_ENFORCE_DOMAIN` so that even a vanished
+//! handler would mean "refuse", not "admit all". Only CURVE is ever accepted: NULL and PLAIN
+//! clients fail the greeting (mechanism mismatch) and ZAP refuses any non-CURVE request.
 //!
 //! Revocation: libzmq cannot kick one peer off a ROUTER, and ZAP runs only at handshake. So
 //! (1) every message carries its peer's ZAP `User-Id` and [`Listener::recv`] drops those whose
-//! key is no longer allowed (counted in `revoked_messages_dropped`), and (2) after a
-//! [`ZapHandler::reload`] that revoked keys the relay calls [`Listener::reopen`], which closes
-//! the socket — every connection with it — and binds again: allowed clients reconnect on their
-//! own and pass ZAP again, revoked ones are refused.
+//! key is no longer allowed (counted in `revoked_messages_dropped`), and (2)
+//! [`Listener::replace_allowlist`] (the SIGHUP path) reloads the list and, if keys were
+//! revoked, [`Listener::reopen`]s: the socket closes — every connection with it — and binds
+//! again; allowed clients reconnect by themselves and pass ZAP again, revoked ones are refused.
+//! Reopening costs every peer one reconnect (~100 ms) and drops unacknowledged in-flight
+//! frames, which the engine resends.
 //!
 //! ```
 //! use std::sync::Arc;
