@@ -162,3 +162,32 @@ fn malformed_secret_files_are_refused_naming_the_field() {
         assert!(!err.contains(&secret[1..]), "a secret never appears in an error");
     }
 }
+
+mod canonical {
+    use ipc_zmq::keys::PublicKey;
+    use proptest::prelude::*;
+
+    const ALPHABET: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
+
+    proptest! {
+        #[test]
+        fn every_key_round_trips(bytes in any::<[u8; 32]>()) {
+            let key = PublicKey::from_bytes(bytes);
+            prop_assert_eq!(PublicKey::from_z85(&key.to_z85()).unwrap(), key);
+        }
+
+        /// Every accepted string is the one encoding of its key: no two spellings of a key.
+        #[test]
+        fn every_accepted_string_is_canonical(s in proptest::collection::vec(0..85usize, 40)) {
+            let text: String = s.iter().map(|&i| ALPHABET.as_bytes()[i] as char).collect();
+            if let Ok(key) = PublicKey::from_z85(&text) {
+                prop_assert_eq!(key.to_z85(), text);
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,60}") {
+            let _ = PublicKey::from_z85(&text);
+        }
+    }
+}
