@@ -282,6 +282,12 @@ fn answer(request: &[Vec<u8>], state: &ZapState) -> (Vec<u8>, &'static [u8], &'s
     };
     let allowed = state.allowlist.read().unwrap_or_else(|p| p.into_inner()).contains(&key);
     if !allowed {
+        // Name the key so an operator can allow it, but not at the rate a refused peer retries.
+        let refused = c.zap_unknown_key.load(Ordering::Relaxed) + 1;
+        if refused.is_power_of_two() {
+            let address = String::from_utf8_lossy(&request[3]);
+            tracing::warn!(key = %key, %address, refused, "CURVE client refused: key not in the allowlist");
+        }
         return refuse(&c.zap_unknown_key, b"key not allowed");
     }
     bump(&c.zap_admitted);
