@@ -1,7 +1,8 @@
 //! `tadpole`: the operator's command. Today: `demo` (four trading agents in four processes,
 //! joined by shared-memory rings, with an end-to-end latency report), `pingpong` (raw one-way
 //! latency between two processes), `stat` (what rings exist, who is attached, their counters),
-//! `tap` (watch a ring without consuming) and `clean` (remove rings left by dead processes).
+//! `tap` (watch a ring without consuming), `clean` (remove rings left by dead processes) and
+//! `keygen` (CURVE key pairs for `tadpole relay`).
 
 mod pipeline;
 mod sigbus;
@@ -51,6 +52,17 @@ enum Cmd {
         /// Start with the oldest unreleased record instead of new ones only.
         #[arg(long)]
         from_oldest: bool,
+    },
+    /// Writes a CURVE key pair for `tadpole relay`: `<out>.key` (secret, mode 0600) and
+    /// `<out>.pub`; prints the public key. Never overwrites. `--check=KEY` validates a public
+    /// key instead (write `--check=KEY`: Z85 keys may begin with `-`).
+    Keygen {
+        /// Path prefix of the files to write, e.g. `/etc/tadpole/host-a`.
+        #[arg(long, required_unless_present = "check", conflicts_with = "check")]
+        out: Option<PathBuf>,
+        /// Check that this is a valid Z85 public key, and write nothing.
+        #[arg(long, allow_hyphen_values = true, value_name = "KEY")]
+        check: Option<String>,
     },
     /// Removes rings whose creator and attached processes are all gone.
     Clean {
@@ -143,6 +155,7 @@ fn main() -> Result<()> {
         Cmd::Stat { socket: Some(path), .. } => stat_one(&RingSource::Socket(path), true),
         Cmd::Stat { name, socket: None } => stat(name.as_deref()),
         Cmd::Clean { dry_run } => clean(dry_run),
+        Cmd::Keygen { out, check } => keygen(out.as_deref(), check.as_deref()),
         Cmd::Tap { name, socket, count, from_oldest } => {
             let source = match (socket, name) {
                 (Some(path), _) => RingSource::Socket(path),
@@ -398,6 +411,21 @@ fn stat_one(source: &RingSource, must_read: bool) -> Result<()> {
         s.consumed.leases_held,
         s.consumed.lease_capacity
     );
+    Ok(())
+}
+
+fn keygen(out: Option<&std::path::Path>, check: Option<&str>) -> Result<()> {
+    use ipc_zmq::keys::{KeyPair, PublicKey};
+    if let Some(key) = check {
+        let key = PublicKey::from_z85(key).with_context(|| format!("{key:?}"))?;
+        println!("{key}");
+        return Ok(());
+    }
+    let out = out.context("--out <path-prefix>")?;
+    let pair = KeyPair::generate().context("generating a CURVE key pair")?;
+    let files = pair.write_new(out)?;
+    eprintln!("wrote {} (secret, mode 0600) and {}", files.secret.display(), files.public.display());
+    println!("{}", pair.public());
     Ok(())
 }
 

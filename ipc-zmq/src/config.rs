@@ -1,0 +1,319 @@
+//! `relay.toml`: what a relay is, whom it admits, and where its records go.
+//!
+//! A two-host setup needs a handful of lines (see `examples/relay.toml`); everything else has
+//! a default. [`RelayConfig::load`] reads the key file and the allowlist file too, so a relay
+//! that starts has keys that work; every refusal names the file, the field and the reason.
+//!
+//! ```
+//! # let dir = std::env::temp_dir().join(format!("tadpole-config-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! # let _ = std::fs::remove_file(dir.join("a.key")); let _ = std::fs::remove_file(dir.join("a.pub"));
+//! use ipc_zmq::{config::RelayConfig, keys::KeyPair};
+//! KeyPair::generate().unwrap().write_new(&dir.join("a")).unwrap();
+//! let peer = KeyPair::generate().unwrap();
+//! std::fs::write(dir.join("relay.toml"), format!(r#"
+//!     name = "host-a"
+//!     key_file = "a.key"
+//!     listen = "tcp://*:7400"
+//!     allow = ["{}"]
+//! "#, peer.public())).unwrap();
+//! let config = RelayConfig::load(&dir.join("relay.toml")).unwrap();
+//! assert!(config.allowlist.contains(peer.public()));
+//! assert_eq!(config.limits.handshake_timeout_ms, 1000);
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::keys::{KeyFileError, KeyPair, PublicKey, parse_key_lines};
+use crate::security::Allowlist;
+
+/// A relay's validated configuration.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The relay's name: the origin id its records carry.
+    pub name: String,
+    /// The relay's own CURVE key pair, read from `key_file`.
+    pub keys: KeyPair,
+    /// Where the relay accepts other relays (`tcp://host:port`); `None` for a relay that only
+    /// sends.
+    pub listen: Option<String>,
+    /// The client public keys admitted by the listener: `allow` plus the keys in `allow_file`.
+    pub allowlist: Allowlist,
+    /// Where `/health` and metrics are served, if anywhere.
+    pub health: Option<SocketAddr>,
+    /// Local rings drained and forwarded to remote relays.
+    pub routes_out: Vec<RouteOut>,
+    /// Remote streams written into local rings.
+    pub routes_in: Vec<RouteIn>,
+    /// Frame size limit and timeouts.
+    pub limits: Limits,
+}
+
+/// A local ring forwarded to a stream of a remote relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteOut {
+    /// The local ring drained.
+    pub ring: String,
+    /// The remote relay's listen endpoint (`tcp://host:port`).
+    pub connect: String,
+    /// The remote relay's public key, pinned: any other server is refused.
+    pub server_key: PublicKey,
+    /// The stream name the remote relay routes on (default: the ring's name).
+    pub stream: String,
+}
+
+/// A remote stream written into a local ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteIn {
+    /// The stream name senders use.
+    pub stream: String,
+    /// The local ring written (default: the stream's name).
+    pub ring: String,
+}
+
+/// Frame size limit and timeouts, applied to every ZeroMQ socket of the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest frame accepted (`ZMQ_MAXMSGSIZE`); a peer sending more is disconnected.
+    pub max_frame_bytes: u64,
+    /// A connection that has not finished its CURVE handshake by then is closed
+    /// (`ZMQ_HANDSHAKE_IVL`).
+    pub handshake_timeout_ms: u32,
+    /// Giving up on one TCP connect attempt (`ZMQ_CONNECT_TIMEOUT`).
+    pub connect_timeout_ms: u32,
+    /// How long the engine waits for an acknowledgement before resending.
+    pub request_timeout_ms: u32,
+    /// A peer silent this long (not even heartbeats) is disconnected (`ZMQ_HEARTBEAT_TIMEOUT`,
+    /// `ZMQ_HEARTBEAT_TTL`).
+    pub idle_timeout_ms: u32,
+    /// ZMTP heartbeat period (`ZMQ_HEARTBEAT_IVL`).
+    pub heartbeat_interval_ms: u32,
+    /// First reconnect delay (`ZMQ_RECONNECT_IVL`).
+    pub reconnect_min_ms: u32,
+    /// Largest reconnect delay after repeated failures (`ZMQ_RECONNECT_IVL_MAX`, and the cap
+    /// of the handshake-failure backoff).
+    pub reconnect_max_ms: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 4 << 20,
+            handshake_timeout_ms: 1000,
+            connect_timeout_ms: 1000,
+            request_timeout_ms: 5000,
+            idle_timeout_ms: 30_000,
+            heartbeat_interval_ms: 1000,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 10_000,
+        }
+    }
+}
+
+/// Why a config file was refused. Displays as `<file>: <field>: <reason>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {field}: {reason}", file.display())]
+pub struct ConfigError {
+    /// The config file (or the file it points to that was refused).
+    pub file: PathBuf,
+    /// The field, e.g. `route_out[1].server_key`, or `line N` for a syntax error.
+    pub field: String,
+    /// What is wrong and, where it helps, what to do.
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    name: String,
+    key_file: PathBuf,
+    listen: Option<String>,
+    #[serde(default)]
+    allow: Vec<PublicKey>,
+    allow_file: Option<PathBuf>,
+    health: Option<String>,
+    #[serde(default)]
+    route_out: Vec<RawRouteOut>,
+    #[serde(default)]
+    route_in: Vec<RawRouteIn>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouteOut {
+    ring: String,
+    connect: String,
+    server_key: PublicKey,
+    stream: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouteIn {
+    stream: String,
+    ring: Option<String>,
+}
+
+impl RelayConfig {
+    /// Reads and validates `path`, the key file and the allowlist file it names (relative
+    /// paths are relative to the config file's directory).
+    pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
+        let err = |field: &str, reason: String| ConfigError { file: path.to_owned(), field: field.to_owned(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| err("file", e.to_string()))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(&text)).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.span().and_then(|s| text.get(..s.start)).map(|t| t.matches('\n').count() + 1);
+            // serde reports a missing field at its parent: name the field.
+            let named = inner.message().strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+            let field = match (field.as_str(), named, line) {
+                (".", Some(name), _) => name.to_owned(),
+                (_, Some(name), _) => format!("{field}.{name}"),
+                (".", None, Some(line)) => format!("line {line}"),
+                (".", None, None) => "file".to_owned(),
+                _ => field,
+            };
+            err(&field, inner.message().trim().replace('\n', "; "))
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| if p.is_relative() { dir.join(p) } else { p.to_owned() };
+
+        if raw.name.is_empty() {
+            return Err(err("name", "must not be empty".into()));
+        }
+        let keys = KeyPair::load(&resolve(&raw.key_file)).map_err(|e: KeyFileError| err("key_file", e.to_string()))?;
+        if let Some(listen) = &raw.listen {
+            check_endpoint(listen, true).map_err(|r| err("listen", r))?;
+        }
+        let mut allowlist: Vec<PublicKey> = raw.allow;
+        if let Some(file) = &raw.allow_file {
+            let file = resolve(file);
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| err("allow_file", format!("{}: {e}", file.display())))?;
+            let keys = parse_key_lines(&text).map_err(|(line, reason)| ConfigError {
+                file: file.clone(),
+                field: format!("line {line}"),
+                reason,
+            })?;
+            allowlist.extend(keys);
+        }
+        let allowlist: Allowlist = allowlist.into_iter().collect();
+        if raw.listen.is_some() && allowlist.is_empty() {
+            return Err(err(
+                "allow",
+                "the listener would admit no one: list client public keys in `allow` or `allow_file`".into(),
+            ));
+        }
+        let health = raw
+            .health
+            .map(|h| {
+                h.parse::<SocketAddr>()
+                    .map_err(|e| err("health", format!("{h:?}: {e} (expected host:port, e.g. \"127.0.0.1:7401\")")))
+            })
+            .transpose()?;
+
+        let mut routes_out = Vec::with_capacity(raw.route_out.len());
+        for (i, r) in raw.route_out.into_iter().enumerate() {
+            let at = |f: &str| format!("route_out[{i}].{f}");
+            check_name(&r.ring).map_err(|m| err(&at("ring"), m))?;
+            check_endpoint(&r.connect, false).map_err(|m| err(&at("connect"), m))?;
+            let stream = r.stream.unwrap_or_else(|| r.ring.clone());
+            check_name(&stream).map_err(|m| err(&at("stream"), m))?;
+            if routes_out.iter().any(|o: &RouteOut| o.ring == r.ring) {
+                return Err(err(&at("ring"), format!("ring {:?} is already routed out", r.ring)));
+            }
+            routes_out.push(RouteOut { ring: r.ring, connect: r.connect, server_key: r.server_key, stream });
+        }
+        let mut routes_in = Vec::with_capacity(raw.route_in.len());
+        for (i, r) in raw.route_in.into_iter().enumerate() {
+            let at = |f: &str| format!("route_in[{i}].{f}");
+            check_name(&r.stream).map_err(|m| err(&at("stream"), m))?;
+            let ring = r.ring.unwrap_or_else(|| r.stream.clone());
+            check_name(&ring).map_err(|m| err(&at("ring"), m))?;
+            if routes_in.iter().any(|o: &RouteIn| o.stream == r.stream) {
+                return Err(err(&at("stream"), format!("stream {:?} is already routed in", r.stream)));
+            }
+            routes_in.push(RouteIn { stream: r.stream, ring });
+        }
+        if !routes_in.is_empty() && raw.listen.is_none() {
+            return Err(err("listen", "missing: route_in needs a listener to receive on".into()));
+        }
+        check_limits(&raw.limits).map_err(|(f, m)| err(&format!("limits.{f}"), m))?;
+        Ok(RelayConfig {
+            name: raw.name,
+            keys,
+            listen: raw.listen,
+            allowlist,
+            health,
+            routes_out,
+            routes_in,
+            limits: raw.limits,
+        })
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 200 || !name.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+        return Err(format!("{name:?} is not a ring or stream name (1-200 printable ASCII characters, no '/')"));
+    }
+    Ok(())
+}
+
+/// Only `tcp://host:port`: ipc/inproc would bypass the network this relay exists for, and a
+/// typo caught at start beats a silent reconnect loop.
+fn check_endpoint(endpoint: &str, listening: bool) -> Result<(), String> {
+    let example = if listening { "tcp://*:7400" } else { "tcp://host-b:7400" };
+    let bad = |why: &str| Err(format!("{endpoint:?} {why} (expected e.g. \"{example}\")"));
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        return bad("is not a tcp:// endpoint");
+    };
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return bad("has no port");
+    };
+    if host.is_empty() || (host == "*" && !listening) {
+        return bad("has no host to connect to");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => bad("has no valid port (1-65535)"),
+    }
+}
+
+fn check_limits(l: &Limits) -> Result<(), (&'static str, String)> {
+    if l.max_frame_bytes == 0 || l.max_frame_bytes > i64::MAX as u64 {
+        return Err(("max_frame_bytes", "must be between 1 and 2^63-1".into()));
+    }
+    let positive = [
+        ("handshake_timeout_ms", l.handshake_timeout_ms),
+        ("connect_timeout_ms", l.connect_timeout_ms),
+        ("request_timeout_ms", l.request_timeout_ms),
+        ("heartbeat_interval_ms", l.heartbeat_interval_ms),
+        ("reconnect_min_ms", l.reconnect_min_ms),
+    ];
+    for (name, v) in positive {
+        if v == 0 || v > i32::MAX as u32 {
+            return Err((name, "must be between 1 and 2^31-1 ms".into()));
+        }
+    }
+    // ZMQ_HEARTBEAT_TTL is carried in deciseconds in a u16.
+    if l.idle_timeout_ms <= l.heartbeat_interval_ms || l.idle_timeout_ms > 6_553_500 {
+        return Err(("idle_timeout_ms", "must exceed heartbeat_interval_ms and be at most 6553500".into()));
+    }
+    if l.reconnect_max_ms < l.reconnect_min_ms || l.reconnect_max_ms > i32::MAX as u32 {
+        return Err(("reconnect_max_ms", "must be at least reconnect_min_ms".into()));
+    }
+    Ok(())
+}
+
+impl fmt::Display for RouteOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ring {} -> {} (stream {})", self.ring, self.connect, self.stream)
+    }
+}
