@@ -5,6 +5,7 @@
 //! `keygen` (CURVE key pairs for `tadpole relay`).
 
 mod pipeline;
+mod relay;
 mod sigbus;
 
 use std::path::PathBuf;
@@ -52,6 +53,17 @@ enum Cmd {
         /// Start with the oldest unreleased record instead of new ones only.
         #[arg(long)]
         from_oldest: bool,
+    },
+    /// Bridges rings between hosts over ZeroMQ with CURVE: forwards local rings to far relays
+    /// and commits what allowlisted relays send into local rings (see examples/relay.toml).
+    Relay {
+        /// The relay's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Where the inbound side records what it has committed (default: the config file's
+        /// path with the extension `state`).
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
     /// Writes a CURVE key pair for `tadpole relay`: `<out>.key` (secret, mode 0600) and
     /// `<out>.pub`; prints the public key. Never overwrites. `--check=KEY` validates a public
@@ -155,6 +167,7 @@ fn main() -> Result<()> {
         Cmd::Stat { socket: Some(path), .. } => stat_one(&RingSource::Socket(path), true),
         Cmd::Stat { name, socket: None } => stat(name.as_deref()),
         Cmd::Clean { dry_run } => clean(dry_run),
+        Cmd::Relay { config, state } => relay::run(&config, state),
         Cmd::Keygen { out, check } => keygen(out.as_deref(), check.as_deref()),
         Cmd::Tap { name, socket, count, from_oldest } => {
             let source = match (socket, name) {

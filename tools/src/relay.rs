@@ -1,0 +1,431 @@
+//! `tadpole relay --config relay.toml`: the bridge between hosts. One thread runs the event loop
+//! over every link: it drains the local rings of the outbound routes into DEALER sockets (CURVE
+//! clients with the far relay's key pinned), and commits what its ROUTER (CURVE server behind the
+//! ZAP allowlist) receives into the local rings of the inbound routes. Delivery is at least once
+//! with deduplication (`ipc-zmq/PROTOCOL.md`); the HTTP endpoint serves `/metrics`, `/health` and
+//! `/ready`. SIGHUP reloads the allowlist (revoked keys lose their connections); SIGINT and
+//! SIGTERM stop the relay.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use ipc_core::{CreateError, RingBuilder, Segment};
+use ipc_zmq::config::RelayConfig;
+use ipc_zmq::engine::{Counters, Receiver, ReceiverConfig, Route, Sender, SenderConfig};
+use ipc_zmq::http::{CounterSet, HttpEndpoint, Kind, Status};
+use ipc_zmq::security::{Connector, LinkState, LinkStatus, Listener, Received, SecurityCounters, ZapHandler};
+
+/// The ZAP domain the listener sets and the handler answers for.
+const ZAP_DOMAIN: &str = "tadpole-relay";
+/// Capacity of a ring the relay creates because it does not exist yet.
+const CREATED_RING_BYTES: usize = 4 << 20;
+/// Longest the loop sleeps in `zmq::poll` when nothing is happening (a ring gaining records
+/// cannot wake it, so this bounds the added latency of an idle link).
+const IDLE_POLL: Duration = Duration::from_millis(1);
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static RELOAD: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+extern "C" fn on_hup(_: libc::c_int) {
+    RELOAD.store(true, Ordering::Relaxed);
+}
+
+fn install_signals() -> Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let handle = |signal: Signal, handler: extern "C" fn(libc::c_int)| -> Result<()> {
+        let action = SigAction::new(SigHandler::Handler(handler), SaFlags::SA_RESTART, SigSet::empty());
+        // SAFETY: the handlers only store to a static atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }.with_context(|| format!("installing the {signal} handler"))?;
+        Ok(())
+    };
+    handle(Signal::SIGINT, on_stop)?;
+    handle(Signal::SIGTERM, on_stop)?;
+    handle(Signal::SIGHUP, on_hup)?;
+    Ok(())
+}
+
+/// Opens the named ring, or creates it (kept after the relay exits) when it does not exist.
+fn ring(name: &str) -> Result<Segment> {
+    match Segment::open(name) {
+        Ok(segment) => return Ok(segment),
+        Err(ipc_core::OpenError::NotFound(_)) => {}
+        Err(e) => return Err(e).with_context(|| format!("opening ring {name:?}")),
+    }
+    match RingBuilder::new(CREATED_RING_BYTES).create_named(name) {
+        Ok(segment) => {
+            segment.keep();
+            Ok(segment)
+        }
+        // Someone else created it meanwhile.
+        Err(CreateError::AlreadyExists { .. }) => Segment::open(name).with_context(|| format!("opening ring {name:?}")),
+        Err(e) => Err(e).with_context(|| format!("creating ring {name:?}")),
+    }
+}
+
+/// One outbound route: its ring's sender and the CURVE client it sends through.
+struct Link {
+    ring: String,
+    stream: String,
+    endpoint: String,
+    sender: Sender,
+    connector: Connector,
+    status: LinkStatus,
+    was_connected: bool,
+}
+
+/// What the HTTP endpoint reads: shared counters plus a snapshot the loop refreshes.
+struct RelayStatus {
+    name: String,
+    security: Arc<SecurityCounters>,
+    receiver: Option<Arc<Counters>>,
+    links: Vec<(String, String, Arc<Counters>, LinkStatus)>,
+    listening: bool,
+    ready: AtomicBool,
+    loop_turns: AtomicU64,
+    link_rtt_ns: Mutex<Vec<u64>>,
+}
+
+impl Status for RelayStatus {
+    fn metrics(&self) -> CounterSet {
+        let mut set = CounterSet::default();
+        let relay = self.name.as_str();
+        for (ring, stream, counters, status) in &self.links {
+            let labels = [("relay", relay), ("ring", ring.as_str()), ("stream", stream.as_str())];
+            let c = counters.clone();
+            set.add(
+                "tadpole_relay_records_sent",
+                "Records sent in DATA messages (resends included)",
+                Kind::Counter,
+                &labels,
+                move || c.records_sent.load(Ordering::Relaxed),
+            );
+            let c = counters.clone();
+            set.add("tadpole_relay_bytes_sent", "Payload bytes sent", Kind::Counter, &labels, move || {
+                c.bytes_sent.load(Ordering::Relaxed)
+            });
+            let c = counters.clone();
+            set.add("tadpole_relay_acks", "Acknowledgements that moved a link on", Kind::Counter, &labels, move || {
+                c.acks.load(Ordering::Relaxed)
+            });
+            let c = counters.clone();
+            set.add(
+                "tadpole_relay_resends",
+                "Rewinds to resend what was not acknowledged",
+                Kind::Counter,
+                &labels,
+                move || c.resends.load(Ordering::Relaxed),
+            );
+            let c = counters.clone();
+            set.add("tadpole_relay_dead_letters", "Records the far side rejected", Kind::Counter, &labels, move || {
+                c.dead_letters.load(Ordering::Relaxed) + c.dead_letters_dropped.load(Ordering::Relaxed)
+            });
+            let c = counters.clone();
+            set.add(
+                "tadpole_relay_in_flight_records",
+                "Records sent and not acknowledged",
+                Kind::Gauge,
+                &labels,
+                move || c.in_flight_records.load(Ordering::Relaxed),
+            );
+            let c = counters.clone();
+            set.add(
+                "tadpole_relay_breaker_state",
+                "Circuit breaker: 0 closed, 1 open, 2 half open",
+                Kind::Gauge,
+                &labels,
+                move || c.breaker_state.load(Ordering::Relaxed),
+            );
+            let s = status.clone();
+            set.add(
+                "tadpole_relay_client_handshake_failures",
+                "Handshakes of this link that failed (wrong server key, refused)",
+                Kind::Counter,
+                &labels,
+                move || s.total_failures(),
+            );
+        }
+        if let Some(counters) = &self.receiver {
+            let labels = [("relay", relay)];
+            let c = counters.clone();
+            set.add(
+                "tadpole_relay_records_committed",
+                "Records committed into local rings",
+                Kind::Counter,
+                &labels,
+                move || c.records_committed.load(Ordering::Relaxed),
+            );
+            let c = counters.clone();
+            set.add(
+                "tadpole_relay_duplicates_dropped",
+                "Records dropped as already committed (position or message id)",
+                Kind::Counter,
+                &labels,
+                move || c.duplicates_dropped.load(Ordering::Relaxed) + c.id_duplicates_dropped.load(Ordering::Relaxed),
+            );
+            let c = counters.clone();
+            set.add(
+                "tadpole_relay_malformed_messages",
+                "Messages that failed to decode or contradicted the protocol",
+                Kind::Counter,
+                &labels,
+                move || c.malformed.load(Ordering::Relaxed),
+            );
+        }
+        let s = &self.security;
+        let auth = [
+            ("unknown_key", &s.zap_unknown_key),
+            ("wrong_mechanism", &s.zap_wrong_mechanism),
+            ("wrong_domain", &s.zap_wrong_domain),
+            ("malformed_zap", &s.zap_malformed),
+            ("revoked", &s.revoked_messages_dropped),
+            ("handshake_protocol", &s.server_handshake_failed_protocol),
+            ("handshake_auth", &s.server_handshake_failed_auth),
+        ];
+        for (reason, counter) in auth {
+            let value = counter.load(Ordering::Relaxed);
+            set.add(
+                "tadpole_relay_auth_failures",
+                "Refused peers and messages, by reason",
+                Kind::Counter,
+                &[("relay", relay), ("reason", reason)],
+                move || value,
+            );
+        }
+        let turns = self.loop_turns.load(Ordering::Relaxed);
+        set.add(
+            "tadpole_relay_loop_turns",
+            "Turns of the relay's event loop",
+            Kind::Counter,
+            &[("relay", relay)],
+            move || turns,
+        );
+        set
+    }
+
+    fn health(&self) -> (bool, serde_json::Value) {
+        let links: Vec<serde_json::Value> = self
+            .links
+            .iter()
+            .map(|(ring, stream, counters, status)| {
+                serde_json::json!({
+                    "ring": ring,
+                    "stream": stream,
+                    "state": status.state().to_string(),
+                    "handshake_failures": status.total_failures(),
+                    "breaker": counters.breaker_state.load(Ordering::Relaxed),
+                    "in_flight": counters.in_flight_records.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        let failing = self.links.iter().any(|(_, _, _, status)| matches!(status.state(), LinkState::Failing { .. }));
+        let rtt = self.link_rtt_ns.lock().map(|v| v.clone()).unwrap_or_default();
+        (
+            !failing,
+            serde_json::json!({ "relay": self.name, "listening": self.listening, "links": links, "loop_rtt_ns": rtt }),
+        )
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs the relay described by `config` until SIGINT/SIGTERM. `state` is where the inbound
+/// side keeps what it has committed (default: next to the config file).
+pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
+    install_signals()?;
+    let cfg = RelayConfig::load(config).map_err(|e| anyhow!("{e}"))?;
+    let state = state.unwrap_or_else(|| config.with_extension("state"));
+    let ctx = zmq::Context::new();
+    let security = Arc::new(SecurityCounters::default());
+    // The ZAP handler runs before any listener exists (a CURVE server without one admits
+    // every key).
+    let zap = ZapHandler::start(&ctx, ZAP_DOMAIN, cfg.allowlist.clone(), security.clone())
+        .map_err(|e| anyhow!("starting the ZAP handler: {e}"))?;
+
+    let mut receiver = None;
+    let mut listener = None;
+    if let Some(endpoint) = &cfg.listen {
+        let mut routes = Vec::new();
+        for route in &cfg.routes_in {
+            let producer = ring(&route.ring)?
+                .producer()
+                .with_context(|| format!("attaching as producer of ring {:?}", route.ring))?;
+            routes.push((route.stream.clone(), Route::new(producer)));
+        }
+        receiver = Some(
+            Receiver::new(ReceiverConfig::default(), routes, Some(&state))
+                .map_err(|e| anyhow!("loading {}: {e}", state.display()))?,
+        );
+        listener = Some(Listener::bind(&zap, &cfg.keys, endpoint, &cfg.limits).map_err(|e| anyhow!("listening: {e}"))?);
+    }
+
+    let mut links = Vec::new();
+    for route in &cfg.routes_out {
+        let consumer =
+            ring(&route.ring)?.consumer().with_context(|| format!("attaching as consumer of ring {:?}", route.ring))?;
+        let mut config = SenderConfig::new(&cfg.name, &route.stream);
+        config.request_timeout = Duration::from_millis(u64::from(cfg.limits.request_timeout_ms));
+        config.hello_interval = Duration::from_millis(u64::from(cfg.limits.connect_timeout_ms));
+        let sender = Sender::new(config, consumer, None).map_err(|e| anyhow!("route to {}: {e}", route.connect))?;
+        let connector =
+            Connector::connect(&ctx, &cfg.keys, &route.server_key, &route.connect, &cfg.limits, security.clone())
+                .map_err(|e| anyhow!("connecting to {}: {e}", route.connect))?;
+        let status = connector.status_handle();
+        links.push(Link {
+            ring: route.ring.clone(),
+            stream: route.stream.clone(),
+            endpoint: route.connect.clone(),
+            sender,
+            connector,
+            status,
+            was_connected: false,
+        });
+    }
+
+    let status = Arc::new(RelayStatus {
+        name: cfg.name.clone(),
+        security: security.clone(),
+        receiver: receiver.as_ref().map(|r: &Receiver| r.counters().clone()),
+        links: links
+            .iter()
+            .map(|l| (l.ring.clone(), l.stream.clone(), l.sender.counters().clone(), l.status.clone()))
+            .collect(),
+        listening: listener.is_some(),
+        ready: AtomicBool::new(false),
+        loop_turns: AtomicU64::new(0),
+        link_rtt_ns: Mutex::new(Vec::new()),
+    });
+    let _http = match cfg.health {
+        Some(addr) => Some(HttpEndpoint::start(&addr.to_string(), status.clone()).map_err(|e| anyhow!("{e}"))?),
+        None => None,
+    };
+    status.ready.store(true, Ordering::Relaxed);
+    if let Some(l) = &listener {
+        eprintln!("relay {}: listening on {}", cfg.name, l.endpoint());
+    }
+    for l in &links {
+        eprintln!("relay {}: ring {:?} -> {} (stream {:?})", cfg.name, l.ring, l.endpoint, l.stream);
+    }
+
+    let mut last_back_off = Instant::now();
+    while !STOP.load(Ordering::Relaxed) {
+        status.loop_turns.fetch_add(1, Ordering::Relaxed);
+        if RELOAD.swap(false, Ordering::Relaxed) {
+            reload(config, &mut listener)?;
+        }
+        let now = Instant::now();
+        let mut busy = false;
+        for link in &mut links {
+            busy |= drive_link(link, now)?;
+        }
+        if now.duration_since(last_back_off) >= Duration::from_secs(1) {
+            last_back_off = now;
+            for link in &mut links {
+                link.connector.back_off().map_err(|e| anyhow!("link to {}: {e}", link.endpoint))?;
+            }
+        }
+        if let (Some(listener), Some(receiver)) = (listener.as_mut(), receiver.as_mut()) {
+            busy |= serve(listener, receiver, now)?;
+        }
+        if !busy {
+            wait(&links, listener.as_ref())?;
+        }
+    }
+    eprintln!("relay {}: stopping", cfg.name);
+    Ok(())
+}
+
+/// One turn of an outbound link: send what the ring and the timers want sent, handle replies.
+/// Returns whether anything moved.
+fn drive_link(link: &mut Link, now: Instant) -> Result<bool> {
+    let connected = link.status.state() == LinkState::Connected;
+    if link.was_connected && !connected {
+        link.sender.on_link_down();
+    }
+    link.was_connected = connected;
+    let mut busy = false;
+    let socket = link.connector.socket();
+    while let Some(parts) = link.sender.poll(now) {
+        busy = true;
+        match socket.send_multipart(parts, zmq::DONTWAIT) {
+            // Not sent now: the sender's timers resend it.
+            Ok(()) | Err(zmq::Error::EAGAIN) | Err(zmq::Error::EHOSTUNREACH) => {}
+            Err(e) => return Err(anyhow!("sending to {}: {e}", link.endpoint)),
+        }
+    }
+    loop {
+        match socket.recv_multipart(zmq::DONTWAIT) {
+            Ok(parts) => {
+                busy = true;
+                link.sender.handle(&parts, now);
+            }
+            Err(zmq::Error::EAGAIN) => break,
+            Err(e) => return Err(anyhow!("receiving from {}: {e}", link.endpoint)),
+        }
+    }
+    Ok(busy)
+}
+
+/// Serves every message waiting on the listener. Returns whether there was any.
+fn serve(listener: &mut Listener, receiver: &mut Receiver, now: Instant) -> Result<bool> {
+    let mut busy = false;
+    loop {
+        match listener.recv(zmq::DONTWAIT) {
+            Ok(Received::Message { routing_id, peer: _, frames }) => {
+                busy = true;
+                let frames: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+                if let Some(reply) = receiver.handle(&frames, now) {
+                    let mut out: Vec<Vec<u8>> = Vec::with_capacity(reply.len() + 1);
+                    out.push(routing_id.to_vec());
+                    out.extend(reply);
+                    match listener.socket().send_multipart(out, zmq::DONTWAIT) {
+                        // A peer gone meanwhile resends after it reconnects.
+                        Ok(()) | Err(zmq::Error::EAGAIN) | Err(zmq::Error::EHOSTUNREACH) => {}
+                        Err(e) => return Err(anyhow!("replying: {e}")),
+                    }
+                }
+            }
+            Ok(Received::Dropped { .. }) => busy = true,
+            Err(zmq::Error::EAGAIN) => return Ok(busy),
+            Err(e) => return Err(anyhow!("receiving: {e}")),
+        }
+    }
+}
+
+/// Sleeps until a socket has something to read, or [`IDLE_POLL`] passes.
+fn wait(links: &[Link], listener: Option<&Listener>) -> Result<()> {
+    let mut items: Vec<zmq::PollItem<'_>> =
+        links.iter().map(|l| l.connector.socket().as_poll_item(zmq::POLLIN)).collect();
+    if let Some(listener) = listener {
+        items.push(listener.socket().as_poll_item(zmq::POLLIN));
+    }
+    match zmq::poll(&mut items, IDLE_POLL.as_millis() as i64) {
+        Ok(_) | Err(zmq::Error::EINTR) => Ok(()),
+        Err(e) => Err(anyhow!("polling: {e}")),
+    }
+}
+
+/// SIGHUP: the allowlist (and nothing else) is read again; revoked keys lose their connections.
+/// A config that no longer loads is reported and the old allowlist kept.
+fn reload(config: &Path, listener: &mut Option<Listener>) -> Result<()> {
+    let cfg = match RelayConfig::load(config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("reload refused, keeping the current allowlist: {e}");
+            return Ok(());
+        }
+    };
+    if let Some(listener) = listener {
+        let revoked = listener.replace_allowlist(cfg.allowlist).map_err(|e| anyhow!("reloading: {e}"))?;
+        eprintln!("allowlist reloaded: {} key(s) revoked", revoked.len());
+    }
+    Ok(())
+}
