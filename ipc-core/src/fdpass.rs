@@ -62,6 +62,13 @@ pub enum ReceiveError {
     /// The segment's contents are not a valid ring.
     #[error("segment refused: {0}")]
     Invalid(#[from] SegmentFault),
+    /// [`Segment::connect`] only: the process serving the socket runs as another user (it may
+    /// have bound the path first), so nothing was taken from it.
+    #[error("refused a ring served by uid {uid}: only a server of this process's user is trusted")]
+    ForeignServer {
+        /// The server's user id.
+        uid: u32,
+    },
 }
 
 impl Segment {
@@ -115,6 +122,10 @@ impl Segment {
 
     /// Connects to a [`SegmentServer`] listening at `path` and receives its ring.
     ///
+    /// The server must run as this process's effective user (checked with `SO_PEERCRED`, the
+    /// credentials it had when it listened): whoever binds a path first serves it, and a ring of
+    /// another user's making is refused with [`ReceiveError::ForeignServer`].
+    ///
     /// ```
     /// use ipc_core::{RingBuilder, Segment, SegmentServer};
     ///
@@ -133,7 +144,12 @@ impl Segment {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn connect(path: impl AsRef<Path>) -> Result<Segment, ReceiveError> {
-        Segment::receive_fd(&UnixStream::connect(path)?)
+        let stream = UnixStream::connect(path)?;
+        let server = getsockopt(&stream, PeerCredentials).map_err(io::Error::from)?;
+        if server.uid() != geteuid().as_raw() {
+            return Err(ReceiveError::ForeignServer { uid: server.uid() });
+        }
+        Segment::receive_fd(&stream)
     }
 
     /// The descriptor, if it is a memfd carrying [`RING_SEALS`].

@@ -9,6 +9,7 @@
 //! a peer in a namespace it cannot see judges it dead once the timeout passes, and may take over.
 
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicPtr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -63,48 +64,90 @@ struct Registry {
     running: bool,
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { entries: Vec::new(), next_id: 0, running: false });
-static WAKE: Condvar = Condvar::new();
+/// The registry of one process. A child made by `fork` inherits a copy of its parent's, but not
+/// the thread serving it, and maybe a lock held by that thread at the fork: it starts a registry
+/// (and thread) of its own, told apart by the pid that made it.
+struct Heartbeats {
+    pid: u32,
+    registry: Mutex<Registry>,
+    wake: Condvar,
+}
 
-fn registry() -> MutexGuard<'static, Registry> {
-    // Nothing that holds the lock panics; if something did, the list is still consistent.
-    REGISTRY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+impl Heartbeats {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // Nothing that holds the lock panics; if something did, the list is still consistent.
+        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+static CURRENT: AtomicPtr<Heartbeats> = AtomicPtr::new(std::ptr::null_mut());
+
+/// This process's heartbeats, made on first use and again in a forked child.
+fn heartbeats() -> &'static Heartbeats {
+    let pid = std::process::id();
+    loop {
+        let current = CURRENT.load(Acquire);
+        // SAFETY: `CURRENT` only ever holds null or a leaked, never freed `Heartbeats`.
+        if let Some(found) = unsafe { current.as_ref() } {
+            if found.pid == pid {
+                return found;
+            }
+        }
+        let fresh = Box::into_raw(Box::new(Heartbeats {
+            pid,
+            registry: Mutex::new(Registry { entries: Vec::new(), next_id: 0, running: false }),
+            wake: Condvar::new(),
+        }));
+        if CURRENT.compare_exchange(current, fresh, AcqRel, Acquire).is_ok() {
+            // SAFETY: just leaked above; it is never freed (a parent's copy in a child is kept
+            // too: handles inherited by the fork still point at it).
+            return unsafe { &*fresh };
+        }
+        // SAFETY: `fresh` was never published; this thread owns it alone.
+        drop(unsafe { Box::from_raw(fresh) });
+    }
 }
 
 /// A registration: the heartbeat is refreshed until this drops.
 pub(crate) struct Beat {
     id: u64,
+    owner: &'static Heartbeats,
     _map: Arc<Mapping>,
 }
 
 impl Drop for Beat {
     fn drop(&mut self) {
-        registry().entries.retain(|e| e.id != self.id);
+        // A handle inherited through `fork` was registered with the parent's registry, which
+        // no thread of this process serves (and whose lock may be held forever): nothing to do.
+        if self.owner.pid == std::process::id() {
+            self.owner.lock().entries.retain(|e| e.id != self.id);
+        }
     }
 }
 
 /// Starts refreshing `target` of `segment` (whose heartbeat the caller has just written).
 pub(crate) fn register(segment: &Segment, target: Target) -> Beat {
     let period = (segment.heartbeat_timeout() / 4).max(Duration::from_millis(10));
-    let mut reg = registry();
+    let owner = heartbeats();
+    let mut reg = owner.lock();
     let id = reg.next_id;
     reg.next_id += 1;
     reg.entries.push(Entry { id, header: NonNull::from(segment.header()), target, period });
     if !reg.running {
         // If the thread cannot be started now (out of threads), the next registration tries
         // again; meanwhile only peers in other namespaces, after the timeout, misjudge us.
-        reg.running = std::thread::Builder::new().name("tadpole-heartbeat".into()).spawn(run).is_ok();
+        reg.running = std::thread::Builder::new().name("tadpole-heartbeat".into()).spawn(move || run(owner)).is_ok();
     }
     drop(reg);
-    WAKE.notify_one();
-    Beat { id, _map: segment.map.clone() }
+    owner.wake.notify_one();
+    Beat { id, owner, _map: segment.map.clone() }
 }
 
-fn run() {
-    let mut reg = registry();
+fn run(owner: &'static Heartbeats) {
+    let mut reg = owner.lock();
     loop {
         if reg.entries.is_empty() {
-            reg = WAKE.wait(reg).unwrap_or_else(|poisoned| poisoned.into_inner());
+            reg = owner.wake.wait(reg).unwrap_or_else(|poisoned| poisoned.into_inner());
             continue;
         }
         let now = now_ns();
@@ -114,7 +157,7 @@ fn run() {
             refresh(header, entry.target, now);
         }
         let period = reg.entries.iter().map(|e| e.period).min().unwrap_or(DEFAULT_TIMEOUT);
-        reg = WAKE.wait_timeout(reg, period).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
+        reg = owner.wake.wait_timeout(reg, period).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
     }
 }
 
@@ -190,5 +233,55 @@ mod tests {
         let last = beat();
         std::thread::sleep(MIN_TIMEOUT);
         assert_eq!(beat(), last, "no heartbeat for a side no longer held");
+    }
+
+    /// Attaches a producer in a fresh ring and reports (as an exit code) whether its heartbeat
+    /// advances with no call on it: 0 yes, 1 no.
+    fn heartbeat_advances_here() -> i32 {
+        let Ok(segment) = RingBuilder::new(4096).heartbeat_timeout(MIN_TIMEOUT).create_private() else { return 2 };
+        let Ok(_producer) = segment.producer() else { return 3 };
+        let beat = || segment.header().producer_attach.heartbeat_ns.load(Relaxed);
+        let first = beat();
+        std::thread::sleep(MIN_TIMEOUT * 3);
+        if beat() > first { 0 } else { 1 }
+    }
+
+    #[test]
+    fn a_forked_child_gets_its_own_heartbeat_thread_even_if_forked_under_the_registry_lock() {
+        // This process's heartbeat thread runs (as in a parent that attached before forking)...
+        let segment = RingBuilder::new(4096).heartbeat_timeout(MIN_TIMEOUT).create_private().unwrap();
+        let _producer = segment.producer().unwrap();
+        // ...and the fork happens while the registry lock is held, as when it forks in the middle
+        // of a refresh: the child inherits a lock nobody will ever release.
+        let held = heartbeats().lock();
+        // SAFETY: the child runs only this crate's attach path (glibc's allocator and thread
+        // creation are fork-safe) and leaves with `_exit`, running no destructor or atexit hook.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let code = heartbeat_advances_here();
+            // SAFETY: ends the forked child at once, as above.
+            unsafe { libc::_exit(code) };
+        }
+        drop(held);
+        assert!(pid > 0, "fork failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut status = 0;
+        loop {
+            // SAFETY: waits for our own child; `status` is a valid out-parameter.
+            let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if done == pid {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                // SAFETY: our own child, still unreaped, so the pid cannot have been reused.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // SAFETY: as above.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                panic!("the forked child hung attaching (deadlocked on the inherited registry lock)");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(libc::WIFEXITED(status), "child status {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 0, "the child's heartbeat did not advance (1) or it could not attach");
     }
 }

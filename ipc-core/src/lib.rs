@@ -156,6 +156,11 @@ mod api {
             let current = block.owner.load(Acquire);
             if current != 0 && current & OWNER_DETACHED == 0 {
                 if let Verdict::Alive(owner) = judge_owner(block, current, timeout) {
+                    if read_identity(block, current).is_none() && liveness::is_claim_word(current) {
+                        // An owner with no record and no announcement cannot be dated: date it
+                        // now, so it is alive for a timeout from here and judged by its pid after.
+                        let _ = block.claim_started_ns.compare_exchange(0, now_ns().max(1), Relaxed, Relaxed);
+                    }
                     return Err(AttachError::Busy { side, owner });
                 }
             }
@@ -163,14 +168,13 @@ mod api {
             // is written, a reader takes the claim for one in progress, not for a dead owner.
             let started = now_ns().max(1);
             block.claim_started_ns.store(started, Relaxed);
-            let claimed = block.owner.compare_exchange(current, word, AcqRel, Acquire).is_ok();
-            if claimed {
+            if block.owner.compare_exchange(current, word, AcqRel, Acquire).is_ok() {
                 heartbeat::publish_identity(block, word, &identity, now_ns());
                 block.generation.fetch_add(1, AcqRel);
-            }
-            // Cleared only if no later claim announced itself meanwhile.
-            let _ = block.claim_started_ns.compare_exchange(started, 0, Relaxed, Relaxed);
-            if claimed {
+                // Only the winner clears, once its record is out, and only if no later claim
+                // announced itself meanwhile. A loser leaves the announcement alone: it may be the
+                // winner's, still between its claim and its record.
+                let _ = block.claim_started_ns.compare_exchange(started, 0, Relaxed, Relaxed);
                 let beat = heartbeat::register(segment, heartbeat::Target::Side(side, word, identity));
                 return Ok(SideClaim { side, word, _beat: beat });
             }
@@ -206,13 +210,18 @@ mod api {
     }
 
     /// Judges the owner `word` of `block`. Never dead when unsure: a claim whose identity is
-    /// not recorded yet is alive while its announcement is younger than the timeout.
+    /// not recorded yet is alive while its announcement is younger than the timeout, and so is
+    /// a claim with no announcement at all (a record overwritten by a claim that stalled past
+    /// its takeover, until the owner's heartbeat thread writes it again): its pid may be of
+    /// another PID namespace, where `kill` says nothing. Only a claim announced longer than a
+    /// timeout ago and still unrecorded, or a bare pid, is left to `kill`.
     fn judge_owner(block: &AttachBlock, word: u64, timeout: std::time::Duration) -> Verdict {
         if let Some((id, heartbeat)) = read_identity(block, word) {
             return judge(&id, heartbeat, timeout);
         }
         let started = block.claim_started_ns.load(Relaxed);
-        if started != 0 && liveness::heartbeat_fresh(0, started, timeout) {
+        let undated_claim = started == 0 && liveness::is_claim_word(word);
+        if undated_claim || (started != 0 && liveness::heartbeat_fresh(0, started, timeout)) {
             return Verdict::Alive(ProcessId::unpack(word));
         }
         judge_unrecorded(word)
@@ -252,6 +261,25 @@ mod api {
             assert_eq!(block.owner.load(Relaxed), new_owner, "the new owner is not marked detached");
             assert!(matches!(peer_state(&segment, Side::Producer), PeerState::Attached(_)));
             assert!(matches!(segment.producer(), Err(AttachError::Busy { .. })));
+        }
+
+        #[test]
+        fn an_unrecorded_claim_whose_announcement_was_cleared_is_busy_until_a_timeout_after_it_is_seen() {
+            let segment = RingBuilder::new(4096).heartbeat_timeout(heartbeat::MIN_TIMEOUT).create_private().unwrap();
+            let block = &segment.header().producer_attach;
+            // A winner between its claim and its record, whose announcement a losing claim
+            // cleared; its pid (one of another PID namespace) names no process here.
+            let word = 0x7FFF_FFF1u64 | 9 << 32;
+            block.owner.store(word, Relaxed);
+            block.claim_started_ns.store(0, Relaxed);
+            assert_ne!(block.identity_owner.load(Relaxed), word);
+            assert!(matches!(peer_state(&segment, Side::Producer), PeerState::Attached(_)));
+            assert!(matches!(segment.producer(), Err(AttachError::Busy { .. })));
+            assert!(matches!(segment.producer(), Err(AttachError::Busy { .. })), "still busy");
+            // Dated by the attach that found it: abandoned once a timeout passes unrecorded.
+            std::thread::sleep(heartbeat::MIN_TIMEOUT * 2);
+            assert!(matches!(peer_state(&segment, Side::Producer), PeerState::Dead(_)));
+            drop(segment.producer().expect("an abandoned claim is taken over"));
         }
 
         #[test]

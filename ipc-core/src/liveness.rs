@@ -76,13 +76,28 @@ pub(crate) fn check_local(pid: u32, start_time: u64) -> Local {
     }
     match read_state(&format!("/proc/{pid}/stat")) {
         // A zombie keeps its /proc entry but will never touch the ring again.
-        Ok(('Z' | 'X', _)) => Local::Dead,
+        Ok(('X', _)) => Local::Dead,
+        // `Z` is the state of the thread-group leader: a process whose main thread exited while
+        // other threads run shows it too, and is alive. Only a zombie without threads is dead.
+        Ok(('Z', start)) => match live_threads(pid) {
+            Some(0 | 1) => Local::Dead,
+            Some(_) if start_time == 0 || start & START_MASK == start_time & START_MASK => Local::Alive(start),
+            Some(_) => Local::Dead,
+            None => Local::Unknown,
+        },
         Ok((_, start)) if start_time == 0 || start & START_MASK == start_time & START_MASK => Local::Alive(start),
         Ok(_) => Local::Dead,
         // Gone between `kill` and the read, unless `/proc` itself went away since we looked.
         Err(StatError::NotFound) if fs::metadata("/proc/self/stat").is_ok() => Local::Dead,
         Err(_) => Local::Unknown,
     }
+}
+
+/// The `Threads:` count of `/proc/<pid>/status`: every thread of the group, including an exited
+/// leader while others run (a real zombie counts 1, or 0 once its last thread is released).
+fn live_threads(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
 }
 
 enum StatError {
@@ -189,7 +204,14 @@ pub(crate) fn claim_word(id: &Identity) -> u64 {
     static CLAIMS: AtomicU64 = AtomicU64::new(0);
     let mut h = mix(id.start_time ^ mix(id.pid_ns ^ mix(id.boot_id ^ mix(now_ns()))));
     h = mix(h ^ CLAIMS.fetch_add(1, Relaxed));
-    u64::from(id.pid) | (h & START_MASK) << 32
+    // Never 0: see `is_claim_word`.
+    u64::from(id.pid) | (h & START_MASK).max(1) << 32
+}
+
+/// Whether `word` is one `claim_word` can make (its claim bits are not all 0), rather than a
+/// bare pid written by hand or by an older layout.
+pub(crate) fn is_claim_word(word: u64) -> bool {
+    (word >> 32) & START_MASK != 0
 }
 
 /// splitmix64's finaliser.
@@ -236,9 +258,10 @@ pub(crate) fn heartbeat_fresh(time_ns: u64, heartbeat_ns: u64, timeout: Duration
     heartbeat_ns > now || now - heartbeat_ns <= timeout.as_nanos() as u64
 }
 
-/// Judges an owner word that has no identity record: a word written by hand, or by a claim that
-/// died before recording it. Only `kill` can speak for it: "no such process" in this namespace
-/// is dead; anything else is alive (it may be a process we cannot see into).
+/// Judges an owner word that has no identity record and no fresh announcement: a bare pid
+/// written by hand, or a claim that stalled or died before recording it for longer than the
+/// timeout. Only `kill` can speak for it: "no such process" in this namespace is dead; anything
+/// else is alive (it may be a process we cannot see into).
 pub(crate) fn judge_unrecorded(word: u64) -> Verdict {
     let process = ProcessId::unpack(word);
     match check_local(process.pid, 0) {

@@ -533,13 +533,7 @@ fn shm_file_age(name: &str) -> Option<Duration> {
 }
 
 fn same_file_as_name(fd: BorrowedFd<'_>, name: &str) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(by_name), Ok(by_fd)) =
-        (std::fs::metadata(shm_path(name)), fd.try_clone_to_owned().map(std::fs::File::from))
-    else {
-        return false;
-    };
-    by_fd.metadata().is_ok_and(|m| m.ino() == by_name.ino() && m.dev() == by_name.dev())
+    shm::names_file(Some(&shm_path(name)), fd)
 }
 
 /// Copies every descriptor field out once and checks it against the mapped size.

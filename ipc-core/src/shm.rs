@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::io;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -191,11 +191,26 @@ impl Drop for Mapping {
             let _ = unsafe { mman::munmap(self.ptr.cast(), self.len) };
         }
         if let Some(name) = &self.unlink_on_drop {
-            if !self.keep.load(Ordering::Relaxed) {
+            // The name may have been unlinked and given to a newer segment since: that one is
+            // not ours to remove. (Between this check and the unlink the name can still change
+            // hands; no call unlinks a name only if it is a given file.)
+            let ours = || self.fd.as_ref().is_some_and(|fd| names_file(os_name_path(name).as_deref(), fd.as_fd()));
+            if !self.keep.load(Ordering::Relaxed) && ours() {
                 let _ = mman::shm_unlink(name.as_c_str());
             }
         }
     }
+}
+
+/// The `/dev/shm` path of the `shm_open` name `os_name` (`/tadpole.<name>`).
+fn os_name_path(os_name: &CString) -> Option<String> {
+    os_name.to_str().ok().map(|n| format!("/dev/shm{n}"))
+}
+
+/// Whether `path` names the very file `fd` holds (same device and inode).
+pub(crate) fn names_file(path: Option<&str>, fd: BorrowedFd<'_>) -> bool {
+    let (Some(path), Ok(by_fd)) = (path, fstat(fd)) else { return false };
+    nix::sys::stat::stat(path).is_ok_and(|by_name| by_name.st_dev == by_fd.st_dev && by_name.st_ino == by_fd.st_ino)
 }
 
 /// Removes a named segment. Processes that have it mapped keep their mapping.

@@ -67,10 +67,21 @@ fn child_process_entry_point() {
         "other-user" => {
             nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).unwrap();
             nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).unwrap();
+            // The client refuses root's server as well, before it would read anything.
             match Segment::connect(&path) {
-                Err(ReceiveError::DescriptorCount(0)) => {}
+                Err(ReceiveError::ForeignServer { uid: 0 }) => {}
                 other => panic!("another user got {other:?}"),
             }
+        }
+        // Becomes another user, serves a ring of its own at the path, says so on stdout, and
+        // waits for one client (which must not be sent it either: the client is root).
+        "serve-as-other-user" => {
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).unwrap();
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).unwrap();
+            let ring = RingBuilder::new(4096).create_anonymous().unwrap();
+            let server = SegmentServer::bind(&ring, &path).unwrap();
+            println!("ready");
+            assert!(matches!(server.accept(), Err(ShareError::OtherUser { uid: 0 })));
         }
         other => panic!("unknown role {other}"),
     }
@@ -105,6 +116,20 @@ fn a_client_running_as_another_user_is_sent_nothing() {
     let mut nobody = child("other-user", &path).spawn().unwrap();
     assert!(matches!(server.accept(), Err(ShareError::OtherUser { uid: 65534 })));
     assert!(nobody.wait().unwrap().success());
+}
+
+#[test]
+fn connect_refuses_a_ring_served_by_another_user() {
+    use std::io::BufRead;
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root to become another user");
+    let path = socket_path("foreign-server");
+    let mut server = child("serve-as-other-user", &path).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    // The test harness prints its own lines first; the reader stays open until the child ends.
+    let mut said = std::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    assert!(said.by_ref().map_while(Result::ok).any(|line| line.ends_with("ready")), "the server never got ready");
+    assert!(matches!(Segment::connect(&path), Err(ReceiveError::ForeignServer { uid: 65534 })));
+    assert!(server.wait().unwrap().success());
+    drop(said);
 }
 
 #[test]

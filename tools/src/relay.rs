@@ -7,8 +7,8 @@
 //! SIGTERM stop the relay.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -89,7 +89,6 @@ struct RelayStatus {
     listening: bool,
     ready: AtomicBool,
     loop_turns: AtomicU64,
-    link_rtt_ns: Mutex<Vec<u64>>,
 }
 
 impl Status for RelayStatus {
@@ -225,11 +224,7 @@ impl Status for RelayStatus {
             })
             .collect();
         let failing = self.links.iter().any(|(_, _, _, status)| matches!(status.state(), LinkState::Failing { .. }));
-        let rtt = self.link_rtt_ns.lock().map(|v| v.clone()).unwrap_or_default();
-        (
-            !failing,
-            serde_json::json!({ "relay": self.name, "listening": self.listening, "links": links, "loop_rtt_ns": rtt }),
-        )
+        (!failing, serde_json::json!({ "relay": self.name, "listening": self.listening, "links": links }))
     }
 
     fn ready(&self) -> bool {
@@ -301,7 +296,6 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         listening: listener.is_some(),
         ready: AtomicBool::new(false),
         loop_turns: AtomicU64::new(0),
-        link_rtt_ns: Mutex::new(Vec::new()),
     });
     let _http = match cfg.health {
         Some(addr) => Some(HttpEndpoint::start(&addr.to_string(), status.clone()).map_err(|e| anyhow!("{e}"))?),

@@ -198,3 +198,84 @@ fn two_relays_in_two_namespaces_lose_nothing_through_a_partition_and_kill_9_of_e
         drop(r);
     }
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()))
+}
+
+#[test]
+fn a_wrong_server_key_shows_in_health_and_metrics_and_delivers_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_a_pub, b_pub) = (keygen(dir.path(), "a"), keygen(dir.path(), "b"));
+    let wrong = keygen(dir.path(), "c"); // a valid key that is not the server's
+    let tag = std::process::id();
+    let (b_port, health_port) = (free_port(), free_port());
+    let out_ring = format!("relay-wrongkey-{tag}-out");
+    let in_ring = format!("relay-wrongkey-{tag}-in");
+    let _rings = [
+        RingBuilder::new(1 << 16).create_named(&out_ring).unwrap(),
+        RingBuilder::new(1 << 16).create_named(&in_ring).unwrap(),
+    ];
+    // B listens and allows A; A pins the wrong key for B.
+    std::fs::write(
+        dir.path().join("b.toml"),
+        format!("name = \"b\"\nkey_file = \"b.key\"\nlisten = \"tcp://127.0.0.1:{b_port}\"\nallow = [\"{_a_pub}\"]\n\n[[route_in]]\nstream = \"s\"\nring = \"{in_ring}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        format!("name = \"a\"\nkey_file = \"a.key\"\nhealth = \"127.0.0.1:{health_port}\"\n\n[[route_out]]\nring = \"{out_ring}\"\nconnect = \"tcp://127.0.0.1:{b_port}\"\nserver_key = \"{wrong}\"\nstream = \"s\"\n"),
+    )
+    .unwrap();
+    let _ = b_pub;
+    let spawn = |config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tadpole"))
+            .args(["relay", "--config"])
+            .arg(dir.path().join(config))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut b = spawn("b.toml");
+    let mut a = spawn("a.toml");
+    let mut producer = Segment::open(&out_ring).unwrap().producer().unwrap();
+    producer.try_send(b"never delivered").unwrap();
+    let addr = format!("127.0.0.1:{health_port}");
+    let started = Instant::now();
+    let body = loop {
+        assert!(started.elapsed() < Duration::from_secs(20), "health never reported the failing link");
+        if let Some((503, body)) = http_get(&addr, "/health") {
+            if body.contains("failing") {
+                break body;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.contains("handshake"), "{body}");
+    let (code, metrics) = http_get(&addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with("tadpole_relay_client_handshake_failures_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(failures >= 1, "{metrics}");
+    let mut consumer = Segment::open(&in_ring).unwrap().consumer().unwrap();
+    assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Empty), "nothing crossed");
+    let _ = a.kill();
+    let _ = b.kill();
+    let _ = (a.wait(), b.wait());
+}
