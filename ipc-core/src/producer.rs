@@ -294,7 +294,7 @@ impl Segment {
             wait: WaitStrategy::default(),
             counters: Tally::default(),
             pending: Pending::default(),
-            frontier_slot: &h.producer_position.frontier[0],
+            frontier_slot: h.producer_position.frontier.as_ptr(),
             peer_check: PeerSchedule::default(),
             claims_to_peer_check: CLAIMS_PER_PEER_CHECK,
             gone_consumer: None,
@@ -337,7 +337,8 @@ impl Segment {
         c.messages.store(producer.counters.messages, Relaxed);
         // Keep the complete slot; record the recovered frontier in the other one (unless it adds
         // nothing), and write the complete one next.
-        producer.frontier_slot = &h.producer_position.frontier[1 - slot];
+        // From the array (not one element), so the pointer may reach both slots.
+        producer.frontier_slot = h.producer_position.frontier.as_ptr().wrapping_add(1 - slot);
         if !plausible || (frontier, walked) != (recorded_end, 0) {
             producer.record_frontier();
         }
@@ -414,7 +415,8 @@ impl Producer {
     #[inline(always)]
     fn record_frontier(&mut self) {
         let (tail, messages, at) = (self.tail, self.counters.messages, self.frontier_slot);
-        self.frontier_slot = (at as usize ^ FRONTIER_TOGGLE) as *const FrontierSlot;
+        // `map_addr` keeps the pointer's provenance (the whole slot array).
+        self.frontier_slot = at.map_addr(|addr| addr ^ FRONTIER_TOGGLE);
         // SAFETY: `at` is one of the two frontier slots of this producer's header page (set at
         // attach, then toggled between them: see `FRONTIER_TOGGLE`), which `self.segment` keeps
         // mapped; a slot holds only atomics.
