@@ -26,6 +26,74 @@
 //! This module never parses record headers or positions itself; that is
 //! `ipc_core`'s job.
 
+/// The conversions from the ring's per-operation errors into a channel's
+/// error enum, which has the same variants under the same names (and
+/// `LeasesExhausted(usize)` for the receive side).
+macro_rules! ring_errors_into {
+    (send: $target:ty) => {
+        impl From<ipc_core::TrySendError> for $target {
+            fn from(e: ipc_core::TrySendError) -> Self {
+                match e {
+                    ipc_core::TrySendError::Full => Self::Full,
+                    ipc_core::TrySendError::TooLarge { len, max } => Self::TooLarge { len, max },
+                    ipc_core::TrySendError::Disconnected => Self::Disconnected,
+                    ipc_core::TrySendError::Corrupt(fault) => Self::Corrupt(fault),
+                }
+            }
+        }
+        impl From<ipc_core::SendError> for $target {
+            fn from(e: ipc_core::SendError) -> Self {
+                match e {
+                    ipc_core::SendError::TooLarge { len, max } => Self::TooLarge { len, max },
+                    ipc_core::SendError::Disconnected => Self::Disconnected,
+                    ipc_core::SendError::Corrupt(fault) => Self::Corrupt(fault),
+                }
+            }
+        }
+        impl From<ipc_core::SendTimeoutError> for $target {
+            fn from(e: ipc_core::SendTimeoutError) -> Self {
+                match e {
+                    ipc_core::SendTimeoutError::Timeout => Self::Timeout,
+                    ipc_core::SendTimeoutError::TooLarge { len, max } => Self::TooLarge { len, max },
+                    ipc_core::SendTimeoutError::Disconnected => Self::Disconnected,
+                    ipc_core::SendTimeoutError::Corrupt(fault) => Self::Corrupt(fault),
+                }
+            }
+        }
+    };
+    (recv: $target:ty) => {
+        impl From<ipc_core::TryRecvError> for $target {
+            fn from(e: ipc_core::TryRecvError) -> Self {
+                match e {
+                    ipc_core::TryRecvError::Empty => Self::Empty,
+                    ipc_core::TryRecvError::Disconnected => Self::Disconnected,
+                    ipc_core::TryRecvError::LeasesExhausted { capacity } => Self::LeasesExhausted(capacity),
+                    ipc_core::TryRecvError::Corrupt { position, reason } => Self::Corrupt { position, reason },
+                }
+            }
+        }
+        impl From<ipc_core::RecvError> for $target {
+            fn from(e: ipc_core::RecvError) -> Self {
+                match e {
+                    ipc_core::RecvError::Disconnected => Self::Disconnected,
+                    ipc_core::RecvError::LeasesExhausted { capacity } => Self::LeasesExhausted(capacity),
+                    ipc_core::RecvError::Corrupt { position, reason } => Self::Corrupt { position, reason },
+                }
+            }
+        }
+        impl From<ipc_core::RecvTimeoutError> for $target {
+            fn from(e: ipc_core::RecvTimeoutError) -> Self {
+                match e {
+                    ipc_core::RecvTimeoutError::Timeout => Self::Timeout,
+                    ipc_core::RecvTimeoutError::Disconnected => Self::Disconnected,
+                    ipc_core::RecvTimeoutError::LeasesExhausted { capacity } => Self::LeasesExhausted(capacity),
+                    ipc_core::RecvTimeoutError::Corrupt { position, reason } => Self::Corrupt { position, reason },
+                }
+            }
+        }
+    };
+}
+
 mod batch;
 mod envelope;
 

@@ -54,37 +54,7 @@ pub enum EnvelopeSendError {
     Corrupt(SegmentFault),
 }
 
-impl From<ipc_core::TrySendError> for EnvelopeSendError {
-    fn from(e: ipc_core::TrySendError) -> Self {
-        match e {
-            ipc_core::TrySendError::Full => Self::Full,
-            ipc_core::TrySendError::TooLarge { len, max } => Self::TooLarge { len, max },
-            ipc_core::TrySendError::Disconnected => Self::Disconnected,
-            ipc_core::TrySendError::Corrupt(fault) => Self::Corrupt(fault),
-        }
-    }
-}
-
-impl From<ipc_core::SendError> for EnvelopeSendError {
-    fn from(e: ipc_core::SendError) -> Self {
-        match e {
-            ipc_core::SendError::TooLarge { len, max } => Self::TooLarge { len, max },
-            ipc_core::SendError::Disconnected => Self::Disconnected,
-            ipc_core::SendError::Corrupt(fault) => Self::Corrupt(fault),
-        }
-    }
-}
-
-impl From<ipc_core::SendTimeoutError> for EnvelopeSendError {
-    fn from(e: ipc_core::SendTimeoutError) -> Self {
-        match e {
-            ipc_core::SendTimeoutError::Timeout => Self::Timeout,
-            ipc_core::SendTimeoutError::TooLarge { len, max } => Self::TooLarge { len, max },
-            ipc_core::SendTimeoutError::Disconnected => Self::Disconnected,
-            ipc_core::SendTimeoutError::Corrupt(fault) => Self::Corrupt(fault),
-        }
-    }
-}
+ring_errors_into!(send: EnvelopeSendError);
 
 /// Sends envelopes into a ring: builds each one in a reused
 /// [`EnvelopeEncoder`], reserves exactly its length in shared memory, copies
@@ -260,37 +230,7 @@ pub enum EnvelopeRecvError {
     },
 }
 
-impl From<ipc_core::TryRecvError> for EnvelopeRecvError {
-    fn from(e: ipc_core::TryRecvError) -> Self {
-        match e {
-            ipc_core::TryRecvError::Empty => Self::Empty,
-            ipc_core::TryRecvError::Disconnected => Self::Disconnected,
-            ipc_core::TryRecvError::LeasesExhausted { capacity } => Self::LeasesExhausted(capacity),
-            ipc_core::TryRecvError::Corrupt { position, reason } => Self::Corrupt { position, reason },
-        }
-    }
-}
-
-impl From<ipc_core::RecvError> for EnvelopeRecvError {
-    fn from(e: ipc_core::RecvError) -> Self {
-        match e {
-            ipc_core::RecvError::Disconnected => Self::Disconnected,
-            ipc_core::RecvError::LeasesExhausted { capacity } => Self::LeasesExhausted(capacity),
-            ipc_core::RecvError::Corrupt { position, reason } => Self::Corrupt { position, reason },
-        }
-    }
-}
-
-impl From<ipc_core::RecvTimeoutError> for EnvelopeRecvError {
-    fn from(e: ipc_core::RecvTimeoutError) -> Self {
-        match e {
-            ipc_core::RecvTimeoutError::Timeout => Self::Timeout,
-            ipc_core::RecvTimeoutError::Disconnected => Self::Disconnected,
-            ipc_core::RecvTimeoutError::LeasesExhausted { capacity } => Self::LeasesExhausted(capacity),
-            ipc_core::RecvTimeoutError::Corrupt { position, reason } => Self::Corrupt { position, reason },
-        }
-    }
-}
+ring_errors_into!(recv: EnvelopeRecvError);
 
 /// Receives envelopes from a ring as views into shared memory, verified
 /// before they are handed out.
