@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use ipc_core::{CreateError, RingBuilder, Segment};
 use ipc_zmq::config::RelayConfig;
-use ipc_zmq::engine::{Counters, Receiver, ReceiverConfig, Route, Sender, SenderConfig};
+use ipc_zmq::engine::{
+    Counters, DedupConfig, InvalidEnvelope, MessageIds, Receiver, ReceiverConfig, Route, Sender, SenderConfig,
+};
 use ipc_zmq::http::{CounterSet, HttpEndpoint, Kind, Status};
 use ipc_zmq::security::{Connector, LinkState, LinkStatus, Listener, Received, SecurityCounters, ZapHandler};
+use schemas::envelope::{MessageId, VerifyOptions, verify_envelope};
 
 /// The ZAP domain the listener sets and the handler answers for.
 const ZAP_DOMAIN: &str = "tadpole-relay";
@@ -66,6 +69,27 @@ fn ring(name: &str) -> Result<Segment> {
         // Someone else created it meanwhile.
         Err(CreateError::AlreadyExists { .. }) => Segment::open(name).with_context(|| format!("opening ring {name:?}")),
         Err(e) => Err(e).with_context(|| format!("creating ring {name:?}")),
+    }
+}
+
+/// The `message_id` of each record of an envelope route, read after the record verified as an
+/// envelope (the engine rejects what does not as an invalid envelope).
+struct EnvelopeIds {
+    options: VerifyOptions,
+}
+
+impl EnvelopeIds {
+    fn new(_stream: &str) -> EnvelopeIds {
+        EnvelopeIds { options: VerifyOptions::default() }
+    }
+}
+
+impl MessageIds for EnvelopeIds {
+    fn message_id(&self, payload: &[u8]) -> Result<[u8; 16], InvalidEnvelope> {
+        let envelope = verify_envelope(payload, &self.options).map_err(|_| InvalidEnvelope)?;
+        // verify_envelope refuses an envelope without a (non-nil) message_id.
+        let id = envelope.message_id().ok_or(InvalidEnvelope)?;
+        Ok(MessageId::from_wire(id).as_uuid().into_bytes())
     }
 }
 
@@ -253,7 +277,15 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
             let producer = ring(&route.ring)?
                 .producer()
                 .with_context(|| format!("attaching as producer of ring {:?}", route.ring))?;
-            routes.push((route.stream.clone(), Route::new(producer)));
+            let stream = route.stream.clone();
+            let route = if route.envelopes {
+                let dedup =
+                    DedupConfig { max_age: Duration::from_secs(route.dedup_window_secs), max_ids: route.dedup_max_ids };
+                Route::with_message_ids(producer, EnvelopeIds::new(&route.stream), dedup)
+            } else {
+                Route::new(producer)
+            };
+            routes.push((stream, route));
         }
         receiver = Some(
             Receiver::new(ReceiverConfig::default(), routes, Some(&state))

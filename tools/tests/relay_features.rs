@@ -145,3 +145,46 @@ fn records_the_far_relay_rejects_as_unknown_route_land_in_the_dead_letter_ring_w
     assert_eq!(delivered.try_recv().err(), Some(TryRecvError::Empty), "nothing reached another route");
     drop(pair.dir);
 }
+
+/// A verifiable envelope with a fresh `message_id` (and a payload-less body).
+fn envelope(destination: &str) -> Vec<u8> {
+    use schemas::envelope::{EnvelopeEncoder, EnvelopeHeader, PayloadOffset};
+    let mut enc = EnvelopeEncoder::new();
+    let header = EnvelopeHeader::new("relay-test", destination);
+    enc.encode(&header, |_| PayloadOffset::none()).to_vec()
+}
+
+#[test]
+fn an_envelope_route_delivers_a_repeated_message_id_once_and_dead_letters_an_invalid_envelope() {
+    let (out, dead, inn) = (ring_name("env-out"), ring_name("env-dead"), ring_name("env-in"));
+    let rings = [
+        RingBuilder::new(1 << 16).create_named(&out).unwrap(),
+        RingBuilder::new(1 << 16).create_named(&dead).unwrap(),
+        RingBuilder::new(1 << 16).create_named(&inn).unwrap(),
+    ];
+    let pair = Pair::new(
+        &format!("[[route_out]]\nring = \"{out}\"\n{{B}}\nstream = \"env\"\ndead_letters = \"{dead}\"\n"),
+        &format!("[[route_in]]\nstream = \"env\"\nring = \"{inn}\"\nenvelopes = true\ndedup_window_secs = 600\n"),
+    );
+    let _b = Relay::spawn(&pair.b, Stdio::null());
+    let _a = Relay::spawn(&pair.a, Stdio::null());
+    let (first, second, third) = (envelope("one"), envelope("two"), envelope("three"));
+    let invalid = b"not an envelope at all".to_vec();
+    let mut producer = rings[0].producer().unwrap();
+    // The producer retries `first` (same bytes, same message_id) after sending `second`.
+    for record in [&first, &second, &first, &invalid, &third, &second] {
+        producer.try_send(record).unwrap();
+    }
+    let mut consumer = rings[2].consumer().unwrap();
+    let got: Vec<Vec<u8>> = receive(&mut consumer, 3, "envelopes").into_iter().map(|(_, b)| b).collect();
+    assert_eq!(got, vec![first, second, third], "each message_id once, in order");
+    let mut letters = rings[1].consumer().unwrap();
+    let letter = receive(&mut letters, 1, "dead letters").remove(0).1;
+    let letter = DeadLetter::decode(&letter).expect("a dead-letter record");
+    assert_eq!(letter.reason, RejectReason::InvalidEnvelope);
+    assert_eq!(letter.stream, "env");
+    assert_eq!(letter.payload, &invalid[..]);
+    assert_quiet(&mut consumer, "envelopes");
+    assert_quiet(&mut letters, "dead letters");
+    drop(pair.dir);
+}
