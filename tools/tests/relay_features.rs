@@ -188,3 +188,79 @@ fn an_envelope_route_delivers_a_repeated_message_id_once_and_dead_letters_an_inv
     assert_quiet(&mut letters, "dead letters");
     drop(pair.dir);
 }
+
+/// The JSON lines a relay writes to stderr, collected by a thread as they come.
+struct Logs {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Logs {
+    fn collect(relay: &mut Relay) -> Logs {
+        use std::io::BufRead;
+        let stderr = relay.0.stderr.take().expect("stderr piped");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let value: serde_json::Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+                sink.lock().unwrap().push(value);
+            }
+        });
+        Logs { lines }
+    }
+
+    /// The first event named `event` that `matches`, waiting for it at most [`DEADLINE`].
+    fn wait_for(&self, event: &str, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            if let Some(v) = self.lines.lock().unwrap().iter().find(|v| v["event"] == event && matches(v)) {
+                return v.clone();
+            }
+            let seen: Vec<String> = self.lines.lock().unwrap().iter().map(|v| v.to_string()).collect();
+            assert!(started.elapsed() < DEADLINE, "no {event:?} event; logged: {seen:#?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn the_relay_logs_json_lines_naming_the_relay_route_peer_and_the_correlation_id_of_a_rejected_envelope() {
+    let (out, dead) = (ring_name("log-out"), ring_name("log-dead"));
+    let rings =
+        [RingBuilder::new(1 << 16).create_named(&out).unwrap(), RingBuilder::new(1 << 16).create_named(&dead).unwrap()];
+    let pair = Pair::new(
+        &format!("[[route_out]]\nring = \"{out}\"\n{{B}}\nstream = \"nowhere\"\ndead_letters = \"{dead}\"\n"),
+        "",
+    );
+    let mut b = Relay::spawn(&pair.b, Stdio::piped());
+    let b_logs = Logs::collect(&mut b);
+    let listening = b_logs.wait_for("listening", |_| true);
+    assert_eq!(listening["relay"], "b");
+    assert_eq!(listening["level"], "INFO");
+    assert!(listening["endpoint"].as_str().unwrap().starts_with("tcp://127.0.0.1:"), "{listening}");
+
+    let mut a = Relay::spawn(&pair.a, Stdio::piped());
+    let a_logs = Logs::collect(&mut a);
+    let record = envelope("somewhere");
+    let correlation = {
+        let env = schemas::envelope::verify_envelope(&record, &Default::default()).unwrap();
+        schemas::envelope::MessageId::from_wire(env.correlation_id().unwrap()).to_string()
+    };
+    rings[0].producer().unwrap().try_send(&record).unwrap();
+    let connected = a_logs.wait_for("link_connected", |_| true);
+    assert_eq!((&connected["relay"], &connected["route"]), (&"a".into(), &"nowhere".into()));
+    let rejected = b_logs.wait_for("rejected", |_| true);
+    assert_eq!(rejected["relay"], "b");
+    assert_eq!(rejected["route"], "nowhere");
+    assert_eq!(rejected["reason"], "UnknownRoute");
+    assert_eq!(rejected["correlation_id"], correlation.as_str());
+    assert_eq!(rejected["peer"].as_str().map(str::len), Some(40), "the client's Z85 key: {rejected}");
+    let dead_lettered = a_logs.wait_for("dead_letters", |_| true);
+    assert_eq!(dead_lettered["relay"], "a");
+    assert_eq!(dead_lettered["count"], 1);
+    assert!(dead_lettered["peer"].as_str().unwrap().starts_with("tcp://127.0.0.1:"), "{dead_lettered}");
+    drop((a, b));
+    drop(pair.dir);
+}
