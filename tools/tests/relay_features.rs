@@ -264,3 +264,105 @@ fn the_relay_logs_json_lines_naming_the_relay_route_peer_and_the_correlation_id_
     drop((a, b));
     drop(pair.dir);
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS in kB")
+}
+
+/// Record `seq`: its sequence number, then 16 bytes derived from it.
+fn numbered(seq: u64) -> [u8; 24] {
+    let mut out = [0u8; 24];
+    out[..8].copy_from_slice(&seq.to_le_bytes());
+    out[8..16].copy_from_slice(&seq.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+    out[16..].copy_from_slice(&(!seq).to_le_bytes());
+    out
+}
+
+#[test]
+fn a_slow_consumer_pushes_back_to_the_producer_with_bounded_relay_memory_and_nothing_lost_or_repeated() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const RECORDS: u64 = 200_000;
+    const GROWTH_LIMIT_KIB: u64 = 64 << 10;
+    let deadline = Duration::from_secs(120);
+    let (out, inn) = (ring_name("slow-out"), ring_name("slow-in"));
+    let source = RingBuilder::new(256 << 10).create_named(&out).unwrap();
+    let sink = RingBuilder::new(1 << 20).create_named(&inn).unwrap();
+    let pair = Pair::new(
+        &format!("[[route_out]]\nring = \"{out}\"\n{{B}}\nstream = \"slow\"\n"),
+        &format!("[[route_in]]\nstream = \"slow\"\nring = \"{inn}\"\n"),
+    );
+    let b = Relay::spawn(&pair.b, Stdio::null());
+    let a = Relay::spawn(&pair.a, Stdio::null());
+    std::thread::sleep(Duration::from_millis(500));
+    let pids = [a.0.id(), b.0.id()];
+    let baseline = pids.map(rss_kib);
+
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let sampler = {
+        let (done, peak) = (done.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                for (i, pid) in pids.iter().enumerate() {
+                    peak[i].fetch_max(rss_kib(*pid), Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let producer = std::thread::spawn(move || {
+        let mut producer = source.producer().unwrap();
+        let (mut seq, mut full) = (0u64, 0u64);
+        let started = Instant::now();
+        while seq < RECORDS {
+            assert!(started.elapsed() < deadline, "producer stuck at {seq}");
+            match producer.try_send(&numbered(seq)) {
+                Ok(()) => seq += 1,
+                Err(ipc_core::TrySendError::Full) => {
+                    full += 1;
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                Err(e) => panic!("producer: {e}"),
+            }
+        }
+        full
+    });
+
+    let mut consumer = sink.consumer().unwrap();
+    let started = Instant::now();
+    let mut next = 0u64;
+    while next < RECORDS {
+        assert!(started.elapsed() < deadline, "consumer stuck at record {next}");
+        match consumer.try_recv() {
+            Ok(msg) => {
+                let seq = u64::from_le_bytes(msg[..8].try_into().unwrap());
+                assert_eq!(seq, next, "record {next} lost or repeated (got {seq})");
+                assert_eq!(&msg[..], &numbered(seq)[..], "record {seq} damaged");
+                next += 1;
+                // The slow consumer: about 60 000 records a second at most.
+                if next % 64 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("consumer: {e}"),
+        }
+    }
+    let full = producer.join().expect("producer");
+    assert_quiet(&mut consumer, "after the last record");
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    assert!(full > 0, "the producer never saw backpressure (Full)");
+    for (i, name) in ["a (sending)", "b (receiving)"].iter().enumerate() {
+        let growth = peak[i].load(Ordering::Relaxed).saturating_sub(baseline[i]);
+        assert!(growth < GROWTH_LIMIT_KIB, "relay {name} grew by {growth} KiB (from {} KiB)", baseline[i]);
+        eprintln!("relay {name}: RSS {} KiB at start, peak +{growth} KiB", baseline[i]);
+    }
+    eprintln!("producer saw Full {full} times; {RECORDS} records in {:?}", started.elapsed());
+    drop((a, b));
+    drop(pair.dir);
+}
