@@ -366,3 +366,29 @@ fn a_slow_consumer_pushes_back_to_the_producer_with_bounded_relay_memory_and_not
     drop((a, b));
     drop(pair.dir);
 }
+
+#[test]
+fn the_relay_refuses_dedup_settings_without_envelopes_and_a_dead_letter_ring_that_is_the_source() {
+    let cases = [
+        (
+            "[[route_in]]\nstream = \"s\"\ndedup_window_secs = 60\n",
+            "route_in[0].dedup_window_secs: only applies with `envelopes = true`",
+        ),
+        (
+            "[[route_in]]\nstream = \"s\"\nenvelopes = true\ndedup_max_ids = 0\n",
+            "route_in[0].dedup_max_ids: must be at least 1",
+        ),
+    ];
+    for (routes, expected) in cases {
+        let pair = Pair::new("", routes);
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_tadpole")).args(["relay", "--config"]).arg(&pair.b).output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("b.toml: {expected}")), "{stderr}");
+    }
+    let pair = Pair::new("[[route_out]]\nring = \"x\"\n{B}\ndead_letters = \"x\"\n", "");
+    let out = Command::new(env!("CARGO_BIN_EXE_tadpole")).args(["relay", "--config"]).arg(&pair.a).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a.toml: route_out[0].dead_letters: must not be the ring the route drains"), "{stderr}");
+}
