@@ -64,6 +64,9 @@ pub struct RouteOut {
     pub server_key: PublicKey,
     /// The stream name the remote relay routes on (default: the ring's name).
     pub stream: String,
+    /// The local ring that records the far side rejects are written into (opened, or created
+    /// when missing), as `engine::DeadLetter` records; `None`: they are only counted.
+    pub dead_letters: Option<String>,
 }
 
 /// A remote stream written into a local ring.
@@ -73,7 +76,20 @@ pub struct RouteIn {
     pub stream: String,
     /// The local ring written (default: the stream's name).
     pub ring: String,
+    /// Whether the stream carries envelopes: each record must verify as one (else it is
+    /// rejected as an invalid envelope) and one whose `message_id` was seen within the dedup
+    /// window is dropped as a duplicate (default `false`).
+    pub envelopes: bool,
+    /// How long an envelope's `message_id` is remembered, in seconds (default 86400).
+    pub dedup_window_secs: u64,
+    /// Most `message_id`s remembered; the oldest is forgotten first (default 1 000 000).
+    pub dedup_max_ids: usize,
 }
+
+/// Default of [`RouteIn::dedup_window_secs`]: a day.
+pub const DEFAULT_DEDUP_WINDOW_SECS: u64 = 86_400;
+/// Default of [`RouteIn::dedup_max_ids`] (about 40 MB of ids).
+pub const DEFAULT_DEDUP_MAX_IDS: usize = 1_000_000;
 
 /// Frame size limit and timeouts, applied to every ZeroMQ socket of the relay.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -152,6 +168,7 @@ struct RawRouteOut {
     connect: String,
     server_key: PublicKey,
     stream: Option<String>,
+    dead_letters: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -159,6 +176,10 @@ struct RawRouteOut {
 struct RawRouteIn {
     stream: String,
     ring: Option<String>,
+    #[serde(default)]
+    envelopes: bool,
+    dedup_window_secs: Option<u64>,
+    dedup_max_ids: Option<usize>,
 }
 
 impl RelayConfig {
@@ -229,7 +250,19 @@ impl RelayConfig {
             if routes_out.iter().any(|o: &RouteOut| o.ring == r.ring) {
                 return Err(err(&at("ring"), format!("ring {:?} is already routed out", r.ring)));
             }
-            routes_out.push(RouteOut { ring: r.ring, connect: r.connect, server_key: r.server_key, stream });
+            if let Some(dead) = &r.dead_letters {
+                check_name(dead).map_err(|m| err(&at("dead_letters"), m))?;
+                if *dead == r.ring {
+                    return Err(err(&at("dead_letters"), "must not be the ring the route drains".into()));
+                }
+            }
+            routes_out.push(RouteOut {
+                ring: r.ring,
+                connect: r.connect,
+                server_key: r.server_key,
+                stream,
+                dead_letters: r.dead_letters,
+            });
         }
         let mut routes_in = Vec::with_capacity(raw.route_in.len());
         for (i, r) in raw.route_in.into_iter().enumerate() {
@@ -240,7 +273,25 @@ impl RelayConfig {
             if routes_in.iter().any(|o: &RouteIn| o.stream == r.stream) {
                 return Err(err(&at("stream"), format!("stream {:?} is already routed in", r.stream)));
             }
-            routes_in.push(RouteIn { stream: r.stream, ring });
+            if !r.envelopes && (r.dedup_window_secs.is_some() || r.dedup_max_ids.is_some()) {
+                let field = if r.dedup_window_secs.is_some() { "dedup_window_secs" } else { "dedup_max_ids" };
+                return Err(err(&at(field), "only applies with `envelopes = true`".into()));
+            }
+            let dedup_window_secs = r.dedup_window_secs.unwrap_or(DEFAULT_DEDUP_WINDOW_SECS);
+            if dedup_window_secs == 0 {
+                return Err(err(&at("dedup_window_secs"), "must be at least 1".into()));
+            }
+            let dedup_max_ids = r.dedup_max_ids.unwrap_or(DEFAULT_DEDUP_MAX_IDS);
+            if dedup_max_ids == 0 {
+                return Err(err(&at("dedup_max_ids"), "must be at least 1".into()));
+            }
+            routes_in.push(RouteIn {
+                stream: r.stream,
+                ring,
+                envelopes: r.envelopes,
+                dedup_window_secs,
+                dedup_max_ids,
+            });
         }
         if !routes_in.is_empty() && raw.listen.is_none() {
             return Err(err("listen", "missing: route_in needs a listener to receive on".into()));

@@ -50,7 +50,16 @@ fn the_example_config_loads_with_defaults() {
     assert_eq!(config.allowlist.len(), 1);
     assert_eq!(config.routes_out.len(), 1);
     assert_eq!(config.routes_out[0].stream, "orders", "the stream defaults to the ring's name");
-    assert_eq!(config.routes_in, vec![RouteIn { stream: "fills".into(), ring: "fills".into() }]);
+    assert_eq!(
+        config.routes_in,
+        vec![RouteIn {
+            stream: "fills".into(),
+            ring: "fills".into(),
+            envelopes: false,
+            dedup_window_secs: 86_400,
+            dedup_max_ids: 1_000_000
+        }]
+    );
     assert_eq!(config.limits, Limits::default());
     assert_eq!(config.limits.handshake_timeout_ms, 1000);
     assert_eq!(config.limits.request_timeout_ms, 5000);

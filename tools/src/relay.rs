@@ -14,9 +14,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use ipc_core::{CreateError, RingBuilder, Segment};
 use ipc_zmq::config::RelayConfig;
-use ipc_zmq::engine::{Counters, Receiver, ReceiverConfig, Route, Sender, SenderConfig};
+use ipc_zmq::engine::BreakerState;
+use ipc_zmq::engine::{
+    Counters, DedupConfig, InvalidEnvelope, MessageIds, Receiver, ReceiverConfig, Route, Sender, SenderConfig,
+};
 use ipc_zmq::http::{CounterSet, HttpEndpoint, Kind, Status};
 use ipc_zmq::security::{Connector, LinkState, LinkStatus, Listener, Received, SecurityCounters, ZapHandler};
+use ipc_zmq::wire::{self, Frame};
+use schemas::envelope::{MessageId, VerifyOptions, verify_envelope};
+use tracing::{info, warn};
 
 /// The ZAP domain the listener sets and the handler answers for.
 const ZAP_DOMAIN: &str = "tadpole-relay";
@@ -69,6 +75,27 @@ fn ring(name: &str) -> Result<Segment> {
     }
 }
 
+/// The `message_id` of each record of an envelope route, read after the record verified as an
+/// envelope (the engine rejects what does not as an invalid envelope).
+struct EnvelopeIds {
+    options: VerifyOptions,
+}
+
+impl EnvelopeIds {
+    fn new() -> EnvelopeIds {
+        EnvelopeIds { options: VerifyOptions::default() }
+    }
+}
+
+impl MessageIds for EnvelopeIds {
+    fn message_id(&self, payload: &[u8]) -> Result<[u8; 16], InvalidEnvelope> {
+        let envelope = verify_envelope(payload, &self.options).map_err(|_| InvalidEnvelope)?;
+        // verify_envelope refuses an envelope without a (non-nil) message_id.
+        let id = envelope.message_id().ok_or(InvalidEnvelope)?;
+        Ok(MessageId::from_wire(id).as_uuid().into_bytes())
+    }
+}
+
 /// One outbound route: its ring's sender and the CURVE client it sends through.
 struct Link {
     ring: String,
@@ -78,6 +105,10 @@ struct Link {
     connector: Connector,
     status: LinkStatus,
     was_connected: bool,
+    /// What was last logged: the link's state, the breaker's, and the dead letters written.
+    logged_state: LinkState,
+    logged_breaker: BreakerState,
+    logged_dead_letters: u64,
 }
 
 /// What the HTTP endpoint reads: shared counters plus a snapshot the loop refreshes.
@@ -235,8 +266,20 @@ impl Status for RelayStatus {
 /// Runs the relay described by `config` until SIGINT/SIGTERM. `state` is where the inbound
 /// side keeps what it has committed (default: next to the config file).
 pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
+    init_logs();
     install_signals()?;
     let cfg = RelayConfig::load(config).map_err(|e| anyhow!("{e}"))?;
+    let relay = cfg.name.as_str();
+    // Events of the libraries (handshake failures, refused keys) carry the relay's name too.
+    let _span = tracing::info_span!("relay", relay).entered();
+    info!(
+        relay,
+        event = "start",
+        config = %config.display(),
+        routes_out = cfg.routes_out.len(),
+        routes_in = cfg.routes_in.len(),
+        "relay starting"
+    );
     let state = state.unwrap_or_else(|| config.with_extension("state"));
     let ctx = zmq::Context::new();
     let security = Arc::new(SecurityCounters::default());
@@ -253,7 +296,15 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
             let producer = ring(&route.ring)?
                 .producer()
                 .with_context(|| format!("attaching as producer of ring {:?}", route.ring))?;
-            routes.push((route.stream.clone(), Route::new(producer)));
+            let stream = route.stream.clone();
+            let route = if route.envelopes {
+                let dedup =
+                    DedupConfig { max_age: Duration::from_secs(route.dedup_window_secs), max_ids: route.dedup_max_ids };
+                Route::with_message_ids(producer, EnvelopeIds::new(), dedup)
+            } else {
+                Route::new(producer)
+            };
+            routes.push((stream, route));
         }
         receiver = Some(
             Receiver::new(ReceiverConfig::default(), routes, Some(&state))
@@ -269,7 +320,16 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         let mut config = SenderConfig::new(&cfg.name, &route.stream);
         config.request_timeout = Duration::from_millis(u64::from(cfg.limits.request_timeout_ms));
         config.hello_interval = Duration::from_millis(u64::from(cfg.limits.connect_timeout_ms));
-        let sender = Sender::new(config, consumer, None).map_err(|e| anyhow!("route to {}: {e}", route.connect))?;
+        let dead_letters = match &route.dead_letters {
+            Some(name) => Some(
+                ring(name)?
+                    .producer()
+                    .with_context(|| format!("attaching as producer of dead-letter ring {name:?}"))?,
+            ),
+            None => None,
+        };
+        let sender =
+            Sender::new(config, consumer, dead_letters).map_err(|e| anyhow!("route to {}: {e}", route.connect))?;
         let connector =
             Connector::connect(&ctx, &cfg.keys, &route.server_key, &route.connect, &cfg.limits, security.clone())
                 .map_err(|e| anyhow!("connecting to {}: {e}", route.connect))?;
@@ -282,6 +342,9 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
             connector,
             status,
             was_connected: false,
+            logged_state: LinkState::Connecting,
+            logged_breaker: BreakerState::Closed,
+            logged_dead_letters: 0,
         });
     }
 
@@ -303,22 +366,24 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
     };
     status.ready.store(true, Ordering::Relaxed);
     if let Some(l) = &listener {
-        eprintln!("relay {}: listening on {}", cfg.name, l.endpoint());
+        let streams: Vec<&str> = cfg.routes_in.iter().map(|r| r.stream.as_str()).collect();
+        info!(relay, event = "listening", endpoint = %l.endpoint(), streams = ?streams, "listening");
     }
     for l in &links {
-        eprintln!("relay {}: ring {:?} -> {} (stream {:?})", cfg.name, l.ring, l.endpoint, l.stream);
+        info!(relay, event = "route_out", route = %l.stream, ring = %l.ring, peer = %l.endpoint, "forwarding ring");
     }
 
     let mut last_back_off = Instant::now();
     while !STOP.load(Ordering::Relaxed) {
         status.loop_turns.fetch_add(1, Ordering::Relaxed);
         if RELOAD.swap(false, Ordering::Relaxed) {
-            reload(config, &mut listener)?;
+            reload(relay, config, &mut listener)?;
         }
         let now = Instant::now();
         let mut busy = false;
         for link in &mut links {
             busy |= drive_link(link, now)?;
+            log_link_changes(relay, link);
         }
         if now.duration_since(last_back_off) >= Duration::from_secs(1) {
             last_back_off = now;
@@ -327,13 +392,13 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
             }
         }
         if let (Some(listener), Some(receiver)) = (listener.as_mut(), receiver.as_mut()) {
-            busy |= serve(listener, receiver, now)?;
+            busy |= serve(relay, listener, receiver, now)?;
         }
         if !busy {
             wait(&links, listener.as_ref())?;
         }
     }
-    eprintln!("relay {}: stopping", cfg.name);
+    info!(relay, event = "stop", "relay stopping");
     Ok(())
 }
 
@@ -369,14 +434,20 @@ fn drive_link(link: &mut Link, now: Instant) -> Result<bool> {
 }
 
 /// Serves every message waiting on the listener. Returns whether there was any.
-fn serve(listener: &mut Listener, receiver: &mut Receiver, now: Instant) -> Result<bool> {
+fn serve(relay: &str, listener: &mut Listener, receiver: &mut Receiver, now: Instant) -> Result<bool> {
     let mut busy = false;
     loop {
         match listener.recv(zmq::DONTWAIT) {
-            Ok(Received::Message { routing_id, peer: _, frames }) => {
+            Ok(Received::Message { routing_id, peer, frames }) => {
                 busy = true;
                 let frames: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
-                if let Some(reply) = receiver.handle(&frames, now) {
+                let rejected_before = rejects(receiver.counters());
+                let reply = receiver.handle(&frames, now);
+                let new_rejects = rejects(receiver.counters()) - rejected_before;
+                if new_rejects > 0 {
+                    log_rejects(relay, &peer.to_string(), &frames, reply.as_deref(), new_rejects);
+                }
+                if let Some(reply) = reply {
                     let mut out: Vec<Vec<u8>> = Vec::with_capacity(reply.len() + 1);
                     out.push(routing_id.to_vec());
                     out.extend(reply);
@@ -394,6 +465,111 @@ fn serve(listener: &mut Listener, receiver: &mut Receiver, now: Instant) -> Resu
     }
 }
 
+fn rejects(counters: &Counters) -> u64 {
+    counters.rejects.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+}
+
+/// Logs each record this DATA message had rejected (the last `count` of the ACK's rejects are
+/// the new ones), with the envelope's correlation id where the payload is a valid envelope.
+/// Off the fast path: only messages that rejected something come here.
+fn log_rejects(relay: &str, peer: &str, frames: &[&[u8]], reply: Option<&[Vec<u8>]>, count: u64) {
+    let (Ok(Frame::Data(data)), Some(Ok(Frame::Ack(ack)))) = (wire::decode(frames), reply.map(wire::decode)) else {
+        warn!(relay, event = "rejected", peer, count, "records rejected");
+        return;
+    };
+    let new = ack.rejects.len().saturating_sub(count as usize);
+    for rejected in &ack.rejects[new..] {
+        let payload = data.records.iter().find(|r| r.position == rejected.position).map(|r| r.payload);
+        let correlation_id = payload.and_then(correlation_id);
+        warn!(
+            relay,
+            event = "rejected",
+            route = %data.stream,
+            origin = %data.origin,
+            peer,
+            position = rejected.position,
+            reason = ?rejected.reason,
+            correlation_id = correlation_id.map(tracing::field::display),
+            "record rejected"
+        );
+    }
+}
+
+/// The correlation id of `payload` if it is a valid envelope.
+fn correlation_id(payload: &[u8]) -> Option<MessageId> {
+    let envelope = verify_envelope(payload, &VerifyOptions::default()).ok()?;
+    envelope.correlation_id().map(MessageId::from_wire)
+}
+
+/// Logs what changed on `link` since the last turn: its connection, its breaker, dead letters.
+fn log_link_changes(relay: &str, link: &mut Link) {
+    let state = link.status.state();
+    if state != link.logged_state {
+        match &state {
+            LinkState::Connected => {
+                info!(relay, event = "link_connected", route = %link.stream, peer = %link.endpoint, "link connected")
+            }
+            LinkState::Failing { failures, last } => warn!(
+                relay,
+                event = "link_failing",
+                route = %link.stream,
+                peer = %link.endpoint,
+                failures,
+                handshake_failure = ?last,
+                reason = %state,
+                "link failing"
+            ),
+            LinkState::Connecting => {
+                info!(relay, event = "link_connecting", route = %link.stream, peer = %link.endpoint, "link connecting")
+            }
+        }
+        link.logged_state = state;
+    }
+    let breaker = link.sender.breaker_state();
+    if breaker != link.logged_breaker {
+        warn!(
+            relay,
+            event = "breaker",
+            route = %link.stream,
+            peer = %link.endpoint,
+            from = ?link.logged_breaker,
+            to = ?breaker,
+            "circuit breaker changed state"
+        );
+        link.logged_breaker = breaker;
+    }
+    let c = link.sender.counters();
+    let dead = c.dead_letters.load(Ordering::Relaxed) + c.dead_letters_dropped.load(Ordering::Relaxed);
+    if dead != link.logged_dead_letters {
+        warn!(
+            relay,
+            event = "dead_letters",
+            route = %link.stream,
+            peer = %link.endpoint,
+            count = dead - link.logged_dead_letters,
+            kept = c.dead_letters.load(Ordering::Relaxed),
+            dropped = c.dead_letters_dropped.load(Ordering::Relaxed),
+            "records rejected by the far side were dead-lettered"
+        );
+        link.logged_dead_letters = dead;
+    }
+}
+
+/// JSON lines on stderr, one per event; `RUST_LOG` sets the level (default `info`).
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A second `run` in one process keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(true)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Sleeps until a socket has something to read, or [`IDLE_POLL`] passes.
 fn wait(links: &[Link], listener: Option<&Listener>) -> Result<()> {
     let mut items: Vec<zmq::PollItem<'_>> =
@@ -409,17 +585,20 @@ fn wait(links: &[Link], listener: Option<&Listener>) -> Result<()> {
 
 /// SIGHUP: the allowlist (and nothing else) is read again; revoked keys lose their connections.
 /// A config that no longer loads is reported and the old allowlist kept.
-fn reload(config: &Path, listener: &mut Option<Listener>) -> Result<()> {
+fn reload(relay: &str, config: &Path, listener: &mut Option<Listener>) -> Result<()> {
     let cfg = match RelayConfig::load(config) {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("reload refused, keeping the current allowlist: {e}");
+            warn!(relay, event = "reload_refused", error = %e, "reload refused, keeping the current allowlist");
             return Ok(());
         }
     };
     if let Some(listener) = listener {
         let revoked = listener.replace_allowlist(cfg.allowlist).map_err(|e| anyhow!("reloading: {e}"))?;
-        eprintln!("allowlist reloaded: {} key(s) revoked", revoked.len());
+        for key in &revoked {
+            warn!(relay, event = "revoked", peer = %key, "key revoked: its connections are closed");
+        }
+        info!(relay, event = "reload", revoked = revoked.len(), "allowlist reloaded");
     }
     Ok(())
 }
