@@ -402,12 +402,37 @@ fn spawn_relay(bin: &Path, config: &Path, cpu: usize) -> BenchResult<RelayProces
     Ok(RelayProcess(child))
 }
 
+/// How this process waits on a ring that is empty (or full): a few yields, then short sleeps.
+/// The relay sharing the CPU must run to fill (or drain) it, and a thread that only yields stays
+/// runnable and takes its share of a CPU the relay needs; a sleep of ~50 µs is small next to
+/// the relay's own 1 ms idle poll.
+struct Waiter(u32);
+
+impl Waiter {
+    const YIELDS: u32 = 16;
+    const SLEEP: Duration = Duration::from_micros(20);
+
+    fn new() -> Waiter {
+        Waiter(0)
+    }
+
+    fn wait(&mut self) {
+        if self.0 < Self::YIELDS {
+            self.0 += 1;
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Self::SLEEP);
+        }
+    }
+}
+
 fn nothing_yet(e: &TryRecvError) -> bool {
     matches!(e, TryRecvError::Empty | TryRecvError::Disconnected)
 }
 
 /// Writes `payload` into `ring`, yielding the CPU (to the relay on it) while the ring is full.
 fn send_record(ring: &mut Producer, payload: &[u8], deadline: Instant) -> BenchResult<()> {
+    let mut waiter = Waiter::new();
     loop {
         match ring.try_send(payload) {
             Ok(()) => return Ok(()),
@@ -415,7 +440,7 @@ fn send_record(ring: &mut Producer, payload: &[u8], deadline: Instant) -> BenchR
                 if Instant::now() > deadline {
                     return Err("relay: a ring stayed full (the relay stopped draining it)".into());
                 }
-                std::thread::yield_now();
+                waiter.wait();
             }
             Err(e) => return Err(e.into()),
         }
@@ -430,6 +455,7 @@ fn recv_record(
     buf: &mut [u8],
     deadline: Instant,
 ) -> BenchResult<()> {
+    let mut waiter = Waiter::new();
     loop {
         match ring.try_recv() {
             Ok(record) => {
@@ -448,7 +474,7 @@ fn recv_record(
                 if Instant::now() > deadline {
                     return Err(format!("relay: record {want} never arrived").into());
                 }
-                std::thread::yield_now();
+                waiter.wait();
             }
             Err(e) => return Err(e.into()),
         }
@@ -568,6 +594,7 @@ impl RelayPair {
                 let mut buf = vec![0u8; LATENCY_SIZE];
                 let mut want = first;
                 let mut repeats = 0;
+                let mut waiter = Waiter::new();
                 while !stop.load(Ordering::Relaxed) {
                     match fwd_out.try_recv() {
                         Ok(record) => {
@@ -586,8 +613,9 @@ impl RelayPair {
                             drop(record);
                             send_record(back_in, &buf, Instant::now() + STALL)?;
                             want += 1;
+                            waiter = Waiter::new();
                         }
-                        Err(e) if nothing_yet(&e) => std::thread::yield_now(),
+                        Err(e) if nothing_yet(&e) => waiter.wait(),
                         Err(e) => return Err(e.into()),
                     }
                 }
