@@ -338,6 +338,18 @@ struct RelayPair {
     dir: PathBuf,
 }
 
+/// CPU time (user + system) process `pid` has used, all its threads.
+fn cpu_time(pid: u32) -> BenchResult<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): state is the first, utime the 12th.
+    let rest = stat.rsplit_once(')').ok_or("unreadable /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> BenchResult<u64> { Ok(fields.get(i).ok_or("short /proc stat")?.parse::<u64>()?) };
+    // SAFETY: sysconf only reads a configuration value.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(Duration::from_secs_f64((ticks(11)? + ticks(12)?) as f64 / per_sec))
+}
+
 fn free_port() -> BenchResult<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -648,6 +660,11 @@ impl RelayPair {
         result
     }
 
+    /// CPU time used so far by relay A and relay B.
+    fn relay_cpu(&self) -> BenchResult<[Duration; 2]> {
+        Ok([cpu_time(self.relays[0].0.id())?, cpu_time(self.relays[1].0.id())?])
+    }
+
     fn stop(self) -> BenchResult<u64> {
         let repeats = self.repeats;
         drop(self.relays);
@@ -699,22 +716,37 @@ fn throughput_row(settings: &Settings, raw: &mut RawPair, relay: &mut RelayPair,
     let mut raw_rate = raw.run(warm_n, size)?.per_sec();
     let mut relay_rate = relay.run(warm_n, size)?.per_sec();
     let (mut raws, mut relays) = (Vec::new(), Vec::new());
+    let mut relay_time = Duration::ZERO;
+    let mut relay_cpu = [Duration::ZERO; 2];
     let sized = |rate: f64| ((rate * settings.per_run.as_secs_f64()) as u64).max(256);
     for _ in 0..settings.runs {
         let r = raw.run(sized(raw_rate), size)?;
         raw_rate = r.per_sec();
         raws.push(r);
+        let before = relay.relay_cpu()?;
         let r = relay.run(sized(relay_rate), size)?;
+        let after = relay.relay_cpu()?;
+        for i in 0..2 {
+            relay_cpu[i] += after[i] - before[i];
+        }
+        relay_time += r.elapsed;
         relay_rate = r.per_sec();
         relays.push(r);
     }
     let (raw_med, raw_lo, raw_hi) = median(raws);
     let (relay_med, relay_lo, relay_hi) = median(relays);
     let ratio = relay_med.per_sec() / raw_med.per_sec();
+    let busy = |cpu: Duration| 100.0 * cpu.as_secs_f64() / relay_time.as_secs_f64();
     let range = |lo: Rate, hi: Rate| format!("{:.3}–{:.3}", lo.per_sec() / 1e6, hi.per_sec() / 1e6);
     Ok(Row {
         name: format!("throughput {} B, ring → relay → relay → ring ({} rec/msg)", size, batch_for(size)),
-        value: format!("{relay_med} (median of {}, range {} M rec/s)", settings.runs, range(relay_lo, relay_hi)),
+        value: format!(
+            "{relay_med} (median of {}, range {} M rec/s; relay A {:.0}%, relay B {:.0}% of a CPU)",
+            settings.runs,
+            range(relay_lo, relay_hi),
+            busy(relay_cpu[0]),
+            busy(relay_cpu[1])
+        ),
         baseline: format!("raw CURVE {raw_med} (range {} M rec/s)", range(raw_lo, raw_hi)),
         ratio,
         target: format!("≥ {THROUGHPUT_TARGET}× raw"),
