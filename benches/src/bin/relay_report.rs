@@ -20,7 +20,7 @@
 //! start and end flags a run during which the host moved the vCPUs.
 //!
 //! ```text
-//! cargo run --release -p tadpole-benches --bin relay_report            # ~40 s
+//! cargo run --release -p tadpole-benches --bin relay_report            # ~30 s
 //! cargo run --release -p tadpole-benches --bin relay_report -- --quick # a few seconds (smoke)
 //! ```
 //!
