@@ -31,6 +31,10 @@ const CREATED_RING_BYTES: usize = 4 << 20;
 /// Longest the loop sleeps in `zmq::poll` when nothing is happening (a ring gaining records
 /// cannot wake it, so this bounds the added latency of an idle link).
 const IDLE_POLL: Duration = Duration::from_millis(1);
+/// For this long after the last record or message it handled, the loop only yields between
+/// turns instead of sleeping in `zmq::poll`: a link in use sees the next record at once (a ring
+/// gaining records cannot wake the poll), and an idle relay costs no CPU.
+const SPIN_AFTER_ACTIVITY: Duration = Duration::from_millis(2);
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static RELOAD: AtomicBool = AtomicBool::new(false);
@@ -374,6 +378,7 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
     }
 
     let mut last_back_off = Instant::now();
+    let mut last_activity = Instant::now();
     while !STOP.load(Ordering::Relaxed) {
         status.loop_turns.fetch_add(1, Ordering::Relaxed);
         if RELOAD.swap(false, Ordering::Relaxed) {
@@ -394,7 +399,11 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         if let (Some(listener), Some(receiver)) = (listener.as_mut(), receiver.as_mut()) {
             busy |= serve(relay, listener, receiver, now)?;
         }
-        if !busy {
+        if busy {
+            last_activity = now;
+        } else if now.duration_since(last_activity) < SPIN_AFTER_ACTIVITY {
+            std::thread::yield_now();
+        } else {
             wait(&links, listener.as_ref())?;
         }
     }
