@@ -339,6 +339,29 @@ impl Frame<'_> {
     }
 }
 
+/// The origin a HELLO or DATA message names, read from its first part alone (the records are
+/// not decoded); `None` for other kinds and for anything malformed. A receiving relay uses it to
+/// hold each origin to the client key that first used it.
+pub fn origin_of(head: &[u8]) -> Option<String> {
+    let mut r = Reader { buf: head, at: 0, part: 0 };
+    if r.u8().ok()? != VERSION {
+        return None;
+    }
+    match r.u8().ok()? {
+        KIND_HELLO => {
+            r.u64().ok()?;
+        }
+        KIND_DATA => {
+            r.u64().ok()?;
+            r.u64().ok()?;
+            r.u64().ok()?;
+            r.u32().ok()?;
+        }
+        _ => return None,
+    }
+    r.name().ok()
+}
+
 /// The first part of a DATA message of `count` records.
 pub fn data_header(origin: &str, stream: &str, epoch: u64, from: u64, released: u64, count: usize) -> Vec<u8> {
     let mut b = header(KIND_DATA);

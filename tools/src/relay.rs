@@ -124,6 +124,7 @@ struct RelayStatus {
     listening: bool,
     ready: AtomicBool,
     loop_turns: AtomicU64,
+    origins_refused: Arc<AtomicU64>,
 }
 
 impl Status for RelayStatus {
@@ -221,6 +222,7 @@ impl Status for RelayStatus {
             ("revoked", &s.revoked_messages_dropped),
             ("handshake_protocol", &s.server_handshake_failed_protocol),
             ("handshake_auth", &s.server_handshake_failed_auth),
+            ("origin_of_another_key", &*self.origins_refused),
         ];
         for (reason, counter) in auth {
             let value = counter.load(Ordering::Relaxed);
@@ -352,6 +354,7 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         });
     }
 
+    let mut origins = Origins::default();
     let status = Arc::new(RelayStatus {
         name: cfg.name.clone(),
         security: security.clone(),
@@ -363,6 +366,7 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         listening: listener.is_some(),
         ready: AtomicBool::new(false),
         loop_turns: AtomicU64::new(0),
+        origins_refused: origins.refused.clone(),
     });
     let _http = match cfg.health {
         Some(addr) => Some(HttpEndpoint::start(&addr.to_string(), status.clone()).map_err(|e| anyhow!("{e}"))?),
@@ -397,7 +401,7 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
             }
         }
         if let (Some(listener), Some(receiver)) = (listener.as_mut(), receiver.as_mut()) {
-            busy |= serve(relay, listener, receiver, now)?;
+            busy |= serve(relay, listener, receiver, &mut origins, now)?;
         }
         if busy {
             last_activity = now;
@@ -443,13 +447,22 @@ fn drive_link(link: &mut Link, now: Instant) -> Result<bool> {
 }
 
 /// Serves every message waiting on the listener. Returns whether there was any.
-fn serve(relay: &str, listener: &mut Listener, receiver: &mut Receiver, now: Instant) -> Result<bool> {
+fn serve(
+    relay: &str,
+    listener: &mut Listener,
+    receiver: &mut Receiver,
+    origins: &mut Origins,
+    now: Instant,
+) -> Result<bool> {
     let mut busy = false;
     loop {
         match listener.recv(zmq::DONTWAIT) {
             Ok(Received::Message { routing_id, peer, frames }) => {
                 busy = true;
                 let frames: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+                if !origins.admits(relay, &peer, frames.first().copied().unwrap_or(&[])) {
+                    continue;
+                }
                 let rejected_before = rejects(receiver.counters());
                 let reply = receiver.handle(&frames, now);
                 let new_rejects = rejects(receiver.counters()) - rejected_before;
@@ -470,6 +483,41 @@ fn serve(relay: &str, listener: &mut Listener, receiver: &mut Receiver, now: Ins
             Ok(Received::Dropped { .. }) => busy = true,
             Err(zmq::Error::EAGAIN) => return Ok(busy),
             Err(e) => return Err(anyhow!("receiving: {e}")),
+        }
+    }
+}
+
+/// Which client key each origin name belongs to: the first key to open a stream under a name
+/// keeps it for the relay's life, so an allowlisted client cannot speak for another relay (and
+/// move that relay's streams, which are keyed by origin, back or forth). Messages naming an
+/// origin held by another key are dropped and counted.
+#[derive(Default)]
+struct Origins {
+    owners: std::collections::HashMap<String, ipc_zmq::keys::PublicKey>,
+    refused: Arc<AtomicU64>,
+}
+
+/// Most origin names remembered (one per sending relay, in practice a handful).
+const MAX_ORIGINS: usize = 4096;
+
+impl Origins {
+    fn admits(&mut self, relay: &str, peer: &ipc_zmq::keys::PublicKey, head: &[u8]) -> bool {
+        let Some(origin) = wire::origin_of(head) else { return true };
+        match self.owners.get(&origin) {
+            Some(owner) if owner == peer => true,
+            Some(_) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                warn!(relay, event = "origin_refused", origin = %origin, peer = %peer, "origin belongs to another client key");
+                false
+            }
+            None if self.owners.len() >= MAX_ORIGINS => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            None => {
+                self.owners.insert(origin, *peer);
+                true
+            }
         }
     }
 }

@@ -295,6 +295,30 @@ def test_a_pyzmq_client_whose_key_is_not_allowlisted_gets_no_welcome_and_deliver
     friend.close()
 
 
+def test_an_allowlisted_client_cannot_speak_for_an_origin_another_key_opened(tmp_path, zctx):
+    owner_keys, other_keys = zmq.curve_keypair(), zmq.curve_keypair()
+    relay = Relay(tmp_path, [owner_keys[0], other_keys[0]])
+    try:
+        epoch = random.getrandbits(63) | 1
+        owner = curve_dealer(zctx, relay, owner_keys)
+        assert hello(owner, epoch, origin="host-a").next == 0
+        # Another allowlisted key claims the same origin: nothing answers, nothing is committed.
+        impostor = curve_dealer(zctx, relay, other_keys, rcvtimeo=1500)
+        impostor.send_multipart(wire.encode_hello("host-a", STREAM, epoch))
+        impostor.send_multipart(wire.encode_data("host-a", STREAM, epoch, 0, 0, [wire.Record(0, 9, b"forged")]))
+        with pytest.raises(zmq.Again):
+            impostor.recv_multipart()
+        assert list(RingView(relay.ring).records()) == []
+        metrics = relay.metrics()
+        assert metric(metrics, "tadpole_relay_auth_failures", reason="origin_of_another_key") >= 2, metrics
+        # Under its own name the same key is served.
+        assert hello(impostor, epoch, origin="host-c").next == 0
+        impostor.close()
+        owner.close()
+    finally:
+        relay.stop()
+
+
 def test_tadpole_wire_encodes_the_offsets_protocol_md_gives():
     (h,) = wire.encode_hello("ab", "xyz", 0x0102030405060708)
     assert h == bytes([1, 1]) + bytes(range(8, 0, -1)) + b"\x02ab\x03xyz"
