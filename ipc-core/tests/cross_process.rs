@@ -560,6 +560,8 @@ fn check_traffic(segment: &Segment, mut child: ChildGuard, count: u64) {
     assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Disconnected));
     let bytes = total_bytes(0, count, segment.max_message_len());
     assert_eq!(verifier.bytes, bytes);
+    // The consumer's tallies reach the segment periodically, and all of them when it detaches.
+    drop(consumer);
     let st = segment.status();
     assert_eq!(st.produced.messages, count, "{st:?}");
     assert_eq!(st.consumed.messages, count, "{st:?}");
@@ -641,10 +643,11 @@ fn consumer_drains_committed_messages_after_producer_killed_and_a_new_producer_c
     child.assert_succeeded(STALL);
     assert_eq!(verifier.next, start + 50_000);
     assert_eq!(consumer.producer_state(), PeerState::Closed);
+    // The message count comes from the frontier slots: exact across the six kills.
+    assert_eq!(segment.status().produced.messages, verifier.received);
+    // The consumer's tallies reach the segment periodically, and all of them when it detaches.
+    drop(consumer);
     let st = segment.status();
-    // A producer killed between its commit and its counter store leaves the counter short by
-    // that commit (at most a 32-message batch); counters are statistics, not the protocol.
-    assert!(st.produced.messages <= verifier.next && st.produced.messages + 6 * 32 >= verifier.next, "{st:?}");
     assert_eq!(st.consumed.messages, verifier.received, "{st:?}");
     assert_eq!(st.consumed.corrupt_records, 0);
 }
