@@ -5,7 +5,8 @@
 
 mod support;
 
-use std::path::Path;
+use support::relay::{free_port, keygen};
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,17 +17,6 @@ use support::netns::NetPair;
 
 const RECORDS: u64 = 120_000;
 const DEADLINE: Duration = Duration::from_secs(150);
-
-fn keygen(dir: &Path, name: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tadpole"))
-        .args(["keygen", "--out"])
-        .arg(dir.join(name))
-        .output()
-        .expect("run tadpole keygen");
-    assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
-    let text = std::fs::read_to_string(dir.join(format!("{name}.pub"))).unwrap();
-    text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).expect("a key line").to_owned()
-}
 
 struct Relay {
     ns: String,
@@ -197,10 +187,6 @@ fn two_relays_in_two_namespaces_lose_nothing_through_a_partition_and_kill_9_of_e
     for r in rings {
         drop(r);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {

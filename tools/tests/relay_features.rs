@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::relay::{free_port, keygen};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,21 +15,6 @@ use ipc_zmq::engine::DeadLetter;
 use ipc_zmq::wire::RejectReason;
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn keygen(dir: &Path, name: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tadpole"))
-        .args(["keygen", "--out"])
-        .arg(dir.join(name))
-        .output()
-        .expect("run tadpole keygen");
-    assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
-    let text = std::fs::read_to_string(dir.join(format!("{name}.pub"))).unwrap();
-    text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).expect("a key line").to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A relay process, killed when dropped.
 struct Relay(Child);
