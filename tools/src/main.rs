@@ -60,8 +60,8 @@ enum Cmd {
         /// The relay's configuration file.
         #[arg(long)]
         config: PathBuf,
-        /// Where the inbound side records what it has committed (default: the config file's
-        /// path with the extension `state`).
+        /// Where the inbound side records what it has committed (default: in /dev/shm, named
+        /// after the relay and its config file's path; see README).
         #[arg(long)]
         state: Option<PathBuf>,
     },

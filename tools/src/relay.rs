@@ -28,12 +28,16 @@ use tracing::{info, warn};
 const ZAP_DOMAIN: &str = "tadpole-relay";
 /// Capacity of a ring the relay creates because it does not exist yet.
 const CREATED_RING_BYTES: usize = 4 << 20;
-/// Longest the loop sleeps in `zmq::poll` when nothing is happening (a ring gaining records
-/// cannot wake it, so this bounds the added latency of an idle link).
-const IDLE_POLL: Duration = Duration::from_millis(1);
-/// For this long after the last record or message it handled, the loop only yields between
-/// turns instead of sleeping in `zmq::poll`: a link in use sees the next record at once (a ring
-/// gaining records cannot wake the poll), and an idle relay costs no CPU.
+/// Longest the loop sleeps in `zmq::poll` when nothing is happening. Sockets wake it, and so
+/// does a record committed into a source ring (its pollable doorbell is in the poll set), so
+/// this bounds only the once-a-second housekeeping.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// The same for a source ring whose pollable doorbell could not be made: the loop must look at
+/// the ring this often.
+const IDLE_POLL_WITHOUT_DOORBELL: Duration = Duration::from_millis(1);
+/// For this long after the last record or message it handled, the loop yields between turns
+/// instead of sleeping: a burst costs no sleep and wake-up per message, and an idle relay
+/// costs no CPU.
 const SPIN_AFTER_ACTIVITY: Duration = Duration::from_millis(2);
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -109,6 +113,9 @@ struct Link {
     connector: Connector,
     status: LinkStatus,
     was_connected: bool,
+    /// The source ring's pollable doorbell, polled beside the socket (`None`: it could not be
+    /// made; the ring is then looked at every millisecond).
+    doorbell: Option<std::os::fd::RawFd>,
     /// What was last logged: the link's state, the breaker's, and the dead letters written.
     logged_state: LinkState,
     logged_breaker: BreakerState,
@@ -286,7 +293,7 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         routes_in = cfg.routes_in.len(),
         "relay starting"
     );
-    let state = state.unwrap_or_else(|| config.with_extension("state"));
+    let state = state.unwrap_or_else(|| default_state_path(relay, config));
     let ctx = zmq::Context::new();
     let security = Arc::new(SecurityCounters::default());
     // The ZAP handler runs before any listener exists (a CURVE server without one admits
@@ -334,8 +341,15 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
             ),
             None => None,
         };
-        let sender =
+        let mut sender =
             Sender::new(config, consumer, dead_letters).map_err(|e| anyhow!("route to {}: {e}", route.connect))?;
+        let doorbell = match sender.doorbell_fd() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warn!(relay, event = "no_doorbell", ring = %route.ring, error = %e, "cannot make the ring's pollable doorbell; polling it every millisecond");
+                None
+            }
+        };
         let connector =
             Connector::connect(&ctx, &cfg.keys, &route.server_key, &route.connect, &cfg.limits, security.clone())
                 .map_err(|e| anyhow!("connecting to {}: {e}", route.connect))?;
@@ -348,6 +362,7 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
             connector,
             status,
             was_connected: false,
+            doorbell,
             logged_state: LinkState::Connecting,
             logged_breaker: BreakerState::Closed,
             logged_dead_letters: 0,
@@ -408,11 +423,31 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         } else if now.duration_since(last_activity) < SPIN_AFTER_ACTIVITY {
             std::thread::yield_now();
         } else {
-            wait(&links, listener.as_ref())?;
+            wait(&mut links, listener.as_ref(), now)?;
         }
     }
     info!(relay, event = "stop", "relay stopping");
     Ok(())
+}
+
+/// Where the inbound side keeps its checkpoint unless `--state` says otherwise: in `/dev/shm`
+/// (tmpfs) beside the rings it describes, which it must outlive no more and no less (a host
+/// crash loses both), and where rewriting it after every DATA message costs no disk writeback
+/// (on ext4 that writeback stalled the receiving relay for milliseconds at a time). Named after
+/// the relay and its config file's absolute path, so two relays on one host never share one.
+fn default_state_path(relay: &str, config: &Path) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        return config.with_extension("state");
+    }
+    let absolute = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_owned());
+    let hash = absolute
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let name: String = relay.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    shm.join(format!("tadpole-relay-state.{name}.{hash:016x}"))
 }
 
 /// One turn of an outbound link: send what the ring and the timers want sent, handle replies.
@@ -627,14 +662,38 @@ fn init_logs() {
         .try_init();
 }
 
-/// Sleeps until a socket has something to read, or [`IDLE_POLL`] passes.
-fn wait(links: &[Link], listener: Option<&Listener>) -> Result<()> {
-    let mut items: Vec<zmq::PollItem<'_>> =
-        links.iter().map(|l| l.connector.socket().as_poll_item(zmq::POLLIN)).collect();
-    if let Some(listener) = listener {
-        items.push(listener.socket().as_poll_item(zmq::POLLIN));
+/// Sleeps until a socket has something to read, a source ring gains a record the link could
+/// send, a sender's timer is due, or [`IDLE_POLL`] passes. Returns at once when records are
+/// already waiting.
+fn wait(links: &mut [Link], listener: Option<&Listener>, now: Instant) -> Result<()> {
+    let mut timeout = IDLE_POLL;
+    let mut records_waiting = false;
+    for link in links.iter_mut() {
+        match link.doorbell.map(|_| link.sender.arm_doorbell(now)) {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => records_waiting = true,
+            None | Some(Err(_)) => timeout = timeout.min(IDLE_POLL_WITHOUT_DOORBELL),
+        }
+        if let Some(due) = link.sender.next_deadline() {
+            timeout = timeout.min(due.saturating_duration_since(now));
+        }
     }
-    match zmq::poll(&mut items, IDLE_POLL.as_millis() as i64) {
+    let polled = if records_waiting {
+        Ok(0)
+    } else {
+        let mut items: Vec<zmq::PollItem<'_>> =
+            links.iter().map(|l| l.connector.socket().as_poll_item(zmq::POLLIN)).collect();
+        items.extend(links.iter().filter_map(|l| l.doorbell).map(|fd| zmq::PollItem::from_fd(fd, zmq::POLLIN)));
+        if let Some(listener) = listener {
+            items.push(listener.socket().as_poll_item(zmq::POLLIN));
+        }
+        // Rounded up: a deadline 0.3 ms away is a 1 ms sleep, not a spin.
+        zmq::poll(&mut items, timeout.as_micros().div_ceil(1000) as i64)
+    };
+    for link in links.iter_mut() {
+        link.sender.disarm_doorbell();
+    }
+    match polled {
         Ok(_) | Err(zmq::Error::EINTR) => Ok(()),
         Err(e) => Err(anyhow!("polling: {e}")),
     }

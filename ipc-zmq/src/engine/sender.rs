@@ -11,7 +11,7 @@ use ipc_core::{Consumer, LeasesOutstanding, Producer, ReleaseMode, TryRecvError,
 use super::counters::Counters;
 use super::dead_letter::DeadLetter;
 use super::policy::{Backoff, Breaker, BreakerConfig, BreakerState, Jitter};
-use crate::wire::{self, Ack, Frame, Hello, RejectReason, Welcome};
+use crate::wire::{self, Ack, Frame, Hello, RECORD_PREFIX_LEN, RejectReason, Welcome};
 
 /// How a [`Sender`] batches, bounds what is in flight, and retries.
 #[derive(Clone, Debug)]
@@ -49,7 +49,7 @@ impl SenderConfig {
         SenderConfig {
             origin: origin.to_owned(),
             stream: stream.to_owned(),
-            max_in_flight_records: 8192,
+            max_in_flight_records: 65536,
             max_in_flight_bytes: 16 << 20,
             max_batch_records: 512,
             max_batch_bytes: 1 << 20,
@@ -108,6 +108,8 @@ pub struct Sender {
     /// DATA messages built since the last rewind.
     sent_since_rewind: usize,
     paused_until: Option<Instant>,
+    /// Bytes of the last DATA body built: what the next one reserves.
+    last_body_len: usize,
     attempts: u32,
     breaker: Breaker,
     jitter: Jitter,
@@ -149,6 +151,7 @@ impl Sender {
             stale_answers: 0,
             sent_since_rewind: 0,
             paused_until: None,
+            last_body_len: 0,
             attempts: 0,
             breaker,
             jitter: Jitter::new(),
@@ -186,6 +189,37 @@ impl Sender {
         &self.consumer
     }
 
+    /// The source ring's pollable doorbell ([`Consumer::pollable_doorbell`]): an event loop
+    /// polls it beside the link's socket, so that a record committed into an idle ring wakes
+    /// it. Made on the first call.
+    pub fn doorbell_fd(&mut self) -> std::io::Result<std::os::fd::RawFd> {
+        self.consumer.pollable_doorbell()
+    }
+
+    /// Before the event loop sleeps: `Ok(true)` when it may (nothing this sender could send
+    /// now is waiting; if it could send, the doorbell is armed and rings on the next commit),
+    /// `Ok(false)` when records are waiting that [`poll`](Self::poll) would send — turn again
+    /// instead. While it cannot send (no WELCOME yet, a backoff, the breaker open, the window
+    /// full) the doorbell stays unarmed: new records would only wake the loop for nothing, and
+    /// what unblocks the sender is a message on the socket or
+    /// [`next_deadline`](Self::next_deadline). Call [`disarm_doorbell`](Self::disarm_doorbell)
+    /// after the sleep.
+    pub fn arm_doorbell(&mut self, now: Instant) -> std::io::Result<bool> {
+        let paused = self.paused_until.is_some_and(|until| now < until);
+        let window_full = self.in_flight.len() >= self.config.max_in_flight_records
+            || self.in_flight_bytes >= self.config.max_in_flight_bytes;
+        if !self.welcomed || paused || window_full || self.breaker.state() == BreakerState::Open {
+            return Ok(true);
+        }
+        self.consumer.arm_doorbell()
+    }
+
+    /// Ends the sleep [`arm_doorbell`](Self::arm_doorbell) prepared (harmless when it did not
+    /// arm).
+    pub fn disarm_doorbell(&mut self) {
+        self.consumer.disarm_doorbell();
+    }
+
     /// The link went down (or the socket was recreated): reopen the stream with a HELLO and
     /// resend everything unacknowledged after the WELCOME.
     pub fn on_link_down(&mut self) {
@@ -199,7 +233,7 @@ impl Sender {
     /// ending, an acknowledgement overdue); `None` when only new records or messages matter.
     pub fn next_deadline(&self) -> Option<Instant> {
         let hello = if self.welcomed { None } else { self.hello_due };
-        [hello, self.paused_until, self.ack_deadline].into_iter().flatten().min()
+        [hello, self.paused_until, self.ack_deadline, self.breaker.half_opens_at()].into_iter().flatten().min()
     }
 
     /// The next message to send, if any: a HELLO while the stream is not open, else a DATA
@@ -368,10 +402,10 @@ impl Sender {
     /// records the far side already has.
     fn build(&mut self) -> Option<Vec<Vec<u8>>> {
         let max_records = self.config.max_batch_records.clamp(1, wire::MAX_RECORDS);
-        let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
-        let (mut batch_bytes, mut release) = (0usize, None);
+        let mut body = Vec::new();
+        let (mut count, mut batch_bytes, mut release) = (0usize, 0usize, None);
         let from = self.sent_next;
-        while parts.len() <= max_records {
+        while count < max_records {
             let guard = match self.consumer.try_recv() {
                 Ok(guard) => guard,
                 Err(TryRecvError::Corrupt { .. }) => {
@@ -411,13 +445,19 @@ impl Sender {
             }
             let window_full = self.in_flight.len() >= self.config.max_in_flight_records
                 || (!self.in_flight.is_empty() && self.in_flight_bytes + len > self.config.max_in_flight_bytes)
-                || (parts.len() > 1 && batch_bytes + len > self.config.max_batch_bytes);
+                || (count > 0 && batch_bytes + len > self.config.max_batch_bytes);
             if window_full {
                 guard.requeue();
                 break;
             }
-            parts.push(wire::record_part(pos, guard.message_type(), &guard));
+            if count == 0 {
+                // Usually one allocation per message: the last message's size is the best guess
+                // of this one's (a steady stream sends full batches, a trickle single records).
+                body.reserve(self.last_body_len.max(RECORD_PREFIX_LEN + len));
+            }
+            wire::put_record(&mut body, pos, guard.message_type(), &guard);
             drop(guard);
+            count += 1;
             self.in_flight.push_back((pos, len));
             self.in_flight_bytes += len;
             batch_bytes += len;
@@ -428,19 +468,19 @@ impl Sender {
                 self.released_next = pos + 1;
             }
         }
-        let count = parts.len() - 1;
         if count == 0 {
             return None;
         }
         self.sent_high = self.sent_high.max(self.sent_next);
-        parts[0] =
+        let header =
             wire::data_header(&self.config.origin, &self.config.stream, self.epoch, from, self.released_next, count);
         self.sent_since_rewind += 1;
         let c = &self.counters;
         Counters::add(&c.data_messages, 1);
         Counters::add(&c.records_sent, count as u64);
         Counters::add(&c.bytes_sent, batch_bytes as u64);
-        Some(parts)
+        self.last_body_len = body.len();
+        Some(vec![header, body])
     }
 
     fn publish_gauges(&self) {
