@@ -184,6 +184,13 @@ impl Status for RelayStatus {
                 &labels,
                 move || c.breaker_state.load(Ordering::Relaxed),
             );
+            let c = counters.clone();
+            set.add_histogram(
+                "tadpole_relay_round_trip_seconds",
+                "From sending a DATA message to the acknowledgement that covers it (resent messages not measured)",
+                &labels,
+                move || (c.round_trips.sum_secs(), c.round_trips.count(), c.round_trips.buckets()),
+            );
             let s = status.clone();
             set.add(
                 "tadpole_relay_client_handshake_failures",

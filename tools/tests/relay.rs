@@ -265,3 +265,83 @@ fn a_wrong_server_key_shows_in_health_and_metrics_and_delivers_nothing() {
     let _ = b.kill();
     let _ = (a.wait(), b.wait());
 }
+
+#[test]
+fn metrics_show_the_link_round_trip_histogram_and_acks_once_records_crossed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_pub, b_pub) = (keygen(dir.path(), "a"), keygen(dir.path(), "b"));
+    let tag = std::process::id();
+    let (b_port, health_port) = (free_port(), free_port());
+    let out_ring = format!("relay-rtt-{tag}-out");
+    let in_ring = format!("relay-rtt-{tag}-in");
+    let _rings = [
+        RingBuilder::new(1 << 16).create_named(&out_ring).unwrap(),
+        RingBuilder::new(1 << 16).create_named(&in_ring).unwrap(),
+    ];
+    std::fs::write(
+        dir.path().join("b.toml"),
+        format!("name = \"b\"\nkey_file = \"b.key\"\nlisten = \"tcp://127.0.0.1:{b_port}\"\nallow = [\"{a_pub}\"]\n\n[[route_in]]\nstream = \"s\"\nring = \"{in_ring}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        format!("name = \"a\"\nkey_file = \"a.key\"\nhealth = \"127.0.0.1:{health_port}\"\n\n[[route_out]]\nring = \"{out_ring}\"\nconnect = \"tcp://127.0.0.1:{b_port}\"\nserver_key = \"{b_pub}\"\nstream = \"s\"\n"),
+    )
+    .unwrap();
+    let spawn = |config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tadpole"))
+            .args(["relay", "--config"])
+            .arg(dir.path().join(config))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut b = spawn("b.toml");
+    let mut a = spawn("a.toml");
+    let mut producer = Segment::open(&out_ring).unwrap().producer().unwrap();
+    let mut consumer = Segment::open(&in_ring).unwrap().consumer().unwrap();
+    let mut buf = Vec::new();
+    let (mut sent, mut got) = (0u64, 0u64);
+    let started = Instant::now();
+    while got < 200 {
+        assert!(started.elapsed() < Duration::from_secs(30), "only {got} of 200 records crossed");
+        if sent < 200 {
+            record(sent, &mut buf);
+            if producer.try_send(&buf).is_ok() {
+                sent += 1;
+            }
+        }
+        match consumer.try_recv() {
+            Ok(r) => {
+                record(got, &mut buf);
+                assert_eq!(&r[..], &buf[..], "record {got}");
+                got += 1;
+            }
+            Err(TryRecvError::Empty) => std::thread::sleep(Duration::from_micros(200)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let addr = format!("127.0.0.1:{health_port}");
+    let value = |metrics: &str, prefix: &str| {
+        metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let metrics = loop {
+        let (code, metrics) = http_get(&addr, "/metrics").expect("the health endpoint answers");
+        assert_eq!(code, 200);
+        if value(&metrics, "tadpole_relay_round_trip_seconds_count").is_some_and(|n| n >= 1.0) {
+            break metrics;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no round trip measured:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(metrics.contains("# TYPE tadpole_relay_round_trip_seconds histogram"), "{metrics}");
+    assert!(value(&metrics, "tadpole_relay_round_trip_seconds_sum").is_some_and(|s| s > 0.0), "{metrics}");
+    assert!(value(&metrics, "tadpole_relay_acks_total").is_some_and(|n| n >= 1.0), "{metrics}");
+    let inf = metrics.lines().find(|l| l.starts_with("tadpole_relay_round_trip_seconds_bucket{le=\"+Inf\""));
+    assert!(inf.is_some(), "{metrics}");
+    let _ = a.kill();
+    let _ = b.kill();
+    let _ = (a.wait(), b.wait());
+}

@@ -20,7 +20,7 @@ pub struct SenderConfig {
     pub origin: String,
     /// The route: which ring on the far side receives the records.
     pub stream: String,
-    /// Most records sent and not acknowledged (default 8192).
+    /// Most records sent and not acknowledged (default 65536).
     pub max_in_flight_records: usize,
     /// Most payload bytes sent and not acknowledged (default 16 MiB; one larger record may go
     /// alone).
@@ -98,6 +98,9 @@ pub struct Sender {
     sent_high: u64,
     in_flight: VecDeque<(u64, usize)>,
     in_flight_bytes: usize,
+    /// Each DATA message sent since the last rewind: the position past its last record, and
+    /// when it went (for the round-trip histogram).
+    sent_at: VecDeque<(u64, Instant)>,
     pending_rejects: BTreeMap<u64, RejectReason>,
     ack_deadline: Option<Instant>,
     /// Where the last rewind resumed from, until an ACK moves on, and how many DATA messages
@@ -145,6 +148,7 @@ impl Sender {
             sent_high: head,
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
+            sent_at: VecDeque::new(),
             pending_rejects: BTreeMap::new(),
             ack_deadline: None,
             rewound_from: None,
@@ -262,6 +266,7 @@ impl Sender {
             return None;
         }
         let message = self.build()?;
+        self.sent_at.push_back((self.sent_next, now));
         self.breaker.on_request();
         self.ack_deadline.get_or_insert(now + self.config.request_timeout);
         self.publish_gauges();
@@ -316,6 +321,10 @@ impl Sender {
             Counters::add(&self.counters.acks, 1);
             self.attempts = 0;
             self.breaker.on_success();
+            while let Some(&(_, sent)) = self.sent_at.front().filter(|(end, _)| *end <= a.next) {
+                self.sent_at.pop_front();
+                self.counters.round_trips.observe(now.saturating_duration_since(sent));
+            }
             let mut last = None;
             while let Some(&(pos, len)) = self.in_flight.front().filter(|(pos, _)| *pos < a.next) {
                 self.in_flight.pop_front();
@@ -394,6 +403,8 @@ impl Sender {
         self.consumer.rewind();
         self.in_flight.clear();
         self.in_flight_bytes = 0;
+        // Karn: an ACK after a resend may answer either send; neither is measured.
+        self.sent_at.clear();
         self.sent_next = from;
         self.ack_deadline = None;
     }
