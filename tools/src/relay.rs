@@ -376,7 +376,7 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         });
     }
 
-    let mut origins = Origins::default();
+    let mut origins = Origins::load(origins_path(&state))?;
     let status = Arc::new(RelayStatus {
         name: cfg.name.clone(),
         security: security.clone(),
@@ -457,6 +457,13 @@ fn default_state_path(relay: &str, config: &Path) -> PathBuf {
     shm.join(format!("tadpole-relay-state.{name}.{hash:016x}"))
 }
 
+/// The origins file beside the checkpoint file `state`.
+fn origins_path(state: &Path) -> PathBuf {
+    let mut name = state.as_os_str().to_owned();
+    name.push(".origins");
+    PathBuf::from(name)
+}
+
 /// One turn of an outbound link: send what the ring and the timers want sent, handle replies.
 /// Returns whether anything moved.
 fn drive_link(link: &mut Link, now: Instant) -> Result<bool> {
@@ -530,19 +537,69 @@ fn serve(
 }
 
 /// Which client key each origin name belongs to: the first key to open a stream under a name
-/// keeps it for the relay's life, so an allowlisted client cannot speak for another relay (and
-/// move that relay's streams, which are keyed by origin, back or forth). Messages naming an
-/// origin held by another key are dropped and counted.
+/// keeps it, so an allowlisted client cannot speak for another relay (and move that relay's
+/// streams, which are keyed by origin, back or forth). Messages naming an origin held by another
+/// key are dropped and counted. The bindings are kept in a file beside the checkpoint (written
+/// when one is made, which is rare), so a restart does not hand the names to whoever speaks
+/// first; they are kept as long as the checkpoint they protect.
 #[derive(Default)]
 struct Origins {
     owners: std::collections::HashMap<String, ipc_zmq::keys::PublicKey>,
     refused: Arc<AtomicU64>,
+    path: Option<PathBuf>,
 }
 
 /// Most origin names remembered (one per sending relay, in practice a handful).
 const MAX_ORIGINS: usize = 4096;
+/// First line of the origins file.
+const ORIGINS_MAGIC: &str = "tadpole-relay-origins 1";
 
 impl Origins {
+    /// The bindings saved at `path` (none if it does not exist). A file that is not one, or
+    /// holds a bad name or key, is refused with the line: the relay does not start on it.
+    fn load(path: PathBuf) -> Result<Origins> {
+        let mut origins = Origins { path: Some(path.clone()), ..Origins::default() };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(origins),
+            Err(e) => return Err(anyhow!("reading {}: {e}", path.display())),
+        };
+        let mut lines = text.lines().enumerate();
+        if lines.next().map(|(_, l)| l) != Some(ORIGINS_MAGIC) {
+            return Err(anyhow!(
+                "{} is not a tadpole relay origins file (first line must be {ORIGINS_MAGIC:?}); remove it to start over",
+                path.display()
+            ));
+        }
+        for (i, line) in lines {
+            let bad = |why: &str| anyhow!("{} line {}: {why}; remove the file to start over", path.display(), i + 1);
+            let (name, key) = line.split_once('\t').ok_or_else(|| bad("expected <origin>TAB<client public key>"))?;
+            if !wire::valid_name(name) {
+                return Err(bad("invalid origin name"));
+            }
+            let key = ipc_zmq::keys::PublicKey::from_z85(key).map_err(|e| bad(&format!("invalid key: {e}")))?;
+            if origins.owners.len() >= MAX_ORIGINS {
+                return Err(bad("more origins than a relay keeps"));
+            }
+            origins.owners.insert(name.to_owned(), key);
+        }
+        Ok(origins)
+    }
+
+    /// Rewrites the file (temporary file, then rename: a reader sees the old or the new).
+    fn save(&self) -> std::io::Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let mut text = format!("{ORIGINS_MAGIC}\n");
+        let mut owners: Vec<_> = self.owners.iter().collect();
+        owners.sort();
+        for (name, key) in owners {
+            text.push_str(&format!("{name}\t{key}\n"));
+        }
+        let tmp = path.with_extension("origins.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+
     fn admits(&mut self, relay: &str, peer: &ipc_zmq::keys::PublicKey, head: &[u8]) -> bool {
         let Some(origin) = wire::origin_of(head) else { return true };
         match self.owners.get(&origin) {
@@ -557,7 +614,11 @@ impl Origins {
                 false
             }
             None => {
-                self.owners.insert(origin, *peer);
+                self.owners.insert(origin.clone(), *peer);
+                if let Err(e) = self.save() {
+                    // The binding holds for this run; after a restart the name is free again.
+                    warn!(relay, event = "origins_not_saved", origin = %origin, error = %e, "cannot save the origin binding");
+                }
                 true
             }
         }
