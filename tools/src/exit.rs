@@ -43,6 +43,16 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
+/// Whether stdout is a pipe whose reading end has been closed: a command idling in `--follow`
+/// or `--watch` stops then, instead of waiting for its next write to fail.
+pub fn stdout_closed() -> bool {
+    let mut fd = libc::pollfd { fd: libc::STDOUT_FILENO, events: 0, revents: 0 };
+    // SAFETY: one valid pollfd, a zero timeout: poll only reports the descriptor's state.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    // A pipe reports POLLERR to its writer once no reader is left.
+    ready == 1 && fd.revents & libc::POLLERR != 0
+}
+
 /// Ends the process quietly with status 0 when a `println!` panics on a closed stdout, so code
 /// that prints with the macros (the demos, the relay) never shows a backtrace after `| head`.
 pub fn quiet_on_closed_stdout() {

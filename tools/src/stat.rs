@@ -116,7 +116,10 @@ fn watch(rings: &mut Rings, interval: Duration, out: &mut impl Write) -> Result<
         out.write_all(b"\x1b[?1049h\x1b[?25l")?;
     }
     let outcome = (|| -> Result<()> {
-        let mut last = Instant::now();
+        // A first reading shortly before the first frame, so it already has rates.
+        rings.read()?;
+        std::thread::sleep(interval.min(Duration::from_millis(250)));
+        let mut last = Instant::now() - interval.min(Duration::from_millis(250));
         while !exit::interrupted() {
             let rows = rings.read()?;
             let window = rows.iter().any(|r| r.rates.is_some()).then(|| last.elapsed());
@@ -134,6 +137,9 @@ fn watch(rings: &mut Rings, interval: Duration, out: &mut impl Write) -> Result<
             out.flush()?;
             let until = Instant::now() + interval;
             while Instant::now() < until && !exit::interrupted() {
+                if exit::stdout_closed() {
+                    return Ok(());
+                }
                 std::thread::sleep(Duration::from_millis(20).min(interval));
             }
         }

@@ -161,7 +161,7 @@ pub fn run(args: &TapArgs) -> Result<()> {
     }
     let mut out = io::stdout().lock();
     let mut copy = Vec::new();
-    let mut seen = 0u64;
+    let (mut seen, mut idle_polls) = (0u64, 0u64);
     let idle = crossbeam_utils::Backoff::new();
     let outcome = (|| -> Result<()> {
         while args.count.is_none_or(|n| seen < n) && !exit::interrupted() {
@@ -190,6 +190,10 @@ pub fn run(args: &TapArgs) -> Result<()> {
                 Err(ObserveError::Empty) => {
                     if idle.is_completed() {
                         std::thread::sleep(Duration::from_millis(1));
+                        idle_polls += 1;
+                        if idle_polls % 100 == 0 && exit::stdout_closed() {
+                            break;
+                        }
                     } else {
                         idle.snooze();
                     }

@@ -49,6 +49,19 @@ fn every_command_exits_zero_without_a_panic_when_its_stdout_is_closed() {
     }
 }
 
+/// An idle `tap --follow` has nothing to write, so no write can fail: it notices the closed
+/// pipe by itself.
+#[test]
+fn an_idle_tap_follow_stops_with_status_zero_when_its_reader_goes_away() {
+    let name = unique("idle");
+    let _unlink = Unlink(name.clone());
+    let _segment = RingBuilder::new(1 << 16).create_named(&name).unwrap();
+    let started = std::time::Instant::now();
+    let (code, err) = with_closed_stdout(&["tap", &name, "--follow"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
 #[test]
 fn stat_watch_piped_into_head_ends_with_status_zero() {
     let script = format!(

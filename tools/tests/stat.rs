@@ -56,8 +56,8 @@ fn stat_json_shows_a_child_producers_pid_liveness_rates_and_held_leases_then_its
     let mut consumer = segment.consumer().unwrap();
     consumer.set_max_leases(8);
     let mut child = ChildProcess::start("child_producer_sends_until_killed", &[(PRODUCE_ENV, &name)], true);
-    let _held =
-        [consumer.try_recv().unwrap().into_lease().unwrap(), consumer.try_recv().unwrap().into_lease().unwrap()];
+    let mut lease = || consumer.recv_timeout(Duration::from_secs(5)).unwrap().into_lease().unwrap();
+    let _held = [lease(), lease()];
 
     let ring = stat_json(&name);
     let me = std::process::id();
