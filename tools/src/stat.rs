@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use ipc_core::{PeerState, ProcessId, RingStatus, Segment};
+use ipc_core::{OpenError, PeerState, ProcessId, RingStatus, Segment};
 use serde_json::{Value, json};
 
 use crate::exit;
@@ -203,6 +203,8 @@ impl Rings {
             match self.read_one(source, &name) {
                 Ok((reading, rates)) => rows.push(Row { name, reading: Ok(reading), rates }),
                 Err(e) if self.single.is_some() => return Err(e.context(format!("ring {name:?} unreadable"))),
+                // Removed between the listing and the opening: nothing to show.
+                Err(e) if matches!(e.downcast_ref::<OpenError>(), Some(OpenError::NotFound(_))) => {}
                 Err(e) => rows.push(Row { name, reading: Err(exit::describe(&e)), rates: None }),
             }
         }
