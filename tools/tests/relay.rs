@@ -156,7 +156,7 @@ fn two_relays_in_two_namespaces_lose_nothing_through_a_partition_and_kill_9_of_e
             match step {
                 0 => {
                     net.set_link(false);
-                    std::thread::sleep(Duration::from_secs(3));
+                    std::thread::sleep(Duration::from_secs(5)); // the partition: 5 s down
                     net.set_link(true);
                 }
                 1 => {
