@@ -350,6 +350,24 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         };
         let mut sender =
             Sender::new(config, consumer, dead_letters).map_err(|e| anyhow!("route to {}: {e}", route.connect))?;
+        {
+            let (relay, route, ring) = (relay.to_owned(), route.stream.clone(), route.ring.clone());
+            sender.on_dead_letter(move |letter, kept| {
+                let correlation = correlation_id(letter.payload).map(|id| id.to_string());
+                warn!(
+                    relay = %relay,
+                    event = "dead_letter",
+                    route = %route,
+                    ring = %ring,
+                    reason = ?letter.reason,
+                    position = letter.position,
+                    message_type = letter.message_type,
+                    kept,
+                    correlation_id = correlation.as_deref().unwrap_or(""),
+                    "the far side rejected a record"
+                );
+            });
+        }
         let doorbell = match sender.doorbell_fd() {
             Ok(fd) => Some(fd),
             Err(e) => {

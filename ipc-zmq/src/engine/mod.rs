@@ -24,7 +24,7 @@ pub use dead_letter::{DEAD_LETTER_FIXED_LEN, DEAD_LETTER_VERSION, DeadLetter};
 pub use dedup::{DedupConfig, InvalidEnvelope, MessageIds, SeenIds};
 pub use policy::{Backoff, Breaker, BreakerConfig, BreakerState, Jitter};
 pub use receiver::{Receiver, ReceiverConfig, Route};
-pub use sender::{Sender, SenderConfig, SenderError};
+pub use sender::{DeadLetterHook, Sender, SenderConfig, SenderError};
 
 /// ZeroMQ options that make a relay socket detect dead links and never hang.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -117,7 +117,12 @@ pub struct Sender {
     breaker: Breaker,
     jitter: Jitter,
     counters: Arc<Counters>,
+    dead_letter_hook: Option<DeadLetterHook>,
 }
+
+/// Called with each record the far side rejected, once it is dead-lettered: the letter, and
+/// whether it was kept in the dead-letter ring (`false`: dropped, no ring or too large for it).
+pub type DeadLetterHook = Box<dyn FnMut(&DeadLetter<'_>, bool) + Send>;
 
 impl Sender {
     /// A sender draining `consumer` (switched to [`ReleaseMode::Explicit`] and rewound to its
@@ -160,7 +165,14 @@ impl Sender {
             breaker,
             jitter: Jitter::new(),
             counters: Arc::new(Counters::default()),
+            dead_letter_hook: None,
         })
+    }
+
+    /// Calls `hook` for every record dead-lettered from now on (e.g. to log it with the
+    /// envelope's correlation id); rare, off the fast path.
+    pub fn on_dead_letter(&mut self, hook: impl FnMut(&DeadLetter<'_>, bool) + Send + 'static) {
+        self.dead_letter_hook = Some(Box::new(hook));
     }
 
     /// The counters (shared: clone the `Arc` to read them elsewhere).
@@ -441,6 +453,9 @@ impl Sender {
                             let field =
                                 if written { &self.counters.dead_letters } else { &self.counters.dead_letters_dropped };
                             Counters::add(field, 1);
+                            if let Some(hook) = self.dead_letter_hook.as_mut() {
+                                hook(&letter, written);
+                            }
                             self.pending_rejects.remove(&pos);
                         }
                         Err(()) => {
