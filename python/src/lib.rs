@@ -12,7 +12,7 @@
 //! Layout: `errors` (the exceptions), `raw` (segments, byte producers and consumers),
 //! `arrow` (record batches through the C Data Interface), `envelope` (verified envelopes).
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -29,6 +29,16 @@ const WAIT_SLICE: Duration = Duration::from_millis(20);
 /// keeps records of a panicking thread unreleased, which is what at-least-once wants.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `f` on a handle's state under its lock. A lock another thread holds is waited for
+/// without the GIL: that thread may be in a GIL-free wait, and needs the GIL back to finish.
+fn with_lock<T: Send, R: Send>(py: Python<'_>, m: &Mutex<T>, f: impl FnOnce(&mut T) -> R + Send) -> R {
+    match m.try_lock() {
+        Ok(mut guard) => f(&mut guard),
+        Err(TryLockError::Poisoned(p)) => f(&mut p.into_inner()),
+        Err(TryLockError::WouldBlock) => py.detach(|| f(&mut lock(m))),
+    }
 }
 
 /// What one slice of a blocking call came to.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ipc_core::{
     BatchLease, Consumer, Lease, OwnedWriteGrant, PayloadAlign, Producer, ReadGuard, RecvTimeoutError, RingBuilder,
-    Segment, SendTimeoutError, TryRecvError, TrySendError,
+    Segment, SendTimeoutError, TryRecvError, TrySendError, WaitStrategy,
 };
 use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::ffi;
@@ -22,10 +22,22 @@ use pyo3::types::{PyBytes, PyList, PyMemoryView};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::errors::{self, ToPyErr};
-use crate::{Slice, deadline, lock, wait_in_slices};
+use crate::{Slice, deadline, lock, wait_in_slices, with_lock};
 
 /// Copies up to this many bytes with the GIL held: releasing and taking it back costs more.
 const GIL_FREE_COPY: usize = 64 * 1024;
+
+/// A wait strategy by its Python name.
+fn wait_strategy(name: &str) -> PyResult<WaitStrategy> {
+    match name {
+        "busy_spin" => Ok(WaitStrategy::BusySpin),
+        "spin_then_yield" => Ok(WaitStrategy::SpinThenYield),
+        "block" => Ok(WaitStrategy::Block),
+        other => Err(PyValueError::new_err(format!(
+            "wait strategy {other:?}: use \"busy_spin\", \"spin_then_yield\" or \"block\""
+        ))),
+    }
+}
 
 fn closed(what: &str) -> PyErr {
     errors::TadpoleError::new_err(format!("{what} is closed"))
@@ -322,7 +334,7 @@ impl PyProducer {
         let py = slf.py();
         let deadline = deadline(timeout)?;
         loop {
-            let taken = lock(&me.inner).take().ok_or_else(|| me.missing())?;
+            let taken = with_lock(py, &me.inner, Option::take).ok_or_else(|| me.missing())?;
             match taken.try_reserve_owned(n) {
                 Ok(grant) => {
                     me.reserved.store(true, Ordering::Release);
@@ -333,7 +345,8 @@ impl PyProducer {
                     });
                 }
                 Err(refused) => {
-                    *lock(&me.inner) = Some(refused.producer);
+                    let producer = refused.producer;
+                    with_lock(py, &me.inner, |p| *p = Some(producer));
                     if refused.error != TrySendError::Full {
                         return Err(refused.error.to_py());
                     }
@@ -358,36 +371,49 @@ impl PyProducer {
         }
     }
 
+    /// How waiting calls wait for room: `"spin_then_yield"` (the default), `"busy_spin"` (lowest
+    /// latency, a core kept busy) or `"block"` (sleeps on a futex until the consumer frees room).
+    fn set_wait_strategy(&self, py: Python<'_>, strategy: &str) -> PyResult<()> {
+        let strategy = wait_strategy(strategy)?;
+        with_lock(py, &self.inner, |p| p.as_mut().map(|p| p.set_wait_strategy(strategy))).ok_or_else(|| self.missing())
+    }
+
     /// `(position, messages)`: where the next record goes and how many messages the ring has
     /// carried, exact even after a previous producer was killed mid-commit.
-    fn frontier(&self) -> PyResult<(u64, u64)> {
-        let guard = lock(&self.inner);
-        let f = guard.as_ref().ok_or_else(|| self.missing())?.frontier();
+    fn frontier(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
+        let f = with_lock(py, &self.inner, |p| p.as_ref().map(Producer::frontier)).ok_or_else(|| self.missing())?;
         Ok((f.position, f.messages))
     }
 
     /// Largest payload accepted.
     #[getter]
-    fn max_message_len(&self) -> PyResult<usize> {
-        Ok(lock(&self.inner).as_ref().ok_or_else(|| self.missing())?.max_message_len())
+    fn max_message_len(&self, py: Python<'_>) -> PyResult<usize> {
+        with_lock(py, &self.inner, |p| p.as_ref().map(Producer::max_message_len)).ok_or_else(|| self.missing())
     }
 
     /// Detaches from the ring (also done when the object is garbage-collected).
-    fn close(&self) -> PyResult<()> {
-        let mut guard = lock(&self.inner);
-        if guard.is_none() && self.reserved.load(Ordering::Acquire) {
-            return Err(self.missing());
-        }
-        guard.take();
-        Ok(())
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let reserved = &self.reserved;
+        let refused = with_lock(py, &self.inner, |p| {
+            let refused = p.is_none() && reserved.load(Ordering::Acquire);
+            p.take();
+            refused
+        });
+        if refused { Err(self.missing()) } else { Ok(()) }
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
 
-    fn __exit__(&self, _t: &Bound<'_, PyAny>, _v: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> PyResult<bool> {
-        self.close()?;
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _t: &Bound<'_, PyAny>,
+        _v: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        self.close(py)?;
         Ok(false)
     }
 }
@@ -417,7 +443,7 @@ pub struct Reservation {
 
 impl Reservation {
     /// Ends the reservation (`commit` or abandon), giving the producer back.
-    fn finish(&self, commit: bool, message_type: u16) -> PyResult<()> {
+    fn finish(&self, py: Python<'_>, commit: bool, message_type: u16) -> PyResult<()> {
         let mut state = lock(&self.state);
         if state.exports > 0 {
             return Err(PyBufferError::new_err(format!(
@@ -429,6 +455,8 @@ impl Reservation {
         let Some(mut grant) = state.grant.take() else {
             return Err(errors::TadpoleError::new_err("the reservation is already committed or abandoned"));
         };
+        // Not held while the producer's lock may be waited for without the GIL.
+        drop(state);
         let producer = if commit {
             grant.set_message_type(message_type);
             grant.commit()
@@ -436,7 +464,7 @@ impl Reservation {
             grant.abandon()
         };
         let owner = self.producer.get();
-        *lock(&owner.inner) = Some(producer);
+        with_lock(py, &owner.inner, |p| *p = Some(producer));
         owner.reserved.store(false, Ordering::Release);
         Ok(())
     }
@@ -459,13 +487,13 @@ impl Drop for Reservation {
 impl Reservation {
     /// Publishes the message (one release store). `message_type` is stored in its header.
     #[pyo3(signature = (message_type=0))]
-    fn commit(&self, message_type: u16) -> PyResult<()> {
-        self.finish(true, message_type)
+    fn commit(&self, py: Python<'_>, message_type: u16) -> PyResult<()> {
+        self.finish(py, true, message_type)
     }
 
     /// Publishes nothing; the producer can reserve or send again.
-    fn abandon(&self) -> PyResult<()> {
-        self.finish(false, 0)
+    fn abandon(&self, py: Python<'_>) -> PyResult<()> {
+        self.finish(py, false, 0)
     }
 
     /// Where the record will start in the ring.
@@ -495,7 +523,7 @@ impl Reservation {
         if let Some(view) = lock(&self.entered).take() {
             view.bind(py).call_method0("release")?;
         }
-        self.finish(exc_type.is_none(), 0)?;
+        self.finish(py, exc_type.is_none(), 0)?;
         Ok(false)
     }
 
@@ -706,31 +734,38 @@ impl PyConsumer {
         Ok(views)
     }
 
+    /// How waiting calls wait for messages: `"spin_then_yield"` (the default), `"busy_spin"`
+    /// (lowest latency, a core kept busy) or `"block"` (sleeps on a futex until a commit).
+    fn set_wait_strategy(&self, py: Python<'_>, strategy: &str) -> PyResult<()> {
+        let strategy = wait_strategy(strategy)?;
+        with_lock(py, &self.inner, |c| c.as_mut().map(|c| c.set_wait_strategy(strategy)))
+            .ok_or_else(|| closed("consumer"))
+    }
+
     /// Most records this consumer may hold as open views (4096 by default); beyond it
     /// receiving raises `LeasesExhausted` until some are released.
-    fn set_max_leases(&self, n: usize) -> PyResult<()> {
-        lock(&self.inner).as_mut().ok_or_else(|| closed("consumer"))?.set_max_leases(n);
-        Ok(())
+    fn set_max_leases(&self, py: Python<'_>, n: usize) -> PyResult<()> {
+        with_lock(py, &self.inner, |c| c.as_mut().map(|c| c.set_max_leases(n))).ok_or_else(|| closed("consumer"))
     }
 
     /// The position the next receive reads from.
     #[getter]
-    fn read_position(&self) -> PyResult<u64> {
-        Ok(lock(&self.inner).as_ref().ok_or_else(|| closed("consumer"))?.read_position())
+    fn read_position(&self, py: Python<'_>) -> PyResult<u64> {
+        with_lock(py, &self.inner, |c| c.as_ref().map(Consumer::read_position)).ok_or_else(|| closed("consumer"))
     }
 
     /// Detaches from the ring (also done when the object is garbage-collected). Open views
     /// stay valid: they hold their records.
-    fn close(&self) {
-        lock(&self.inner).take();
+    fn close(&self, py: Python<'_>) {
+        with_lock(py, &self.inner, Option::take);
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
 
-    fn __exit__(&self, _t: &Bound<'_, PyAny>, _v: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> bool {
-        self.close();
+    fn __exit__(&self, py: Python<'_>, _t: &Bound<'_, PyAny>, _v: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) -> bool {
+        self.close(py);
         false
     }
 }
