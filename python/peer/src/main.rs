@@ -8,6 +8,9 @@
 //! ```text
 //! tadpole-py-peer produce NAME COUNT [--retry-disconnected]   # prints "sent COUNT"
 //! tadpole-py-peer consume NAME COUNT                           # prints "received COUNT"
+//! tadpole-py-peer echo PING PONG    # sends back every message of ring PING on ring PONG (the
+//!                                   # Rust side of python/bench/pingpong.py), until PING's
+//!                                   # producer leaves
 //! ```
 
 use std::process::ExitCode;
@@ -93,6 +96,20 @@ fn consume(name: &str, count: u64) -> Result<(), String> {
     Ok(())
 }
 
+fn echo(ping: &str, pong: &str) -> Result<(), String> {
+    let mut consumer = open(ping)?.consumer().map_err(|e| e.to_string())?;
+    let mut producer = open(pong)?.producer().map_err(|e| e.to_string())?;
+    consumer.set_wait_strategy(ipc_core::WaitStrategy::BusySpin);
+    producer.set_wait_strategy(ipc_core::WaitStrategy::BusySpin);
+    loop {
+        match consumer.recv() {
+            Ok(msg) => producer.send(&msg).map_err(|e| e.to_string())?,
+            Err(ipc_core::RecvError::Disconnected) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -104,7 +121,11 @@ fn main() -> ExitCode {
             Ok(n) => consume(name, n),
             Err(e) => Err(format!("COUNT: {e}")),
         },
-        _ => Err("usage: tadpole-py-peer produce NAME COUNT [--retry-disconnected] | consume NAME COUNT".into()),
+        ["echo", ping, pong] => echo(ping, pong),
+        _ => Err(
+            "usage: tadpole-py-peer produce NAME COUNT [--retry-disconnected] | consume NAME COUNT | echo PING PONG"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
