@@ -135,7 +135,8 @@ class BatchReceiver:
     >>> rx = BatchReceiver(Segment.create("ticks", 1 << 24, payload_align=64))
     """
 
-    def __init__(self, segment: Segment) -> None: ...
+    def __init__(self, segment: Segment, *, trust_peer: bool = False) -> None:
+        """trust_peer=True skips Arrow validation of array data: only for trusted peers."""
     def recv(self, timeout: float | None = None) -> Any:
         """The next pyarrow.RecordBatch."""
     @property

@@ -38,11 +38,21 @@ pub struct PyBatchReceiver {
 
 #[pymethods]
 impl PyBatchReceiver {
-    /// Attaches as `segment`'s consumer; its ring must have `payload_align=64`.
+    /// Attaches as `segment`'s consumer; its ring must have `payload_align=64`. Array data is
+    /// validated (offsets, UTF-8, null counts: a pass over the data) unless `trust_peer=True`,
+    /// which makes receiving cost the same for 1 k or 1 M rows but is only for a peer trusted to
+    /// write valid Arrow (a `BatchSender` in a trusted process): reading invalid arrays that
+    /// skipped validation can crash this process. Framing and buffer-length checks always run.
     #[new]
-    fn new(segment: &PySegment) -> PyResult<Self> {
+    #[pyo3(signature = (segment, *, trust_peer=false))]
+    fn new(segment: &PySegment, trust_peer: bool) -> PyResult<Self> {
         let consumer = segment.inner.consumer().map_err(|e| e.to_py())?;
-        let rx = BatchReceiver::new(consumer).map_err(|e| e.to_py())?;
+        let mut rx = BatchReceiver::new(consumer).map_err(|e| e.to_py())?;
+        if trust_peer {
+            // SAFETY: the caller asked for it, under the contract documented above and in
+            // `BatchReceiver::trust_peer`: the peer writes only valid Arrow data.
+            rx = unsafe { rx.trust_peer() };
+        }
         Ok(Self { inner: Mutex::new(rx) })
     }
 
