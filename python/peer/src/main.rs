@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! tadpole-py-peer produce NAME COUNT [--retry-disconnected]   # prints "sent COUNT"
-//! tadpole-py-peer consume NAME COUNT                           # prints "received COUNT"
+//! tadpole-py-peer consume NAME COUNT [--retry-disconnected]   # prints "received COUNT"
 //! tadpole-py-peer echo PING PONG    # sends back every message of ring PING on ring PONG (the
 //!                                   # Rust side of python/bench/pingpong.py), until PING's
 //!                                   # producer leaves
@@ -84,13 +84,24 @@ fn produce(name: &str, count: u64, retry_disconnected: bool) -> Result<(), Strin
     Ok(())
 }
 
-fn consume(name: &str, count: u64) -> Result<(), String> {
+fn consume(name: &str, count: u64, retry_disconnected: bool) -> Result<(), String> {
     let segment = open(name)?;
     let mut consumer = segment.consumer().map_err(|e| e.to_string())?;
     let mut scratch = Vec::with_capacity(64);
     for seq in 0..count {
-        let msg = consumer.recv_timeout(Duration::from_secs(30)).map_err(|e| format!("message {seq}: {e}"))?;
-        check(seq, &msg, &mut scratch)?;
+        loop {
+            match consumer.recv_timeout(Duration::from_secs(30)) {
+                Ok(msg) => {
+                    check(seq, &msg, &mut scratch)?;
+                    break;
+                }
+                // A producer that was killed: wait for its replacement.
+                Err(ipc_core::RecvTimeoutError::Disconnected) if retry_disconnected => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => return Err(format!("message {seq}: {e}")),
+            }
+        }
     }
     println!("received {count}");
     Ok(())
@@ -117,13 +128,13 @@ fn main() -> ExitCode {
             Ok(n) => produce(name, n, rest.contains(&"--retry-disconnected")),
             Err(e) => Err(format!("COUNT: {e}")),
         },
-        ["consume", name, count] => match count.parse() {
-            Ok(n) => consume(name, n),
+        ["consume", name, count, rest @ ..] => match count.parse() {
+            Ok(n) => consume(name, n, rest.contains(&"--retry-disconnected")),
             Err(e) => Err(format!("COUNT: {e}")),
         },
         ["echo", ping, pong] => echo(ping, pong),
         _ => Err(
-            "usage: tadpole-py-peer produce NAME COUNT [--retry-disconnected] | consume NAME COUNT | echo PING PONG"
+            "usage: tadpole-py-peer produce NAME COUNT [--retry-disconnected] | consume NAME COUNT [--retry-disconnected] | echo PING PONG"
                 .into(),
         ),
     };
