@@ -211,3 +211,17 @@ def test_handles_are_shared_safely_by_several_python_threads(ends):
     for t in range(threads):
         mine = [int.from_bytes(m[1:], "little") for m in received if m[0] == t]
         assert sorted(mine) == list(range(per_thread)), f"thread {t}'s messages"
+
+
+def test_too_many_open_views_raise_leases_exhausted_and_the_refused_record_comes_next(ends):
+    seg, producer, consumer = ends
+    consumer.set_max_leases(2)
+    for i in range(3):
+        producer.send(bytes([i]) * 8)
+    first, second = consumer.recv(timeout=1), consumer.recv(timeout=1)
+    with pytest.raises(tadpole.LeasesExhausted, match="^2 leases outstanding: drop some before receiving more$"):
+        consumer.try_recv()
+    first.release()
+    with consumer.recv(timeout=1) as third:
+        assert bytes(third) == bytes([2]) * 8, "the refused record was put back, not lost"
+    assert bytes(second) == bytes([1]) * 8
