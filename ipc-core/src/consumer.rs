@@ -247,6 +247,9 @@ pub struct Consumer {
     peer_check: PeerSchedule,
     /// The pollable doorbell, once asked for.
     pollable: Option<BellListener>,
+    /// A wait set found the producer gone: the next empty poll looks at once instead of on the
+    /// schedule.
+    producer_gone_hint: bool,
 }
 
 #[derive(Default)]
@@ -392,6 +395,7 @@ impl Segment {
             epoch: self.epoch(),
             peer_check: PeerSchedule::default(),
             pollable: None,
+            producer_gone_hint: false,
         })
     }
 }
@@ -458,18 +462,56 @@ impl Consumer {
     /// the loop. The error is the one of [`pollable_doorbell`](Self::pollable_doorbell).
     pub fn arm_doorbell(&mut self) -> std::io::Result<bool> {
         self.pollable_doorbell()?;
+        let armed = self.arm_for(None);
+        if !armed {
+            self.disarm_doorbell();
+        }
+        Ok(armed)
+    }
+
+    /// Arms the doorbell for the bell `id` (a wait set's), or for the one already published
+    /// (`None`); `false`, still armed, when something is there already.
+    pub(crate) fn arm_for(&mut self, id: Option<u64>) -> bool {
         let bell = &self.header().consumer_doorbell;
+        if let Some(id) = id {
+            bell.pollable_id.store(id, Relaxed);
+        }
         bell.blocking.store(1, Relaxed);
         // Release: a producer that finds it armed reads the id stored before.
         bell.sleeping.store(crate::layout::SLEEPING_ON_FD, Release);
         // The store-load barrier of the doorbell handshake (see `wait.rs`): either the producer
         // sees us armed after its commit, or we see its commit here.
         full_fence();
-        if self.slot(self.read_pos).load(Acquire) != 0 {
-            self.disarm_doorbell();
-            return Ok(false);
-        }
-        Ok(true)
+        !self.has_news()
+    }
+
+    /// Stops the producer ringing (a wait set's member; the set drains its own bell).
+    pub(crate) fn disarm_for_set(&mut self) {
+        let bell = &self.header().consumer_doorbell;
+        bell.sleeping.store(0, Relaxed);
+        crate::wait::set_blocking(bell, self.wait);
+    }
+
+    /// Leaving a wait set: the producer rings this consumer's own pollable doorbell again (or
+    /// none).
+    pub(crate) fn leave_set(&mut self) {
+        self.disarm_for_set();
+        let own = self.pollable.as_ref().map_or(0, BellListener::id);
+        self.header().consumer_doorbell.pollable_id.store(own, Release);
+    }
+
+    /// Whether [`try_recv`](Self::try_recv) has something to look at now (a record, padding, a
+    /// bad header): one load, no validation.
+    pub(crate) fn has_news(&self) -> bool {
+        self.poisoned.is_some() || self.slot(self.read_pos).load(Acquire) != 0
+    }
+
+    /// Whether the producer is known gone (closed or dead): a liveness check, not for hot loops.
+    /// When it is, the next empty poll looks again at once, so `try_recv` agrees.
+    pub(crate) fn producer_is_gone(&mut self) -> bool {
+        let gone = self.producer_gone();
+        self.producer_gone_hint = gone;
+        gone
     }
 
     /// Ends a sleep on the pollable doorbell: the producer stops ringing it, and what it sent
@@ -679,7 +721,7 @@ impl Consumer {
         if self.header().producer_attach.owner.load(Acquire) & OWNER_DETACHED != 0 {
             return self.drain_or_disconnected();
         }
-        if self.counters.empty_polls % 64 == 0 {
+        if self.counters.empty_polls % 64 == 0 || self.producer_gone_hint {
             return self.every_64_empty_polls();
         }
         Err(TryRecvError::Empty)
@@ -691,7 +733,8 @@ impl Consumer {
     #[inline(never)]
     fn every_64_empty_polls(&mut self) -> Result<Found, TryRecvError> {
         self.publish_counters();
-        if self.peer_check.due_by_clock() && self.producer_gone() {
+        let hinted = std::mem::take(&mut self.producer_gone_hint);
+        if (hinted || self.peer_check.due_by_clock()) && self.producer_gone() {
             return self.drain_or_disconnected();
         }
         Err(TryRecvError::Empty)

@@ -56,6 +56,8 @@ mod shm;
 mod stats;
 #[cfg(not(loom))]
 mod wait;
+#[cfg(not(loom))]
+mod waitset;
 
 #[cfg(not(loom))]
 pub use api::*;
@@ -80,6 +82,7 @@ mod api {
     pub use crate::shm::{MAX_NAME_LEN, NAME_PREFIX};
     pub use crate::stats::{ConsumerCounters, ProducerCounters, RingStatus};
     pub use crate::wait::WaitStrategy;
+    pub use crate::waitset::{RingKey, WaitSet};
 
     use crate::heartbeat::{self, Beat};
     use crate::layout::{AttachBlock, OWNER_DETACHED};

@@ -11,9 +11,11 @@
 //! `empty-poll` (try_recv on an empty ring), and the two ways to hold a window of 2048 records
 //! (a relay's in flight) before giving them back: `explicit-window` (explicit release mode:
 //! receive and drop 2048, then one `release_through`) and `lease-window` (2048 leases, dropped
-//! oldest first).
+//! oldest first). `waitset-8`: eight rings in a `WaitSet` (blocking strategy), a message sent
+//! into one of them in turn, then `wait` (it is found by the first scan: no sleep) and
+//! `try_recv` on the ring it names — the cost of hearing many rings from one thread, per message.
 
-use ipc_core::{ReleaseMode, RingBuilder, TryRecvError};
+use ipc_core::{ReleaseMode, RingBuilder, TryRecvError, WaitSet, WaitStrategy};
 
 /// Records held at once by the window operations.
 const WINDOW: usize = 2048;
@@ -22,7 +24,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [op, size, n] = &args[..] else {
         eprintln!(
-            "usage: ring_ops <send-recv|reserve-recv|batch|empty-poll|explicit-window|lease-window> <size> <count>"
+            "usage: ring_ops <send-recv|reserve-recv|batch|empty-poll|explicit-window|lease-window|waitset-8> <size> <count>"
         );
         std::process::exit(2);
     };
@@ -97,6 +99,21 @@ fn main() {
         "empty-poll" => {
             for _ in 0..n {
                 assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Empty));
+                received += 1;
+            }
+        }
+        "waitset-8" => {
+            let rings: Vec<_> = (0..8).map(|_| RingBuilder::new(64 * 1024).create_anonymous().expect("ring")).collect();
+            let mut producers: Vec<_> = rings.iter().map(|r| r.producer().expect("producer")).collect();
+            let mut set = WaitSet::new(WaitStrategy::Block).expect("wait set");
+            for r in &rings {
+                set.insert(r.consumer().expect("consumer"));
+            }
+            for i in 0..n {
+                producers[(i % 8) as usize].try_send(std::hint::black_box(&payload)).expect("send");
+                let key = set.wait(std::time::Duration::from_secs(1))[0];
+                let msg = set.get_mut(key).expect("member").try_recv().expect("recv");
+                sink.copy_from_slice(&msg);
                 received += 1;
             }
         }
