@@ -137,6 +137,10 @@ struct PipelineArgs {
     /// Print an alert if the end-to-end p99 exceeds this many microseconds.
     #[arg(long, default_value_t = 1_000)]
     alert_p99_us: u64,
+    /// Run this agent as a Python process on the `tadpole` bindings instead (`personality`;
+    /// needs `pip install ./python flatbuffers`, Python from `$TADPOLE_PYTHON` or `python3`).
+    #[arg(long, value_name = "AGENT")]
+    python: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -219,14 +223,18 @@ impl Drop for ChildGuard {
 }
 
 fn pipeline_demo(args: &PipelineArgs) -> Result<()> {
-    let report = pipeline::run(args.signals, args.wait.strategy(), args.wait.name())?;
+    let report = pipeline::run(args.signals, args.wait.strategy(), args.wait.name(), &args.python)?;
     let h = &report.latency_ns;
     println!(
         "Tadpole trading pipeline: {} processes, shared-memory rings, {} wait",
         pipeline::AGENTS.len(),
         args.wait.name()
     );
-    println!("  {}", pipeline::AGENTS.join(" -> "));
+    let agents: Vec<String> = pipeline::AGENTS
+        .iter()
+        .map(|a| if args.python.iter().any(|p| p == a) { format!("{a} (python)") } else { (*a).to_owned() })
+        .collect();
+    println!("  {}", agents.join(" -> "));
     println!(
         "  signals: {} timed ({} filled, {} refused by risk), {:.0} signals/s, {} dead letters",
         report.filled + report.rejected,

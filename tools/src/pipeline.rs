@@ -56,9 +56,57 @@ impl Drop for Agents {
     }
 }
 
+/// The Python personality agent (`--python personality`), and the generated FlatBuffers
+/// Python code it builds envelopes with; written next to each other into a scratch directory.
+const PERSONALITY_PY: &str = include_str!("personality.py");
+const ENVELOPE_GENERATED_PY: &str = include_str!("../../schemas/tests/python/generated/envelope_generated.py");
+/// Agents that have a Python implementation.
+pub const PYTHON_AGENTS: [&str; 1] = ["personality"];
+
+/// Starts the Python version of `agent` (only `personality` has one): `python3` (or
+/// `$TADPOLE_PYTHON`) with the `tadpole` bindings installed (`pip install ./python`).
+fn spawn_python_agent(agent: &str, run: &str, scratch: &std::path::Path) -> Result<Child> {
+    if !PYTHON_AGENTS.contains(&agent) {
+        bail!("no Python implementation of the {agent} agent (there is one of: {})", PYTHON_AGENTS.join(", "));
+    }
+    let python = std::env::var("TADPOLE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let probe = Command::new(&python).args(["-c", "import tadpole, flatbuffers"]).output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => bail!(
+            "{python} cannot import the tadpole bindings or flatbuffers ({}): install them with `pip install ./python flatbuffers`",
+            String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("")
+        ),
+        Err(e) => bail!("cannot run {python} ({e}): set TADPOLE_PYTHON to a Python 3.11+ with the bindings installed"),
+    }
+    std::fs::write(scratch.join("personality.py"), PERSONALITY_PY)?;
+    std::fs::write(scratch.join("envelope_generated.py"), ENVELOPE_GENERATED_PY)?;
+    let next = AGENTS[(AGENTS.iter().position(|a| *a == agent).unwrap_or(0) + 1) % AGENTS.len()];
+    Command::new(&python)
+        .arg(scratch.join("personality.py"))
+        .args(["--inbox", &ring_name(run, agent), "--outbox", &ring_name(run, next)])
+        .spawn()
+        .with_context(|| format!("starting the Python {agent} agent"))
+}
+
+/// Removes the scratch directory of the Python agents.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs the whole pipeline: creates the rings, starts risk, personality and execution as
-/// processes, and plays market analysis in this one.
-pub fn run(signals: u64, wait: WaitStrategy, wait_name: &str) -> Result<PipelineReport> {
+/// processes (those named in `python` as Python processes), and plays market analysis in this
+/// one.
+pub fn run(signals: u64, wait: WaitStrategy, wait_name: &str, python: &[String]) -> Result<PipelineReport> {
+    for agent in python {
+        if !PYTHON_AGENTS.contains(&agent.as_str()) {
+            bail!("no Python implementation of the {agent} agent (there is one of: {})", PYTHON_AGENTS.join(", "));
+        }
+    }
     let run = format!("pipeline-{}", std::process::id());
     let segments = AGENTS
         .iter()
@@ -66,7 +114,13 @@ pub fn run(signals: u64, wait: WaitStrategy, wait_name: &str) -> Result<Pipeline
         .collect::<Result<Vec<Segment>, _>>()
         .context("creating the pipeline rings")?;
     let mut agents = Agents(Vec::new());
+    let scratch = Scratch(std::env::temp_dir().join(format!("tadpole-demo-{}", std::process::id())));
     for agent in &AGENTS[1..] {
+        if python.iter().any(|p| p == agent) {
+            std::fs::create_dir_all(&scratch.0)?;
+            agents.0.push(spawn_python_agent(agent, &run, &scratch.0)?);
+            continue;
+        }
         let child = Command::new(std::env::current_exe()?)
             .args(["agent", "--role", agent, "--run", &run, "--wait", wait_name])
             .spawn()
