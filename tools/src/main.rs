@@ -76,6 +76,9 @@ enum Cmd {
         #[arg(long, allow_hyphen_values = true, value_name = "KEY")]
         check: Option<String>,
     },
+    /// Measures Tadpole against iceoryx2, Unix sockets, pipes, ZeroMQ and crossbeam on this
+    /// host: latency and throughput, each row as a ratio to a baseline of the same run.
+    Bench(tadpole_benches::suite::Args),
     /// Removes rings whose creator and attached processes are all gone.
     Clean {
         /// Only print what would be removed.
@@ -159,7 +162,10 @@ impl Wait {
 }
 
 fn main() -> Result<()> {
+    // `tadpole bench` re-executes this binary as its peer process.
+    tadpole_benches::peer::run_peer_if_requested();
     match Cli::parse().command {
+        Cmd::Bench(args) => tadpole_benches::suite::run(&args).map_err(|e| anyhow::anyhow!(e)),
         Cmd::Demo(args) => pipeline_demo(&args),
         Cmd::Pingpong(args) => demo(&args),
         Cmd::Agent { role, run, wait } => pipeline::agent(&role, &run, wait.strategy()),
