@@ -107,6 +107,17 @@ fn both(stem: &Path, chart: Chart<'_>) -> BenchResult<Vec<PathBuf>> {
     Ok(vec![svg, png])
 }
 
+/// Axis labels of a log scale land on 1..9 × 10^k, so they are written in decimal units.
+fn decimal_bytes(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.0} MB", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.0} kB", x / 1e3)
+    } else {
+        format!("{x:.0} B")
+    }
+}
+
 fn series_color(i: usize) -> RGBColor {
     let c = Palette99::pick(i).to_rgba();
     RGBColor(c.0, c.1, c.2)
@@ -135,7 +146,8 @@ fn latency_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str,
         .configure_mesh()
         .x_labels(4)
         .x_label_formatter(&|x| labels.get(x.round() as usize).map_or(String::new(), |s| (*s).to_owned()))
-        .y_desc("one-way latency (ns, log)")
+        .y_desc("one-way latency (log)")
+        .y_label_formatter(&|y| super::report::format_ns(*y))
         .draw()
         .map_err(err)?;
     for (i, row) in rows.iter().enumerate() {
@@ -195,7 +207,7 @@ fn throughput_chart<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc("message size (bytes, log)")
         .y_desc("bytes/s (log)")
-        .x_label_formatter(&|x| format_size(x.round() as usize))
+        .x_label_formatter(&|x| decimal_bytes(*x))
         .y_label_formatter(&|y| super::report::format_bytes_per_s(*y))
         .draw()
         .map_err(err)?;
