@@ -72,6 +72,22 @@ pub trait Link {
     /// Waits for the next message and hands it to `f`.
     fn recv<R>(&mut self, f: impl FnOnce(Msg<'_>) -> R) -> BenchResult<R>;
 
+    /// Sends messages numbered `first..end`, each `payload` stamped with its number. Transports
+    /// with a batch API override this to publish many messages at once.
+    fn send_run(&mut self, payload: &mut [u8], first: u64, end: u64) -> BenchResult<()> {
+        for seq in first..end {
+            stamp(payload, seq);
+            self.send(payload)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for at least one message and hands each message available to `f` (at least one,
+    /// in order). Transports with a batch API override this to take many at once.
+    fn recv_burst(&mut self, f: impl FnMut(Msg<'_>)) -> BenchResult<()> {
+        self.recv(f)
+    }
+
     /// Receives one message and, unless it is [`QUIT`], sends it back; returns its sequence
     /// number. Transports that can answer from the received message without copying it out
     /// first (a ring guard, an owned buffer) override this, as their users would.
@@ -117,38 +133,46 @@ pub fn echo_loop<L: Link>(link: &mut L, size: usize) -> BenchResult<u64> {
 pub fn sink_loop<L: Link>(link: &mut L, size: usize, copy: bool) -> BenchResult<u64> {
     let mut sink = vec![0u8; size];
     let mut reply = pattern(size);
-    let (mut expected, mut in_run, mut total) = (0u64, 0u64, 0u64);
-    let mut first = true;
+    let (mut expected, mut in_run, mut total) = (None::<u64>, 0u64, 0u64);
     loop {
-        let seq = if copy {
-            let fits = link.recv(|m| m.copy_to(&mut sink))?;
-            if !fits {
-                return Err(format!("sink: message after {expected} has the wrong length").into());
-            }
-            u64::from_le_bytes(std::hint::black_box(&sink)[..8].try_into().unwrap_or([0; 8]))
-        } else {
-            link.recv(|m| m.seq())?
-        };
-        match seq {
-            QUIT => return Ok(total),
-            END_OF_RUN => {
-                stamp(&mut reply, in_run);
-                link.send(&reply)?;
-                in_run = 0;
-            }
-            _ => {
-                // The measuring side may start anywhere (it numbers messages across runs).
-                if first {
-                    expected = seq;
-                    first = false;
+        let (mut quit, mut reply_due, mut fault) = (false, false, None);
+        link.recv_burst(|m| {
+            let seq = if copy {
+                if !m.copy_to(&mut sink) {
+                    fault.get_or_insert_with(|| format!("sink: a message of {} bytes, {size} expected", m.len()));
+                    return;
                 }
-                if seq != expected {
-                    return Err(format!("sink: message {seq} arrived where {expected} was due").into());
+                u64::from_le_bytes(std::hint::black_box(&sink)[..8].try_into().unwrap_or([0; 8]))
+            } else {
+                m.seq()
+            };
+            match seq {
+                QUIT => quit = true,
+                END_OF_RUN => reply_due = true,
+                _ => {
+                    // The measuring side may start anywhere (it numbers messages across runs).
+                    let due = *expected.get_or_insert(seq);
+                    if seq != due {
+                        fault.get_or_insert_with(|| format!("sink: message {seq} arrived where {due} was due"));
+                    }
+                    expected = Some(seq + 1);
+                    in_run += 1;
+                    total += 1;
                 }
-                expected += 1;
-                in_run += 1;
-                total += 1;
             }
+        })?;
+        if let Some(fault) = fault {
+            return Err(fault.into());
+        }
+        // The measuring side waits for the answer before sending more, so a marker is always
+        // the last message of its burst.
+        if reply_due {
+            stamp(&mut reply, in_run);
+            link.send(&reply)?;
+            in_run = 0;
+        }
+        if quit {
+            return Ok(total);
         }
     }
 }

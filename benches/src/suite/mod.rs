@@ -61,7 +61,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]
     pub sizes: Vec<usize>,
     /// Transports to run, comma-separated (default: all): floor, floor-2line, tadpole,
-    /// tadpole-poll, tadpole-envelope, tadpole-arrow, iceoryx2, iceoryx2-preloan, uds, pipe,
+    /// tadpole-poll, tadpole-batched, tadpole-envelope, tadpole-arrow, iceoryx2, iceoryx2-preloan, uds, pipe,
     /// zmq-ipc, zmq-tcp, zmq-tcp-curve, crossbeam, tadpole-relay.
     #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
     pub transports: Vec<String>,
@@ -182,7 +182,7 @@ fn plan(args: &Args) -> Vec<Job> {
     let mut jobs = Vec::new();
     if args.wants("latency") {
         for &size in &sizes {
-            jobs.extend(kinds.iter().filter(|k| relay_fits(**k, size)).map(|k| Job::Latency(*k, size)));
+            jobs.extend(kinds.iter().filter(|k| k.pings() && relay_fits(**k, size)).map(|k| Job::Latency(*k, size)));
         }
     }
     if args.wants("throughput") {
@@ -230,7 +230,7 @@ impl Run {
                 let one_way = match kind {
                     Kind::Floor => measure::floor_row(&s)?,
                     Kind::Floor2 => measure::floor2_row(&s)?,
-                    Kind::Tadpole | Kind::TadpolePoll => measure::latency::<Ring>(spec, &s)?,
+                    Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched => measure::latency::<Ring>(spec, &s)?,
                     Kind::TadpoleEnvelope => measure::latency::<Envelope>(spec, &s)?,
                     Kind::TadpoleArrow => measure::latency::<Arrow>(spec, &s)?,
                     Kind::Iceoryx2 | Kind::Iceoryx2Preloan => measure::latency::<Iceoryx>(spec, &s)?,
@@ -280,7 +280,9 @@ impl Run {
             Job::Throughput(kind, size, copy) => {
                 let spec = Spec { kind, size };
                 let streamed: Streamed = match kind {
-                    Kind::Tadpole | Kind::TadpolePoll => measure::throughput::<Ring>(spec, copy, &s)?,
+                    Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched => {
+                        measure::throughput::<Ring>(spec, copy, &s)?
+                    }
                     Kind::TadpoleEnvelope => measure::throughput::<Envelope>(spec, copy, &s)?,
                     Kind::TadpoleArrow => measure::throughput::<Arrow>(spec, copy, &s)?,
                     Kind::Iceoryx2 | Kind::Iceoryx2Preloan => measure::throughput::<Iceoryx>(spec, copy, &s)?,

@@ -18,7 +18,7 @@ use schemas::channel::{BatchReceiver, BatchSender, EnvelopeReceiver, EnvelopeSen
 use schemas::envelope::{EnvelopeHeader, VerifyOptions};
 use schemas::fb;
 
-use super::link::{Link, Msg, PeerHandle, QUIT, echo_loop, sink_loop};
+use super::link::{Link, Msg, PeerHandle, QUIT, echo_loop, sink_loop, stamp};
 use crate::peer::Peer;
 use crate::{BenchResult, PEER_CPU, pin, unique_name};
 
@@ -31,6 +31,7 @@ pub enum Kind {
     Floor2,
     Tadpole,
     TadpolePoll,
+    TadpoleBatched,
     TadpoleEnvelope,
     TadpoleArrow,
     Iceoryx2,
@@ -46,11 +47,12 @@ pub enum Kind {
 
 impl Kind {
     /// All of them.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Floor,
         Kind::Floor2,
         Kind::Tadpole,
         Kind::TadpolePoll,
+        Kind::TadpoleBatched,
         Kind::TadpoleEnvelope,
         Kind::TadpoleArrow,
         Kind::Iceoryx2,
@@ -71,6 +73,7 @@ impl Kind {
             Kind::Floor2 => "floor-2line",
             Kind::Tadpole => "tadpole",
             Kind::TadpolePoll => "tadpole-poll",
+            Kind::TadpoleBatched => "tadpole-batched",
             Kind::TadpoleEnvelope => "tadpole-envelope",
             Kind::TadpoleArrow => "tadpole-arrow",
             Kind::Iceoryx2 => "iceoryx2",
@@ -92,6 +95,9 @@ impl Kind {
             Kind::Floor2 => "a 64-byte payload line, then a flag line, each way: the floor of a two-line message",
             Kind::Tadpole => "ipc-core ring pair, send()/recv() with WaitStrategy::BusySpin",
             Kind::TadpolePoll => "ipc-core ring pair, try_send()/try_recv() in a tight loop (no waiter)",
+            Kind::TadpoleBatched => {
+                "ipc-core ring, batch() + try_push + one commit per up to 256 messages, read_batch(256) (throughput only)"
+            }
             Kind::TadpoleEnvelope => {
                 "schemas EnvelopeSender/EnvelopeReceiver (verified), SystemConfigurationChanged with the body as a string"
             }
@@ -116,6 +122,11 @@ impl Kind {
     /// Whether the kind has throughput rows (the floors are latency probes only).
     pub fn streams(self) -> bool {
         !matches!(self, Kind::Floor | Kind::Floor2)
+    }
+
+    /// Whether the kind has latency rows (one message in flight cannot batch).
+    pub fn pings(self) -> bool {
+        self != Kind::TadpoleBatched
     }
 }
 
@@ -173,7 +184,7 @@ pub(crate) fn peer_main(role: &str, args: &[String]) -> BenchResult<u64> {
         _ => Role::Sink(copy == "1"),
     };
     match kind {
-        Kind::Tadpole | Kind::TadpolePoll => serve::<Ring>(spec, role, rest),
+        Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched => serve::<Ring>(spec, role, rest),
         Kind::TadpoleEnvelope => serve::<Envelope>(spec, role, rest),
         Kind::TadpoleArrow => serve::<Arrow>(spec, role, rest),
         Kind::Iceoryx2 | Kind::Iceoryx2Preloan => serve::<Iceoryx>(spec, role, rest),
@@ -233,22 +244,37 @@ fn open_ring_pair(args: &[String]) -> BenchResult<(Segment, Segment)> {
     Ok((Segment::open(a)?, Segment::open(b)?))
 }
 
-/// `tadpole` and `tadpole-poll`: raw bytes through an ipc-core ring each way.
+/// Messages per commit and per `read_batch` at most in `tadpole-batched`.
+const BATCH_MAX: usize = 256;
+
+/// `tadpole`, `tadpole-poll` and `tadpole-batched`: raw bytes through an ipc-core ring each way.
 pub struct Ring {
     /// Field order: the producer drops first, so a peer still waiting sees the close.
     producer: Producer,
     consumer: Consumer,
+    /// `try_*` calls in a tight loop instead of the library's waiter.
     poll: bool,
+    /// Messages per commit (1 unless batched).
+    batch_len: usize,
     _segments: (Segment, Segment),
 }
 
 impl Ring {
-    fn new(out: Segment, inn: Segment, poll: bool) -> BenchResult<Ring> {
+    fn new(out: Segment, inn: Segment, spec: Spec) -> BenchResult<Ring> {
         let mut producer = out.producer()?;
         let mut consumer = inn.consumer()?;
         producer.set_wait_strategy(WaitStrategy::BusySpin);
         consumer.set_wait_strategy(WaitStrategy::BusySpin);
-        Ok(Ring { producer, consumer, poll, _segments: (out, inn) })
+        let batch_len = if spec.kind == Kind::TadpoleBatched {
+            // At most a quarter ring per commit, so the consumer always has a batch to read
+            // while the next one is written.
+            let record = 8 + spec.size.next_multiple_of(8);
+            (out.capacity() / 4 / record).clamp(1, BATCH_MAX)
+        } else {
+            1
+        };
+        let poll = spec.kind != Kind::Tadpole;
+        Ok(Ring { producer, consumer, poll, batch_len, _segments: (out, inn) })
     }
 }
 
@@ -283,6 +309,52 @@ impl Link for Ring {
         Ok(f(Msg::Bytes(&msg)))
     }
 
+    fn send_run(&mut self, payload: &mut [u8], first: u64, end: u64) -> BenchResult<()> {
+        if self.batch_len == 1 {
+            for seq in first..end {
+                stamp(payload, seq);
+                self.send(payload)?;
+            }
+            return Ok(());
+        }
+        let mut seq = first;
+        while seq < end {
+            let mut batch = self.producer.batch();
+            while seq < end && batch.len() < self.batch_len {
+                stamp(payload, seq);
+                match batch.try_push(payload) {
+                    Ok(()) => seq += 1,
+                    Err(TrySendError::Full) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if batch.is_empty() {
+                std::hint::spin_loop();
+            } else {
+                batch.commit();
+            }
+        }
+        Ok(())
+    }
+
+    fn recv_burst(&mut self, mut f: impl FnMut(Msg<'_>)) -> BenchResult<()> {
+        if self.batch_len == 1 {
+            return self.recv(f);
+        }
+        loop {
+            match self.consumer.read_batch(BATCH_MAX) {
+                Ok(batch) => {
+                    for record in batch.iter() {
+                        f(Msg::Bytes(record.payload));
+                    }
+                    return Ok(());
+                }
+                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Sends the reply straight from the received record, as a forwarding agent would.
     fn echo(&mut self, _buf: &mut [u8]) -> BenchResult<u64> {
         let Ring { producer, consumer, poll, .. } = self;
@@ -310,12 +382,12 @@ impl Transport for Ring {
 
     fn start(spec: Spec, role: Role) -> BenchResult<(Ring, PeerHandle)> {
         let (to_peer, from_peer, peer) = ring_pair(spec, role, PayloadAlign::Eight)?;
-        Ok((Ring::new(to_peer, from_peer, spec.kind == Kind::TadpolePoll)?, peer))
+        Ok((Ring::new(to_peer, from_peer, spec)?, peer))
     }
 
     fn open(spec: Spec, args: &[String]) -> BenchResult<Ring> {
         let (inn, out) = open_ring_pair(args)?;
-        Ring::new(out, inn, spec.kind == Kind::TadpolePoll)
+        Ring::new(out, inn, spec)
     }
 }
 
