@@ -205,6 +205,8 @@ struct Run {
     start_floor: OneWay,
     /// memcpy and handoff bytes/s of the current throughput size.
     baselines: Option<(usize, f64, f64)>,
+    /// The floor-2line p50 measured at the current latency size, if it ran.
+    floor2: Option<(usize, f64)>,
     relay: Option<RelayPair>,
 }
 
@@ -240,6 +242,13 @@ impl Run {
                     Kind::Crossbeam => measure::latency::<Crossbeam>(spec, &s)?,
                     Kind::TadpoleRelay => measure::relay_latency(self.relay()?, size, &s)?,
                 };
+                if kind == Kind::Floor2 {
+                    self.floor2 = Some((size, one_way.p50));
+                }
+                let ratio_floor2 = match self.floor2 {
+                    Some((at, p50)) if at == size && kind != Kind::Floor2 => Some(one_way.p50 / p50),
+                    _ => None,
+                };
                 Ok(vec![Row {
                     scenario: Scenario::Latency,
                     transport: kind.name().to_owned(),
@@ -249,6 +258,7 @@ impl Run {
                     bytes_per_s: None,
                     baseline: format!("floor probe {:.0} ns", probe),
                     ratio: Some(one_way.p50 / probe),
+                    ratio_floor2,
                     ratio_memcpy: None,
                     floor_ns: probe,
                     floor_moved: moved,
@@ -268,6 +278,7 @@ impl Run {
                     bytes_per_s: Some(bytes),
                     baseline,
                     ratio: Some(ratio),
+                    ratio_floor2: None,
                     ratio_memcpy: Some(bytes / copy),
                     floor_ns: probe,
                     floor_moved: moved,
@@ -313,11 +324,51 @@ impl Run {
                         report::format_rate(streamed.high_msgs_per_s)
                     ),
                     ratio: Some(bytes / handoff),
+                    ratio_floor2: None,
                     ratio_memcpy: Some(bytes / memcpy_bw),
                     floor_ns: probe,
                     floor_moved: moved,
                 }])
             }
+        }
+    }
+}
+
+/// Stops the run if one job takes far longer than its budget (a peer that never answers, a
+/// transport that lost a message): the bench's waits spin, so without this it would hang.
+/// Peer processes die with this one (`PR_SET_PDEATHSIG`).
+struct Watchdog {
+    job: std::sync::Arc<std::sync::Mutex<Option<(String, Instant, Duration)>>>,
+}
+
+impl Watchdog {
+    /// Longest a job may run past its budget.
+    const GRACE: Duration = Duration::from_secs(60);
+
+    fn start() -> Watchdog {
+        let job: std::sync::Arc<std::sync::Mutex<Option<(String, Instant, Duration)>>> = Default::default();
+        let watched = job.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let Ok(current) = watched.lock() else { return };
+                if let Some((label, since, budget)) = current.as_ref() {
+                    if since.elapsed() > *budget + Self::GRACE {
+                        eprintln!(
+                            "tadpole bench: {label} has not finished after {:.0} s; giving up",
+                            since.elapsed().as_secs_f64()
+                        );
+                        std::process::exit(3);
+                    }
+                }
+            }
+        });
+        Watchdog { job }
+    }
+
+    fn begin(&self, label: String, budget: Duration) {
+        if let Ok(mut job) = self.job.lock() {
+            *job = Some((label, Instant::now(), budget));
         }
     }
 }
@@ -356,10 +407,12 @@ pub fn run(args: &Args) -> BenchResult<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut run = Run { settings, start_floor, baselines: None, relay: None };
+    let mut run = Run { settings, start_floor, baselines: None, floor2: None, relay: None };
+    let watchdog = Watchdog::start();
     let mut rows: Vec<Row> = Vec::new();
     for job in jobs {
         bar.set_message(job.label());
+        watchdog.begin(job.label(), settings.latency + settings.per_run * (settings.runs as u32 + 1));
         let measured = run.job(job).map_err(|e| format!("{}: {e}", job.label()));
         let measured = match measured {
             Ok(r) => r,

@@ -40,6 +40,8 @@ pub struct Row {
     /// Latency: p50 / the floor probe before the row. Throughput: bytes/s / the two-thread
     /// hardware handoff's bytes/s at this size.
     pub ratio: Option<f64>,
+    /// Latency: p50 / the floor-2line p50 of the same size, when that row ran before this one.
+    pub ratio_floor2: Option<f64>,
     /// Throughput: bytes/s / single-thread memcpy's at this size.
     pub ratio_memcpy: Option<f64>,
     /// The floor probe (one-way p50, ns) taken just before the row.
@@ -65,6 +67,7 @@ impl Row {
             "bytes_per_s": self.bytes_per_s,
             "ratio": self.ratio,
             "baseline": self.baseline,
+            "ratio_floor2": self.ratio_floor2,
             "ratio_memcpy": self.ratio_memcpy,
             "floor_ns": self.floor_ns,
             "floor_moved": self.floor_moved,
