@@ -220,8 +220,9 @@ fn spin_until<T, E>(mut attempt: impl FnMut() -> Result<Option<T>, E>) -> Result
 // ---------------------------------------------------------------------------------------------
 // Tadpole rings.
 
-/// Data region of each ring for `size`-byte messages: room for several in flight.
-fn ring_capacity(size: usize) -> usize {
+/// Data region of each ring for `size`-byte messages: room for several in flight. The memcpy
+/// and handoff baselines use a buffer of the same size, so all three pipeline alike.
+pub fn ring_capacity(size: usize) -> usize {
     (4 * (size + 4096)).next_power_of_two().max(256 << 10)
 }
 
