@@ -33,6 +33,7 @@ pub fn stamp(buf: &mut [u8], seq: u64) {
     buf[..8].copy_from_slice(&seq.to_le_bytes());
 }
 
+/// The record number `stamp` wrote into the first 8 bytes.
 pub fn seq_of(record: &[u8]) -> BenchResult<u64> {
     let head: [u8; 8] = record.get(..8).and_then(|b| b.try_into().ok()).ok_or("record shorter than 8 bytes")?;
     Ok(u64::from_le_bytes(head))

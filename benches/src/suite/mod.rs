@@ -61,7 +61,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]
     pub sizes: Vec<usize>,
     /// Transports to run, comma-separated (default: all): floor, floor-2line, tadpole,
-    /// tadpole-poll, tadpole-batched, tadpole-envelope, tadpole-arrow, iceoryx2, iceoryx2-preloan, uds, pipe,
+    /// tadpole-poll, tadpole-batched, tadpole-zerocopy, tadpole-envelope, tadpole-arrow, iceoryx2, iceoryx2-preloan, uds, pipe,
     /// zmq-ipc, zmq-tcp, zmq-tcp-curve, crossbeam, tadpole-relay.
     #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
     pub transports: Vec<String>,
@@ -252,7 +252,9 @@ impl Run {
                 let one_way = match kind {
                     Kind::Floor => measure::floor_row(&s)?,
                     Kind::Floor2 => measure::floor2_row(&s)?,
-                    Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched => measure::latency::<Ring>(spec, &s)?,
+                    Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched | Kind::TadpoleZeroCopy => {
+                        measure::latency::<Ring>(spec, &s)?
+                    }
                     Kind::TadpoleEnvelope => measure::latency::<Envelope>(spec, &s)?,
                     Kind::TadpoleArrow => measure::latency::<Arrow>(spec, &s)?,
                     Kind::Iceoryx2 | Kind::Iceoryx2Preloan => measure::latency::<Iceoryx>(spec, &s)?,
@@ -315,7 +317,7 @@ impl Run {
             Job::Throughput(kind, size, copy) => {
                 let spec = Spec { kind, size };
                 let streamed: Streamed = match kind {
-                    Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched => {
+                    Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched | Kind::TadpoleZeroCopy => {
                         measure::throughput::<Ring>(spec, copy, &s)?
                     }
                     Kind::TadpoleEnvelope => measure::throughput::<Envelope>(spec, copy, &s)?,
@@ -399,6 +401,24 @@ impl Watchdog {
 
 /// Runs `tadpole bench` with `args`: prints the machine report, then the table (or JSON lines),
 /// and writes the charts if asked.
+///
+/// A binary embedding the command (the peer is the binary itself, started again):
+///
+/// ```no_run
+/// use clap::Parser;
+///
+/// #[derive(Parser)]
+/// struct Cli {
+///     #[command(flatten)]
+///     bench: tadpole_benches::suite::Args,
+/// }
+///
+/// // First thing: a re-executed peer plays its role here and exits.
+/// tadpole_benches::peer::run_peer_if_requested();
+/// let cli = Cli::parse_from(["my-bench", "--quick", "--transports", "tadpole,iceoryx2"]);
+/// tadpole_benches::suite::run(&cli.bench)?;
+/// # Ok::<(), tadpole_benches::BenchError>(())
+/// ```
 pub fn run(args: &Args) -> BenchResult<()> {
     if pin::allowed_cpus() < 2 {
         return Err("tadpole bench needs two CPUs (the two sides run on separate cores)".into());

@@ -32,6 +32,7 @@ pub enum Kind {
     Tadpole,
     TadpolePoll,
     TadpoleBatched,
+    TadpoleZeroCopy,
     TadpoleEnvelope,
     TadpoleArrow,
     Iceoryx2,
@@ -47,12 +48,13 @@ pub enum Kind {
 
 impl Kind {
     /// All of them.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Floor,
         Kind::Floor2,
         Kind::Tadpole,
         Kind::TadpolePoll,
         Kind::TadpoleBatched,
+        Kind::TadpoleZeroCopy,
         Kind::TadpoleEnvelope,
         Kind::TadpoleArrow,
         Kind::Iceoryx2,
@@ -74,6 +76,7 @@ impl Kind {
             Kind::Tadpole => "tadpole",
             Kind::TadpolePoll => "tadpole-poll",
             Kind::TadpoleBatched => "tadpole-batched",
+            Kind::TadpoleZeroCopy => "tadpole-zerocopy",
             Kind::TadpoleEnvelope => "tadpole-envelope",
             Kind::TadpoleArrow => "tadpole-arrow",
             Kind::Iceoryx2 => "iceoryx2",
@@ -97,6 +100,9 @@ impl Kind {
             Kind::TadpolePoll => "ipc-core ring pair, try_send()/try_recv() in a tight loop (no waiter)",
             Kind::TadpoleBatched => {
                 "ipc-core ring, batch() + try_push + one commit per up to 256 messages, read_batch(256) (throughput only)"
+            }
+            Kind::TadpoleZeroCopy => {
+                "ipc-core ring, each message built in place in a try_reserve() grant (no source buffer), read in place (throughput only)"
             }
             Kind::TadpoleEnvelope => {
                 "schemas EnvelopeSender/EnvelopeReceiver (verified), SystemConfigurationChanged with the body as a string"
@@ -126,7 +132,7 @@ impl Kind {
 
     /// Whether the kind has latency rows (one message in flight cannot batch).
     pub fn pings(self) -> bool {
-        self != Kind::TadpoleBatched
+        !matches!(self, Kind::TadpoleBatched | Kind::TadpoleZeroCopy)
     }
 }
 
@@ -184,7 +190,9 @@ pub(crate) fn peer_main(role: &str, args: &[String]) -> BenchResult<u64> {
         _ => Role::Sink(copy == "1"),
     };
     match kind {
-        Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched => serve::<Ring>(spec, role, rest),
+        Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched | Kind::TadpoleZeroCopy => {
+            serve::<Ring>(spec, role, rest)
+        }
         Kind::TadpoleEnvelope => serve::<Envelope>(spec, role, rest),
         Kind::TadpoleArrow => serve::<Arrow>(spec, role, rest),
         Kind::Iceoryx2 | Kind::Iceoryx2Preloan => serve::<Iceoryx>(spec, role, rest),
@@ -257,6 +265,8 @@ pub struct Ring {
     poll: bool,
     /// Messages per commit (1 unless batched).
     batch_len: usize,
+    /// Streams build each message in a reserved grant instead of copying it in.
+    in_place: bool,
     _segments: (Segment, Segment),
 }
 
@@ -275,7 +285,8 @@ impl Ring {
             1
         };
         let poll = spec.kind != Kind::Tadpole;
-        Ok(Ring { producer, consumer, poll, batch_len, _segments: (out, inn) })
+        let in_place = spec.kind == Kind::TadpoleZeroCopy;
+        Ok(Ring { producer, consumer, poll, batch_len, in_place, _segments: (out, inn) })
     }
 }
 
@@ -311,6 +322,22 @@ impl Link for Ring {
     }
 
     fn send_run(&mut self, payload: &mut [u8], first: u64, end: u64) -> BenchResult<()> {
+        if self.in_place {
+            for seq in first..end {
+                let mut grant = loop {
+                    match self.producer.try_reserve(payload.len()) {
+                        Ok(grant) => break grant,
+                        Err(TrySendError::Full) => std::hint::spin_loop(),
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                // Every byte written where the reader will find it, none read from elsewhere.
+                grant[8..].fill(seq as u8);
+                grant[..8].copy_from_slice(&seq.to_le_bytes());
+                grant.commit();
+            }
+            return Ok(());
+        }
         if self.batch_len == 1 {
             for seq in first..end {
                 stamp(payload, seq);
