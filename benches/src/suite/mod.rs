@@ -68,7 +68,8 @@ pub struct Args {
     /// Scenarios, comma-separated (default both): latency, throughput.
     #[arg(long, value_delimiter = ',', value_parser = ["latency", "throughput"])]
     pub scenarios: Vec<String>,
-    /// Measured milliseconds per latency row (throughput rows get the same budget in total).
+    /// Measured milliseconds per latency row; each of a throughput row's three timed runs
+    /// gets a sixth of it.
     #[arg(long, value_name = "MS")]
     pub row_ms: Option<u64>,
 }
