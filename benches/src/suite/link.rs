@@ -20,6 +20,10 @@ pub const END_OF_RUN: u64 = u64::MAX;
 /// Sequence number of the message that stops a peer (not echoed, not counted).
 pub const QUIT: u64 = u64::MAX - 1;
 
+/// What a message too short to hold a sequence number reads as: no run reaches it, so the
+/// check of the expected number fails.
+const NO_SEQ: u64 = u64::MAX - 2;
+
 /// A received message, as the transport hands it out.
 pub enum Msg<'a> {
     /// The message's bytes as sent (sequence number first).
@@ -33,7 +37,7 @@ impl Msg<'_> {
     #[inline]
     pub fn seq(&self) -> u64 {
         match self {
-            Msg::Bytes(b) => b.get(..8).map_or(u64::MAX - 2, |h| u64::from_le_bytes(h.try_into().unwrap_or([0; 8]))),
+            Msg::Bytes(b) => b.get(..8).map_or(NO_SEQ, |h| u64::from_le_bytes(h.try_into().unwrap_or([0; 8]))),
             Msg::Parts { seq, .. } => *seq,
         }
     }
