@@ -188,3 +188,21 @@ fn bench_refuses_unknown_transports_and_sizes_below_the_sequence_number() {
         assert!(stderr.contains(args[1]), "{args:?}: the error does not name the value: {stderr}");
     }
 }
+
+#[test]
+fn bench_warns_and_names_a_busy_process_sharing_the_cores() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut busy = Command::new("yes").stdout(std::process::Stdio::null()).spawn().unwrap();
+    // Let it show up in the scheduler's accounting before the bench samples /proc.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let out = Command::new(env!("CARGO_BIN_EXE_tadpole"))
+        .args(["bench", "--quick", "--transports", "floor", "--scenarios", "latency", "--sizes", "64", "--row-ms", "5"])
+        .output()
+        .unwrap();
+    busy.kill().unwrap();
+    busy.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tadpole bench failed: {stderr}");
+    assert!(stderr.contains("WARNING: the cores are not quiet"), "no warning: {stderr}");
+    assert!(stderr.contains(&format!("yes (pid {})", busy.id())), "the busy process is not named: {stderr}");
+}
