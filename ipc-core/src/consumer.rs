@@ -11,10 +11,11 @@ use crate::layout::{
     message_tag, record_len,
 };
 use crate::lease::{BatchLease, ConsumerAttachment, DEFAULT_MAX_LEASES, Lease, SegmentLeaseQueue};
+use crate::pollable::BellListener;
 use crate::segment::{PayloadAlign, Segment, check_positions};
 use crate::sync::atomic::AtomicU64;
 use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use crate::wait::{PeerSchedule, WaitStep, WaitStrategy, Waiter, ring_doorbell};
+use crate::wait::{PeerSchedule, WaitStep, WaitStrategy, Waiter, full_fence, ring_doorbell};
 use crate::{AttachError, PeerState, Side, attach_side, detach_side, peer_state};
 
 /// Header loads per full poll while busy-spinning (a few microseconds at most).
@@ -244,6 +245,8 @@ pub struct Consumer {
     deferred: bool,
     epoch: u64,
     peer_check: PeerSchedule,
+    /// The pollable doorbell, once asked for.
+    pollable: Option<BellListener>,
 }
 
 #[derive(Default)]
@@ -351,7 +354,10 @@ impl Segment {
             detach_side(self, &claim);
             return Err(AttachError::Corrupt(fault));
         }
-        // A new consumer starts with the default (non-blocking) strategy.
+        // A new consumer starts with the default (non-blocking) strategy and no pollable
+        // doorbell (a dead predecessor's is gone with its process).
+        h.consumer_doorbell.pollable_id.store(0, Relaxed);
+        h.consumer_doorbell.sleeping.store(0, Relaxed);
         crate::wait::set_blocking(&h.consumer_doorbell, WaitStrategy::default());
         let c = &h.consumer_counters;
         c.leases_held.store(0, Relaxed);
@@ -385,6 +391,7 @@ impl Segment {
             deferred: false,
             epoch: self.epoch(),
             peer_check: PeerSchedule::default(),
+            pollable: None,
         })
     }
 }
@@ -395,6 +402,85 @@ impl Consumer {
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.wait = wait;
         crate::wait::set_blocking(&self.header().consumer_doorbell, wait);
+    }
+
+    /// A file descriptor that an event loop (`poll`, `epoll`, `zmq::poll`, asyncio's
+    /// `add_reader`) can wait on beside its other sources: it turns readable when the ring gains
+    /// a record, or its producer detaches, while this consumer is armed
+    /// ([`arm_doorbell`](Self::arm_doorbell)). Made on the first call (an abstract `AF_UNIX`
+    /// datagram socket; no file), the same descriptor afterwards; valid while the consumer
+    /// lives. The producer pays for it only when it finds the consumer armed: one `sendto`,
+    /// where a blocking consumer would cost it a futex wake.
+    ///
+    /// It works when producer and consumer share a network namespace (abstract socket
+    /// addresses belong to one); otherwise the consumer learns of records only when its poll
+    /// times out, so always poll with a timeout. A producer killed without detaching rings
+    /// nothing either: the next receive after the timeout reports it.
+    ///
+    /// ```
+    /// # use ipc_core::{RingBuilder, TryRecvError};
+    /// # let segment = RingBuilder::new(1 << 12).create_anonymous()?;
+    /// # let mut producer = segment.producer()?;
+    /// let mut consumer = segment.consumer()?;
+    /// let fd = consumer.pollable_doorbell()?;
+    /// loop {
+    ///     match consumer.try_recv() {
+    ///         Ok(record) => { assert_eq!(&record[..], b"hi"); break; }
+    ///         Err(TryRecvError::Empty) => {}
+    ///         Err(e) => return Err(e.into()),
+    ///     }
+    ///     if consumer.arm_doorbell()? {
+    ///         # producer.try_send(b"hi")?;
+    ///         let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    ///         // SAFETY: one valid pollfd.
+    ///         unsafe { libc::poll(&mut pollfd, 1, 100) };
+    ///         consumer.disarm_doorbell();
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pollable_doorbell(&mut self) -> std::io::Result<std::os::fd::RawFd> {
+        if let Some(bell) = &self.pollable {
+            return Ok(bell.raw_fd());
+        }
+        let bell = BellListener::bind()?;
+        self.header().consumer_doorbell.pollable_id.store(bell.id(), Release);
+        let fd = bell.raw_fd();
+        self.pollable = Some(bell);
+        Ok(fd)
+    }
+
+    /// Arms the pollable doorbell (made first if need be) before sleeping on its descriptor:
+    /// `Ok(true)` when the ring has nothing for this consumer now, and its producer will make
+    /// the descriptor readable on its next commit; `Ok(false)` when a record (or anything else
+    /// for [`try_recv`](Self::try_recv) to look at) is already there — receive instead of
+    /// sleeping. Call [`disarm_doorbell`](Self::disarm_doorbell) after waking, whatever woke
+    /// the loop. The error is the one of [`pollable_doorbell`](Self::pollable_doorbell).
+    pub fn arm_doorbell(&mut self) -> std::io::Result<bool> {
+        self.pollable_doorbell()?;
+        let bell = &self.header().consumer_doorbell;
+        bell.blocking.store(1, Relaxed);
+        // Release: a producer that finds it armed reads the id stored before.
+        bell.sleeping.store(crate::layout::SLEEPING_ON_FD, Release);
+        // The store-load barrier of the doorbell handshake (see `wait.rs`): either the producer
+        // sees us armed after its commit, or we see its commit here.
+        full_fence();
+        if self.slot(self.read_pos).load(Acquire) != 0 {
+            self.disarm_doorbell();
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Ends a sleep on the pollable doorbell: the producer stops ringing it, and what it sent
+    /// is read, so the descriptor is quiet until the next arm-and-commit. Harmless when not
+    /// armed.
+    pub fn disarm_doorbell(&mut self) {
+        let Some(listener) = &self.pollable else { return };
+        let bell = &self.header().consumer_doorbell;
+        bell.sleeping.store(0, Relaxed);
+        crate::wait::set_blocking(bell, self.wait);
+        listener.drain();
     }
 
     /// Sets when records are released ([`ReleaseMode::OnDrop`] by default). Switching to
@@ -875,7 +961,7 @@ impl Consumer {
         self.counters.releases = self.counters.releases.wrapping_add(1);
         let h = self.header();
         h.consumer_position.position.store(end, Release);
-        if ring_doorbell(&h.producer_doorbell) {
+        if ring_doorbell(&h.producer_doorbell).woke() {
             self.count_wake();
         }
     }
@@ -938,6 +1024,11 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
+        if self.pollable.is_some() {
+            let bell = &self.header().consumer_doorbell;
+            bell.sleeping.store(0, Relaxed);
+            bell.pollable_id.store(0, Relaxed);
+        }
         self.publish_counters();
     }
 }

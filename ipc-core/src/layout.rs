@@ -24,8 +24,10 @@
 //!  384     PRODUCER_ATTACH    producer     owner word, write limit; in its second cache line
 //!                                          the owner's identity record and heartbeat
 //!  512     CONSUMER_ATTACH    consumer     owner word, identity record, heartbeat
-//!  640     CONSUMER_DOORBELL  both         futex word: 1 while the consumer sleeps for data;
-//!                                          blocking flag: 1 while it may sleep at all
+//!  640     CONSUMER_DOORBELL  both         futex word: 1 while the consumer sleeps for data
+//!                                          on it, 2 while on its pollable doorbell; blocking
+//!                                          flag: 1 while it may sleep at all; the pollable
+//!                                          doorbell's id (u64 at +8, 0: none)
 //!  768     PRODUCER_DOORBELL  both         the same for the producer waiting for space
 //!  896     PRODUCER_COUNTERS  producer     messages, bytes, full-ring events, wakes, ...
 //!  1024    CONSUMER_COUNTERS  consumer     messages, bytes, empty polls, wakes, corrupt records
@@ -364,12 +366,23 @@ pub const OWNER_DETACHED: u64 = 1 << 63;
 /// A futex word, alone in its block.
 #[repr(C, align(128))]
 pub struct DoorbellBlock {
-    /// 1 while the owner of this doorbell sleeps (or is about to) in `futex_wait` on this word.
+    /// [`SLEEPING_ON_FUTEX`] while the owner of this doorbell sleeps (or is about to) in
+    /// `futex_wait` on this word, [`SLEEPING_ON_FD`] while it sleeps in an event loop on its
+    /// pollable doorbell (consumer only), 0 otherwise.
     pub sleeping: AtomicU32,
-    /// 1 while the owner uses the blocking wait strategy. The other side makes the doorbell's
-    /// fence and check only then: a spinning peer costs it one load of a line it keeps cached.
+    /// 1 while the owner uses the blocking wait strategy or is armed on its pollable doorbell.
+    /// The other side makes the doorbell's fence and check only then: a spinning peer costs it
+    /// one load of a line it keeps cached.
     pub blocking: AtomicU32,
+    /// The id of the owner's pollable doorbell (an abstract `AF_UNIX` datagram socket,
+    /// `"\0tadpole-bell-<id as 16 hex digits>"`), 0 when it has none. Consumer only.
+    pub pollable_id: AtomicU64,
 }
+
+/// [`DoorbellBlock::sleeping`]: asleep on the futex word; wake with `FUTEX_WAKE`.
+pub const SLEEPING_ON_FUTEX: u32 = 1;
+/// [`DoorbellBlock::sleeping`]: asleep on the pollable doorbell; wake by sending it a datagram.
+pub const SLEEPING_ON_FD: u32 = 2;
 
 /// Counters the producer writes (single writer: relaxed stores of process-local tallies).
 #[repr(C, align(128))]

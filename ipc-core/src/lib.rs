@@ -45,6 +45,8 @@ mod liveness;
 #[cfg(not(loom))]
 mod observer;
 #[cfg(not(loom))]
+mod pollable;
+#[cfg(not(loom))]
 mod producer;
 #[cfg(not(loom))]
 mod segment;

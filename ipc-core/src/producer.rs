@@ -9,10 +9,11 @@ use crate::layout::{
     self, FrontierSlot, OWNER_DETACHED, RECORD_HEADER_LEN, SLACK, SegmentHeader, encode_header, record_len,
 };
 use crate::liveness::ProcessId;
+use crate::pollable::BellRinger;
 use crate::segment::{PayloadAlign, Segment, SegmentFault, check_head_behind, check_positions};
 use crate::sync::atomic::AtomicU64;
 use crate::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use crate::wait::{PeerSchedule, WaitStep, WaitStrategy, Waiter, ring_doorbell};
+use crate::wait::{PeerSchedule, Rang, WaitStep, WaitStrategy, Waiter, ring_doorbell};
 use crate::{AttachError, PeerState, Side, SideClaim, attach_side, detach_side, peer_state};
 
 /// Why [`Producer::try_send`], [`Producer::try_reserve`] or a [`WriteBatch`] reservation wrote
@@ -209,6 +210,8 @@ pub struct Producer {
     claims_to_peer_check: u32,
     /// The consumer's owner word when it was found gone: until it changes, claims fail at once.
     gone_consumer: Option<u64>,
+    /// Rings the consumer's pollable doorbell when it sleeps on one.
+    bell: BellRinger,
     /// The impossible consumer position last refused (`Refusal::Corrupt`'s detail).
     fault: Option<SegmentFault>,
 }
@@ -298,6 +301,7 @@ impl Segment {
             peer_check: PeerSchedule::default(),
             claims_to_peer_check: CLAIMS_PER_PEER_CHECK,
             gone_consumer: None,
+            bell: BellRinger::default(),
             fault: None,
         };
         // A producer killed between its header store and its tail store left committed records
@@ -779,9 +783,19 @@ impl Producer {
         h.producer_position.position.store(end, Release);
         // The message count is in the frontier slot just written; the other counters are copied
         // out every `CLAIMS_PER_PEER_CHECK` claims (`publish_counters`).
-        if ring_doorbell(&h.consumer_doorbell) {
-            self.count_wake();
+        let rang = ring_doorbell(&h.consumer_doorbell);
+        if rang.woke() {
+            self.woke(rang);
         }
+    }
+
+    /// The consumer was asleep: count it, and ring its pollable doorbell if it sleeps on one.
+    #[cold]
+    fn woke(&mut self, rang: Rang) {
+        if let Rang::Pollable(id) = rang {
+            self.bell.ring(id);
+        }
+        self.count_wake();
     }
 
     #[cold]
@@ -817,7 +831,9 @@ impl Drop for Producer {
     fn drop(&mut self) {
         self.publish_counters();
         detach_side(&self.segment, &self.claim);
-        ring_doorbell(&self.header().consumer_doorbell);
+        if let Rang::Pollable(id) = ring_doorbell(&self.header().consumer_doorbell) {
+            self.bell.ring(id);
+        }
     }
 }
 

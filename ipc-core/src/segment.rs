@@ -271,8 +271,13 @@ impl std::fmt::Debug for Segment {
     }
 }
 
-/// A random non-zero epoch for a new ring (the kernel's generator; the clock and pid if it fails).
+/// A random non-zero epoch for a new ring.
 fn new_epoch() -> u64 {
+    random_nonzero()
+}
+
+/// A random non-zero number (the kernel's generator; the clock and pid if it fails).
+pub(crate) fn random_nonzero() -> u64 {
     let mut bytes = [0u8; 8];
     // SAFETY: `bytes` is a valid buffer of the length passed; flags 0 (blocking until seeded).
     let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };

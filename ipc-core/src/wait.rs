@@ -67,12 +67,31 @@ pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, _timeout: Duration) 
 #[cfg(loom)]
 pub(crate) fn futex_wake(_word: &AtomicU32) {}
 
+/// What ringing a doorbell did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rang {
+    /// The peer was not asleep.
+    Nobody,
+    /// The peer slept on the futex and was woken.
+    Futex,
+    /// The peer sleeps on its pollable doorbell of this id: the caller sends it a datagram
+    /// (`pollable::BellRinger`).
+    Pollable(u64),
+}
+
+impl Rang {
+    /// Whether a sleeper was found.
+    pub(crate) fn woke(self) -> bool {
+        self != Rang::Nobody
+    }
+}
+
 /// Rings the doorbell if the peer sleeps on it. Call after publishing (a commit or a release).
 /// A peer that does not use the blocking strategy costs one relaxed load here: no fence.
 #[inline]
-pub(crate) fn ring_doorbell(bell: &crate::layout::DoorbellBlock) -> bool {
+pub(crate) fn ring_doorbell(bell: &crate::layout::DoorbellBlock) -> Rang {
     if bell.blocking.load(Ordering::Relaxed) == 0 {
-        return false;
+        return Rang::Nobody;
     }
     ring_blocking_doorbell(bell)
 }
@@ -80,13 +99,20 @@ pub(crate) fn ring_doorbell(bell: &crate::layout::DoorbellBlock) -> bool {
 /// The handshake itself, kept out of line: inlined into every commit and release it would
 /// only take instruction-cache room from the spinning case.
 #[cold]
-fn ring_blocking_doorbell(bell: &crate::layout::DoorbellBlock) -> bool {
+fn ring_blocking_doorbell(bell: &crate::layout::DoorbellBlock) -> Rang {
     full_fence();
-    if bell.sleeping.load(Ordering::Relaxed) != 0 && bell.sleeping.swap(0, Ordering::Relaxed) != 0 {
-        futex_wake(&bell.sleeping);
-        return true;
+    if bell.sleeping.load(Ordering::Relaxed) == 0 {
+        return Rang::Nobody;
     }
-    false
+    // Acquire: an armed pollable sleeper stored its doorbell's id before arming (release).
+    match bell.sleeping.swap(0, Ordering::Acquire) {
+        0 => Rang::Nobody,
+        crate::layout::SLEEPING_ON_FD => Rang::Pollable(bell.pollable_id.load(Ordering::Relaxed)),
+        _ => {
+            futex_wake(&bell.sleeping);
+            Rang::Futex
+        }
+    }
 }
 
 /// Raises or lowers a side's blocking flag when its wait strategy changes.
@@ -156,7 +182,7 @@ impl Waiter {
                 let longest = if self.slept { MAX_SLEEP } else { FIRST_SLEEP };
                 self.slept = true;
                 let slice = self.deadline.map_or(longest, |d| d.saturating_duration_since(now).min(longest));
-                sleeping.store(1, Ordering::Relaxed);
+                sleeping.store(crate::layout::SLEEPING_ON_FUTEX, Ordering::Relaxed);
                 full_fence();
                 if still_blocked() {
                     futex_wait(sleeping, 1, slice);

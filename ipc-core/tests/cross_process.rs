@@ -741,17 +741,23 @@ fn producer_gets_disconnected_after_consumer_killed_and_a_new_consumer_resumes_a
     assert!(producer.try_send(&buf[..len]).is_err(), "the ring is still full");
     assert_eq!(segment.status().tail, tail, "nothing written while nobody reads");
 
-    // The dead consumer had received `seen` messages; the last may not have been released.
+    // The dead consumer had received at least `seen` messages (its count is published every 256
+    // receives, so up to 255 more), and released all but at most the last one it received.
     let seen = segment.status().consumed.messages;
+    let head = segment.status().head;
     let mut consumer = segment.consumer().expect("a new consumer takes over from the dead one");
     let mut verifier = Verifier::new(0, max, PayloadAlign::Eight);
-    {
+    let first = {
         let msg = consumer.try_recv().expect("unreleased messages are still there");
-        verifier.next = if seen > 0 && is_message(seen - 1, max, &msg) { seen - 1 } else { seen };
+        assert_eq!(msg.position(), head, "restarts at the first unreleased record");
+        let first = (seen.saturating_sub(1)..seen + 256)
+            .find(|&s| is_message(s, max, &msg))
+            .unwrap_or_else(|| panic!("the first unreleased record is none of messages {seen}-1..{seen}+256"));
+        verifier.next = first;
         verifier.accept(msg.message_type(), &msg);
-    }
-    let first = verifier.next - 1;
-    assert!(first + 1 >= seen && first <= seen, "restarts at the first unreleased: {first}, dead one saw {seen}");
+        first
+    };
+    assert!(first + 1 >= seen, "restarts at the first unreleased: {first}, dead one saw {seen}");
 
     // The rest, then more from the same producer: no gap anywhere.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -13,7 +13,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -27,17 +28,30 @@ pub enum Kind {
     Gauge,
 }
 
-type Reader = Box<dyn Fn() -> u64 + Send + Sync>;
+/// A histogram read at scrape time: sum, count, and `(upper bound, observations in the bucket)`
+/// (not cumulative), the last bound `f64::MAX` for `+Inf`.
+pub type HistogramReading = (f64, u64, Vec<(f64, u64)>);
+
+enum Reader {
+    Value(Box<dyn Fn() -> u64 + Send + Sync>),
+    Histogram(Box<dyn Fn() -> HistogramReading + Send + Sync>),
+}
 
 struct Series {
     labels: Vec<(String, String)>,
     read: Reader,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FamilyKind {
+    Value(Kind),
+    Histogram,
+}
+
 struct Family {
     name: String,
     help: String,
-    kind: Kind,
+    kind: FamilyKind,
     series: Vec<Series>,
 }
 
@@ -79,12 +93,30 @@ impl CounterSet {
         labels: &[(&str, &str)],
         read: impl Fn() -> u64 + Send + Sync + 'static,
     ) {
-        let series = Series {
-            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-            read: Box::new(read),
-        };
+        self.push(name, help, FamilyKind::Value(kind), labels, Reader::Value(Box::new(read)));
+    }
+
+    /// Adds one histogram series (e.g. link round trips), read by `read` at scrape time.
+    /// Series of one name share its help (the first given); a name is either a histogram or a
+    /// counter/gauge family, never both (a histogram series given to a counter family is
+    /// dropped).
+    pub fn add_histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        read: impl Fn() -> HistogramReading + Send + Sync + 'static,
+    ) {
+        self.push(name, help, FamilyKind::Histogram, labels, Reader::Histogram(Box::new(read)));
+    }
+
+    fn push(&mut self, name: &str, help: &str, kind: FamilyKind, labels: &[(&str, &str)], read: Reader) {
+        let series = Series { labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(), read };
         match self.families.iter_mut().find(|f| f.name == name) {
-            Some(family) => family.series.push(series),
+            Some(family) if (family.kind == FamilyKind::Histogram) == matches!(series.read, Reader::Histogram(_)) => {
+                family.series.push(series)
+            }
+            Some(_) => {}
             None => {
                 self.families.push(Family { name: name.to_owned(), help: help.to_owned(), kind, series: vec![series] })
             }
@@ -106,16 +138,24 @@ impl Collector for CounterSet {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         for family in &self.families {
             let metric_type = match family.kind {
-                Kind::Counter => ConstCounter::new(0u64).metric_type(),
-                Kind::Gauge => ConstGauge::new(0i64).metric_type(),
+                FamilyKind::Value(Kind::Counter) => ConstCounter::new(0u64).metric_type(),
+                FamilyKind::Value(Kind::Gauge) => ConstGauge::new(0i64).metric_type(),
+                FamilyKind::Histogram => MetricType::Histogram,
             };
             let mut metric = encoder.encode_descriptor(&family.name, &family.help, None, metric_type)?;
             for series in &family.series {
-                let value = (series.read)();
-                let labelled = metric.encode_family(&series.labels)?;
-                match family.kind {
-                    Kind::Counter => ConstCounter::new(value).encode(labelled)?,
-                    Kind::Gauge => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(labelled)?,
+                let mut labelled = metric.encode_family(&series.labels)?;
+                match (&series.read, family.kind) {
+                    (Reader::Value(read), FamilyKind::Value(Kind::Counter)) => {
+                        ConstCounter::new(read()).encode(labelled)?
+                    }
+                    (Reader::Value(read), _) => {
+                        ConstGauge::new(i64::try_from(read()).unwrap_or(i64::MAX)).encode(labelled)?
+                    }
+                    (Reader::Histogram(read), _) => {
+                        let (sum, count, buckets) = read();
+                        labelled.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?
+                    }
                 }
             }
         }
@@ -237,6 +277,9 @@ mod tests {
                 sent.load(Ordering::Relaxed)
             });
             set.add("tadpole_relay_in_flight", "Records in flight", Kind::Gauge, &[("route", "a")], || 7);
+            set.add_histogram("tadpole_relay_round_trip_seconds", "Round trips", &[("route", "a")], || {
+                (0.003, 2, vec![(0.001, 1), (0.01, 1), (f64::MAX, 0)])
+            });
             set
         }
         fn health(&self) -> (bool, serde_json::Value) {
@@ -266,6 +309,15 @@ mod tests {
         assert_eq!(code, 200);
         assert!(body.contains("tadpole_relay_records_sent_total{route=\"a\"} 42"), "{body}");
         assert!(body.contains("tadpole_relay_in_flight{route=\"a\"} 7"), "{body}");
+        for line in [
+            "# TYPE tadpole_relay_round_trip_seconds histogram",
+            "tadpole_relay_round_trip_seconds_count{route=\"a\"} 2",
+            "tadpole_relay_round_trip_seconds_bucket{le=\"0.001\",route=\"a\"} 1",
+            "tadpole_relay_round_trip_seconds_bucket{le=\"0.01\",route=\"a\"} 2",
+            "tadpole_relay_round_trip_seconds_bucket{le=\"+Inf\",route=\"a\"} 2",
+        ] {
+            assert!(body.contains(line), "{line} missing from\n{body}");
+        }
         let (code, body) = get(endpoint.addr(), "/health");
         assert_eq!(code, 200);
         assert!(body.contains("\"handshake_failures\":4"), "{body}");

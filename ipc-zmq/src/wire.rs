@@ -1,8 +1,10 @@
-//! The relay wire protocol, version 1: typed frames carried as multipart ZeroMQ messages, and a
-//! strict decoder for them. Every byte is described in `ipc-zmq/PROTOCOL.md`.
+//! The relay wire protocol, version 2: typed frames carried as ZeroMQ messages, and a strict
+//! decoder for them. Every byte is described in `ipc-zmq/PROTOCOL.md`.
 //!
 //! The first part of every message is a header: the protocol version, the kind, then fields of
-//! that kind, little-endian. A DATA message adds one part per record. Anything else — a wrong
+//! that kind, little-endian. A DATA message adds one part holding all its records back to back
+//! (one part, not one per record: CURVE seals every part separately, and a part per 64-byte
+//! record cost more in crypto and allocation than the records themselves). Anything else — a wrong
 //! version, an unknown kind, a short or long part, a name that is not printable UTF-8, positions
 //! that do not increase — is refused with a [`FrameError`]; the decoder never panics and
 //! allocates at most what the message's own (bounded) counts say.
@@ -17,7 +19,7 @@
 //! ```
 
 /// The protocol version this crate speaks (first byte of every message).
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Longest origin or stream name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 /// Most records in one DATA message.
@@ -38,8 +40,9 @@ pub const KIND_ACK: u8 = 4;
 /// end of the DATA message; the sender resends the rest after a backoff.
 pub const ACK_BUSY: u8 = 1;
 
-/// Bytes of a DATA record part before its payload: position (8) and message type (2).
-pub const RECORD_PREFIX_LEN: usize = 10;
+/// Bytes of a record in a DATA body before its payload: position (8), message type (2) and
+/// payload length (4).
+pub const RECORD_PREFIX_LEN: usize = 14;
 
 /// One relay message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,23 +263,30 @@ pub fn decode<P: AsRef<[u8]>>(parts: &[P]) -> Result<Frame<'_>, FrameError> {
             if count == 0 || count > MAX_RECORDS {
                 return Err(FrameError::CountOutOfBounds(count));
             }
-            if parts.len() != count + 1 {
-                return Err(FrameError::PartCount { expected: count + 1, got: parts.len() });
+            if parts.len() != 2 {
+                return Err(FrameError::PartCount { expected: 2, got: parts.len() });
             }
+            let body = parts[1].as_ref();
+            // Refuse a count the body cannot hold before allocating for it.
+            if body.len() / RECORD_PREFIX_LEN < count {
+                return Err(FrameError::Truncated { part: 1 });
+            }
+            let mut rec = Reader { buf: body, at: 0, part: 1 };
             let mut records = Vec::with_capacity(count);
             let mut floor = from;
-            for (i, part) in parts[1..].iter().enumerate() {
-                let part = part.as_ref();
-                let mut rec = Reader { buf: part, at: 0, part: i + 1 };
+            for i in 0..count {
                 let position = rec.u64()?;
                 let message_type = rec.u16()?;
+                let len = rec.u32()? as usize;
                 let in_order = if i == 0 { position >= floor } else { position > floor };
                 if position % 8 != 0 || !in_order {
                     return Err(FrameError::BadPosition(position));
                 }
                 floor = position;
-                records.push(DataRecord { position, message_type, payload: &part[RECORD_PREFIX_LEN..] });
+                let payload = rec.take(len)?;
+                records.push(DataRecord { position, message_type, payload });
             }
+            rec.end()?;
             return Ok(Frame::Data(Data { origin, stream, epoch, from, released, records }));
         }
         KIND_ACK => {
@@ -319,12 +329,11 @@ impl Frame<'_> {
                 vec![b]
             }
             Frame::Data(d) => {
-                let mut parts = Vec::with_capacity(d.records.len() + 1);
-                parts.push(data_header(&d.origin, &d.stream, d.epoch, d.from, d.released, d.records.len()));
+                let mut body = Vec::new();
                 for rec in &d.records {
-                    parts.push(record_part(rec.position, rec.message_type, rec.payload));
+                    put_record(&mut body, rec.position, rec.message_type, rec.payload);
                 }
-                parts
+                vec![data_header(&d.origin, &d.stream, d.epoch, d.from, d.released, d.records.len()), body]
             }
             Frame::Ack(a) => {
                 let mut b = header(KIND_ACK);
@@ -374,13 +383,15 @@ pub fn data_header(origin: &str, stream: &str, epoch: u64, from: u64, released: 
     b
 }
 
-/// One record part of a DATA message.
-pub fn record_part(position: u64, message_type: u16, payload: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(RECORD_PREFIX_LEN + payload.len());
-    b.extend_from_slice(&position.to_le_bytes());
-    b.extend_from_slice(&message_type.to_le_bytes());
-    b.extend_from_slice(payload);
-    b
+/// Appends one record to the body (second part) of a DATA message. A payload longer than
+/// `u32::MAX` cannot be framed; rings hold at most 1 GiB per record, so none is.
+pub fn put_record(body: &mut Vec<u8>, position: u64, message_type: u16, payload: &[u8]) {
+    debug_assert!(u32::try_from(payload.len()).is_ok(), "ring records are at most 1 GiB");
+    body.reserve(RECORD_PREFIX_LEN + payload.len());
+    body.extend_from_slice(&position.to_le_bytes());
+    body.extend_from_slice(&message_type.to_le_bytes());
+    body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    body.extend_from_slice(payload);
 }
 
 /// Whether `name` may be sent as an origin or stream name (what the decoder accepts).

@@ -186,7 +186,10 @@ fn a_receiver_killed_between_commit_and_checkpoint_delivers_exactly_that_one_dat
         // the file still says what it said before this message.
         let before = std::fs::read(&path).unwrap();
         let data = sender.poll(now).unwrap();
-        redelivered = data.len() as u64 - 1;
+        redelivered = match wire::decode(&data).unwrap() {
+            wire::Frame::Data(d) => d.records.len() as u64,
+            other => panic!("expected DATA, got {other:?}"),
+        };
         receiver.handle(&data, now).unwrap();
         std::fs::write(&path, before).unwrap();
     }
@@ -270,7 +273,11 @@ fn malformed_messages_are_counted_and_unanswered_and_the_stream_goes_on() {
         vec![],
         vec![b"\x01".to_vec()],
         vec![b"\x07\x03garbage".to_vec()],
-        vec![wire::data_header("host-a", ROUTE, 1, 0, 0, 2), wire::record_part(0, 0, b"only one")],
+        vec![wire::data_header("host-a", ROUTE, 1, 0, 0, 2), {
+            let mut body = Vec::new();
+            wire::put_record(&mut body, 0, 0, b"only one");
+            body
+        }],
         vec![wire::data_header("host-a", ROUTE, source.epoch(), 0, 0, 1), b"short".to_vec()],
     ];
     for round in 0..5u64 {
@@ -557,4 +564,44 @@ fn a_damaged_checkpoint_file_is_refused_with_a_typed_error() {
     let refused = Receiver::new(ReceiverConfig::default(), routes, Some(&path));
     assert!(matches!(refused, Err(ipc_zmq::engine::CheckpointError::Invalid { .. })));
     let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn link_round_trips_are_measured_per_acknowledged_data_message_and_not_for_resends() {
+    let (source, dest) = (ring(1 << 16), ring(1 << 16));
+    let mut producer = source.producer().unwrap();
+    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    let mut receiver = receiver_into(&dest, None);
+    let mut out = dest.consumer().unwrap();
+    let t0 = Instant::now();
+    let (mut next, mut seen) = (0, Vec::new());
+    let hello = sender.poll(t0).unwrap();
+    sender.handle(&receiver.handle(&hello, t0).unwrap(), t0);
+    // Two DATA messages (64 records each), acknowledged 3 ms and 30 ms after they went.
+    fill(&mut producer, &mut next, 128);
+    let first = sender.poll(t0).unwrap();
+    let second = sender.poll(t0).unwrap();
+    let (ack1, ack2) = (receiver.handle(&first, t0).unwrap(), receiver.handle(&second, t0).unwrap());
+    sender.handle(&ack1, t0 + Duration::from_millis(3));
+    sender.handle(&ack2, t0 + Duration::from_millis(30));
+    let rtt = &sender.counters().round_trips;
+    assert_eq!(rtt.count(), 2);
+    assert!((rtt.sum_secs() - 0.033).abs() < 1e-6, "{}", rtt.sum_secs());
+    let buckets = rtt.buckets();
+    let in_bucket = |bound: f64| buckets.iter().find(|(b, _)| *b == bound).unwrap().1;
+    assert_eq!((in_bucket(5e-3), in_bucket(50e-3)), (1, 1), "{buckets:?}");
+    // A message whose ACK is lost is resent after the timeout: its ACK is not measured.
+    fill(&mut producer, &mut next, 192);
+    let lost = sender.poll(t0).unwrap();
+    let _lost_ack = receiver.handle(&lost, t0).unwrap();
+    let later = t0 + Duration::from_secs(2);
+    assert!(sender.poll(later).is_none(), "times out, rewinds, waits for the backoff");
+    exchange(&mut sender, &mut receiver, later + Duration::from_secs(1));
+    drain(&mut out, &mut seen);
+    assert_once_in_order(&seen, 192);
+    assert!(load(&sender.counters().resends) >= 1);
+    // The resend after the backoff was sent and acknowledged at the same instant.
+    let rtt = &sender.counters().round_trips;
+    assert_eq!(rtt.count(), 3, "only the resend's own round trip is added");
+    assert!((rtt.sum_secs() - 0.033).abs() < 1e-6, "the lost message's 3 s wait is not a round trip");
 }

@@ -74,7 +74,10 @@ fn trailing_bytes_and_extra_or_missing_parts_are_refused() {
     let data = samples().into_iter().find(|f| matches!(f, Frame::Data(_))).unwrap();
     let mut parts = data.encode();
     parts.pop();
-    assert_eq!(wire::decode(&parts), Err(FrameError::PartCount { expected: 4, got: 3 }));
+    assert_eq!(wire::decode(&parts), Err(FrameError::PartCount { expected: 2, got: 1 }));
+    let mut parts = data.encode();
+    parts[1].push(0);
+    assert_eq!(wire::decode(&parts), Err(FrameError::TrailingBytes { part: 1 }));
     let mut parts = data.encode();
     parts[1].truncate(9);
     assert_eq!(wire::decode(&parts), Err(FrameError::Truncated { part: 1 }));
@@ -83,8 +86,10 @@ fn trailing_bytes_and_extra_or_missing_parts_are_refused() {
 #[test]
 fn wrong_version_unknown_kind_and_empty_messages_are_refused() {
     let mut parts = samples()[0].encode();
-    parts[0][0] = 2;
-    assert_eq!(wire::decode(&parts), Err(FrameError::UnsupportedVersion(2)));
+    parts[0][0] = 1;
+    assert_eq!(wire::decode(&parts), Err(FrameError::UnsupportedVersion(1)), "version 1 had a part per record");
+    parts[0][0] = 3;
+    assert_eq!(wire::decode(&parts), Err(FrameError::UnsupportedVersion(3)));
     parts[0][0] = VERSION;
     parts[0][1] = 99;
     assert_eq!(wire::decode(&parts), Err(FrameError::UnknownKind(99)));
@@ -92,9 +97,11 @@ fn wrong_version_unknown_kind_and_empty_messages_are_refused() {
 }
 
 fn data_with(from: u64, positions: &[u64]) -> Vec<Vec<u8>> {
-    let mut parts = vec![wire::data_header("a", "s", 1, from, 0, positions.len())];
-    parts.extend(positions.iter().map(|&p| wire::record_part(p, 0, b"x")));
-    parts
+    let mut body = Vec::new();
+    for &p in positions {
+        wire::put_record(&mut body, p, 0, b"x");
+    }
+    vec![wire::data_header("a", "s", 1, from, 0, positions.len()), body]
 }
 
 #[test]
@@ -213,8 +220,7 @@ proptest! {
         if parts.len() > 1 {
             prop_assert!(wire::decode(&parts[..parts.len() - 1]).is_err());
             let mut short = parts.clone();
-            let rec = 1 + cut.index(parts.len() - 1);
-            short[rec].truncate(cut.index(wire::RECORD_PREFIX_LEN));
+            short[1].truncate(cut.index(parts[1].len()));
             prop_assert!(wire::decode(&short).is_err());
         }
     }

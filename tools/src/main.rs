@@ -1,23 +1,45 @@
-//! `tadpole`: the operator's command. Today: `demo` (four trading agents in four processes,
-//! joined by shared-memory rings, with an end-to-end latency report), `pingpong` (raw one-way
-//! latency between two processes), `stat` (what rings exist, who is attached, their counters),
-//! `tap` (watch a ring without consuming), `clean` (remove rings left by dead processes) and
-//! `keygen` (CURVE key pairs for `tadpole relay`).
+//! `tadpole`: the operator's command. `demo` (four trading agents in four processes, joined by
+//! shared-memory rings, with an end-to-end latency report), `pingpong` (raw one-way latency
+//! between two processes), `stat` (every ring, who is attached, depth, counters and rates),
+//! `tap` (a ring's records decoded, without consuming them), `clean` (remove rings whose
+//! processes are all gone), `keygen` (CURVE key pairs) and `relay` (rings between hosts).
+//!
+//! Each subcommand is one variant of [`Cmd`], with its arguments in its own module where it has
+//! more than a couple; adding one is a variant and a `match` arm.
 
+mod clean;
+mod exit;
+mod json;
 mod pipeline;
 mod relay;
 mod sigbus;
+mod source;
+mod stat;
+mod tap;
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use ipc_core::{ObserveError, OpenError, PeerState, RecvError, RecvTimeoutError, RingBuilder, Segment, WaitStrategy};
+use ipc_core::{RecvError, RecvTimeoutError, RingBuilder, Segment, WaitStrategy};
+
+const AFTER_HELP: &str = "\
+Examples:
+  tadpole demo                      the trading pipeline on this host, with latency percentiles
+  tadpole stat --watch              every ring, refreshed like top
+  tadpole tap orders --follow       the records passing through ring `orders`, as JSON lines
+  tadpole clean --dry-run           which rings are left over by dead processes
+  tadpole help tap                  one command's options and examples";
 
 #[derive(Parser)]
-#[command(name = "tadpole", version, about = "Shared-memory IPC for latency-critical agents")]
+#[command(
+    name = "tadpole",
+    version,
+    about = "Shared-memory IPC for latency-critical agents",
+    after_help = format!("{AFTER_HELP}\n\n{}", exit::EXIT_STATUS_HELP)
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -27,47 +49,47 @@ struct Cli {
 enum Cmd {
     /// Four agent processes (market analysis, risk, personality, execution) trade through
     /// shared-memory rings; prints end-to-end latency percentiles.
+    #[command(after_help = format!(
+        "Examples:\n  tadpole demo\n  tadpole demo --signals 100000 --wait spin --alert-p99-us 200\n\n{}",
+        exit::EXIT_STATUS_HELP
+    ))]
     Demo(PipelineArgs),
     /// Two processes bounce raw messages through a pair of rings; prints one-way latency.
+    #[command(after_help = format!(
+        "Examples:\n  tadpole pingpong\n  tadpole pingpong --size 4096 --wait block\n\n{}",
+        exit::EXIT_STATUS_HELP
+    ))]
     Pingpong(DemoArgs),
-    /// Lists Tadpole rings in /dev/shm, or shows one in detail.
-    Stat {
-        /// A ring name (without the `tadpole.` prefix); all rings when omitted.
-        #[arg(conflicts_with = "socket")]
-        name: Option<String>,
-        /// Show the sealed ring served at this Unix socket path (`SegmentServer`) instead.
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
-    /// Prints the records passing through a ring without consuming them.
-    Tap {
-        /// The ring's name.
-        #[arg(required_unless_present = "socket", conflicts_with = "socket")]
-        name: Option<String>,
-        /// Tap the sealed ring served at this Unix socket path (`SegmentServer`) instead.
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        /// Stop after this many records (default: run until interrupted).
-        #[arg(long)]
-        count: Option<u64>,
-        /// Start with the oldest unreleased record instead of new ones only.
-        #[arg(long)]
-        from_oldest: bool,
-    },
+    /// Every ring on the host (or one): producer and consumer pids and liveness, depth,
+    /// counters and rates; `--watch` refreshes a full-screen view, `--json` prints one document.
+    Stat(stat::StatArgs),
+    /// Prints the records passing through a ring, decoded (envelopes, Arrow frames, relay dead
+    /// letters), without consuming them.
+    Tap(tap::TapArgs),
     /// Bridges rings between hosts over ZeroMQ with CURVE: forwards local rings to far relays
     /// and commits what allowlisted relays send into local rings (see examples/relay.toml).
+    #[command(after_help = format!(
+        "Examples:\n  tadpole relay --config /etc/tadpole/relay.toml\n  \
+         RUST_LOG=debug tadpole relay --config relay.toml --state /var/lib/tadpole/relay.state\n\n\
+         SIGHUP reloads the allowlist; SIGINT/SIGTERM stop it cleanly.\n\n{}",
+        exit::EXIT_STATUS_HELP
+    ))]
     Relay {
         /// The relay's configuration file.
         #[arg(long)]
         config: PathBuf,
-        /// Where the inbound side records what it has committed (default: the config file's
-        /// path with the extension `state`).
+        /// Where the inbound side records what it has committed (default: in /dev/shm, named
+        /// after the relay and its config file's path; see README).
         #[arg(long)]
         state: Option<PathBuf>,
     },
     /// Writes a CURVE key pair for `tadpole relay`: `<out>.key` (secret, mode 0600) and
     /// `<out>.pub`; prints the public key. Never overwrites. `--check=KEY` validates a public
     /// key instead (write `--check=KEY`: Z85 keys may begin with `-`).
+    #[command(after_help = format!(
+        "Examples:\n  tadpole keygen --out /etc/tadpole/host-a\n  tadpole keygen --check=\"$(cat host-b.pub)\"\n\n{}",
+        exit::EXIT_STATUS_HELP
+    ))]
     Keygen {
         /// Path prefix of the files to write, e.g. `/etc/tadpole/host-a`.
         #[arg(long, required_unless_present = "check", conflicts_with = "check")]
@@ -79,12 +101,9 @@ enum Cmd {
     /// Measures Tadpole against iceoryx2, Unix sockets, pipes, ZeroMQ and crossbeam on this
     /// host: latency and throughput, each row as a ratio to a baseline of the same run.
     Bench(tadpole_benches::suite::Args),
-    /// Removes rings whose creator and attached processes are all gone.
-    Clean {
-        /// Only print what would be removed.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    /// Removes rings whose creator and attached processes are all gone, and says why it kept
+    /// each other ring.
+    Clean(clean::CleanArgs),
     /// Internal: one agent of `demo`.
     #[command(hide = true)]
     Agent {
@@ -161,28 +180,23 @@ impl Wait {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     // `tadpole bench` re-executes this binary as its peer process.
     tadpole_benches::peer::run_peer_if_requested();
-    match Cli::parse().command {
+    exit::quiet_on_closed_stdout();
+    let command = Cli::parse().command;
+    exit::report(match command {
         Cmd::Bench(args) => tadpole_benches::suite::run(&args).map_err(|e| anyhow::anyhow!(e)),
         Cmd::Demo(args) => pipeline_demo(&args),
         Cmd::Pingpong(args) => demo(&args),
         Cmd::Agent { role, run, wait } => pipeline::agent(&role, &run, wait.strategy()),
         Cmd::DemoEcho { ping, pong, wait, cpu } => demo_echo(&ping, &pong, wait, cpu),
-        Cmd::Stat { socket: Some(path), .. } => stat_one(&RingSource::Socket(path), true),
-        Cmd::Stat { name, socket: None } => stat(name.as_deref()),
-        Cmd::Clean { dry_run } => clean(dry_run),
+        Cmd::Stat(args) => stat::run(&args),
+        Cmd::Tap(args) => tap::run(&args),
+        Cmd::Clean(args) => clean::run(&args),
         Cmd::Relay { config, state } => relay::run(&config, state),
         Cmd::Keygen { out, check } => keygen(out.as_deref(), check.as_deref()),
-        Cmd::Tap { name, socket, count, from_oldest } => {
-            let source = match (socket, name) {
-                (Some(path), _) => RingSource::Socket(path),
-                (None, name) => RingSource::Named(name.context("a ring name or --socket")?),
-            };
-            tap(&source, count, from_oldest)
-        }
-    }
+    })
 }
 
 fn pin_to_cpu(cpu: usize) {
@@ -336,103 +350,6 @@ fn demo_echo(ping: &str, pong: &str, wait: Wait, cpu: Option<usize>) -> Result<(
     }
 }
 
-fn peer(state: PeerState) -> String {
-    match state {
-        PeerState::NeverAttached => "never attached".into(),
-        PeerState::Attached(id) => format!("pid {} (running)", id.pid),
-        PeerState::Closed => "detached".into(),
-        PeerState::Dead(id) => format!("pid {} (DEAD)", id.pid),
-    }
-}
-
-/// Where a tool finds the ring it reads.
-enum RingSource {
-    /// `/dev/shm/tadpole.<name>`.
-    Named(String),
-    /// A sealed ring served at a Unix socket path.
-    Socket(PathBuf),
-}
-
-impl RingSource {
-    /// Opens the ring for reading, refusing a named one whose file has shrunk since it was made.
-    fn open(&self) -> Result<Segment> {
-        let segment = match self {
-            RingSource::Named(name) => Segment::open(name)?,
-            RingSource::Socket(path) => Segment::connect(path)?,
-        };
-        ensure_intact(&segment)?;
-        Ok(segment)
-    }
-
-    fn label(&self) -> String {
-        match self {
-            RingSource::Named(name) => name.clone(),
-            RingSource::Socket(path) => path.display().to_string(),
-        }
-    }
-}
-
-/// Stops before reading a ring whose file another process truncated (see `sigbus`).
-fn ensure_intact(segment: &Segment) -> Result<()> {
-    if sigbus::check_sizes() && segment.is_truncated().context("checking the ring's size")? {
-        bail!("the ring's file was truncated by another process; stopping before reading it");
-    }
-    Ok(())
-}
-
-fn stat(name: Option<&str>) -> Result<()> {
-    let names = match name {
-        Some(n) => vec![n.to_owned()],
-        None => Segment::list().context("listing /dev/shm")?,
-    };
-    if names.is_empty() {
-        println!("no Tadpole rings in /dev/shm");
-    }
-    for n in names {
-        // Asked about one ring: failing to read it is the command failing.
-        stat_one(&RingSource::Named(n), name.is_some())?;
-    }
-    Ok(())
-}
-
-/// Prints one ring's status; an unreadable ring is an error if `must_read`, a line otherwise.
-fn stat_one(source: &RingSource, must_read: bool) -> Result<()> {
-    sigbus::confine().context("installing the SIGBUS handler")?;
-    let n = source.label();
-    let seg = match source.open() {
-        Ok(seg) => seg,
-        Err(e) if must_read => return Err(e.context(format!("ring {n:?} unreadable"))),
-        Err(e) => {
-            println!("{n}: unreadable: {e:#}");
-            return Ok(());
-        }
-    };
-    let s = seg.status();
-    println!("{n}: capacity {} B, max message {} B, {} B in use", s.capacity, s.max_message_len, s.used_bytes());
-    println!("  creator  pid {} ({})", s.creator.pid, if s.creator_alive { "running" } else { "gone" });
-    println!(
-        "  producer {}: {} messages, {} B, {} commits, {} full, {} wakes",
-        peer(s.producer),
-        s.produced.messages,
-        s.produced.bytes,
-        s.produced.commits,
-        s.produced.full_events,
-        s.produced.wakes
-    );
-    println!(
-        "  consumer {}: {} messages, {} B, {} releases, {} wakes, {} corrupt, leases {}/{}",
-        peer(s.consumer),
-        s.consumed.messages,
-        s.consumed.bytes,
-        s.consumed.releases,
-        s.consumed.wakes,
-        s.consumed.corrupt_records,
-        s.consumed.leases_held,
-        s.consumed.lease_capacity
-    );
-    Ok(())
-}
-
 fn keygen(out: Option<&std::path::Path>, check: Option<&str>) -> Result<()> {
     use ipc_zmq::keys::{KeyPair, PublicKey};
     if let Some(key) = check {
@@ -445,56 +362,5 @@ fn keygen(out: Option<&std::path::Path>, check: Option<&str>) -> Result<()> {
     let files = pair.write_new(out)?;
     eprintln!("wrote {} (secret, mode 0600) and {}", files.secret.display(), files.public.display());
     println!("{}", pair.public());
-    Ok(())
-}
-
-fn clean(dry_run: bool) -> Result<()> {
-    for n in Segment::list().context("listing /dev/shm")? {
-        // The library judges: a ring whose users run in another PID namespace, or whose /proc
-        // entries cannot be read, is in use until proven otherwise.
-        let outcome = if dry_run { Segment::is_reclaimable(&n) } else { Segment::reclaim_if_stale(&n) };
-        match outcome {
-            Ok(true) if dry_run => println!("would remove {n}"),
-            Ok(true) => println!("removed {n}"),
-            Ok(false) | Err(OpenError::NotFound(_)) => {}
-            Err(e) => eprintln!("{n}: left in place: {e}"),
-        }
-    }
-    Ok(())
-}
-
-fn tap(source: &RingSource, count: Option<u64>, from_oldest: bool) -> Result<()> {
-    sigbus::confine().context("installing the SIGBUS handler")?;
-    let name = source.label();
-    let segment = source.open().with_context(|| format!("opening ring {name:?}"))?;
-    let mut tap = segment.observer();
-    if !from_oldest {
-        tap.skip_to_latest();
-    }
-    let mut copy = Vec::new();
-    let mut seen = 0u64;
-    let idle = crossbeam_utils::Backoff::new();
-    while count.is_none_or(|n| seen < n) {
-        ensure_intact(&segment).with_context(|| format!("tapping ring {name:?}"))?;
-        match tap.try_observe(&mut copy) {
-            Ok(rec) => {
-                idle.reset();
-                seen += 1;
-                let shown: String = copy.iter().take(32).map(|b| format!("{b:02x}")).collect();
-                let more = if copy.len() > 32 { "…" } else { "" };
-                println!("pos {:>12}  type {:>5}  {:>7} B  {shown}{more}", rec.position, rec.message_type, copy.len());
-            }
-            Err(ObserveError::Empty) => {
-                if idle.is_completed() {
-                    std::thread::sleep(Duration::from_millis(1));
-                } else {
-                    idle.snooze();
-                }
-            }
-            // Never twice in a row without moving forward (see `Observer::try_observe`).
-            Err(ObserveError::Lagged { skipped }) => println!("-- lagged: skipped {skipped} bytes of traffic"),
-            Err(e @ (ObserveError::Corrupt(_) | ObserveError::ImpossibleBounds { .. })) => bail!("{e}"),
-        }
-    }
     Ok(())
 }

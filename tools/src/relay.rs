@@ -28,12 +28,16 @@ use tracing::{info, warn};
 const ZAP_DOMAIN: &str = "tadpole-relay";
 /// Capacity of a ring the relay creates because it does not exist yet.
 const CREATED_RING_BYTES: usize = 4 << 20;
-/// Longest the loop sleeps in `zmq::poll` when nothing is happening (a ring gaining records
-/// cannot wake it, so this bounds the added latency of an idle link).
-const IDLE_POLL: Duration = Duration::from_millis(1);
-/// For this long after the last record or message it handled, the loop only yields between
-/// turns instead of sleeping in `zmq::poll`: a link in use sees the next record at once (a ring
-/// gaining records cannot wake the poll), and an idle relay costs no CPU.
+/// Longest the loop sleeps in `zmq::poll` when nothing is happening. Sockets wake it, and so
+/// does a record committed into a source ring (its pollable doorbell is in the poll set), so
+/// this bounds only the once-a-second housekeeping.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// The same for a source ring whose pollable doorbell could not be made: the loop must look at
+/// the ring this often.
+const IDLE_POLL_WITHOUT_DOORBELL: Duration = Duration::from_millis(1);
+/// For this long after the last record or message it handled, the loop yields between turns
+/// instead of sleeping: a burst costs no sleep and wake-up per message, and an idle relay
+/// costs no CPU.
 const SPIN_AFTER_ACTIVITY: Duration = Duration::from_millis(2);
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -109,6 +113,9 @@ struct Link {
     connector: Connector,
     status: LinkStatus,
     was_connected: bool,
+    /// The source ring's pollable doorbell, polled beside the socket (`None`: it could not be
+    /// made; the ring is then looked at every millisecond).
+    doorbell: Option<std::os::fd::RawFd>,
     /// What was last logged: the link's state, the breaker's, and the dead letters written.
     logged_state: LinkState,
     logged_breaker: BreakerState,
@@ -176,6 +183,13 @@ impl Status for RelayStatus {
                 Kind::Gauge,
                 &labels,
                 move || c.breaker_state.load(Ordering::Relaxed),
+            );
+            let c = counters.clone();
+            set.add_histogram(
+                "tadpole_relay_round_trip_seconds",
+                "From sending a DATA message to the acknowledgement that covers it (resent messages not measured)",
+                &labels,
+                move || (c.round_trips.sum_secs(), c.round_trips.count(), c.round_trips.buckets()),
             );
             let s = status.clone();
             set.add(
@@ -286,7 +300,7 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         routes_in = cfg.routes_in.len(),
         "relay starting"
     );
-    let state = state.unwrap_or_else(|| config.with_extension("state"));
+    let state = state.unwrap_or_else(|| default_state_path(relay, config));
     let ctx = zmq::Context::new();
     let security = Arc::new(SecurityCounters::default());
     // The ZAP handler runs before any listener exists (a CURVE server without one admits
@@ -334,8 +348,33 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
             ),
             None => None,
         };
-        let sender =
+        let mut sender =
             Sender::new(config, consumer, dead_letters).map_err(|e| anyhow!("route to {}: {e}", route.connect))?;
+        {
+            let (relay, route, ring) = (relay.to_owned(), route.stream.clone(), route.ring.clone());
+            sender.on_dead_letter(move |letter, kept| {
+                let correlation = correlation_id(letter.payload).map(|id| id.to_string());
+                warn!(
+                    relay = %relay,
+                    event = "dead_letter",
+                    route = %route,
+                    ring = %ring,
+                    reason = ?letter.reason,
+                    position = letter.position,
+                    message_type = letter.message_type,
+                    kept,
+                    correlation_id = correlation.as_deref().unwrap_or(""),
+                    "the far side rejected a record"
+                );
+            });
+        }
+        let doorbell = match sender.doorbell_fd() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warn!(relay, event = "no_doorbell", ring = %route.ring, error = %e, "cannot make the ring's pollable doorbell; polling it every millisecond");
+                None
+            }
+        };
         let connector =
             Connector::connect(&ctx, &cfg.keys, &route.server_key, &route.connect, &cfg.limits, security.clone())
                 .map_err(|e| anyhow!("connecting to {}: {e}", route.connect))?;
@@ -348,13 +387,14 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
             connector,
             status,
             was_connected: false,
+            doorbell,
             logged_state: LinkState::Connecting,
             logged_breaker: BreakerState::Closed,
             logged_dead_letters: 0,
         });
     }
 
-    let mut origins = Origins::default();
+    let mut origins = Origins::load(origins_path(&state))?;
     let status = Arc::new(RelayStatus {
         name: cfg.name.clone(),
         security: security.clone(),
@@ -408,11 +448,38 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         } else if now.duration_since(last_activity) < SPIN_AFTER_ACTIVITY {
             std::thread::yield_now();
         } else {
-            wait(&links, listener.as_ref())?;
+            wait(&mut links, listener.as_ref(), now)?;
         }
     }
     info!(relay, event = "stop", "relay stopping");
     Ok(())
+}
+
+/// Where the inbound side keeps its checkpoint unless `--state` says otherwise: in `/dev/shm`
+/// (tmpfs) beside the rings it describes, which it must outlive no more and no less (a host
+/// crash loses both), and where rewriting it after every DATA message costs no disk writeback
+/// (on ext4 that writeback stalled the receiving relay for milliseconds at a time). Named after
+/// the relay and its config file's absolute path, so two relays on one host never share one.
+fn default_state_path(relay: &str, config: &Path) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        return config.with_extension("state");
+    }
+    let absolute = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_owned());
+    let hash = absolute
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let name: String = relay.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    shm.join(format!("tadpole-relay-state.{name}.{hash:016x}"))
+}
+
+/// The origins file beside the checkpoint file `state`.
+fn origins_path(state: &Path) -> PathBuf {
+    let mut name = state.as_os_str().to_owned();
+    name.push(".origins");
+    PathBuf::from(name)
 }
 
 /// One turn of an outbound link: send what the ring and the timers want sent, handle replies.
@@ -488,19 +555,69 @@ fn serve(
 }
 
 /// Which client key each origin name belongs to: the first key to open a stream under a name
-/// keeps it for the relay's life, so an allowlisted client cannot speak for another relay (and
-/// move that relay's streams, which are keyed by origin, back or forth). Messages naming an
-/// origin held by another key are dropped and counted.
+/// keeps it, so an allowlisted client cannot speak for another relay (and move that relay's
+/// streams, which are keyed by origin, back or forth). Messages naming an origin held by another
+/// key are dropped and counted. The bindings are kept in a file beside the checkpoint (written
+/// when one is made, which is rare), so a restart does not hand the names to whoever speaks
+/// first; they are kept as long as the checkpoint they protect.
 #[derive(Default)]
 struct Origins {
     owners: std::collections::HashMap<String, ipc_zmq::keys::PublicKey>,
     refused: Arc<AtomicU64>,
+    path: Option<PathBuf>,
 }
 
 /// Most origin names remembered (one per sending relay, in practice a handful).
 const MAX_ORIGINS: usize = 4096;
+/// First line of the origins file.
+const ORIGINS_MAGIC: &str = "tadpole-relay-origins 1";
 
 impl Origins {
+    /// The bindings saved at `path` (none if it does not exist). A file that is not one, or
+    /// holds a bad name or key, is refused with the line: the relay does not start on it.
+    fn load(path: PathBuf) -> Result<Origins> {
+        let mut origins = Origins { path: Some(path.clone()), ..Origins::default() };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(origins),
+            Err(e) => return Err(anyhow!("reading {}: {e}", path.display())),
+        };
+        let mut lines = text.lines().enumerate();
+        if lines.next().map(|(_, l)| l) != Some(ORIGINS_MAGIC) {
+            return Err(anyhow!(
+                "{} is not a tadpole relay origins file (first line must be {ORIGINS_MAGIC:?}); remove it to start over",
+                path.display()
+            ));
+        }
+        for (i, line) in lines {
+            let bad = |why: &str| anyhow!("{} line {}: {why}; remove the file to start over", path.display(), i + 1);
+            let (name, key) = line.split_once('\t').ok_or_else(|| bad("expected <origin>TAB<client public key>"))?;
+            if !wire::valid_name(name) {
+                return Err(bad("invalid origin name"));
+            }
+            let key = ipc_zmq::keys::PublicKey::from_z85(key).map_err(|e| bad(&format!("invalid key: {e}")))?;
+            if origins.owners.len() >= MAX_ORIGINS {
+                return Err(bad("more origins than a relay keeps"));
+            }
+            origins.owners.insert(name.to_owned(), key);
+        }
+        Ok(origins)
+    }
+
+    /// Rewrites the file (temporary file, then rename: a reader sees the old or the new).
+    fn save(&self) -> std::io::Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let mut text = format!("{ORIGINS_MAGIC}\n");
+        let mut owners: Vec<_> = self.owners.iter().collect();
+        owners.sort();
+        for (name, key) in owners {
+            text.push_str(&format!("{name}\t{key}\n"));
+        }
+        let tmp = path.with_extension("origins.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+
     fn admits(&mut self, relay: &str, peer: &ipc_zmq::keys::PublicKey, head: &[u8]) -> bool {
         let Some(origin) = wire::origin_of(head) else { return true };
         match self.owners.get(&origin) {
@@ -515,7 +632,11 @@ impl Origins {
                 false
             }
             None => {
-                self.owners.insert(origin, *peer);
+                self.owners.insert(origin.clone(), *peer);
+                if let Err(e) = self.save() {
+                    // The binding holds for this run; after a restart the name is free again.
+                    warn!(relay, event = "origins_not_saved", origin = %origin, error = %e, "cannot save the origin binding");
+                }
                 true
             }
         }
@@ -627,14 +748,38 @@ fn init_logs() {
         .try_init();
 }
 
-/// Sleeps until a socket has something to read, or [`IDLE_POLL`] passes.
-fn wait(links: &[Link], listener: Option<&Listener>) -> Result<()> {
-    let mut items: Vec<zmq::PollItem<'_>> =
-        links.iter().map(|l| l.connector.socket().as_poll_item(zmq::POLLIN)).collect();
-    if let Some(listener) = listener {
-        items.push(listener.socket().as_poll_item(zmq::POLLIN));
+/// Sleeps until a socket has something to read, a source ring gains a record the link could
+/// send, a sender's timer is due, or [`IDLE_POLL`] passes. Returns at once when records are
+/// already waiting.
+fn wait(links: &mut [Link], listener: Option<&Listener>, now: Instant) -> Result<()> {
+    let mut timeout = IDLE_POLL;
+    let mut records_waiting = false;
+    for link in links.iter_mut() {
+        match link.doorbell.map(|_| link.sender.arm_doorbell(now)) {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => records_waiting = true,
+            None | Some(Err(_)) => timeout = timeout.min(IDLE_POLL_WITHOUT_DOORBELL),
+        }
+        if let Some(due) = link.sender.next_deadline() {
+            timeout = timeout.min(due.saturating_duration_since(now));
+        }
     }
-    match zmq::poll(&mut items, IDLE_POLL.as_millis() as i64) {
+    let polled = if records_waiting {
+        Ok(0)
+    } else {
+        let mut items: Vec<zmq::PollItem<'_>> =
+            links.iter().map(|l| l.connector.socket().as_poll_item(zmq::POLLIN)).collect();
+        items.extend(links.iter().filter_map(|l| l.doorbell).map(|fd| zmq::PollItem::from_fd(fd, zmq::POLLIN)));
+        if let Some(listener) = listener {
+            items.push(listener.socket().as_poll_item(zmq::POLLIN));
+        }
+        // Rounded up: a deadline 0.3 ms away is a 1 ms sleep, not a spin.
+        zmq::poll(&mut items, timeout.as_micros().div_ceil(1000) as i64)
+    };
+    for link in links.iter_mut() {
+        link.sender.disarm_doorbell();
+    }
+    match polled {
         Ok(_) | Err(zmq::Error::EINTR) => Ok(()),
         Err(e) => Err(anyhow!("polling: {e}")),
     }

@@ -57,7 +57,7 @@ fn stat_and_tap_show_a_live_ring_without_consuming_it() {
     assert!(ok, "{out}");
     assert!(out.contains("5 messages"), "{out}");
     assert!(out.contains(&format!("pid {} (running)", std::process::id())), "{out}");
-    let (ok, out) = tadpole(&["tap", &name, "--from-oldest", "--count", "5"]);
+    let (ok, out) = tadpole(&["tap", &name, "--format", "hex", "--count", "5"]);
     assert!(ok, "{out}");
     assert_eq!(out.lines().filter(|l| l.starts_with("pos")).count(), 5, "{out}");
     assert!(out.contains("type     4") && out.contains("40 B"), "{out}");
@@ -75,9 +75,10 @@ fn stat_and_tap_show_a_live_ring_without_consuming_it() {
 
 #[test]
 fn clean_removes_rings_left_by_dead_processes_only() {
-    let live = format!("cli-live-{}", std::process::id());
+    let prefix = format!("cli-clean-{}-", std::process::id());
+    let live = format!("{prefix}live");
     let _live = RingBuilder::new(4096).create_named(&live).unwrap();
-    let dead = format!("cli-dead-{}", std::process::id());
+    let dead = format!("{prefix}dead");
     // A child creates a ring, keeps it, and exits.
     let status = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_creates_and_keeps_a_ring", "--nocapture"])
@@ -86,10 +87,15 @@ fn clean_removes_rings_left_by_dead_processes_only() {
         .unwrap();
     assert!(status.success());
     assert!(Segment::open(&dead).is_ok());
-    let (ok, out) = tadpole(&["clean", "--dry-run"]);
-    assert!(ok && out.contains(&format!("would remove {dead}")) && !out.contains(&live), "{out}");
-    let (ok, out) = tadpole(&["clean"]);
-    assert!(ok && out.contains(&format!("removed {dead}")), "{out}");
+    let me = std::process::id();
+    let (ok, out) = tadpole(&["clean", "--dry-run", "--prefix", &prefix]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("would remove {dead}: every process is gone (creator pid ")), "{out}");
+    assert!(out.contains(&format!("kept {live}: in use: creator pid {me} running")), "{out}");
+    assert!(Segment::open(&dead).is_ok(), "a dry run removed the ring");
+    let (ok, out) = tadpole(&["clean", "--prefix", &prefix]);
+    assert!(ok && out.contains(&format!("removed {dead}: every process is gone")), "{out}");
+    assert!(out.contains(&format!("kept {live}: in use: creator pid {me} running")), "{out}");
     assert!(Segment::open(&dead).is_err());
     assert!(Segment::open(&live).is_ok());
 }

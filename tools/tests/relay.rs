@@ -156,7 +156,7 @@ fn two_relays_in_two_namespaces_lose_nothing_through_a_partition_and_kill_9_of_e
             match step {
                 0 => {
                     net.set_link(false);
-                    std::thread::sleep(Duration::from_secs(3));
+                    std::thread::sleep(Duration::from_secs(5)); // the partition: 5 s down
                     net.set_link(true);
                 }
                 1 => {
@@ -264,4 +264,192 @@ fn a_wrong_server_key_shows_in_health_and_metrics_and_delivers_nothing() {
     let _ = a.kill();
     let _ = b.kill();
     let _ = (a.wait(), b.wait());
+}
+
+#[test]
+fn metrics_show_the_link_round_trip_histogram_and_acks_once_records_crossed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_pub, b_pub) = (keygen(dir.path(), "a"), keygen(dir.path(), "b"));
+    let tag = std::process::id();
+    let (b_port, health_port) = (free_port(), free_port());
+    let out_ring = format!("relay-rtt-{tag}-out");
+    let in_ring = format!("relay-rtt-{tag}-in");
+    let _rings = [
+        RingBuilder::new(1 << 16).create_named(&out_ring).unwrap(),
+        RingBuilder::new(1 << 16).create_named(&in_ring).unwrap(),
+    ];
+    std::fs::write(
+        dir.path().join("b.toml"),
+        format!("name = \"b\"\nkey_file = \"b.key\"\nlisten = \"tcp://127.0.0.1:{b_port}\"\nallow = [\"{a_pub}\"]\n\n[[route_in]]\nstream = \"s\"\nring = \"{in_ring}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        format!("name = \"a\"\nkey_file = \"a.key\"\nhealth = \"127.0.0.1:{health_port}\"\n\n[[route_out]]\nring = \"{out_ring}\"\nconnect = \"tcp://127.0.0.1:{b_port}\"\nserver_key = \"{b_pub}\"\nstream = \"s\"\n"),
+    )
+    .unwrap();
+    let spawn = |config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tadpole"))
+            .args(["relay", "--config"])
+            .arg(dir.path().join(config))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut b = spawn("b.toml");
+    let mut a = spawn("a.toml");
+    let mut producer = Segment::open(&out_ring).unwrap().producer().unwrap();
+    let mut consumer = Segment::open(&in_ring).unwrap().consumer().unwrap();
+    let mut buf = Vec::new();
+    let (mut sent, mut got) = (0u64, 0u64);
+    let started = Instant::now();
+    while got < 200 {
+        assert!(started.elapsed() < Duration::from_secs(30), "only {got} of 200 records crossed");
+        if sent < 200 {
+            record(sent, &mut buf);
+            if producer.try_send(&buf).is_ok() {
+                sent += 1;
+            }
+        }
+        match consumer.try_recv() {
+            Ok(r) => {
+                record(got, &mut buf);
+                assert_eq!(&r[..], &buf[..], "record {got}");
+                got += 1;
+            }
+            Err(TryRecvError::Empty) => std::thread::sleep(Duration::from_micros(200)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let addr = format!("127.0.0.1:{health_port}");
+    let value = |metrics: &str, prefix: &str| {
+        metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let metrics = loop {
+        let (code, metrics) = http_get(&addr, "/metrics").expect("the health endpoint answers");
+        assert_eq!(code, 200);
+        if value(&metrics, "tadpole_relay_round_trip_seconds_count").is_some_and(|n| n >= 1.0) {
+            break metrics;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no round trip measured:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(metrics.contains("# TYPE tadpole_relay_round_trip_seconds histogram"), "{metrics}");
+    assert!(value(&metrics, "tadpole_relay_round_trip_seconds_sum").is_some_and(|s| s > 0.0), "{metrics}");
+    assert!(value(&metrics, "tadpole_relay_acks_total").is_some_and(|n| n >= 1.0), "{metrics}");
+    let inf = metrics.lines().find(|l| l.starts_with("tadpole_relay_round_trip_seconds_bucket{le=\"+Inf\""));
+    assert!(inf.is_some(), "{metrics}");
+    let _ = a.kill();
+    let _ = b.kill();
+    let _ = (a.wait(), b.wait());
+}
+
+/// Starts `tadpole relay --config <dir>/<config> [--state <state>]`, output discarded.
+fn spawn_relay(dir: &std::path::Path, config: &str, state: Option<&std::path::Path>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tadpole"));
+    cmd.args(["relay", "--config"]).arg(dir.join(config));
+    if let Some(state) = state {
+        cmd.arg("--state").arg(state);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+/// Receives from `consumer` until `want` records or `within` passes; returns what came.
+fn receive_for(consumer: &mut ipc_core::Consumer, want: usize, within: Duration) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let started = Instant::now();
+    while got.len() < want && started.elapsed() < within {
+        match consumer.try_recv() {
+            Ok(r) => got.push(r.to_vec()),
+            Err(TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    got
+}
+
+#[test]
+fn an_origin_stays_bound_to_its_client_key_across_a_restart_of_the_receiving_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_pub, b_pub, c_pub) = (keygen(dir.path(), "a"), keygen(dir.path(), "b"), keygen(dir.path(), "c"));
+    let tag = std::process::id();
+    let b_port = free_port();
+    let (a_ring, c_ring, in_ring) =
+        (format!("relay-origin-{tag}-a"), format!("relay-origin-{tag}-c"), format!("relay-origin-{tag}-in"));
+    let _rings = [
+        RingBuilder::new(1 << 16).create_named(&a_ring).unwrap(),
+        RingBuilder::new(1 << 16).create_named(&c_ring).unwrap(),
+        RingBuilder::new(1 << 16).create_named(&in_ring).unwrap(),
+    ];
+    // B admits both keys; C is allowlisted but calls itself "a" as well.
+    std::fs::write(
+        dir.path().join("b.toml"),
+        format!("name = \"b\"\nkey_file = \"b.key\"\nlisten = \"tcp://127.0.0.1:{b_port}\"\nallow = [\"{a_pub}\", \"{c_pub}\"]\n\n[[route_in]]\nstream = \"s\"\nring = \"{in_ring}\"\n"),
+    )
+    .unwrap();
+    for (file, key, ring) in [("a.toml", "a.key", &a_ring), ("c.toml", "c.key", &c_ring)] {
+        std::fs::write(
+            dir.path().join(file),
+            format!("name = \"a\"\nkey_file = \"{key}\"\n\n[[route_out]]\nring = \"{ring}\"\nconnect = \"tcp://127.0.0.1:{b_port}\"\nserver_key = \"{b_pub}\"\nstream = \"s\"\n"),
+        )
+        .unwrap();
+    }
+    let state = dir.path().join("b.state");
+    let mut consumer = Segment::open(&in_ring).unwrap().consumer().unwrap();
+    let mut a_producer = Segment::open(&a_ring).unwrap().producer().unwrap();
+    let mut c_producer = Segment::open(&c_ring).unwrap().producer().unwrap();
+
+    let mut b = spawn_relay(dir.path(), "b.toml", Some(&state));
+    let mut a = spawn_relay(dir.path(), "a.toml", None);
+    a_producer.try_send(b"from a, first run").unwrap();
+    assert_eq!(receive_for(&mut consumer, 1, Duration::from_secs(20)), vec![b"from a, first run".to_vec()]);
+    let _ = a.kill();
+    let _ = a.wait();
+    let saved = std::fs::read_to_string(dir.path().join("b.state.origins")).expect("the binding is saved");
+    assert!(saved.contains(&format!("a\t{a_pub}")), "{saved}");
+
+    // B restarts; the impostor speaks first under A's name: refused, nothing delivered.
+    let _ = b.kill();
+    let _ = b.wait();
+    let mut b = spawn_relay(dir.path(), "b.toml", Some(&state));
+    let mut c = spawn_relay(dir.path(), "c.toml", None);
+    c_producer.try_send(b"from c, posing as a").unwrap();
+    assert!(receive_for(&mut consumer, 1, Duration::from_secs(3)).is_empty(), "the impostor's record was delivered");
+    let _ = c.kill();
+    let _ = c.wait();
+    // The real A still gets through.
+    let mut a = spawn_relay(dir.path(), "a.toml", None);
+    a_producer.try_send(b"from a, after the restart").unwrap();
+    assert_eq!(receive_for(&mut consumer, 1, Duration::from_secs(20)), vec![b"from a, after the restart".to_vec()]);
+    for child in [&mut a, &mut b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[test]
+fn a_damaged_origins_file_stops_the_relay_at_start_with_the_line_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, a_pub) = (keygen(dir.path(), "b"), keygen(dir.path(), "a"));
+    let in_ring = format!("relay-origin-bad-{}", std::process::id());
+    let _ring = RingBuilder::new(1 << 16).create_named(&in_ring).unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        format!("name = \"b\"\nkey_file = \"b.key\"\nlisten = \"tcp://127.0.0.1:{}\"\nallow = [\"{a_pub}\"]\n\n[[route_in]]\nstream = \"s\"\nring = \"{in_ring}\"\n", free_port()),
+    )
+    .unwrap();
+    let state = dir.path().join("b.state");
+    std::fs::write(dir.path().join("b.state.origins"), "tadpole-relay-origins 1\nhost-a\tnot-a-key\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tadpole"))
+        .args(["relay", "--config"])
+        .arg(dir.path().join("b.toml"))
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("b.state.origins line 2") && stderr.contains("remove the file"), "{stderr}");
 }

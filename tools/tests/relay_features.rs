@@ -248,6 +248,12 @@ fn the_relay_logs_json_lines_naming_the_relay_route_peer_and_the_correlation_id_
     assert_eq!(dead_lettered["relay"], "a");
     assert_eq!(dead_lettered["count"], 1);
     assert!(dead_lettered["peer"].as_str().unwrap().starts_with("tcp://127.0.0.1:"), "{dead_lettered}");
+    // The sending side names the rejected record with its correlation id too.
+    let letter = a_logs.wait_for("dead_letter", |_| true);
+    assert_eq!((&letter["relay"], &letter["route"]), (&"a".into(), &"nowhere".into()));
+    assert_eq!(letter["reason"], "UnknownRoute");
+    assert_eq!(letter["kept"], true);
+    assert_eq!(letter["correlation_id"], correlation.as_str());
     drop((a, b));
     drop(pair.dir);
 }

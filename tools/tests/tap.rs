@@ -30,7 +30,7 @@ fn tap_prints_every_record_of_a_full_ring_without_a_false_lag() {
         records += 1;
     }
     let mut tap = Command::new(env!("CARGO_BIN_EXE_tadpole"))
-        .args(["tap", &name, "--from-oldest", "--count", &records.to_string()])
+        .args(["tap", &name, "--format", "hex", "--count", &records.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -72,7 +72,7 @@ fn stat_and_tap_read_a_sealed_ring_through_its_socket() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("3 messages"), "{text}");
     let out = Command::new(env!("CARGO_BIN_EXE_tadpole"))
-        .args(["tap", "--socket", socket, "--from-oldest", "--count", "3"])
+        .args(["tap", "--socket", socket, "--format", "hex", "--count", "3"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

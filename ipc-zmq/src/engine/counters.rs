@@ -2,6 +2,7 @@
 //! `tadpole stat`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use crate::wire::RejectReason;
 
@@ -64,6 +65,51 @@ pub struct Counters {
     /// decoded but contradict the protocol (an ACK beyond what was sent, a frame for another
     /// stream). Dropped; the link keeps serving.
     pub malformed: AtomicU64,
+    /// Sender: time from sending a DATA message to the ACK that covers it (messages that were
+    /// resent are not measured: which send an ACK answers is unknown).
+    pub round_trips: RoundTrips,
+}
+
+/// Upper bounds of the [`RoundTrips`] buckets, in seconds (the last bucket, `+Inf`, is implied).
+pub const ROUND_TRIP_BOUNDS: [f64; 17] =
+    [50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A histogram of link round trips, in fixed buckets of atomics: the sender's thread records,
+/// any thread reads (`/metrics`), no lock.
+#[derive(Debug, Default)]
+pub struct RoundTrips {
+    /// Observations per bucket (not cumulative); index `ROUND_TRIP_BOUNDS.len()` is `+Inf`.
+    buckets: [AtomicU64; ROUND_TRIP_BOUNDS.len() + 1],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl RoundTrips {
+    /// Records one round trip.
+    pub fn observe(&self, rtt: Duration) {
+        let secs = rtt.as_secs_f64();
+        let bucket = ROUND_TRIP_BOUNDS.iter().position(|&bound| secs <= bound).unwrap_or(ROUND_TRIP_BOUNDS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// Round trips recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    /// Sum of every round trip, in seconds.
+    pub fn sum_secs(&self) -> f64 {
+        self.sum_ns.load(Relaxed) as f64 / 1e9
+    }
+
+    /// `(upper bound in seconds, observations in that bucket)`, the last bound `f64::MAX`
+    /// (`+Inf`): what `prometheus-client` encodes.
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        let bounds = ROUND_TRIP_BOUNDS.iter().copied().chain(std::iter::once(f64::MAX));
+        bounds.zip(&self.buckets).map(|(bound, n)| (bound, n.load(Relaxed))).collect()
+    }
 }
 
 impl Counters {

@@ -19,12 +19,12 @@ mod sender;
 use std::time::{Duration, Instant};
 
 pub use checkpoint::CheckpointError;
-pub use counters::Counters;
+pub use counters::{Counters, ROUND_TRIP_BOUNDS, RoundTrips};
 pub use dead_letter::{DEAD_LETTER_FIXED_LEN, DEAD_LETTER_VERSION, DeadLetter};
 pub use dedup::{DedupConfig, InvalidEnvelope, MessageIds, SeenIds};
 pub use policy::{Backoff, Breaker, BreakerConfig, BreakerState, Jitter};
 pub use receiver::{Receiver, ReceiverConfig, Route};
-pub use sender::{Sender, SenderConfig, SenderError};
+pub use sender::{DeadLetterHook, Sender, SenderConfig, SenderError};
 
 /// ZeroMQ options that make a relay socket detect dead links and never hang.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -174,6 +174,14 @@ impl Breaker {
         }
     }
 
+    /// When an open breaker lets test requests through (goes half-open); `None` unless open.
+    pub fn half_opens_at(&self) -> Option<Instant> {
+        match self.inner {
+            Inner::Open { until } => Some(until),
+            _ => None,
+        }
+    }
+
     /// A request was sent.
     pub fn on_request(&mut self) {
         if let Inner::HalfOpen { issued, .. } = &mut self.inner {

@@ -11,7 +11,7 @@ use ipc_core::{Consumer, LeasesOutstanding, Producer, ReleaseMode, TryRecvError,
 use super::counters::Counters;
 use super::dead_letter::DeadLetter;
 use super::policy::{Backoff, Breaker, BreakerConfig, BreakerState, Jitter};
-use crate::wire::{self, Ack, Frame, Hello, RejectReason, Welcome};
+use crate::wire::{self, Ack, Frame, Hello, RECORD_PREFIX_LEN, RejectReason, Welcome};
 
 /// How a [`Sender`] batches, bounds what is in flight, and retries.
 #[derive(Clone, Debug)]
@@ -20,7 +20,7 @@ pub struct SenderConfig {
     pub origin: String,
     /// The route: which ring on the far side receives the records.
     pub stream: String,
-    /// Most records sent and not acknowledged (default 8192).
+    /// Most records sent and not acknowledged (default 65536).
     pub max_in_flight_records: usize,
     /// Most payload bytes sent and not acknowledged (default 16 MiB; one larger record may go
     /// alone).
@@ -49,7 +49,7 @@ impl SenderConfig {
         SenderConfig {
             origin: origin.to_owned(),
             stream: stream.to_owned(),
-            max_in_flight_records: 8192,
+            max_in_flight_records: 65536,
             max_in_flight_bytes: 16 << 20,
             max_batch_records: 512,
             max_batch_bytes: 1 << 20,
@@ -98,6 +98,9 @@ pub struct Sender {
     sent_high: u64,
     in_flight: VecDeque<(u64, usize)>,
     in_flight_bytes: usize,
+    /// Each DATA message sent since the last rewind: the position past its last record, and
+    /// when it went (for the round-trip histogram).
+    sent_at: VecDeque<(u64, Instant)>,
     pending_rejects: BTreeMap<u64, RejectReason>,
     ack_deadline: Option<Instant>,
     /// Where the last rewind resumed from, until an ACK moves on, and how many DATA messages
@@ -108,11 +111,18 @@ pub struct Sender {
     /// DATA messages built since the last rewind.
     sent_since_rewind: usize,
     paused_until: Option<Instant>,
+    /// Bytes of the last DATA body built: what the next one reserves.
+    last_body_len: usize,
     attempts: u32,
     breaker: Breaker,
     jitter: Jitter,
     counters: Arc<Counters>,
+    dead_letter_hook: Option<DeadLetterHook>,
 }
+
+/// Called with each record the far side rejected, once it is dead-lettered: the letter, and
+/// whether it was kept in the dead-letter ring (`false`: dropped, no ring or too large for it).
+pub type DeadLetterHook = Box<dyn FnMut(&DeadLetter<'_>, bool) + Send>;
 
 impl Sender {
     /// A sender draining `consumer` (switched to [`ReleaseMode::Explicit`] and rewound to its
@@ -143,17 +153,26 @@ impl Sender {
             sent_high: head,
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
+            sent_at: VecDeque::new(),
             pending_rejects: BTreeMap::new(),
             ack_deadline: None,
             rewound_from: None,
             stale_answers: 0,
             sent_since_rewind: 0,
             paused_until: None,
+            last_body_len: 0,
             attempts: 0,
             breaker,
             jitter: Jitter::new(),
             counters: Arc::new(Counters::default()),
+            dead_letter_hook: None,
         })
+    }
+
+    /// Calls `hook` for every record dead-lettered from now on (e.g. to log it with the
+    /// envelope's correlation id); rare, off the fast path.
+    pub fn on_dead_letter(&mut self, hook: impl FnMut(&DeadLetter<'_>, bool) + Send + 'static) {
+        self.dead_letter_hook = Some(Box::new(hook));
     }
 
     /// The counters (shared: clone the `Arc` to read them elsewhere).
@@ -186,6 +205,37 @@ impl Sender {
         &self.consumer
     }
 
+    /// The source ring's pollable doorbell ([`Consumer::pollable_doorbell`]): an event loop
+    /// polls it beside the link's socket, so that a record committed into an idle ring wakes
+    /// it. Made on the first call.
+    pub fn doorbell_fd(&mut self) -> std::io::Result<std::os::fd::RawFd> {
+        self.consumer.pollable_doorbell()
+    }
+
+    /// Before the event loop sleeps: `Ok(true)` when it may (nothing this sender could send
+    /// now is waiting; if it could send, the doorbell is armed and rings on the next commit),
+    /// `Ok(false)` when records are waiting that [`poll`](Self::poll) would send — turn again
+    /// instead. While it cannot send (no WELCOME yet, a backoff, the breaker open, the window
+    /// full) the doorbell stays unarmed: new records would only wake the loop for nothing, and
+    /// what unblocks the sender is a message on the socket or
+    /// [`next_deadline`](Self::next_deadline). Call [`disarm_doorbell`](Self::disarm_doorbell)
+    /// after the sleep.
+    pub fn arm_doorbell(&mut self, now: Instant) -> std::io::Result<bool> {
+        let paused = self.paused_until.is_some_and(|until| now < until);
+        let window_full = self.in_flight.len() >= self.config.max_in_flight_records
+            || self.in_flight_bytes >= self.config.max_in_flight_bytes;
+        if !self.welcomed || paused || window_full || self.breaker.state() == BreakerState::Open {
+            return Ok(true);
+        }
+        self.consumer.arm_doorbell()
+    }
+
+    /// Ends the sleep [`arm_doorbell`](Self::arm_doorbell) prepared (harmless when it did not
+    /// arm).
+    pub fn disarm_doorbell(&mut self) {
+        self.consumer.disarm_doorbell();
+    }
+
     /// The link went down (or the socket was recreated): reopen the stream with a HELLO and
     /// resend everything unacknowledged after the WELCOME.
     pub fn on_link_down(&mut self) {
@@ -199,7 +249,7 @@ impl Sender {
     /// ending, an acknowledgement overdue); `None` when only new records or messages matter.
     pub fn next_deadline(&self) -> Option<Instant> {
         let hello = if self.welcomed { None } else { self.hello_due };
-        [hello, self.paused_until, self.ack_deadline].into_iter().flatten().min()
+        [hello, self.paused_until, self.ack_deadline, self.breaker.half_opens_at()].into_iter().flatten().min()
     }
 
     /// The next message to send, if any: a HELLO while the stream is not open, else a DATA
@@ -228,6 +278,7 @@ impl Sender {
             return None;
         }
         let message = self.build()?;
+        self.sent_at.push_back((self.sent_next, now));
         self.breaker.on_request();
         self.ack_deadline.get_or_insert(now + self.config.request_timeout);
         self.publish_gauges();
@@ -282,6 +333,10 @@ impl Sender {
             Counters::add(&self.counters.acks, 1);
             self.attempts = 0;
             self.breaker.on_success();
+            while let Some(&(_, sent)) = self.sent_at.front().filter(|(end, _)| *end <= a.next) {
+                self.sent_at.pop_front();
+                self.counters.round_trips.observe(now.saturating_duration_since(sent));
+            }
             let mut last = None;
             while let Some(&(pos, len)) = self.in_flight.front().filter(|(pos, _)| *pos < a.next) {
                 self.in_flight.pop_front();
@@ -360,6 +415,8 @@ impl Sender {
         self.consumer.rewind();
         self.in_flight.clear();
         self.in_flight_bytes = 0;
+        // Karn: an ACK after a resend may answer either send; neither is measured.
+        self.sent_at.clear();
         self.sent_next = from;
         self.ack_deadline = None;
     }
@@ -368,10 +425,10 @@ impl Sender {
     /// records the far side already has.
     fn build(&mut self) -> Option<Vec<Vec<u8>>> {
         let max_records = self.config.max_batch_records.clamp(1, wire::MAX_RECORDS);
-        let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
-        let (mut batch_bytes, mut release) = (0usize, None);
+        let mut body = Vec::new();
+        let (mut count, mut batch_bytes, mut release) = (0usize, 0usize, None);
         let from = self.sent_next;
-        while parts.len() <= max_records {
+        while count < max_records {
             let guard = match self.consumer.try_recv() {
                 Ok(guard) => guard,
                 Err(TryRecvError::Corrupt { .. }) => {
@@ -396,6 +453,9 @@ impl Sender {
                             let field =
                                 if written { &self.counters.dead_letters } else { &self.counters.dead_letters_dropped };
                             Counters::add(field, 1);
+                            if let Some(hook) = self.dead_letter_hook.as_mut() {
+                                hook(&letter, written);
+                            }
                             self.pending_rejects.remove(&pos);
                         }
                         Err(()) => {
@@ -411,13 +471,19 @@ impl Sender {
             }
             let window_full = self.in_flight.len() >= self.config.max_in_flight_records
                 || (!self.in_flight.is_empty() && self.in_flight_bytes + len > self.config.max_in_flight_bytes)
-                || (parts.len() > 1 && batch_bytes + len > self.config.max_batch_bytes);
+                || (count > 0 && batch_bytes + len > self.config.max_batch_bytes);
             if window_full {
                 guard.requeue();
                 break;
             }
-            parts.push(wire::record_part(pos, guard.message_type(), &guard));
+            if count == 0 {
+                // Usually one allocation per message: the last message's size is the best guess
+                // of this one's (a steady stream sends full batches, a trickle single records).
+                body.reserve(self.last_body_len.max(RECORD_PREFIX_LEN + len));
+            }
+            wire::put_record(&mut body, pos, guard.message_type(), &guard);
             drop(guard);
+            count += 1;
             self.in_flight.push_back((pos, len));
             self.in_flight_bytes += len;
             batch_bytes += len;
@@ -428,19 +494,19 @@ impl Sender {
                 self.released_next = pos + 1;
             }
         }
-        let count = parts.len() - 1;
         if count == 0 {
             return None;
         }
         self.sent_high = self.sent_high.max(self.sent_next);
-        parts[0] =
+        let header =
             wire::data_header(&self.config.origin, &self.config.stream, self.epoch, from, self.released_next, count);
         self.sent_since_rewind += 1;
         let c = &self.counters;
         Counters::add(&c.data_messages, 1);
         Counters::add(&c.records_sent, count as u64);
         Counters::add(&c.bytes_sent, batch_bytes as u64);
-        Some(parts)
+        self.last_body_len = body.len();
+        Some(vec![header, body])
     }
 
     fn publish_gauges(&self) {

@@ -1,4 +1,4 @@
-"""The relay wire protocol, version 1, written from ipc-zmq/PROTOCOL.md (not from wire.rs), so
+"""The relay wire protocol, version 2, written from ipc-zmq/PROTOCOL.md (not from wire.rs), so
 that a test using it checks the document as much as the relay.
 
 Encodes what a sending relay sends (HELLO, DATA) and strictly decodes what a receiving relay
@@ -10,7 +10,7 @@ import struct
 import unicodedata
 from dataclasses import dataclass, field
 
-VERSION = 1
+VERSION = 2
 HELLO, WELCOME, DATA, ACK = 1, 2, 3, 4
 MAX_NAME_LEN = 64
 MAX_RECORDS = 4096
@@ -61,7 +61,8 @@ def encode_hello(origin, stream, epoch):
 
 def encode_data(origin, stream, epoch, from_, released, records):
     """DATA: a header frame (version, kind, epoch, from, released u64, count u32, origin,
-    stream), then one frame per record (position u64, message type u16, payload)."""
+    stream), then one body frame holding every record back to back (position u64, message
+    type u16, payload length u32, payload)."""
     if not 1 <= len(records) <= MAX_RECORDS:
         raise FrameError(f"{len(records)} records; a DATA message holds 1 to {MAX_RECORDS}")
     floor = from_
@@ -71,7 +72,10 @@ def encode_data(origin, stream, epoch, from_, released, records):
             raise FrameError(f"position {rec.position} misaligned or out of order")
         floor = rec.position
     head = struct.pack("<BBQQQI", VERSION, DATA, epoch, from_, released, len(records)) + _name(origin) + _name(stream)
-    return [head] + [struct.pack("<QH", r.position, r.message_type) + bytes(r.payload) for r in records]
+    body = b"".join(
+        struct.pack("<QHI", r.position, r.message_type, len(r.payload)) + bytes(r.payload) for r in records
+    )
+    return [head, body]
 
 
 class _Reader:

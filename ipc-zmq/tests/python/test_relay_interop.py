@@ -321,16 +321,16 @@ def test_an_allowlisted_client_cannot_speak_for_an_origin_another_key_opened(tmp
 
 def test_tadpole_wire_encodes_the_offsets_protocol_md_gives():
     (h,) = wire.encode_hello("ab", "xyz", 0x0102030405060708)
-    assert h == bytes([1, 1]) + bytes(range(8, 0, -1)) + b"\x02ab\x03xyz"
+    assert h == bytes([2, 1]) + bytes(range(8, 0, -1)) + b"\x02ab\x03xyz"
     head, rec = wire.encode_data("o", "s", 7, 16, 8, [wire.Record(24, 0x0201, b"pay")])
-    assert head[:2] == b"\x01\x03" and struct.unpack_from("<QQQI", head, 2) == (7, 16, 8, 1)
-    assert head[30:] == b"\x01o\x01s" and rec == struct.pack("<QH", 24, 0x0201) + b"pay"
-    ack = bytes([1, 4]) + struct.pack("<QQB", 7, 40, 1) + b"\x01s" + struct.pack("<HQB", 1, 32, 2)
+    assert head[:2] == b"\x02\x03" and struct.unpack_from("<QQQI", head, 2) == (7, 16, 8, 1)
+    assert head[30:] == b"\x01o\x01s" and rec == struct.pack("<QHI", 24, 0x0201, 3) + b"pay"
+    ack = bytes([2, 4]) + struct.pack("<QQB", 7, 40, 1) + b"\x01s" + struct.pack("<HQB", 1, 32, 2)
     assert wire.decode_reply([ack]) == wire.Ack(7, 40, True, "s", [(32, 2)])
-    welcome = bytes([1, 2]) + struct.pack("<QQ", 7, 40) + b"\x01s" + struct.pack("<H", 0)
+    welcome = bytes([2, 2]) + struct.pack("<QQ", 7, 40) + b"\x01s" + struct.pack("<H", 0)
     assert wire.decode_reply([welcome]) == wire.Welcome(7, 40, "s", [])
-    for bad in [ack + b"\x00", ack[:-1], ack.replace(b"\x01\x04", b"\x02\x04", 1), ack[:18] + b"\x02" + ack[19:]]:
+    for bad in [ack + b"\x00", ack[:-1], ack.replace(b"\x02\x04", b"\x01\x04", 1), ack[:18] + b"\x02" + ack[19:]]:
         with pytest.raises(wire.FrameError):
             wire.decode_reply([bad])
     with pytest.raises(wire.FrameError):  # a reject at or above next
-        wire.decode_reply([bytes([1, 4]) + struct.pack("<QQB", 7, 32, 0) + b"\x01s" + struct.pack("<HQB", 1, 32, 1)])
+        wire.decode_reply([bytes([2, 4]) + struct.pack("<QQB", 7, 32, 0) + b"\x01s" + struct.pack("<HQB", 1, 32, 1)])

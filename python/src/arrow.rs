@@ -1,0 +1,173 @@
+//! Arrow record batches between rings and pyarrow, through the Arrow C Data Interface.
+//!
+//! Receiving exports the batch schemas' `BatchReceiver` decoded in place: its buffers are
+//! Arrow buffers whose owner is the record's `Lease`, so pyarrow's arrays point into shared
+//! memory, and the lease is released when pyarrow calls the C interface's release callback
+//! (when its last buffer of the batch goes). Sending imports a pyarrow batch without a copy and
+//! lets `BatchSender` copy it once into the ring.
+
+use std::sync::Mutex;
+
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
+use arrow_array::{Array, RecordBatch, StructArray};
+use pyo3::prelude::*;
+use schemas::channel::{BatchReceiver, BatchRecvError, BatchSendError, BatchSender};
+
+use crate::errors::{self, ToPyErr};
+use crate::raw::PySegment;
+use crate::{Slice, deadline, lock, wait_in_slices};
+
+fn arrow_err(e: impl std::fmt::Display) -> PyErr {
+    errors::Arrow::new_err(format!("arrow IPC encoding failed: {e}"))
+}
+
+/// Receives record batches as `pyarrow.RecordBatch`es whose buffers lie in the ring's shared
+/// memory (no copy). A batch held by Python keeps its record, and every later one, from being
+/// reused: the producer sees a fuller ring (backpressure, never corruption) until pyarrow
+/// drops the batch's last buffer.
+///
+/// ```python
+/// seg = tadpole.Segment.create("ticks", 1 << 24, payload_align=64)
+/// rx = tadpole.BatchReceiver(seg)
+/// batch = rx.recv(timeout=5.0)               # pyarrow.RecordBatch over shared memory
+/// ```
+#[pyclass(frozen, module = "tadpole", name = "BatchReceiver")]
+pub struct PyBatchReceiver {
+    inner: Mutex<BatchReceiver>,
+}
+
+#[pymethods]
+impl PyBatchReceiver {
+    /// Attaches as `segment`'s consumer; its ring must have `payload_align=64`. Array data is
+    /// validated (offsets, UTF-8, null counts: a pass over the data) unless `trust_peer=True`,
+    /// which makes receiving cost the same for 1 k or 1 M rows but is only for a peer trusted to
+    /// write valid Arrow (a `BatchSender` in a trusted process): reading invalid arrays that
+    /// skipped validation can crash this process. Framing and buffer-length checks always run.
+    #[new]
+    #[pyo3(signature = (segment, *, trust_peer=false))]
+    fn new(segment: &PySegment, trust_peer: bool) -> PyResult<Self> {
+        let consumer = segment.inner.consumer().map_err(|e| e.to_py())?;
+        let mut rx = BatchReceiver::new(consumer).map_err(|e| e.to_py())?;
+        if trust_peer {
+            // SAFETY: the caller asked for it, under the contract documented above and in
+            // `BatchReceiver::trust_peer`: the peer writes only valid Arrow data.
+            rx = unsafe { rx.trust_peer() };
+        }
+        Ok(Self { inner: Mutex::new(rx) })
+    }
+
+    /// The next record batch, waiting up to `timeout` seconds (`None`: forever; raises
+    /// `Timeout`). Invalid frames raise `Rejected` (counted in `dead_letters`).
+    #[pyo3(signature = (timeout=None))]
+    fn recv<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        let first = match self.inner.try_lock() {
+            Ok(mut rx) => rx.try_recv(),
+            Err(_) => py.detach(|| lock(&self.inner).try_recv()),
+        };
+        let batch = match first {
+            Ok(batch) => batch,
+            Err(BatchRecvError::Empty) if timeout != Some(0.0) => wait_in_slices(
+                py,
+                deadline(timeout)?,
+                |budget| match lock(&self.inner).recv_timeout(Some(budget)) {
+                    Ok(batch) => Slice::Done(batch),
+                    Err(BatchRecvError::Timeout) => Slice::Again,
+                    Err(e) => Slice::Failed(e),
+                },
+                || BatchRecvError::Timeout,
+            )?,
+            Err(e) => return Err(e.to_py()),
+        };
+        to_pyarrow(py, batch)
+    }
+
+    /// Frames rejected since this receiver was made.
+    #[getter]
+    fn dead_letters(&self) -> u64 {
+        lock(&self.inner).dead_letters()
+    }
+}
+
+/// Hands `batch` to pyarrow through the C Data Interface, without copying its buffers.
+fn to_pyarrow(py: Python<'_>, batch: RecordBatch) -> PyResult<Bound<'_, PyAny>> {
+    let data = StructArray::from(batch).into_data();
+    let (array, schema) = to_ffi(&data).map_err(arrow_err)?;
+    // Boxed so the addresses pyarrow reads stay put; pyarrow moves the array out (leaving it
+    // released, so dropping the box does nothing) and copies what it needs of the schema.
+    let mut array = Box::new(array);
+    let mut schema = Box::new(schema);
+    let pa = py.import("pyarrow")?;
+    let record_batch = pa
+        .getattr("RecordBatch")?
+        .call_method1("_import_from_c", (&raw mut *array as usize, &raw mut *schema as usize))?;
+    Ok(record_batch)
+}
+
+/// Sends `pyarrow.RecordBatch`es into a ring made with `payload_align=64`, one copy from the
+/// batch's buffers into shared memory.
+///
+/// ```python
+/// tx = tadpole.BatchSender(seg)
+/// tx.send(pyarrow.record_batch({"px": [1, 2, 3]}))
+/// ```
+#[pyclass(frozen, module = "tadpole", name = "BatchSender")]
+pub struct PyBatchSender {
+    inner: Mutex<BatchSender>,
+}
+
+#[pymethods]
+impl PyBatchSender {
+    /// Attaches as `segment`'s producer; its ring must have `payload_align=64`.
+    #[new]
+    fn new(segment: &PySegment) -> PyResult<Self> {
+        let producer = segment.inner.producer().map_err(|e| e.to_py())?;
+        let tx = BatchSender::new(producer).map_err(|e| e.to_py())?;
+        Ok(Self { inner: Mutex::new(tx) })
+    }
+
+    /// Writes `batch` (a `pyarrow.RecordBatch`, or anything with `_export_to_c`) into the ring,
+    /// waiting for space up to `timeout` seconds; returns how many frames were written (the
+    /// schema before the first batch of a stream). The GIL is released while copying.
+    #[pyo3(signature = (batch, timeout=None))]
+    fn send(&self, py: Python<'_>, batch: &Bound<'_, PyAny>, timeout: Option<f64>) -> PyResult<usize> {
+        let batch = from_pyarrow(batch)?;
+        let deadline = deadline(timeout)?;
+        let result = wait_in_slices(
+            py,
+            deadline,
+            |budget| {
+                let mut tx = lock(&self.inner);
+                // One frame at a time waits for room: an overall deadline per slice.
+                match tx.send_timeout(&batch, Some(budget)) {
+                    Ok(n) => Slice::Done(n),
+                    Err(BatchSendError::Timeout) => Slice::Again,
+                    Err(e) => Slice::Failed(e),
+                }
+            },
+            || BatchSendError::Timeout,
+        );
+        // The imported buffers are pyarrow's: let it free them with the GIL held.
+        drop(batch);
+        result
+    }
+
+    /// Writes the end-of-stream frame; the next send starts a new stream (schema first).
+    fn finish(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| lock(&self.inner).finish()).map_err(|e| e.to_py())
+    }
+}
+
+/// A pyarrow batch as an arrow-rs one, sharing its buffers (released back to pyarrow on drop).
+fn from_pyarrow(batch: &Bound<'_, PyAny>) -> PyResult<RecordBatch> {
+    let mut array = Box::new(FFI_ArrowArray::empty());
+    let mut schema = Box::new(FFI_ArrowSchema::empty());
+    batch.call_method1("_export_to_c", (&raw mut *array as usize, &raw mut *schema as usize))?;
+    // SAFETY: pyarrow just filled both structures per the C Data Interface, for a struct array
+    // (a record batch); `from_ffi` takes the array's ownership and validates the layout.
+    let data = unsafe { from_ffi(*array, &schema) }.map_err(arrow_err)?;
+    let structs = StructArray::from(data);
+    if structs.null_count() > 0 {
+        return Err(errors::Arrow::new_err("a record batch cannot have null rows"));
+    }
+    Ok(RecordBatch::from(structs))
+}
