@@ -1,7 +1,7 @@
 //! Measurement building blocks shared by the criterion benches (`benches/ring.rs`) and the
 //! `ring_report` binary: CPU pinning, the peer process both spawn, the hardware-floor probe
 //! (two processes bouncing one cache line), ping-pong latency through two rings, two-thread
-//! throughput, and the single-thread memcpy baseline.
+//! throughput, the single-thread memcpy baseline, the relay pair, and `tadpole bench` ([`suite`]).
 //!
 //! Rules every measurement here follows (see `shared/MEASURING.md`):
 //! - The measuring side runs on CPU [`MAIN_CPU`], its peer (process or thread) on [`PEER_CPU`].
@@ -19,8 +19,10 @@ pub mod latency;
 pub mod memcpy;
 pub mod peer;
 pub mod pin;
+pub mod relay_pair;
 pub mod shared_page;
 pub mod stats;
+pub mod suite;
 pub mod throughput;
 
 /// Errors of a measurement: anything that went wrong is reported, never turned into a number.

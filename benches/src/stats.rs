@@ -11,6 +11,7 @@ pub fn rtt_histogram() -> Histogram<u64> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OneWay {
     pub p50: f64,
+    pub p90: f64,
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
@@ -25,6 +26,7 @@ impl OneWay {
         let half = |ns: u64| ns as f64 / 2.0;
         OneWay {
             p50: half(rtt.value_at_quantile(0.5)),
+            p90: half(rtt.value_at_quantile(0.9)),
             p99: half(rtt.value_at_quantile(0.99)),
             p999: half(rtt.value_at_quantile(0.999)),
             max: half(rtt.max()),

@@ -288,6 +288,9 @@ pub fn handoff_bandwidth(size: usize, region: usize, duration: Duration) -> Benc
     assert!(size >= 8 && region >= 2 * size);
     let slots = (region / size) as u64;
     let mut buffer = vec![0u8; region];
+    // Fault every page in before the clock starts (the rings are populated when mapped; a
+    // fresh Vec is not, and a large one would otherwise spend its first lap in page faults).
+    buffer.iter_mut().step_by(4096).for_each(|b| *std::hint::black_box(b) = 1);
     let base = Slots(buffer.as_mut_ptr());
     let (tail, head) = (CachePadded::new(AtomicU64::new(0)), CachePadded::new(AtomicU64::new(0)));
     let stop = AtomicBool::new(false);

@@ -98,6 +98,9 @@ enum Cmd {
         #[arg(long, allow_hyphen_values = true, value_name = "KEY")]
         check: Option<String>,
     },
+    /// Measures Tadpole against iceoryx2, Unix sockets, pipes, ZeroMQ and crossbeam on this
+    /// host: latency and throughput, each row as a ratio to a baseline of the same run.
+    Bench(tadpole_benches::suite::Args),
     /// Removes rings whose creator and attached processes are all gone, and says why it kept
     /// each other ring.
     Clean(clean::CleanArgs),
@@ -182,9 +185,12 @@ impl Wait {
 }
 
 fn main() -> ExitCode {
+    // `tadpole bench` re-executes this binary as its peer process.
+    tadpole_benches::peer::run_peer_if_requested();
     exit::quiet_on_closed_stdout();
     let command = Cli::parse().command;
     exit::report(match command {
+        Cmd::Bench(args) => tadpole_benches::suite::run(&args).map_err(|e| anyhow::anyhow!(e)),
         Cmd::Demo(args) => pipeline_demo(&args),
         Cmd::Pingpong(args) => demo(&args),
         Cmd::Agent { role, run, wait } => pipeline::agent(&role, &run, wait.strategy()),

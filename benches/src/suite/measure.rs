@@ -1,0 +1,193 @@
+//! The two scenarios, generic over [`Transport`], plus the rows that are not a [`Link`] (the
+//! floors and the relay pair).
+//!
+//! Latency is a ping-pong with exactly one message in flight: the measuring side sends message
+//! `n`, waits for its echo, checks it, reads the clock once and records the interval since the
+//! previous read, then sends `n + 1`. Every round trip is recorded (no sampling, nothing
+//! dropped, warm-up discarded whole), and since the next send waits for the previous echo, a
+//! slow round trip cannot hide the ones that would have queued behind it: there is no
+//! schedule to fall behind, so no coordinated omission. One-way = round trip / 2.
+//!
+//! Throughput streams numbered messages as fast as the transport takes them, then an
+//! end-of-run marker; the clock stops when the sink's answer (its count) arrives, so every
+//! message is counted only once the other process has seen it. Runs are sized from the rate of
+//! the run before, and the median of the timed runs is reported.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::floor2::Floor2;
+use super::link::{END_OF_RUN, Link, QUIT, pattern, stamp};
+use super::transports::{Role, Spec, Transport};
+use crate::BenchResult;
+use crate::floor::FloorPeer;
+use crate::relay_pair::RelayPair;
+use crate::stats::{OneWay, rtt_histogram};
+use crate::throughput::Rate;
+
+/// How long each part of a row runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Measured time of a latency row (after warm-up).
+    pub latency: Duration,
+    /// Warm-up of a latency row, discarded.
+    pub warm: Duration,
+    /// Timed runs per throughput row.
+    pub runs: usize,
+    /// Length of each timed throughput run.
+    pub per_run: Duration,
+    /// Each floor probe.
+    pub probe: Duration,
+    /// The memcpy baseline of a size.
+    pub memcpy: Duration,
+    /// The two-thread handoff baseline of a size.
+    pub handoff: Duration,
+}
+
+/// The median throughput run and the range of all of them.
+#[derive(Clone, Copy, Debug)]
+pub struct Streamed {
+    pub median: Rate,
+    pub low_msgs_per_s: f64,
+    pub high_msgs_per_s: f64,
+}
+
+fn summarize(mut rates: Vec<Rate>) -> Streamed {
+    rates.sort_by(|a, b| a.messages_per_sec().total_cmp(&b.messages_per_sec()));
+    Streamed {
+        median: rates[rates.len() / 2],
+        low_msgs_per_s: rates[0].messages_per_sec(),
+        high_msgs_per_s: rates[rates.len() - 1].messages_per_sec(),
+    }
+}
+
+/// One latency row of transport `T`.
+pub fn latency<T: Transport>(spec: Spec, s: &Settings) -> BenchResult<OneWay> {
+    let (mut end, peer) = T::start(spec, Role::Echo)?;
+    let mut payload = pattern(spec.size);
+    let mut seq = 0u64;
+    let mut rtt = rtt_histogram();
+    ping_pong(&mut end, &mut payload, &mut seq, s.warm, &mut rtt)?;
+    rtt.reset();
+    ping_pong(&mut end, &mut payload, &mut seq, s.latency, &mut rtt)?;
+    stamp(&mut payload, QUIT);
+    end.send(&payload)?;
+    let echoed = peer.finish()?;
+    if echoed != seq {
+        return Err(format!("{}: the peer echoed {echoed} messages, {seq} were sent", spec.kind.name()).into());
+    }
+    Ok(OneWay::from_rtt(&rtt))
+}
+
+fn ping_pong<L: Link>(
+    end: &mut L,
+    payload: &mut [u8],
+    seq: &mut u64,
+    duration: Duration,
+    rtt: &mut Histogram<u64>,
+) -> BenchResult<()> {
+    let start = Instant::now();
+    let mut prev = start;
+    loop {
+        *seq += 1;
+        stamp(payload, *seq);
+        end.send(payload)?;
+        let (got, len) = end.recv(|m| (m.seq(), m.len()))?;
+        if got != *seq || len != payload.len() {
+            return Err(format!("round trip {seq}: the echo was message {got} of {len} bytes").into());
+        }
+        let now = Instant::now();
+        rtt.saturating_record((now - prev).as_nanos() as u64);
+        prev = now;
+        if now - start >= duration {
+            return Ok(());
+        }
+    }
+}
+
+/// Messages of the warm-up run for `size`: a few MiB, at most 20 000 messages.
+fn warm_messages(size: usize) -> u64 {
+    ((4 << 20) / size).clamp(16, 20_000) as u64
+}
+
+/// One throughput row of transport `T`; with `copy` the sink copies every message out.
+pub fn throughput<T: Transport>(spec: Spec, copy: bool, s: &Settings) -> BenchResult<Streamed> {
+    let (mut end, peer) = T::start(spec, Role::Sink(copy))?;
+    let mut payload = pattern(spec.size);
+    let mut seq = 0u64;
+    let mut rate = stream(&mut end, &mut payload, &mut seq, warm_messages(spec.size))?.messages_per_sec();
+    let mut rates = Vec::with_capacity(s.runs);
+    for _ in 0..s.runs {
+        let n = ((rate * s.per_run.as_secs_f64()) as u64).max(16);
+        let r = stream(&mut end, &mut payload, &mut seq, n)?;
+        rate = r.messages_per_sec();
+        rates.push(r);
+    }
+    stamp(&mut payload, QUIT);
+    end.send(&payload)?;
+    let received = peer.finish()?;
+    if received != seq {
+        return Err(format!("{}: the sink received {received} messages, {seq} were sent", spec.kind.name()).into());
+    }
+    Ok(summarize(rates))
+}
+
+fn stream<L: Link>(end: &mut L, payload: &mut [u8], seq: &mut u64, n: u64) -> BenchResult<Rate> {
+    let start = Instant::now();
+    end.send_run(payload, *seq, *seq + n)?;
+    *seq += n;
+    stamp(payload, END_OF_RUN);
+    end.send(payload)?;
+    let counted = end.recv(|m| m.seq())?;
+    let elapsed = start.elapsed();
+    if counted != n {
+        return Err(format!("the sink counted {counted} messages of a run of {n}").into());
+    }
+    Ok(Rate { messages: n, bytes: n * payload.len() as u64, elapsed })
+}
+
+/// The one-line floor as a row: the probe, run as long as a latency row.
+pub fn floor_row(s: &Settings) -> BenchResult<OneWay> {
+    let mut floor = FloorPeer::start()?;
+    let mut rtt = rtt_histogram();
+    floor.record_for(s.warm, &mut rtt);
+    rtt.reset();
+    floor.record_for(s.latency, &mut rtt);
+    floor.stop()?;
+    Ok(OneWay::from_rtt(&rtt))
+}
+
+/// The two-line floor as a row.
+pub fn floor2_row(s: &Settings) -> BenchResult<OneWay> {
+    let mut floor = Floor2::start()?;
+    let mut rtt = rtt_histogram();
+    floor.record_for(s.warm, &mut rtt)?;
+    rtt.reset();
+    floor.record_for(s.latency, &mut rtt)?;
+    floor.stop()?;
+    Ok(OneWay::from_rtt(&rtt))
+}
+
+/// A latency row through the relay pair.
+pub fn relay_latency(pair: &mut RelayPair, size: usize, s: &Settings) -> BenchResult<OneWay> {
+    let mut rtt = rtt_histogram();
+    pair.record_for(s.warm, size, &mut rtt)?;
+    rtt.reset();
+    pair.record_for(s.latency, size, &mut rtt)?;
+    Ok(OneWay::from_rtt(&rtt))
+}
+
+/// A throughput row through the relay pair.
+pub fn relay_throughput(pair: &mut RelayPair, size: usize, copy: bool, s: &Settings) -> BenchResult<Streamed> {
+    let warm = pair.run(warm_messages(size), size, copy)?;
+    let mut rate = warm.per_sec();
+    let mut rates = Vec::with_capacity(s.runs);
+    for _ in 0..s.runs {
+        let n = ((rate * s.per_run.as_secs_f64()) as u64).max(16);
+        let r = pair.run(n, size, copy)?;
+        rate = r.per_sec();
+        rates.push(Rate { messages: r.records, bytes: r.records * size as u64, elapsed: r.elapsed });
+    }
+    Ok(summarize(rates))
+}
