@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
 use arrow_array::{Array, RecordBatch, StructArray};
+use arrow_schema::DataType;
 use pyo3::prelude::*;
 use schemas::channel::{BatchReceiver, BatchRecvError, BatchSendError, BatchSender};
 
@@ -162,9 +163,24 @@ fn from_pyarrow(batch: &Bound<'_, PyAny>) -> PyResult<RecordBatch> {
     let mut array = Box::new(FFI_ArrowArray::empty());
     let mut schema = Box::new(FFI_ArrowSchema::empty());
     batch.call_method1("_export_to_c", (&raw mut *array as usize, &raw mut *schema as usize))?;
-    // SAFETY: pyarrow just filled both structures per the C Data Interface, for a struct array
-    // (a record batch); `from_ffi` takes the array's ownership and validates the layout.
+    // Any object may have an `_export_to_c`: one that filled nothing leaves released
+    // structures, which must not be imported (arrow-rs asserts on them, a panic).
+    if array.is_released() || schema.release().is_none() {
+        return Err(errors::Arrow::new_err(
+            "the object's _export_to_c exported no Arrow array: send a pyarrow.RecordBatch",
+        ));
+    }
+    // SAFETY: both structures were filled by the exporter (neither is released) per the C Data
+    // Interface; `from_ffi` takes the array's ownership, checks it against the schema's type and
+    // validates the layout.
     let data = unsafe { from_ffi(*array, &schema) }.map_err(arrow_err)?;
+    // A record batch exports as a struct array; anything else would panic in `StructArray::from`.
+    if !matches!(data.data_type(), DataType::Struct(_)) {
+        return Err(errors::Arrow::new_err(format!(
+            "not a record batch: exported a {} array, not a struct array",
+            data.data_type()
+        )));
+    }
     let structs = StructArray::from(data);
     if structs.null_count() > 0 {
         return Err(errors::Arrow::new_err("a record batch cannot have null rows"));

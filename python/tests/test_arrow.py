@@ -88,3 +88,18 @@ def test_an_oversized_batch_is_refused_with_too_large(channel):
         tx.send(sample(200_000))
     tx.send(sample(3))
     assert rx.recv(timeout=5).num_rows == 3
+
+
+def test_sending_something_that_is_not_a_record_batch_raises_arrow_instead_of_panicking(channel):
+    seg, tx, rx = channel
+
+    class ExportsNothing:
+        def _export_to_c(self, array_ptr, schema_ptr):
+            pass
+
+    with pytest.raises(tadpole.Arrow, match="not a record batch"):
+        tx.send(pa.array([1, 2, 3]))
+    with pytest.raises(tadpole.Arrow, match="exported no Arrow array"):
+        tx.send(ExportsNothing())
+    tx.send(sample(3))
+    assert rx.recv(timeout=5).num_rows == 3
