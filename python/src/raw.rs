@@ -333,32 +333,46 @@ impl PyProducer {
         let me = slf.get();
         let py = slf.py();
         let deadline = deadline(timeout)?;
+        let reserved = &me.reserved;
         loop {
-            let taken = with_lock(py, &me.inner, Option::take).ok_or_else(|| me.missing())?;
-            match taken.try_reserve_owned(n) {
+            // Taken, tried and given back (or marked reserved) under one hold of the lock: a
+            // thread waiting without the GIL must never find the slot empty but unreserved,
+            // which would read as a closed producer.
+            let attempt = with_lock(py, &me.inner, |slot| {
+                let producer = slot.take()?;
+                Some(match producer.try_reserve_owned(n) {
+                    Ok(grant) => {
+                        reserved.store(true, Ordering::Release);
+                        Ok(grant)
+                    }
+                    Err(refused) => {
+                        *slot = Some(refused.producer);
+                        Err(refused.error)
+                    }
+                })
+            });
+            match attempt.ok_or_else(|| me.missing())? {
                 Ok(grant) => {
-                    me.reserved.store(true, Ordering::Release);
                     return Ok(Reservation {
                         state: Mutex::new(ReservationState { grant: Some(grant), exports: 0 }),
                         producer: slf.clone().unbind(),
                         entered: Mutex::new(None),
                     });
                 }
-                Err(refused) => {
-                    let producer = refused.producer;
-                    with_lock(py, &me.inner, |p| *p = Some(producer));
-                    if refused.error != TrySendError::Full {
-                        return Err(refused.error.to_py());
-                    }
-                }
+                Err(TrySendError::Full) => {}
+                Err(e) => return Err(e.to_py()),
             }
             // Full: wait for room without the GIL (a dropped grant publishes nothing), then retry.
+            let missing = AtomicBool::new(false);
             let outcome = wait_in_slices(
                 py,
                 deadline,
                 |budget| {
                     let mut guard = lock(&me.inner);
-                    let Some(p) = guard.as_mut() else { return Slice::Failed(SendTimeoutError::Disconnected) };
+                    let Some(p) = guard.as_mut() else {
+                        missing.store(true, Ordering::Relaxed);
+                        return Slice::Failed(SendTimeoutError::Disconnected);
+                    };
                     match p.reserve_timeout(n, budget) {
                         Ok(_) => Slice::Done(()),
                         Err(SendTimeoutError::Timeout) => Slice::Again,
@@ -367,6 +381,10 @@ impl PyProducer {
                 },
                 || SendTimeoutError::Timeout,
             );
+            if missing.load(Ordering::Relaxed) {
+                // Closed, or reserved by another thread: not the consumer's doing.
+                return Err(me.missing());
+            }
             outcome?;
         }
     }
@@ -464,8 +482,13 @@ impl Reservation {
             grant.abandon()
         };
         let owner = self.producer.get();
-        with_lock(py, &owner.inner, |p| *p = Some(producer));
-        owner.reserved.store(false, Ordering::Release);
+        let reserved = &owner.reserved;
+        // Cleared under the lock, with the producer's return: cleared after it, it could undo
+        // the flag of a reservation another thread made in between.
+        with_lock(py, &owner.inner, |p| {
+            reserved.store(false, Ordering::Release);
+            *p = Some(producer);
+        });
         Ok(())
     }
 }
@@ -477,8 +500,9 @@ impl Drop for Reservation {
         let state = self.state.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(grant) = state.grant.take() {
             let owner = self.producer.get();
-            *lock(&owner.inner) = Some(grant.abandon());
+            let mut slot = lock(&owner.inner);
             owner.reserved.store(false, Ordering::Release);
+            *slot = Some(grant.abandon());
         }
     }
 }
