@@ -767,9 +767,18 @@ impl PyConsumer {
     }
 
     /// Most records this consumer may hold as open views (4096 by default); beyond it
-    /// receiving raises `LeasesExhausted` until some are released.
+    /// receiving raises `LeasesExhausted` until some are released. Capped at one per 8 bytes
+    /// of ring (the smallest record): no more could ever be held at once.
     fn set_max_leases(&self, py: Python<'_>, n: usize) -> PyResult<()> {
-        with_lock(py, &self.inner, |c| c.as_mut().map(|c| c.set_max_leases(n))).ok_or_else(|| closed("consumer"))
+        with_lock(py, &self.inner, |c| {
+            c.as_mut().map(|c| {
+                // The consumer allocates a slot per lease up front: an unbounded `n` from Python
+                // would abort the process on a failed allocation.
+                let most = c.segment().capacity() / ipc_core::layout::RECORD_HEADER_LEN as usize;
+                c.set_max_leases(n.min(most));
+            })
+        })
+        .ok_or_else(|| closed("consumer"))
     }
 
     /// The position the next receive reads from.

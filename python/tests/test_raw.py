@@ -2,6 +2,7 @@
 
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -283,3 +284,24 @@ def test_a_reserve_waiting_for_room_raises_closed_not_disconnected_when_another_
     assert not isinstance(errors[0], tadpole.Disconnected), "the consumer is still attached"
     assert type(errors[0]) is tadpole.TadpoleError and str(errors[0]) == "producer is closed"
 
+
+def test_a_huge_max_leases_is_bounded_by_the_ring_instead_of_aborting_the_process(ring_name):
+    # In a process of its own: the old code aborted it (an 8 TiB allocation).
+    script = f"""
+import tadpole
+seg = tadpole.Segment.create({ring_name!r}, 1 << 16)
+producer, consumer = seg.producer(), seg.consumer()
+consumer.set_max_leases(2 ** 40)
+producer.send(b"x")
+views = [consumer.recv(timeout=1)]
+for i in range(10_000):
+    try:
+        producer.try_send(b"")
+    except tadpole.Full:
+        break
+    views.append(consumer.recv(timeout=1))
+print(len(views))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) > 4096, "more views than the default limit, as many as the ring holds"
