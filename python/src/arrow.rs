@@ -16,7 +16,7 @@ use schemas::channel::{BatchReceiver, BatchRecvError, BatchSendError, BatchSende
 
 use crate::errors::{self, ToPyErr};
 use crate::raw::PySegment;
-use crate::{Slice, deadline, lock, wait_in_slices};
+use crate::{ForkSafe, Slice, deadline, lock, wait_in_slices};
 
 fn arrow_err(e: impl std::fmt::Display) -> PyErr {
     errors::Arrow::new_err(format!("arrow IPC encoding failed: {e}"))
@@ -34,7 +34,7 @@ fn arrow_err(e: impl std::fmt::Display) -> PyErr {
 /// ```
 #[pyclass(frozen, module = "tadpole", name = "BatchReceiver")]
 pub struct PyBatchReceiver {
-    inner: Mutex<BatchReceiver>,
+    inner: ForkSafe<Mutex<BatchReceiver>>,
 }
 
 #[pymethods]
@@ -54,7 +54,7 @@ impl PyBatchReceiver {
             // `BatchReceiver::trust_peer`: the peer writes only valid Arrow data.
             rx = unsafe { rx.trust_peer() };
         }
-        Ok(Self { inner: Mutex::new(rx) })
+        Ok(Self { inner: ForkSafe::new(Mutex::new(rx)) })
     }
 
     /// The next record batch, waiting up to `timeout` seconds (`None`: forever; raises
@@ -113,7 +113,7 @@ fn to_pyarrow(py: Python<'_>, batch: RecordBatch) -> PyResult<Bound<'_, PyAny>> 
 /// ```
 #[pyclass(frozen, module = "tadpole", name = "BatchSender")]
 pub struct PyBatchSender {
-    inner: Mutex<BatchSender>,
+    inner: ForkSafe<Mutex<BatchSender>>,
 }
 
 #[pymethods]
@@ -123,7 +123,7 @@ impl PyBatchSender {
     fn new(segment: &PySegment) -> PyResult<Self> {
         let producer = segment.inner.producer().map_err(|e| e.to_py())?;
         let tx = BatchSender::new(producer).map_err(|e| e.to_py())?;
-        Ok(Self { inner: Mutex::new(tx) })
+        Ok(Self { inner: ForkSafe::new(Mutex::new(tx)) })
     }
 
     /// Writes `batch` (a `pyarrow.RecordBatch`, or anything with `_export_to_c`) into the ring,

@@ -22,7 +22,7 @@ use pyo3::types::{PyBytes, PyList, PyMemoryView};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::errors::{self, ToPyErr};
-use crate::{Slice, deadline, lock, wait_in_slices, with_lock};
+use crate::{ForkSafe, Slice, deadline, lock, wait_in_slices, with_lock};
 
 /// Copies up to this many bytes with the GIL held: releasing and taking it back costs more.
 const GIL_FREE_COPY: usize = 64 * 1024;
@@ -55,7 +55,7 @@ fn closed(what: &str) -> PyErr {
 /// ```
 #[pyclass(frozen, module = "tadpole", name = "Segment")]
 pub struct PySegment {
-    pub(crate) inner: Segment,
+    pub(crate) inner: ForkSafe<Segment>,
 }
 
 #[pymethods]
@@ -89,13 +89,13 @@ impl PySegment {
             }
             builder = builder.heartbeat_timeout(Duration::from_secs_f64(t.min(1e9)));
         }
-        Ok(Self { inner: builder.create_named(name).map_err(|e| e.to_py())? })
+        Ok(Self { inner: ForkSafe::new(builder.create_named(name).map_err(|e| e.to_py())?) })
     }
 
     /// Opens the existing segment `name`, validating its header.
     #[staticmethod]
     fn open(name: &str) -> PyResult<Self> {
-        Ok(Self { inner: Segment::open(name).map_err(|e| e.to_py())? })
+        Ok(Self { inner: ForkSafe::new(Segment::open(name).map_err(|e| e.to_py())?) })
     }
 
     /// Removes the name `name` from `/dev/shm` (mappings stay valid).
@@ -114,7 +114,7 @@ impl PySegment {
     /// resumes at the first record no consumer released.
     fn consumer(&self) -> PyResult<PyConsumer> {
         let consumer = self.inner.consumer().map_err(|e| e.to_py())?;
-        Ok(PyConsumer { inner: Mutex::new(Some(consumer)) })
+        Ok(PyConsumer { inner: ForkSafe::new(Mutex::new(Some(consumer))) })
     }
 
     /// Keeps the name after this process's last handle goes.
@@ -173,14 +173,14 @@ impl PySegment {
 #[pyclass(frozen, module = "tadpole", name = "Producer")]
 pub struct PyProducer {
     /// `None` while a [`Reservation`] holds the producer, or once closed.
-    inner: Mutex<Option<Producer>>,
+    inner: ForkSafe<Mutex<Option<Producer>>>,
     /// Whether a reservation holds it (rather than `close`).
     reserved: AtomicBool,
 }
 
 impl PyProducer {
     pub(crate) fn new(producer: Producer) -> Self {
-        Self { inner: Mutex::new(Some(producer)), reserved: false.into() }
+        Self { inner: ForkSafe::new(Mutex::new(Some(producer))), reserved: false.into() }
     }
 
     fn missing(&self) -> PyErr {
@@ -354,7 +354,7 @@ impl PyProducer {
             match attempt.ok_or_else(|| me.missing())? {
                 Ok(grant) => {
                     return Ok(Reservation {
-                        state: Mutex::new(ReservationState { grant: Some(grant), exports: 0 }),
+                        state: ForkSafe::new(Mutex::new(ReservationState { grant: Some(grant), exports: 0 })),
                         producer: slf.clone().unbind(),
                         entered: Mutex::new(None),
                     });
@@ -453,7 +453,7 @@ struct ReservationState {
 /// ```
 #[pyclass(frozen, module = "tadpole")]
 pub struct Reservation {
-    state: Mutex<ReservationState>,
+    state: ForkSafe<Mutex<ReservationState>>,
     producer: Py<PyProducer>,
     /// The view `__enter__` handed out, released by `__exit__`.
     entered: Mutex<Option<Py<PyMemoryView>>>,
@@ -496,7 +496,11 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         // Garbage-collected unfinished: publish nothing, and give the producer back. No export
-        // can be open: each holds a reference to this object.
+        // can be open: each holds a reference to this object. A forked child's copy gives
+        // nothing back: the reservation is the parent's (see `ForkSafe`).
+        if self.state.inherited() {
+            return;
+        }
         let state = self.state.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(grant) = state.grant.take() {
             let owner = self.producer.get();
@@ -623,7 +627,7 @@ pub(crate) unsafe fn fill_view(
 /// ```
 #[pyclass(frozen, module = "tadpole", name = "Consumer")]
 pub struct PyConsumer {
-    inner: Mutex<Option<Consumer>>,
+    inner: ForkSafe<Mutex<Option<Consumer>>>,
 }
 
 /// Why a record could not become a lease: as the receive errors say it.
@@ -746,7 +750,7 @@ impl PyConsumer {
         let views = PyList::empty(py);
         for rec in lease.iter() {
             let record = Record {
-                state: Mutex::new(RecordState { owner: Some(Owner::Batch(lease.clone())), exports: 0 }),
+                state: ForkSafe::new(Mutex::new(RecordState { owner: Some(Owner::Batch(lease.clone())), exports: 0 })),
                 ptr: rec.payload.as_ptr() as usize,
                 len: rec.payload.len(),
                 position: rec.position,
@@ -820,7 +824,7 @@ struct RecordState {
 /// released when its last view closes; after that no new view can be taken (`BufferError`).
 #[pyclass(frozen, module = "tadpole")]
 pub struct Record {
-    state: Mutex<RecordState>,
+    state: ForkSafe<Mutex<RecordState>>,
     ptr: usize,
     len: usize,
     position: u64,
@@ -836,7 +840,7 @@ impl Record {
             position: lease.position(),
             message_type: lease.message_type(),
             epoch: lease.epoch(),
-            state: Mutex::new(RecordState { owner: Some(Owner::One(lease)), exports: 0 }),
+            state: ForkSafe::new(Mutex::new(RecordState { owner: Some(Owner::One(lease)), exports: 0 })),
         }
     }
 
@@ -908,8 +912,12 @@ impl Record {
         let mut state = lock(&self.state);
         state.exports = state.exports.saturating_sub(1);
         if state.exports == 0 {
-            // The last view closed: give the space back (a batch's when its last record goes).
-            state.owner = None;
+            // The last view closed: give the space back (a batch's when its last record goes),
+            // unless this is a forked child's copy: the record is the parent's (see `ForkSafe`).
+            let owner = state.owner.take();
+            if self.state.inherited() {
+                std::mem::forget(owner);
+            }
         }
     }
 }
