@@ -6,6 +6,7 @@
 //! (when its last buffer of the batch goes). Sending imports a pyarrow batch without a copy and
 //! lets `BatchSender` copy it once into the ring.
 
+use std::ffi::c_void;
 use std::sync::Mutex;
 
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
@@ -92,7 +93,19 @@ impl PyBatchReceiver {
 /// Hands `batch` to pyarrow through the C Data Interface, without copying its buffers.
 fn to_pyarrow(py: Python<'_>, batch: RecordBatch) -> PyResult<Bound<'_, PyAny>> {
     let data = StructArray::from(batch).into_data();
-    let (array, schema) = to_ffi(&data).map_err(arrow_err)?;
+    let (mut array, schema) = to_ffi(&data).map_err(arrow_err)?;
+    let exported = Box::new(ExportedRelease {
+        release: array.release(),
+        private_data: array.private_data(),
+        made_here: ForkSafe::new(()),
+    });
+    // SAFETY: `release_unless_inherited` reads exactly this private data (an
+    // `ExportedRelease`) and chains to the callback and private data arrow-rs installed, so the
+    // array is released as arrow-rs would (or, in a forked child, deliberately leaked).
+    unsafe {
+        array.set_private_data(Box::into_raw(exported).cast());
+        array.set_release(Some(release_unless_inherited));
+    }
     // Boxed so the addresses pyarrow reads stay put; pyarrow moves the array out (leaving it
     // released, so dropping the box does nothing) and copies what it needs of the schema.
     let mut array = Box::new(array);
@@ -102,6 +115,44 @@ fn to_pyarrow(py: Python<'_>, batch: RecordBatch) -> PyResult<Bound<'_, PyAny>> 
         .getattr("RecordBatch")?
         .call_method1("_import_from_c", (&raw mut *array as usize, &raw mut *schema as usize))?;
     Ok(record_batch)
+}
+
+/// The release callback and private data arrow-rs gave an exported batch, kept while
+/// `release_unless_inherited` stands in for them.
+struct ExportedRelease {
+    release: Option<unsafe extern "C" fn(*mut FFI_ArrowArray)>,
+    private_data: *mut c_void,
+    made_here: ForkSafe<()>,
+}
+
+/// Releases an exported batch (and so its lease) as arrow-rs would, except in a forked child
+/// of the process that received it: there the batch's record is the parent's (see
+/// `ForkSafe`), so the structure is only marked released and the batch leaked.
+///
+/// # Safety
+/// `array` is a structure `to_pyarrow` exported, not yet released (the C Data Interface calls
+/// release once).
+unsafe extern "C" fn release_unless_inherited(array: *mut FFI_ArrowArray) {
+    // SAFETY: per this function's contract `array` is ours, live and unreleased, so its private
+    // data is the `ExportedRelease` `to_pyarrow` leaked into it, taken back exactly once here.
+    let (array, exported) = unsafe {
+        let array = &mut *array;
+        let exported = Box::from_raw(array.private_data().cast::<ExportedRelease>());
+        (array, exported)
+    };
+    if exported.made_here.inherited() {
+        // SAFETY: a null release marks the structure released; nothing reads the leaked data.
+        unsafe { array.set_release(None) };
+        return;
+    }
+    // SAFETY: puts back what arrow-rs exported, then releases through its own callback.
+    unsafe {
+        array.set_private_data(exported.private_data);
+        array.set_release(exported.release);
+        if let Some(release) = exported.release {
+            release(array);
+        }
+    }
 }
 
 /// Sends `pyarrow.RecordBatch`es into a ring made with `payload_align=64`, one copy from the
