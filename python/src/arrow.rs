@@ -6,16 +6,18 @@
 //! (when its last buffer of the batch goes). Sending imports a pyarrow batch without a copy and
 //! lets `BatchSender` copy it once into the ring.
 
+use std::ffi::c_void;
 use std::sync::Mutex;
 
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
 use arrow_array::{Array, RecordBatch, StructArray};
+use arrow_schema::DataType;
 use pyo3::prelude::*;
 use schemas::channel::{BatchReceiver, BatchRecvError, BatchSendError, BatchSender};
 
 use crate::errors::{self, ToPyErr};
 use crate::raw::PySegment;
-use crate::{Slice, deadline, lock, wait_in_slices};
+use crate::{ForkSafe, Slice, deadline, lock, wait_in_slices};
 
 fn arrow_err(e: impl std::fmt::Display) -> PyErr {
     errors::Arrow::new_err(format!("arrow IPC encoding failed: {e}"))
@@ -33,7 +35,7 @@ fn arrow_err(e: impl std::fmt::Display) -> PyErr {
 /// ```
 #[pyclass(frozen, module = "tadpole", name = "BatchReceiver")]
 pub struct PyBatchReceiver {
-    inner: Mutex<BatchReceiver>,
+    inner: ForkSafe<Mutex<BatchReceiver>>,
 }
 
 #[pymethods]
@@ -53,7 +55,7 @@ impl PyBatchReceiver {
             // `BatchReceiver::trust_peer`: the peer writes only valid Arrow data.
             rx = unsafe { rx.trust_peer() };
         }
-        Ok(Self { inner: Mutex::new(rx) })
+        Ok(Self { inner: ForkSafe::new(Mutex::new(rx)) })
     }
 
     /// The next record batch, waiting up to `timeout` seconds (`None`: forever; raises
@@ -91,7 +93,19 @@ impl PyBatchReceiver {
 /// Hands `batch` to pyarrow through the C Data Interface, without copying its buffers.
 fn to_pyarrow(py: Python<'_>, batch: RecordBatch) -> PyResult<Bound<'_, PyAny>> {
     let data = StructArray::from(batch).into_data();
-    let (array, schema) = to_ffi(&data).map_err(arrow_err)?;
+    let (mut array, schema) = to_ffi(&data).map_err(arrow_err)?;
+    let exported = Box::new(ExportedRelease {
+        release: array.release(),
+        private_data: array.private_data(),
+        made_here: ForkSafe::new(()),
+    });
+    // SAFETY: `release_unless_inherited` reads exactly this private data (an
+    // `ExportedRelease`) and chains to the callback and private data arrow-rs installed, so the
+    // array is released as arrow-rs would (or, in a forked child, deliberately leaked).
+    unsafe {
+        array.set_private_data(Box::into_raw(exported).cast());
+        array.set_release(Some(release_unless_inherited));
+    }
     // Boxed so the addresses pyarrow reads stay put; pyarrow moves the array out (leaving it
     // released, so dropping the box does nothing) and copies what it needs of the schema.
     let mut array = Box::new(array);
@@ -103,6 +117,44 @@ fn to_pyarrow(py: Python<'_>, batch: RecordBatch) -> PyResult<Bound<'_, PyAny>> 
     Ok(record_batch)
 }
 
+/// The release callback and private data arrow-rs gave an exported batch, kept while
+/// `release_unless_inherited` stands in for them.
+struct ExportedRelease {
+    release: Option<unsafe extern "C" fn(*mut FFI_ArrowArray)>,
+    private_data: *mut c_void,
+    made_here: ForkSafe<()>,
+}
+
+/// Releases an exported batch (and so its lease) as arrow-rs would, except in a forked child
+/// of the process that received it: there the batch's record is the parent's (see
+/// `ForkSafe`), so the structure is only marked released and the batch leaked.
+///
+/// # Safety
+/// `array` is a structure `to_pyarrow` exported, not yet released (the C Data Interface calls
+/// release once).
+unsafe extern "C" fn release_unless_inherited(array: *mut FFI_ArrowArray) {
+    // SAFETY: per this function's contract `array` is ours, live and unreleased, so its private
+    // data is the `ExportedRelease` `to_pyarrow` leaked into it, taken back exactly once here.
+    let (array, exported) = unsafe {
+        let array = &mut *array;
+        let exported = Box::from_raw(array.private_data().cast::<ExportedRelease>());
+        (array, exported)
+    };
+    if exported.made_here.inherited() {
+        // SAFETY: a null release marks the structure released; nothing reads the leaked data.
+        unsafe { array.set_release(None) };
+        return;
+    }
+    // SAFETY: puts back what arrow-rs exported, then releases through its own callback.
+    unsafe {
+        array.set_private_data(exported.private_data);
+        array.set_release(exported.release);
+        if let Some(release) = exported.release {
+            release(array);
+        }
+    }
+}
+
 /// Sends `pyarrow.RecordBatch`es into a ring made with `payload_align=64`, one copy from the
 /// batch's buffers into shared memory.
 ///
@@ -112,7 +164,7 @@ fn to_pyarrow(py: Python<'_>, batch: RecordBatch) -> PyResult<Bound<'_, PyAny>> 
 /// ```
 #[pyclass(frozen, module = "tadpole", name = "BatchSender")]
 pub struct PyBatchSender {
-    inner: Mutex<BatchSender>,
+    inner: ForkSafe<Mutex<BatchSender>>,
 }
 
 #[pymethods]
@@ -122,7 +174,7 @@ impl PyBatchSender {
     fn new(segment: &PySegment) -> PyResult<Self> {
         let producer = segment.inner.producer().map_err(|e| e.to_py())?;
         let tx = BatchSender::new(producer).map_err(|e| e.to_py())?;
-        Ok(Self { inner: Mutex::new(tx) })
+        Ok(Self { inner: ForkSafe::new(Mutex::new(tx)) })
     }
 
     /// Writes `batch` (a `pyarrow.RecordBatch`, or anything with `_export_to_c`) into the ring,
@@ -162,9 +214,24 @@ fn from_pyarrow(batch: &Bound<'_, PyAny>) -> PyResult<RecordBatch> {
     let mut array = Box::new(FFI_ArrowArray::empty());
     let mut schema = Box::new(FFI_ArrowSchema::empty());
     batch.call_method1("_export_to_c", (&raw mut *array as usize, &raw mut *schema as usize))?;
-    // SAFETY: pyarrow just filled both structures per the C Data Interface, for a struct array
-    // (a record batch); `from_ffi` takes the array's ownership and validates the layout.
+    // Any object may have an `_export_to_c`: one that filled nothing leaves released
+    // structures, which must not be imported (arrow-rs asserts on them, a panic).
+    if array.is_released() || schema.release().is_none() {
+        return Err(errors::Arrow::new_err(
+            "the object's _export_to_c exported no Arrow array: send a pyarrow.RecordBatch",
+        ));
+    }
+    // SAFETY: both structures were filled by the exporter (neither is released) per the C Data
+    // Interface; `from_ffi` takes the array's ownership, checks it against the schema's type and
+    // validates the layout.
     let data = unsafe { from_ffi(*array, &schema) }.map_err(arrow_err)?;
+    // A record batch exports as a struct array; anything else would panic in `StructArray::from`.
+    if !matches!(data.data_type(), DataType::Struct(_)) {
+        return Err(errors::Arrow::new_err(format!(
+            "not a record batch: exported a {} array, not a struct array",
+            data.data_type()
+        )));
+    }
     let structs = StructArray::from(data);
     if structs.null_count() > 0 {
         return Err(errors::Arrow::new_err("a record batch cannot have null rows"));

@@ -15,7 +15,7 @@ use schemas::fb;
 
 use crate::errors::{self, ToPyErr};
 use crate::raw::{PyProducer, PySegment, SendPtr, fill_view, with_bytes};
-use crate::{Slice, deadline, lock, wait_in_slices};
+use crate::{ForkSafe, Slice, deadline, lock, wait_in_slices};
 
 /// Sends envelopes into a ring.
 ///
@@ -110,7 +110,7 @@ impl PyEnvelopeSender {
 /// ```
 #[pyclass(frozen, module = "tadpole", name = "EnvelopeReceiver")]
 pub struct PyEnvelopeReceiver {
-    inner: Mutex<EnvelopeReceiver>,
+    inner: ForkSafe<Mutex<EnvelopeReceiver>>,
 }
 
 fn owned(
@@ -125,7 +125,7 @@ impl PyEnvelopeReceiver {
     #[new]
     fn new(segment: &PySegment) -> PyResult<Self> {
         let consumer = segment.inner.consumer().map_err(|e| e.to_py())?;
-        Ok(Self { inner: Mutex::new(EnvelopeReceiver::new(consumer)) })
+        Ok(Self { inner: ForkSafe::new(Mutex::new(EnvelopeReceiver::new(consumer))) })
     }
 
     /// The next envelope, verified, waiting up to `timeout` seconds (`None`: forever). A record
@@ -151,7 +151,7 @@ impl PyEnvelopeReceiver {
             )?,
             Err(e) => return Err(e.to_py()),
         };
-        Ok(PyEnvelope { state: Mutex::new(EnvelopeState { env: Some(env), exports: 0 }) })
+        Ok(PyEnvelope { state: ForkSafe::new(Mutex::new(EnvelopeState { env: Some(env), exports: 0 })) })
     }
 
     /// Records rejected since this receiver was made.
@@ -172,7 +172,7 @@ struct EnvelopeState {
 /// raises `BufferError` while views of it are open.
 #[pyclass(frozen, module = "tadpole", name = "Envelope")]
 pub struct PyEnvelope {
-    state: Mutex<EnvelopeState>,
+    state: ForkSafe<Mutex<EnvelopeState>>,
 }
 
 impl PyEnvelope {
@@ -250,7 +250,11 @@ impl PyEnvelope {
                 state.exports
             )));
         }
-        state.env = None;
+        let env = state.env.take();
+        if self.state.inherited() {
+            // A forked child's copy: the record is the parent's to give back (see `ForkSafe`).
+            std::mem::forget(env);
+        }
         Ok(())
     }
 

@@ -12,6 +12,8 @@
 //! Layout: `errors` (the exceptions), `raw` (segments, byte producers and consumers),
 //! `arrow` (record batches through the C Data Interface), `envelope` (verified envelopes).
 
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,57 @@ fn with_lock<T: Send, R: Send>(py: Python<'_>, m: &Mutex<T>, f: impl FnOnce(&mut
         Ok(mut guard) => f(&mut guard),
         Err(TryLockError::Poisoned(p)) => f(&mut p.into_inner()),
         Err(TryLockError::WouldBlock) => py.detach(|| f(&mut lock(m))),
+    }
+}
+
+/// How many times this process's line was forked, counted in each child (`pthread_atfork`).
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A handle on shared state (a ring side, a record, a segment's name) that is let go only in
+/// the process that made it. A child forked from that process (`os.fork`, `multiprocessing`)
+/// inherits a copy of every Python object, and its exit drops them: dropping the copies would
+/// release the parent's held records (the producer then overwrites what the parent still
+/// reads), detach the parent's live producer or consumer, and unlink its segment. In a child,
+/// dropping one leaks it instead; the parent still owns it. One atomic load, no syscall.
+pub(crate) struct ForkSafe<T> {
+    value: ManuallyDrop<T>,
+    born: u64,
+}
+
+impl<T> ForkSafe<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self { value: ManuallyDrop::new(value), born: FORKS.load(Ordering::Relaxed) }
+    }
+
+    /// Whether this is a forked child's copy of the handle.
+    pub(crate) fn inherited(&self) -> bool {
+        FORKS.load(Ordering::Relaxed) != self.born
+    }
+}
+
+impl<T> std::ops::Deref for ForkSafe<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> std::ops::DerefMut for ForkSafe<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.value
+    }
+}
+
+impl<T> Drop for ForkSafe<T> {
+    fn drop(&mut self) {
+        if !self.inherited() {
+            // SAFETY: `value` is dropped only here, once, and never used after: `self` is going.
+            unsafe { ManuallyDrop::drop(&mut self.value) };
+        }
     }
 }
 
@@ -91,6 +144,14 @@ where
 /// record batches. See the README's Python section.
 #[pymodule]
 fn tadpole(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Registered again if the module is initialised again (a subinterpreter): the count then
+    // grows by more than one per fork, which tells a child from its parent just as well.
+    // SAFETY: the handler only increments an atomic (async-signal-safe, as a child handler of a
+    // multithreaded process must be); it is a `'static` function, never unregistered.
+    let failed = unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
+    if failed != 0 {
+        return Err(pyo3::exceptions::PyOSError::new_err(format!("pthread_atfork failed: error {failed}")));
+    }
     errors::register(m)?;
     m.add_class::<raw::PySegment>()?;
     m.add_class::<raw::PyProducer>()?;

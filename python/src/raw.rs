@@ -22,7 +22,7 @@ use pyo3::types::{PyBytes, PyList, PyMemoryView};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::errors::{self, ToPyErr};
-use crate::{Slice, deadline, lock, wait_in_slices, with_lock};
+use crate::{ForkSafe, Slice, deadline, lock, wait_in_slices, with_lock};
 
 /// Copies up to this many bytes with the GIL held: releasing and taking it back costs more.
 const GIL_FREE_COPY: usize = 64 * 1024;
@@ -55,7 +55,7 @@ fn closed(what: &str) -> PyErr {
 /// ```
 #[pyclass(frozen, module = "tadpole", name = "Segment")]
 pub struct PySegment {
-    pub(crate) inner: Segment,
+    pub(crate) inner: ForkSafe<Segment>,
 }
 
 #[pymethods]
@@ -89,13 +89,13 @@ impl PySegment {
             }
             builder = builder.heartbeat_timeout(Duration::from_secs_f64(t.min(1e9)));
         }
-        Ok(Self { inner: builder.create_named(name).map_err(|e| e.to_py())? })
+        Ok(Self { inner: ForkSafe::new(builder.create_named(name).map_err(|e| e.to_py())?) })
     }
 
     /// Opens the existing segment `name`, validating its header.
     #[staticmethod]
     fn open(name: &str) -> PyResult<Self> {
-        Ok(Self { inner: Segment::open(name).map_err(|e| e.to_py())? })
+        Ok(Self { inner: ForkSafe::new(Segment::open(name).map_err(|e| e.to_py())?) })
     }
 
     /// Removes the name `name` from `/dev/shm` (mappings stay valid).
@@ -114,7 +114,7 @@ impl PySegment {
     /// resumes at the first record no consumer released.
     fn consumer(&self) -> PyResult<PyConsumer> {
         let consumer = self.inner.consumer().map_err(|e| e.to_py())?;
-        Ok(PyConsumer { inner: Mutex::new(Some(consumer)) })
+        Ok(PyConsumer { inner: ForkSafe::new(Mutex::new(Some(consumer))) })
     }
 
     /// Keeps the name after this process's last handle goes.
@@ -173,14 +173,14 @@ impl PySegment {
 #[pyclass(frozen, module = "tadpole", name = "Producer")]
 pub struct PyProducer {
     /// `None` while a [`Reservation`] holds the producer, or once closed.
-    inner: Mutex<Option<Producer>>,
+    inner: ForkSafe<Mutex<Option<Producer>>>,
     /// Whether a reservation holds it (rather than `close`).
     reserved: AtomicBool,
 }
 
 impl PyProducer {
     pub(crate) fn new(producer: Producer) -> Self {
-        Self { inner: Mutex::new(Some(producer)), reserved: false.into() }
+        Self { inner: ForkSafe::new(Mutex::new(Some(producer))), reserved: false.into() }
     }
 
     fn missing(&self) -> PyErr {
@@ -333,32 +333,46 @@ impl PyProducer {
         let me = slf.get();
         let py = slf.py();
         let deadline = deadline(timeout)?;
+        let reserved = &me.reserved;
         loop {
-            let taken = with_lock(py, &me.inner, Option::take).ok_or_else(|| me.missing())?;
-            match taken.try_reserve_owned(n) {
+            // Taken, tried and given back (or marked reserved) under one hold of the lock: a
+            // thread waiting without the GIL must never find the slot empty but unreserved,
+            // which would read as a closed producer.
+            let attempt = with_lock(py, &me.inner, |slot| {
+                let producer = slot.take()?;
+                Some(match producer.try_reserve_owned(n) {
+                    Ok(grant) => {
+                        reserved.store(true, Ordering::Release);
+                        Ok(grant)
+                    }
+                    Err(refused) => {
+                        *slot = Some(refused.producer);
+                        Err(refused.error)
+                    }
+                })
+            });
+            match attempt.ok_or_else(|| me.missing())? {
                 Ok(grant) => {
-                    me.reserved.store(true, Ordering::Release);
                     return Ok(Reservation {
-                        state: Mutex::new(ReservationState { grant: Some(grant), exports: 0 }),
+                        state: ForkSafe::new(Mutex::new(ReservationState { grant: Some(grant), exports: 0 })),
                         producer: slf.clone().unbind(),
                         entered: Mutex::new(None),
                     });
                 }
-                Err(refused) => {
-                    let producer = refused.producer;
-                    with_lock(py, &me.inner, |p| *p = Some(producer));
-                    if refused.error != TrySendError::Full {
-                        return Err(refused.error.to_py());
-                    }
-                }
+                Err(TrySendError::Full) => {}
+                Err(e) => return Err(e.to_py()),
             }
             // Full: wait for room without the GIL (a dropped grant publishes nothing), then retry.
+            let missing = AtomicBool::new(false);
             let outcome = wait_in_slices(
                 py,
                 deadline,
                 |budget| {
                     let mut guard = lock(&me.inner);
-                    let Some(p) = guard.as_mut() else { return Slice::Failed(SendTimeoutError::Disconnected) };
+                    let Some(p) = guard.as_mut() else {
+                        missing.store(true, Ordering::Relaxed);
+                        return Slice::Failed(SendTimeoutError::Disconnected);
+                    };
                     match p.reserve_timeout(n, budget) {
                         Ok(_) => Slice::Done(()),
                         Err(SendTimeoutError::Timeout) => Slice::Again,
@@ -367,6 +381,10 @@ impl PyProducer {
                 },
                 || SendTimeoutError::Timeout,
             );
+            if missing.load(Ordering::Relaxed) {
+                // Closed, or reserved by another thread: not the consumer's doing.
+                return Err(me.missing());
+            }
             outcome?;
         }
     }
@@ -435,7 +453,7 @@ struct ReservationState {
 /// ```
 #[pyclass(frozen, module = "tadpole")]
 pub struct Reservation {
-    state: Mutex<ReservationState>,
+    state: ForkSafe<Mutex<ReservationState>>,
     producer: Py<PyProducer>,
     /// The view `__enter__` handed out, released by `__exit__`.
     entered: Mutex<Option<Py<PyMemoryView>>>,
@@ -464,8 +482,13 @@ impl Reservation {
             grant.abandon()
         };
         let owner = self.producer.get();
-        with_lock(py, &owner.inner, |p| *p = Some(producer));
-        owner.reserved.store(false, Ordering::Release);
+        let reserved = &owner.reserved;
+        // Cleared under the lock, with the producer's return: cleared after it, it could undo
+        // the flag of a reservation another thread made in between.
+        with_lock(py, &owner.inner, |p| {
+            reserved.store(false, Ordering::Release);
+            *p = Some(producer);
+        });
         Ok(())
     }
 }
@@ -473,12 +496,17 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         // Garbage-collected unfinished: publish nothing, and give the producer back. No export
-        // can be open: each holds a reference to this object.
+        // can be open: each holds a reference to this object. A forked child's copy gives
+        // nothing back: the reservation is the parent's (see `ForkSafe`).
+        if self.state.inherited() {
+            return;
+        }
         let state = self.state.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(grant) = state.grant.take() {
             let owner = self.producer.get();
-            *lock(&owner.inner) = Some(grant.abandon());
+            let mut slot = lock(&owner.inner);
             owner.reserved.store(false, Ordering::Release);
+            *slot = Some(grant.abandon());
         }
     }
 }
@@ -599,7 +627,7 @@ pub(crate) unsafe fn fill_view(
 /// ```
 #[pyclass(frozen, module = "tadpole", name = "Consumer")]
 pub struct PyConsumer {
-    inner: Mutex<Option<Consumer>>,
+    inner: ForkSafe<Mutex<Option<Consumer>>>,
 }
 
 /// Why a record could not become a lease: as the receive errors say it.
@@ -722,7 +750,7 @@ impl PyConsumer {
         let views = PyList::empty(py);
         for rec in lease.iter() {
             let record = Record {
-                state: Mutex::new(RecordState { owner: Some(Owner::Batch(lease.clone())), exports: 0 }),
+                state: ForkSafe::new(Mutex::new(RecordState { owner: Some(Owner::Batch(lease.clone())), exports: 0 })),
                 ptr: rec.payload.as_ptr() as usize,
                 len: rec.payload.len(),
                 position: rec.position,
@@ -743,9 +771,18 @@ impl PyConsumer {
     }
 
     /// Most records this consumer may hold as open views (4096 by default); beyond it
-    /// receiving raises `LeasesExhausted` until some are released.
+    /// receiving raises `LeasesExhausted` until some are released. Capped at one per 8 bytes
+    /// of ring (the smallest record): no more could ever be held at once.
     fn set_max_leases(&self, py: Python<'_>, n: usize) -> PyResult<()> {
-        with_lock(py, &self.inner, |c| c.as_mut().map(|c| c.set_max_leases(n))).ok_or_else(|| closed("consumer"))
+        with_lock(py, &self.inner, |c| {
+            c.as_mut().map(|c| {
+                // The consumer allocates a slot per lease up front: an unbounded `n` from Python
+                // would abort the process on a failed allocation.
+                let most = c.segment().capacity() / ipc_core::layout::RECORD_HEADER_LEN as usize;
+                c.set_max_leases(n.min(most));
+            })
+        })
+        .ok_or_else(|| closed("consumer"))
     }
 
     /// The position the next receive reads from.
@@ -787,7 +824,7 @@ struct RecordState {
 /// released when its last view closes; after that no new view can be taken (`BufferError`).
 #[pyclass(frozen, module = "tadpole")]
 pub struct Record {
-    state: Mutex<RecordState>,
+    state: ForkSafe<Mutex<RecordState>>,
     ptr: usize,
     len: usize,
     position: u64,
@@ -803,7 +840,7 @@ impl Record {
             position: lease.position(),
             message_type: lease.message_type(),
             epoch: lease.epoch(),
-            state: Mutex::new(RecordState { owner: Some(Owner::One(lease)), exports: 0 }),
+            state: ForkSafe::new(Mutex::new(RecordState { owner: Some(Owner::One(lease)), exports: 0 })),
         }
     }
 
@@ -875,8 +912,12 @@ impl Record {
         let mut state = lock(&self.state);
         state.exports = state.exports.saturating_sub(1);
         if state.exports == 0 {
-            // The last view closed: give the space back (a batch's when its last record goes).
-            state.owner = None;
+            // The last view closed: give the space back (a batch's when its last record goes),
+            // unless this is a forked child's copy: the record is the parent's (see `ForkSafe`).
+            let owner = state.owner.take();
+            if self.state.inherited() {
+                std::mem::forget(owner);
+            }
         }
     }
 }

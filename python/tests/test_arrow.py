@@ -2,6 +2,7 @@
 mapping), held batches keep their ring space, and pyarrow batches sent with one copy."""
 
 import gc
+import os
 
 import pyarrow as pa
 import pytest
@@ -88,3 +89,34 @@ def test_an_oversized_batch_is_refused_with_too_large(channel):
         tx.send(sample(200_000))
     tx.send(sample(3))
     assert rx.recv(timeout=5).num_rows == 3
+
+
+def test_sending_something_that_is_not_a_record_batch_raises_arrow_instead_of_panicking(channel):
+    seg, tx, rx = channel
+
+    class ExportsNothing:
+        def _export_to_c(self, array_ptr, schema_ptr):
+            pass
+
+    with pytest.raises(tadpole.Arrow, match="not a record batch"):
+        tx.send(pa.array([1, 2, 3]))
+    with pytest.raises(tadpole.Arrow, match="exported no Arrow array"):
+        tx.send(ExportsNothing())
+    tx.send(sample(3))
+    assert rx.recv(timeout=5).num_rows == 3
+
+
+def test_a_forked_child_dropping_an_inherited_batch_leaves_the_parents_record_held(channel):
+    seg, tx, rx = channel
+    tx.send(sample(100))
+    batch = rx.recv(timeout=5)
+    before = seg.positions()
+    assert before[0] < before[1]
+    pid = os.fork()
+    if pid == 0:
+        del batch  # what the child's interpreter does at exit
+        gc.collect()
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert seg.positions() == before, "the child released the parent's batch"
+    assert batch.column("px_e8").to_pylist() == list(range(100))

@@ -9,6 +9,8 @@ import subprocess
 import tempfile
 import time
 
+import pytest
+
 import tadpole
 from conftest import python_proc
 from framing import check
@@ -127,3 +129,36 @@ def test_a_killed_python_producer_is_replaced_and_the_replacement_resumes_at_the
     assert 0 < resumed_at < count
     # The Rust consumer checked every seq in order from 0: nothing lost, nothing twice.
     assert rust.returncode == 0 and rust_out.strip() == f"received {count}"
+
+
+def test_a_forked_child_letting_go_of_inherited_handles_leaves_the_parents_ring_alone(ring_name):
+    seg = tadpole.Segment.create(ring_name, 1 << 16)
+    producer, consumer = seg.producer(), tadpole.Segment.open(ring_name).consumer()
+    producer.send(b"held" * 25)
+    producer.send(b"batch")
+    view = consumer.recv(timeout=1)
+    views = consumer.recv_many(10, timeout=1)
+    envelopes = tadpole.Segment.create(ring_name + "-env", 1 << 16)
+    env_tx, env_rx = tadpole.EnvelopeSender(envelopes), tadpole.EnvelopeReceiver(envelopes)
+    env_tx.send(source="parent", heartbeat={"sequence": 1})
+    envelope = env_rx.recv(timeout=1)
+    before = seg.positions(), envelopes.positions()
+    pid = os.fork()
+    if pid == 0:
+        # What the child's interpreter does at exit: every inherited object is let go.
+        del view, views, envelope, producer, consumer, seg, env_tx, env_rx, envelopes
+        import gc
+
+        gc.collect()
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert (seg.positions(), envelopes.positions()) == before, "the child released the parent's records"
+    assert os.path.exists(f"/dev/shm/tadpole.{ring_name}"), "the child unlinked the parent's segment"
+    with pytest.raises(tadpole.Timeout):
+        consumer.recv(timeout=0.1)  # not Disconnected: the parent's producer is still attached
+    producer.try_send(b"after")  # not Disconnected: the parent's consumer is still attached
+    with pytest.raises(tadpole.Busy):
+        tadpole.Segment.open(ring_name).producer()
+    assert bytes(view) == b"held" * 25 and bytes(views[0]) == b"batch"
+    assert envelope.source == "parent"
+    del envelope, env_tx, env_rx, envelopes  # the creator's last handle: the name goes

@@ -2,6 +2,7 @@
 
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -225,3 +226,82 @@ def test_too_many_open_views_raise_leases_exhausted_and_the_refused_record_comes
     with consumer.recv(timeout=1) as third:
         assert bytes(third) == bytes([2]) * 8, "the refused record was put back, not lost"
     assert bytes(second) == bytes([1]) * 8
+
+
+def fill(producer):
+    """Sends 1000-byte messages until the ring is full."""
+    while True:
+        try:
+            producer.try_send(bytes(1000))
+        except tadpole.Full:
+            return
+
+
+def test_a_send_waiting_in_one_thread_never_sees_the_producer_closed_while_another_thread_tries_to_reserve(ends):
+    seg, producer, consumer = ends
+    fill(producer)
+    errors = []
+    stop = time.monotonic() + 1.5
+
+    def send():
+        while time.monotonic() < stop:
+            try:
+                producer.send(bytes(1000), timeout=0.05)
+            except tadpole.Timeout:
+                pass
+            except Exception as e:  # noqa: BLE001 - any other error is the failure
+                errors.append(e)
+                return
+
+    senders = [threading.Thread(target=send) for _ in range(2)]
+    for s in senders:
+        s.start()
+    while time.monotonic() < stop:
+        with pytest.raises(tadpole.Timeout):
+            producer.reserve(64, timeout=0)
+    for s in senders:
+        s.join(5)
+    assert errors == [], "a live producer looked closed to a waiting sender"
+
+
+def test_a_reserve_waiting_for_room_raises_closed_not_disconnected_when_another_thread_closes_the_producer(ends):
+    seg, producer, consumer = ends
+    fill(producer)
+    errors = []
+
+    def reserve():
+        try:
+            producer.reserve(64, timeout=5)
+        except Exception as e:  # noqa: BLE001 - the error is what is checked
+            errors.append(e)
+
+    waiter = threading.Thread(target=reserve)
+    waiter.start()
+    time.sleep(0.2)
+    producer.close()
+    waiter.join(5)
+    assert len(errors) == 1
+    assert not isinstance(errors[0], tadpole.Disconnected), "the consumer is still attached"
+    assert type(errors[0]) is tadpole.TadpoleError and str(errors[0]) == "producer is closed"
+
+
+def test_a_huge_max_leases_is_bounded_by_the_ring_instead_of_aborting_the_process(ring_name):
+    # In a process of its own: the old code aborted it (an 8 TiB allocation).
+    script = f"""
+import tadpole
+seg = tadpole.Segment.create({ring_name!r}, 1 << 16)
+producer, consumer = seg.producer(), seg.consumer()
+consumer.set_max_leases(2 ** 40)
+producer.send(b"x")
+views = [consumer.recv(timeout=1)]
+for i in range(10_000):
+    try:
+        producer.try_send(b"")
+    except tadpole.Full:
+        break
+    views.append(consumer.recv(timeout=1))
+print(len(views))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) > 4096, "more views than the default limit, as many as the ring holds"
