@@ -548,11 +548,13 @@ impl Consumer {
         if self.explicit { ReleaseMode::Explicit } else { ReleaseMode::OnDrop }
     }
 
-    /// Sets how many [`Lease`]s this consumer may hold at once (default 4096, at least 1).
-    /// Takes effect now if no lease is outstanding, otherwise once they are all dropped. Shown
-    /// by `tadpole stat`.
+    /// Sets how many [`Lease`]s this consumer may hold at once (default 4096, at least 1, at
+    /// most the records the ring can hold: capacity / 8, since a larger queue could never fill
+    /// and would only be allocated). Takes effect now if no lease is outstanding, otherwise once
+    /// they are all dropped. Shown by `tadpole stat`.
     pub fn set_max_leases(&mut self, max: usize) {
-        self.max_leases = max.max(1);
+        let most_records = usize::try_from(self.capacity / RECORD_ALIGN as u64).unwrap_or(usize::MAX);
+        self.max_leases = max.clamp(1, most_records.max(1));
         self.header().consumer_counters.lease_capacity.store(self.max_leases as u64, Relaxed);
         if self.leases.as_ref().is_some_and(|queue| queue.is_idle()) {
             self.leases = None;

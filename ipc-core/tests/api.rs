@@ -387,3 +387,15 @@ fn a_new_lease_maximum_takes_effect_once_the_held_leases_are_dropped() {
     drop(first);
     assert_eq!(&*c.try_recv().unwrap(), &[2]);
 }
+
+#[test]
+fn a_lease_limit_beyond_what_the_ring_can_hold_is_capped_instead_of_allocated() {
+    let segment = ring(4096);
+    let (mut p, mut c) = (segment.producer().unwrap(), segment.consumer().unwrap());
+    // An 8-byte record is the smallest: a 4 KiB ring holds at most 512 of them.
+    c.set_max_leases(usize::MAX);
+    assert_eq!(segment.status().consumed.lease_capacity, 4096 / 8);
+    p.try_send(b"x").unwrap();
+    let lease = c.try_recv().unwrap().into_lease().unwrap();
+    assert_eq!(&*lease, b"x");
+}
