@@ -356,14 +356,16 @@ fn spawn_relay(dir: &std::path::Path, config: &str, state: Option<&std::path::Pa
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
 }
 
-/// Receives from `consumer` until `want` records or `within` passes; returns what came.
+/// Receives from `consumer` until `want` records or `within` passes; returns what came. The
+/// ring's producer is a relay that the test restarts: between the kill and the restart the ring
+/// says `Disconnected`, which here only means "not yet".
 fn receive_for(consumer: &mut ipc_core::Consumer, want: usize, within: Duration) -> Vec<Vec<u8>> {
     let mut got = Vec::new();
     let started = Instant::now();
     while got.len() < want && started.elapsed() < within {
         match consumer.try_recv() {
             Ok(r) => got.push(r.to_vec()),
-            Err(TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(1)),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => std::thread::sleep(Duration::from_millis(1)),
             Err(e) => panic!("{e}"),
         }
     }
