@@ -553,7 +553,7 @@ impl Consumer {
     /// and would only be allocated). Takes effect now if no lease is outstanding, otherwise once
     /// they are all dropped. Shown by `tadpole stat`.
     pub fn set_max_leases(&mut self, max: usize) {
-        let most_records = usize::try_from(self.capacity / RECORD_ALIGN as u64).unwrap_or(usize::MAX);
+        let most_records = usize::try_from(self.capacity / RECORD_ALIGN).unwrap_or(usize::MAX);
         self.max_leases = max.clamp(1, most_records.max(1));
         self.header().consumer_counters.lease_capacity.store(self.max_leases as u64, Relaxed);
         if self.leases.as_ref().is_some_and(|queue| queue.is_idle()) {
