@@ -326,10 +326,20 @@ fn common_options(s: &zmq::Socket, limits: &Limits, ep: &str) -> Result<(), Sock
 static MONITOR_ID: AtomicU64 = AtomicU64::new(0);
 
 /// A thread reading a socket's monitor events until the socket closes.
+///
+/// It must keep reading until libzmq says `MONITOR_STOPPED`: libzmq sends monitor events
+/// blocking, from the IO thread, and a monitor PAIR that stopped reading (or was closed) blocks
+/// that thread — and with it every socket of the context. A listener reopened under load hung
+/// that way: its old connections, revoked ones included, stayed open. So dropping a monitor
+/// waits (bounded) for the stop event; drop the watched socket first.
 struct Monitor {
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    finished: Arc<AtomicBool>,
 }
+
+/// Longest a dropped monitor waits for `MONITOR_STOPPED` after its socket closed.
+const MONITOR_DRAIN: Duration = Duration::from_secs(5);
 
 impl Monitor {
     fn start(
@@ -345,10 +355,13 @@ impl Monitor {
         // Connected before the watched socket binds or connects, so no event is missed.
         step(ep, "monitor socket", pair.connect(&addr))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let finished = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let done = finished.clone();
         let thread = std::thread::Builder::new()
             .name("tadpole-zmq-monitor".into())
             .spawn(move || {
+                let _done = SetOnDrop(done);
                 while !flag.load(Ordering::Relaxed) {
                     match pair.poll(zmq::POLLIN, POLL_MS) {
                         Ok(0) => continue,
@@ -366,12 +379,25 @@ impl Monitor {
                 }
             })
             .map_err(|_| SocketError { endpoint: ep.to_owned(), what: "monitor thread", source: zmq::Error::ENOMEM })?;
-        Ok(Monitor { thread: Some(thread), stop })
+        Ok(Monitor { thread: Some(thread), stop, finished })
+    }
+}
+
+/// Sets its flag when dropped (the monitor thread's exit, however it returns).
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
 impl Drop for Monitor {
     fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + MONITOR_DRAIN;
+        while !self.finished.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -535,9 +561,17 @@ fn open_server(
             bump(&c.server_disconnects);
         }
     })?;
-    step(endpoint, "bind", s.bind(endpoint))?;
-    let bound = step(endpoint, "ZMQ_LAST_ENDPOINT", s.get_last_endpoint())?.unwrap_or_else(|_| endpoint.to_owned());
-    Ok((s, monitor, bound))
+    let bound = s.bind(endpoint).map(|()| s.get_last_endpoint());
+    match bound {
+        Ok(Ok(bound)) => Ok((s, monitor, bound.unwrap_or_else(|_| endpoint.to_owned()))),
+        Ok(Err(source)) | Err(source) => {
+            let what = if bound.is_err() { "bind" } else { "ZMQ_LAST_ENDPOINT" };
+            // The socket first: its monitor waits for the stop event that closing it sends.
+            drop(s);
+            drop(monitor);
+            Err(SocketError { endpoint: endpoint.to_owned(), what, source })
+        }
+    }
 }
 
 /// `ZMQ_ZAP_ENFORCE_DOMAIN` (draft API in libzmq 4.3): without it a CURVE server whose ZAP
@@ -712,7 +746,12 @@ impl Connector {
                     "CURVE handshake failed (wrong server_key, or our key not allowed there?)");
             }
         })?;
-        step(endpoint, "connect", s.connect(endpoint))?;
+        if let Err(source) = s.connect(endpoint) {
+            // The socket first: its monitor waits for the stop event that closing it sends.
+            drop(s);
+            drop(monitor);
+            return Err(SocketError { endpoint: endpoint.to_owned(), what: "connect", source });
+        }
         Ok(Connector {
             socket: s,
             _monitor: monitor,
