@@ -200,46 +200,58 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()))
 }
 
+/// Two relays on loopback: B listens and allows A's key; A forwards `out_ring` to B's stream
+/// `s` (pinning `server_key`, B's by default) and serves /health on `health_port`; B commits
+/// into `in_ring`.
+struct LoopbackPair {
+    dir: tempfile::TempDir,
+    out_ring: String,
+    in_ring: String,
+    health: String,
+    _rings: [Segment; 2],
+}
+
+impl LoopbackPair {
+    fn new(tag: &str, wrong_server_key: bool) -> LoopbackPair {
+        let dir = tempfile::tempdir().unwrap();
+        let (a_pub, b_pub) = (keygen(dir.path(), "a"), keygen(dir.path(), "b"));
+        // A valid key that is not the server's.
+        let server_key = if wrong_server_key { keygen(dir.path(), "c") } else { b_pub };
+        let (b_port, health_port) = (free_port(), free_port());
+        let id = std::process::id();
+        let (out_ring, in_ring) = (format!("relay-{tag}-{id}-out"), format!("relay-{tag}-{id}-in"));
+        let _rings = [
+            RingBuilder::new(1 << 16).create_named(&out_ring).unwrap(),
+            RingBuilder::new(1 << 16).create_named(&in_ring).unwrap(),
+        ];
+        std::fs::write(
+            dir.path().join("b.toml"),
+            format!("name = \"b\"\nkey_file = \"b.key\"\nlisten = \"tcp://127.0.0.1:{b_port}\"\nallow = [\"{a_pub}\"]\n\n[[route_in]]\nstream = \"s\"\nring = \"{in_ring}\"\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("a.toml"),
+            format!("name = \"a\"\nkey_file = \"a.key\"\nhealth = \"127.0.0.1:{health_port}\"\n\n[[route_out]]\nring = \"{out_ring}\"\nconnect = \"tcp://127.0.0.1:{b_port}\"\nserver_key = \"{server_key}\"\nstream = \"s\"\n"),
+        )
+        .unwrap();
+        LoopbackPair { dir, out_ring, in_ring, health: format!("127.0.0.1:{health_port}"), _rings }
+    }
+
+    /// Starts B, then A.
+    fn start(&self) -> [Child; 2] {
+        let b = spawn_relay(self.dir.path(), "b.toml", None);
+        [b, spawn_relay(self.dir.path(), "a.toml", None)]
+    }
+}
+
 #[test]
 fn a_wrong_server_key_shows_in_health_and_metrics_and_delivers_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_a_pub, b_pub) = (keygen(dir.path(), "a"), keygen(dir.path(), "b"));
-    let wrong = keygen(dir.path(), "c"); // a valid key that is not the server's
-    let tag = std::process::id();
-    let (b_port, health_port) = (free_port(), free_port());
-    let out_ring = format!("relay-wrongkey-{tag}-out");
-    let in_ring = format!("relay-wrongkey-{tag}-in");
-    let _rings = [
-        RingBuilder::new(1 << 16).create_named(&out_ring).unwrap(),
-        RingBuilder::new(1 << 16).create_named(&in_ring).unwrap(),
-    ];
-    // B listens and allows A; A pins the wrong key for B.
-    std::fs::write(
-        dir.path().join("b.toml"),
-        format!("name = \"b\"\nkey_file = \"b.key\"\nlisten = \"tcp://127.0.0.1:{b_port}\"\nallow = [\"{_a_pub}\"]\n\n[[route_in]]\nstream = \"s\"\nring = \"{in_ring}\"\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("a.toml"),
-        format!("name = \"a\"\nkey_file = \"a.key\"\nhealth = \"127.0.0.1:{health_port}\"\n\n[[route_out]]\nring = \"{out_ring}\"\nconnect = \"tcp://127.0.0.1:{b_port}\"\nserver_key = \"{wrong}\"\nstream = \"s\"\n"),
-    )
-    .unwrap();
-    let _ = b_pub;
-    let spawn = |config: &str| {
-        Command::new(env!("CARGO_BIN_EXE_tadpole"))
-            .args(["relay", "--config"])
-            .arg(dir.path().join(config))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut b = spawn("b.toml");
-    let mut a = spawn("a.toml");
+    let pair = LoopbackPair::new("wrongkey", true);
+    let [mut b, mut a] = pair.start();
+    let (out_ring, in_ring) = (&pair.out_ring, &pair.in_ring);
     let mut producer = Segment::open(&out_ring).unwrap().producer().unwrap();
     producer.try_send(b"never delivered").unwrap();
-    let addr = format!("127.0.0.1:{health_port}");
+    let addr = pair.health.clone();
     let started = Instant::now();
     let body = loop {
         assert!(started.elapsed() < Duration::from_secs(20), "health never reported the failing link");
@@ -268,38 +280,9 @@ fn a_wrong_server_key_shows_in_health_and_metrics_and_delivers_nothing() {
 
 #[test]
 fn metrics_show_the_link_round_trip_histogram_and_acks_once_records_crossed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a_pub, b_pub) = (keygen(dir.path(), "a"), keygen(dir.path(), "b"));
-    let tag = std::process::id();
-    let (b_port, health_port) = (free_port(), free_port());
-    let out_ring = format!("relay-rtt-{tag}-out");
-    let in_ring = format!("relay-rtt-{tag}-in");
-    let _rings = [
-        RingBuilder::new(1 << 16).create_named(&out_ring).unwrap(),
-        RingBuilder::new(1 << 16).create_named(&in_ring).unwrap(),
-    ];
-    std::fs::write(
-        dir.path().join("b.toml"),
-        format!("name = \"b\"\nkey_file = \"b.key\"\nlisten = \"tcp://127.0.0.1:{b_port}\"\nallow = [\"{a_pub}\"]\n\n[[route_in]]\nstream = \"s\"\nring = \"{in_ring}\"\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("a.toml"),
-        format!("name = \"a\"\nkey_file = \"a.key\"\nhealth = \"127.0.0.1:{health_port}\"\n\n[[route_out]]\nring = \"{out_ring}\"\nconnect = \"tcp://127.0.0.1:{b_port}\"\nserver_key = \"{b_pub}\"\nstream = \"s\"\n"),
-    )
-    .unwrap();
-    let spawn = |config: &str| {
-        Command::new(env!("CARGO_BIN_EXE_tadpole"))
-            .args(["relay", "--config"])
-            .arg(dir.path().join(config))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut b = spawn("b.toml");
-    let mut a = spawn("a.toml");
+    let pair = LoopbackPair::new("rtt", false);
+    let [mut b, mut a] = pair.start();
+    let (out_ring, in_ring) = (&pair.out_ring, &pair.in_ring);
     let mut producer = Segment::open(&out_ring).unwrap().producer().unwrap();
     let mut consumer = Segment::open(&in_ring).unwrap().consumer().unwrap();
     let mut buf = Vec::new();
@@ -323,7 +306,7 @@ fn metrics_show_the_link_round_trip_histogram_and_acks_once_records_crossed() {
             Err(e) => panic!("{e}"),
         }
     }
-    let addr = format!("127.0.0.1:{health_port}");
+    let addr = pair.health.clone();
     let value = |metrics: &str, prefix: &str| {
         metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };
