@@ -248,7 +248,7 @@ impl LoopbackPair {
 fn a_wrong_server_key_shows_in_health_and_metrics_and_delivers_nothing() {
     let pair = LoopbackPair::new("wrongkey", true);
     let [mut b, mut a] = pair.start();
-    let (out_ring, in_ring) = (&pair.out_ring, &pair.in_ring);
+    let (out_ring, in_ring) = (pair.out_ring.clone(), pair.in_ring.clone());
     let mut producer = Segment::open(&out_ring).unwrap().producer().unwrap();
     producer.try_send(b"never delivered").unwrap();
     let addr = pair.health.clone();
@@ -282,7 +282,7 @@ fn a_wrong_server_key_shows_in_health_and_metrics_and_delivers_nothing() {
 fn metrics_show_the_link_round_trip_histogram_and_acks_once_records_crossed() {
     let pair = LoopbackPair::new("rtt", false);
     let [mut b, mut a] = pair.start();
-    let (out_ring, in_ring) = (&pair.out_ring, &pair.in_ring);
+    let (out_ring, in_ring) = (pair.out_ring.clone(), pair.in_ring.clone());
     let mut producer = Segment::open(&out_ring).unwrap().producer().unwrap();
     let mut consumer = Segment::open(&in_ring).unwrap().consumer().unwrap();
     let mut buf = Vec::new();
