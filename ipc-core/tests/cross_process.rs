@@ -631,8 +631,12 @@ fn consumer_drains_committed_messages_after_producer_killed_and_a_new_producer_c
         verifier.drain_until_disconnected(&mut consumer, deadline);
         assert!(matches!(consumer.producer_state(), PeerState::Dead(id) if id.pid == pid));
         assert_eq!(consumer.recv_timeout(STALL).err(), Some(RecvTimeoutError::Disconnected));
+        // Every committed record was delivered. The tail is stored after the records it covers,
+        // so a producer killed between the two leaves it short of what it published (and the
+        // consumer received); the next producer walks on from it (`hostile.rs` forges those
+        // states), and the verifier proves nothing was lost or repeated.
         let st = segment.status();
-        assert_eq!(st.head, st.tail, "round {round}: every committed record was delivered: {st:?}");
+        assert!(st.head >= st.tail, "round {round}: delivered short of the tail: {st:?}");
         assert!(verifier.next > kill_at, "round {round}");
     }
 
