@@ -66,8 +66,8 @@ pub use api::*;
 #[cfg(not(loom))]
 mod api {
     pub use crate::consumer::{
-        Consumer, LeaseError, LeaseRefused, LeasesOutstanding, ReadBatch, ReadGuard, Record, RecvError,
-        RecvTimeoutError, ReleaseError, ReleaseMode, SpanIter, TryRecvError,
+        Consumer, DeadLetterReason, LeaseError, LeaseRefused, LeasesOutstanding, ReadBatch, ReadGuard, Record,
+        RecvError, RecvTimeoutError, ReleaseError, ReleaseMode, SpanIter, TryRecvError,
     };
     pub use crate::fdpass::{ReceiveError, SegmentServer, ShareError};
     pub use crate::layout::CorruptReason;

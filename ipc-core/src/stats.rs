@@ -44,6 +44,19 @@ pub struct ConsumerCounters {
     pub leases_held: u64,
     /// Most leases the consumer may hold.
     pub lease_capacity: u64,
+    /// Records refused as not a valid message ([`DeadLetterReason::Malformed`](crate::DeadLetterReason::Malformed)).
+    pub dead_letters_malformed: u64,
+    /// Valid messages that could not be delivered ([`DeadLetterReason::Undeliverable`](crate::DeadLetterReason::Undeliverable)).
+    pub dead_letters_undeliverable: u64,
+}
+
+impl ConsumerCounters {
+    /// Records the ring's receivers refused, for either reason ([`Consumer::count_dead_letter`]).
+    ///
+    /// [`Consumer::count_dead_letter`]: crate::Consumer::count_dead_letter
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters_malformed.wrapping_add(self.dead_letters_undeliverable)
+    }
 }
 
 /// Everything a monitoring tool shows about one ring.
@@ -112,6 +125,8 @@ impl RingStatus {
                 corrupt_records: c.corrupt_records.load(Relaxed),
                 leases_held: c.leases_held.load(Relaxed),
                 lease_capacity: c.lease_capacity.load(Relaxed),
+                dead_letters_malformed: c.dead_letters_malformed.load(Relaxed),
+                dead_letters_undeliverable: c.dead_letters_undeliverable.load(Relaxed),
             },
         }
     }
