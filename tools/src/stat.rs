@@ -153,8 +153,9 @@ fn watch(rings: &mut Rings, interval: Duration, out: &mut impl Write) -> Result<
     outcome
 }
 
-/// The rings being shown, kept mapped between readings so rates compare like with like.
-struct Rings {
+/// The rings being shown, kept mapped between readings so rates compare like with like. Also
+/// what `tadpole metrics` reads at each scrape.
+pub(crate) struct Rings {
     /// The one ring asked for, or `None` for every ring in /dev/shm.
     single: Option<RingSource>,
     tracked: HashMap<String, Tracked>,
@@ -167,14 +168,14 @@ struct Tracked {
 
 /// One ring as shown: its status and the rates since the previous reading, or why it could not
 /// be read.
-struct Row {
-    name: String,
-    reading: Result<Reading, String>,
+pub(crate) struct Row {
+    pub(crate) name: String,
+    pub(crate) reading: Result<Reading, String>,
     rates: Option<Rates>,
 }
 
-struct Reading {
-    status: RingStatus,
+pub(crate) struct Reading {
+    pub(crate) status: RingStatus,
     epoch: u64,
 }
 
@@ -188,9 +189,14 @@ struct Rates {
 }
 
 impl Rings {
+    /// Every ring in /dev/shm, as many as there are at each reading.
+    pub(crate) fn all() -> Rings {
+        Rings { single: None, tracked: HashMap::new() }
+    }
+
     /// Reads every ring once. Asked about one ring, failing to read it is the command failing;
     /// listing them all, an unreadable ring is a row saying why.
-    fn read(&mut self) -> Result<Vec<Row>> {
+    pub(crate) fn read(&mut self) -> Result<Vec<Row>> {
         let sources = match &self.single {
             Some(source) => vec![source.clone()],
             None => {
@@ -320,7 +326,7 @@ impl Row {
 
 /// Messages committed and not yet received, as far as the (periodically published) consumer
 /// count tells.
-fn depth_messages(s: &RingStatus) -> u64 {
+pub(crate) fn depth_messages(s: &RingStatus) -> u64 {
     s.produced.messages.saturating_sub(s.consumed.messages)
 }
 
