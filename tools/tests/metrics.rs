@@ -341,3 +341,20 @@ fn a_record_a_relay_s_far_side_rejects_is_a_dead_letter_of_its_source_ring_and_t
     }
     drop(rings);
 }
+
+#[test]
+fn metrics_help_gives_examples_and_exit_statuses_and_a_taken_address_fails_with_status_1() {
+    let out = ops_support::tadpole(&["metrics", "--help"]);
+    let text = ops_support::stdout(&out);
+    assert!(out.status.success() && text.contains("Examples:\n  tadpole metrics"), "{text}");
+    assert!(text.contains("Exit status:") && text.contains("tadpole_ring_dead_letters_total"), "{text}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = ops_support::tadpole(&["metrics", "--listen", &addr]);
+    assert_eq!(out.status.code(), Some(1), "{}", ops_support::stderr(&out));
+    assert!(
+        ops_support::stderr(&out).contains(&format!("cannot serve HTTP on {addr}")),
+        "{}",
+        ops_support::stderr(&out)
+    );
+}
