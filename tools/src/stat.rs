@@ -2,7 +2,7 @@
 //! depth, counters and rates, as a table, a full-screen view that refreshes (`--watch`), or one
 //! JSON document (`--json`).
 //!
-//! Everything comes from [`Segment::status`]: plain loads of the counters the ring's owners keep
+//! Everything comes from [`Segment::status_from_file`]: plain loads of the counters the ring's owners keep
 //! in the segment. `stat` never attaches and never writes, so it cannot disturb the hot path
 //! beyond the cache lines it reads. Rates are differences between two readings.
 
@@ -231,7 +231,9 @@ impl Rings {
         }
         let tracked = self.tracked.get_mut(name).expect("inserted above");
         ensure_intact(&tracked.segment)?;
-        let (now, status) = (Instant::now(), tracked.segment.status());
+        // From the file, not the mapping: a truncation after the size check is an error here, not
+        // a SIGBUS (which would end `tadpole metrics` with every other ring).
+        let (now, status) = (Instant::now(), tracked.segment.status_from_file()?);
         let rates = tracked.last.as_ref().and_then(|(then, before)| rates(before, &status, now - *then));
         tracked.last = Some((now, status.clone()));
         Ok((Reading { status, epoch: tracked.segment.epoch() }, rates))

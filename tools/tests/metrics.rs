@@ -197,6 +197,32 @@ fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
+#[test]
+fn metrics_outlives_a_ring_truncated_to_nothing_even_without_its_size_check() {
+    // Without the size check before each read, the exporter meets the truncated file in the read
+    // itself: through the mapping that is a SIGBUS; from the file, an unreadable ring.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tadpole"))
+        .args(["metrics", "--listen", "127.0.0.1:0"])
+        .env("TADPOLE_SKIP_SIZE_CHECK", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().trim_start_matches("serving http://").trim_end_matches("/metrics").to_owned();
+    let mut exporter = Exporter { child, addr };
+    let name = unique("sigbus");
+    let _unlink = Unlink(name.clone());
+    let segment = RingBuilder::new(1 << 14).create_named(&name).unwrap();
+    assert_eq!(ring_sample(&exporter.scrape(), "tadpole_ring_capacity_bytes", &name), Some(16384.0));
+    std::fs::OpenOptions::new().write(true).open(format!("/dev/shm/tadpole.{name}")).unwrap().set_len(0).unwrap();
+    let m = exporter.scrape();
+    assert_eq!(ring_sample(&m, "tadpole_ring_capacity_bytes", &name), None, "{m}");
+    let (_, health) = http_get(&exporter.addr, "/health").unwrap();
+    assert!(health.contains(&name) && health.contains("truncated by another process"), "{health}");
+    drop(segment);
+}
+
 /// Every PromQL expression of a Grafana dashboard: each panel's (and row's) target `expr`s, and
 /// each query variable's query.
 fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<String> {

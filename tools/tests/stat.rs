@@ -152,6 +152,21 @@ fn stat_shows_the_dead_letter_a_receiver_in_another_process_counted_for_a_forged
 }
 
 #[test]
+fn stat_json_counts_an_arrow_frame_a_batch_receiver_refused_as_a_malformed_dead_letter() {
+    let name = unique("dead-arrow");
+    let _unlink = Unlink(name.clone());
+    let segment =
+        RingBuilder::new(1 << 16).payload_align(ipc_core::PayloadAlign::SixtyFour).create_named(&name).unwrap();
+    let mut producer = segment.producer().unwrap();
+    let mut rx = schemas::channel::BatchReceiver::new(segment.consumer().unwrap()).unwrap();
+    producer.try_send(&[0xFF; 64]).unwrap();
+    assert!(matches!(rx.try_recv(), Err(schemas::channel::BatchRecvError::Rejected { .. })));
+    let ring = stat_json(&name);
+    assert_eq!(ring["dead_letters"], 1, "{ring}");
+    assert_eq!(ring["dead_letters_by_reason"]["malformed"], 1, "{ring}");
+}
+
+#[test]
 fn stat_json_counts_full_ring_waits_of_a_producer_facing_a_full_ring() {
     let name = unique("full");
     let _unlink = Unlink(name.clone());
