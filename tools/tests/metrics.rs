@@ -64,12 +64,10 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()))
 }
 
-/// The value of the sample `series` (name and labels exactly as the exposition prints them; a
-/// series without labels may be printed with `{}`).
+/// The value of the sample `series` (name and labels exactly as the exposition prints them).
 fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|l| {
         let rest = l.strip_prefix(series)?;
-        let rest = rest.strip_prefix("{}").unwrap_or(rest);
         rest.strip_prefix(' ')?.trim().parse().ok()
     })
 }
