@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use super::ARROW_RECV;
 use super::report::{Row, Scenario, format_size};
 use crate::BenchResult;
 
@@ -52,7 +53,10 @@ pub fn write(dir: &Path, rows: &[Row]) -> BenchResult<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     let mut latency: BTreeMap<usize, Vec<&Row>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.scenario == Scenario::Latency && r.latency.is_some()) {
+    // The Arrow receive rows time one receive of a batch, not a message of a size: no chart.
+    let messages =
+        |r: &&Row| r.scenario == Scenario::Latency && r.latency.is_some() && !r.transport.starts_with(ARROW_RECV);
+    for r in rows.iter().filter(messages) {
         latency.entry(r.size).or_default().push(r);
     }
     for (size, rows) in &latency {
