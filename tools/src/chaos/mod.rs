@@ -168,8 +168,20 @@ impl Proc {
 
     fn start(&mut self) -> Result<()> {
         let log = File::options().create(true).append(true).open(&self.log)?;
-        // A process group of its own: a Ctrl-C of the harness does not reach it.
-        let child = Command::new(&self.program)
+        // A process group of its own: a Ctrl-C of the harness does not reach it (the harness
+        // stops it); and killed with the harness if that dies first.
+        let mut command = Command::new(&self.program);
+        // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+        // async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let child = command
             .args(&self.args)
             .process_group(0)
             .stdin(Stdio::null())
@@ -276,6 +288,8 @@ struct World {
     rings: Vec<(String, Segment)>,
     net: Net,
     dir: PathBuf,
+    /// The relays' checkpoint files, removed at the end.
+    state_files: Vec<PathBuf>,
     started: Instant,
     faults: Vec<(Fault, Tally)>,
     checks: Vec<(&'static str, Tally)>,
@@ -378,12 +392,18 @@ impl World {
             xin = rings[XIN].0,
             a_pub = a_keys.public(),
         );
+        let shm_dir = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { dir.clone() };
+        let mut state_files = Vec::new();
         let mut relays = Vec::new();
         for (which, config, health) in [('a', a_config, a_health), ('b', b_config, b_health)] {
             let path = dir.join(format!("{which}.toml"));
             std::fs::write(&path, config)?;
             let mut relay_args = vec![OsString::from("relay"), "--config".into(), path.into()];
-            relay_args.extend(["--state".into(), dir.join(format!("{which}.state")).into()]);
+            // The checkpoint where the relay keeps it by default, in /dev/shm: on a disk file
+            // system its rewrite per DATA message can make the receiving relay fall behind.
+            let state = shm_dir.join(format!("tadpole-chaos-{pid}-{which}.state"));
+            state_files.extend([state.clone(), PathBuf::from(format!("{}.origins", state.display()))]);
+            relay_args.extend(["--state".into(), state.into()]);
             let (program, args) = match net.namespace(which) {
                 Some(ns) => {
                     let mut all = os(&["netns", "exec", ns]);
@@ -421,6 +441,7 @@ impl World {
             rings,
             net,
             dir: dir.clone(),
+            state_files,
             started: Instant::now(),
             faults: FAULTS.iter().map(|&f| (f, Tally::default())).collect(),
             checks: CHECKS.iter().map(|&c| (c, Tally::default())).collect(),
@@ -905,10 +926,13 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        // Stopped processes are continued and killed by `Proc`'s drop; the rings go with
-        // `rings`, the namespaces with `net`.
-        if self.net.is_namespaces() {
-            let _ = self.net.set_link(true);
+        // The rings go with `rings`, the namespaces with `net`.
+        for proc in self.procs() {
+            proc.signal(libc::SIGCONT);
+            proc.kill_9();
+        }
+        for file in &self.state_files {
+            let _ = std::fs::remove_file(file);
         }
     }
 }
