@@ -66,8 +66,8 @@ pub struct ChaosArgs {
     #[arg(long)]
     loopback: bool,
     /// Only these faults (comma-separated: kill-agent, kill-relay, stall, flood, corrupt,
-    /// partition), or `none`.
-    #[arg(long, hide = true, value_delimiter = ',')]
+    /// partition), or `none` (traffic and checks only).
+    #[arg(long, value_delimiter = ',', value_name = "FAULTS")]
     faults: Vec<String>,
     /// Test only: a producer skips one sequence number behind the checks' back, which they must
     /// report as a violation.
