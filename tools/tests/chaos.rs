@@ -4,8 +4,15 @@
 
 use std::process::{Command, Output};
 
-const FAULTS: [&str; 6] =
-    ["kill -9 agent", "kill -9 relay", "stalled consumer", "producer flood", "corrupt records", "partition"];
+const FAULTS: [&str; 7] = [
+    "kill -9 agent",
+    "kill -9 relay",
+    "stalled consumer",
+    "producer flood",
+    "corrupt records",
+    "partition",
+    "kill -9 in partition",
+];
 
 fn chaos(args: &[&str]) -> (Output, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tadpole")).arg("chaos").args(args).output().expect("run tadpole chaos");
@@ -23,7 +30,9 @@ fn row(text: &str, label: &str) -> Option<[u64; 3]> {
 
 #[test]
 fn a_short_chaos_run_injects_every_fault_sees_each_in_the_metrics_and_finds_no_violation() {
-    let (out, text) = chaos(&["--seconds", "40", "--seed", "7"]);
+    // 1000 records/s: a receiving relay starved of CPU by a busy CI machine queues fewer DATA
+    // messages, away from the libzmq abort reproduced below.
+    let (out, text) = chaos(&["--seconds", "40", "--seed", "7", "--rate", "1000"]);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("seed 7"), "the seed is printed:\n{text}");
     for label in FAULTS {

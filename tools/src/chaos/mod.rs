@@ -66,7 +66,7 @@ pub struct ChaosArgs {
     #[arg(long)]
     loopback: bool,
     /// Only these faults (comma-separated: kill-agent, kill-relay, stall, flood, corrupt,
-    /// partition), or `none` (traffic and checks only).
+    /// partition, kill-in-partition), or `none` (traffic and checks only).
     #[arg(long, value_delimiter = ',', value_name = "FAULTS")]
     faults: Vec<String>,
     /// Test only: a producer skips one sequence number behind the checks' back, which they must
@@ -83,10 +83,18 @@ enum Fault {
     Flood,
     Corrupt,
     Partition,
+    KillInPartition,
 }
 
-const FAULTS: [Fault; 6] =
-    [Fault::KillAgent, Fault::KillRelay, Fault::Stall, Fault::Flood, Fault::Corrupt, Fault::Partition];
+const FAULTS: [Fault; 7] = [
+    Fault::KillAgent,
+    Fault::KillRelay,
+    Fault::Stall,
+    Fault::Flood,
+    Fault::Corrupt,
+    Fault::Partition,
+    Fault::KillInPartition,
+];
 
 impl Fault {
     fn name(self) -> &'static str {
@@ -97,6 +105,7 @@ impl Fault {
             Fault::Flood => "flood",
             Fault::Corrupt => "corrupt",
             Fault::Partition => "partition",
+            Fault::KillInPartition => "kill-in-partition",
         }
     }
 
@@ -108,6 +117,7 @@ impl Fault {
             Fault::Flood => "producer flood",
             Fault::Corrupt => "corrupt records",
             Fault::Partition => "partition",
+            Fault::KillInPartition => "kill -9 in partition",
         }
     }
 }
@@ -569,7 +579,8 @@ impl World {
                 }
                 let (detected, note) = match fault {
                     Fault::KillAgent => self.kill_agent(&mut rng),
-                    Fault::KillRelay => self.kill_relay(&mut rng),
+                    Fault::KillRelay => self.kill_relay(&mut rng, false),
+                    Fault::KillInPartition => self.kill_relay(&mut rng, true),
                     Fault::Stall => self.stall(&mut rng),
                     Fault::Flood => self.flood(&mut rng),
                     Fault::Corrupt => self.corrupt(&mut rng),
@@ -628,10 +639,18 @@ impl World {
         )
     }
 
-    fn kill_relay(&mut self, rng: &mut Rng) -> (bool, String) {
+    /// `kill -9` of a relay and its restart; `in_partition`: in the middle of a partition,
+    /// so the new process starts cut off from its peer.
+    fn kill_relay(&mut self, rng: &mut Rng, in_partition: bool) -> (bool, String) {
         let r = rng.below(2);
         let resends_before = self.metric(A, "tadpole_relay_resends_total").unwrap_or(0);
         let committed_before = self.metric(B, "tadpole_relay_records_committed_total").unwrap_or(0);
+        if in_partition {
+            if let Err(e) = self.cut(true) {
+                return (false, e);
+            }
+            self.sleep(PARTITION / 2);
+        }
         let pid = self.relays[r].proc.pid();
         self.relays[r].proc.kill_9();
         // Relay a consumes ring xout; relay b produces into ring xin.
@@ -644,6 +663,15 @@ impl World {
         if let Err(e) = self.relays[r].proc.start() {
             return (false, format!("restarting relay: {e}"));
         }
+        let next_at_heal = if in_partition {
+            self.sleep(PARTITION / 2);
+            if let Err(e) = self.cut(false) {
+                return (false, e);
+            }
+            Some(self.agents[C_CROSS].slots.get(slots::NEXT_EXPECTED))
+        } else {
+            None
+        };
         let name = self.relays[r].proc.name.clone();
         let (back, how) = if r == A {
             // The new sender process reconnected and the far side acknowledged it.
@@ -668,8 +696,17 @@ impl World {
             );
             (back, how)
         };
+        // After a partition the stream must also flow end to end again.
+        let flowing = next_at_heal.is_none_or(|next| {
+            self.wait_until(Duration::from_secs(30), |w| w.agents[C_CROSS].slots.get(slots::NEXT_EXPECTED) > next)
+        });
+        let how = if in_partition {
+            format!("{how}; after the partition c-cross {}", if flowing { "receiving again" } else { "NOT receiving" })
+        } else {
+            how
+        };
         (
-            dead && back,
+            dead && back && flowing,
             format!(
                 "{name} (pid {pid}) killed: ring {} side {}; restarted: {how}: {}",
                 self.rings[ring].0,
@@ -774,21 +811,14 @@ impl World {
 
     fn partition(&mut self) -> (bool, String) {
         let resends_before = self.metric(A, "tadpole_relay_resends_total").unwrap_or(0);
-        let how = if self.net.is_namespaces() {
-            if let Err(e) = self.net.set_link(false) {
-                return (false, e);
-            }
-            self.sleep(PARTITION);
-            if let Err(e) = self.net.set_link(true) {
-                return (false, e);
-            }
-            "veth down"
-        } else {
-            self.relays[B].proc.signal(libc::SIGSTOP);
-            self.sleep(PARTITION);
-            self.relays[B].proc.signal(libc::SIGCONT);
-            "relay-b stopped"
+        let how = match self.cut(true) {
+            Ok(how) => how,
+            Err(e) => return (false, e),
         };
+        self.sleep(PARTITION);
+        if let Err(e) = self.cut(false) {
+            return (false, e);
+        }
         let next_at_heal = self.agents[C_CROSS].slots.get(slots::NEXT_EXPECTED);
         let resends =
             |w: &World| w.metric(A, "tadpole_relay_resends_total").unwrap_or(0).saturating_sub(resends_before);
@@ -807,6 +837,18 @@ impl World {
                 }
             ),
         )
+    }
+
+    /// Starts (`down`) or ends a partition between the relays: the veth down, or on loopback
+    /// relay-b stopped (a relay restarted meanwhile is continued, which it does not mind).
+    fn cut(&mut self, down: bool) -> Result<&'static str, String> {
+        if self.net.is_namespaces() {
+            self.net.set_link(!down)?;
+            Ok("veth down")
+        } else {
+            self.relays[B].proc.signal(if down { libc::SIGSTOP } else { libc::SIGCONT });
+            Ok("relay-b stopped")
+        }
     }
 
     /// Stops the producers, waits for every record to arrive, stops everything, then checks.
