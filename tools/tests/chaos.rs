@@ -54,6 +54,10 @@ fn a_record_dropped_behind_the_checks_back_is_reported_lost_and_fails_the_run() 
     assert!(text.contains("VIOLATION: local: 1 records lost"), "{text}");
     assert_eq!(row(&text, "delivery").map(|r| r[2]), Some(1), "{text}");
     assert!(text.contains("chaos: 1 violation(s)"), "{text}");
+    // A failed run keeps its logs for the operator; this one was meant to fail.
+    if let Some(dir) = text.lines().find_map(|l| l.trim().strip_prefix("logs and state in ")) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// Found by `tadpole chaos --minutes 5` (relay-b died of SIGABRT, "Assertion failed: !_io_error

@@ -218,9 +218,13 @@ impl Proc {
     /// `kill -9`, and the zombie reaped (until then the kernel still shows the pid alive).
     fn kill_9(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let started = Instant::now();
             let _ = child.kill();
             let _ = child.wait();
             self.kills += 1;
+            if started.elapsed() > Duration::from_secs(5) {
+                println!("  note: {} took {:.1?} to die of SIGKILL", self.name, started.elapsed());
+            }
         }
     }
 
@@ -577,6 +581,7 @@ impl World {
                 if crate::exit::interrupted() || (round > 0 && self.started.elapsed() >= deadline) {
                     return;
                 }
+                let began = Instant::now();
                 let (detected, note) = match fault {
                     Fault::KillAgent => self.kill_agent(&mut rng),
                     Fault::KillRelay => self.kill_relay(&mut rng, false),
@@ -593,7 +598,12 @@ impl World {
                 } else {
                     tally.violations.push(format!("{}: not seen in the metrics: {note}", fault.label()));
                 }
-                self.say(&format!("{}: {note}{}", fault.label(), if detected { "" } else { " — NOT DETECTED" }));
+                self.say(&format!(
+                    "{}: {note}{} ({:.1} s)",
+                    fault.label(),
+                    if detected { "" } else { " — NOT DETECTED" },
+                    began.elapsed().as_secs_f64()
+                ));
                 self.sleep(Duration::from_millis(1500));
             }
             round += 1;

@@ -18,8 +18,14 @@ pub enum Net {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
+    let started = std::time::Instant::now();
     let out =
         Command::new("ip").args(args).stdin(Stdio::null()).output().map_err(|e| format!("cannot run `ip`: {e}"))?;
+    // A stuck `ip` (the kernel's RTNL lock held, e.g. by namespaces being torn down) would
+    // otherwise look like a slow relay.
+    if started.elapsed() > Duration::from_secs(5) {
+        println!("  note: `ip {}` took {:.1?}", args.join(" "), started.elapsed());
+    }
     if out.status.success() {
         Ok(())
     } else {
