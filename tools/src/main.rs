@@ -2,11 +2,13 @@
 //! shared-memory rings, with an end-to-end latency report), `pingpong` (raw one-way latency
 //! between two processes), `stat` (every ring, who is attached, depth, counters and rates),
 //! `tap` (a ring's records decoded, without consuming them), `clean` (remove rings whose
-//! processes are all gone), `keygen` (CURVE key pairs) and `relay` (rings between hosts).
+//! processes are all gone), `keygen` (CURVE key pairs), `relay` (rings between hosts) and
+//! `chaos` (agents and relays under injected faults, checked for loss and corruption).
 //!
 //! Each subcommand is one variant of [`Cmd`], with its arguments in its own module where it has
 //! more than a couple; adding one is a variant and a `match` arm.
 
+mod chaos;
 mod clean;
 mod exit;
 mod json;
@@ -108,6 +110,17 @@ enum Cmd {
     /// Removes rings whose creator and attached processes are all gone, and says why it kept
     /// each other ring.
     Clean(clean::CleanArgs),
+    /// Runs agents and two relays (in two network namespaces when root) and injects faults:
+    /// kill -9 and restart, stalled consumers, floods, corrupt records, partitions. Checks
+    /// delivery, checksums, memory and the metrics; exits 1 on any violation.
+    #[command(after_help = format!(
+        "Examples:\n  tadpole chaos --minutes 30\n  tadpole chaos --seconds 60 --seed 42\n\n{}",
+        exit::EXIT_STATUS_HELP
+    ))]
+    Chaos(chaos::ChaosArgs),
+    /// Internal: one agent of `chaos`.
+    #[command(hide = true, name = "chaos-agent")]
+    ChaosAgent(chaos::AgentArgs),
     /// Internal: one agent of `demo`.
     #[command(hide = true)]
     Agent {
@@ -205,6 +218,8 @@ fn main() -> ExitCode {
         Cmd::Clean(args) => clean::run(&args),
         Cmd::Relay { config, state } => relay::run(&config, state),
         Cmd::Keygen { out, check } => keygen(out.as_deref(), check.as_deref()),
+        Cmd::Chaos(args) => chaos::run(&args),
+        Cmd::ChaosAgent(args) => chaos::agent::run(&args),
     })
 }
 
