@@ -221,7 +221,15 @@ fn work(role: &str, run: &str, wait: WaitStrategy, settings: &AgentSettings, bea
             metadata.push(("personality", "cautious"));
         }
         let header = header.with_metadata(&metadata);
-        match (role, msg.event()?) {
+        let event = msg.event()?;
+        tracing::debug!(
+            event = "handled",
+            agent = role,
+            message_type = ?event.message_type(),
+            correlation_id = %header.correlation_id,
+            refusing = refusal.is_some(),
+        );
+        match (role, event) {
             ("risk", Event::TradingSignalGenerated(signal)) => {
                 let price = i128::from(signal.reference_price_e8().max(1));
                 let notional_e8 =
@@ -424,6 +432,7 @@ fn signals(batch: &RecordBatch, out: &mut EnvelopeSender, beat: &mut Beat<'_>, s
         let (tick_at, now) = (ticks.intended.value(row).to_string(), now_ns().to_string());
         let metadata = [(STAMPS[0], tick_at.as_str()), (STAMPS[1], now.as_str())];
         let header = header.with_metadata(&metadata);
+        tracing::debug!(event = "handled", agent = "market-analysis", message_type = "tick", correlation_id = %header.correlation_id);
         let mid = ticks.bid.value(row) / 2 + ticks.ask.value(row) / 2;
         let confidence_e8 = if seq % 16 == 15 { 100_000_000 } else { 60_000_000 };
         let symbol = ticks.symbol.value(row);

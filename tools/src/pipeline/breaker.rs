@@ -19,6 +19,8 @@ struct Watched {
     last_beat: Option<Instant>,
     /// When the breaker last told the listeners about this agent (while tripped).
     tripped_at: Option<Instant>,
+    /// When the current trip began.
+    opened_at: Option<Instant>,
     terminated: bool,
     last_sequence: u64,
 }
@@ -43,6 +45,7 @@ pub fn run(run: &str, settings: &AgentSettings) -> Result<()> {
             key: Some(key),
             last_beat: None,
             tripped_at: None,
+            opened_at: None,
             terminated: false,
             last_sequence: 0,
         });
@@ -111,6 +114,7 @@ pub fn run(run: &str, settings: &AgentSettings) -> Result<()> {
                 if w.tripped_at.is_none_or(|t| now.duration_since(t) >= cooldown / 2) {
                     let first = w.tripped_at.is_none();
                     w.tripped_at = Some(now);
+                    w.opened_at.get_or_insert(now);
                     notices.push(Notice::Trip {
                         agent: w.agent,
                         breaker: "heartbeat_silence",
@@ -124,7 +128,7 @@ pub fn run(run: &str, settings: &AgentSettings) -> Result<()> {
                         ),
                     });
                 }
-            } else if let Some(t) = w.tripped_at.take() {
+            } else if let Some(t) = w.tripped_at.take().and(w.opened_at.take()) {
                 notices.push(Notice::Recovered { agent: w.agent, silent_ms: now.duration_since(t).as_millis() as u64 });
             }
         }

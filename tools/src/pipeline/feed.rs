@@ -11,6 +11,8 @@ use std::time::Duration;
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use schemas::channel::{BatchSendError, BatchSender};
+use schemas::envelope::MessageId;
+use schemas::fb;
 
 use super::config::MarketConfig;
 
@@ -76,7 +78,9 @@ impl Feed {
         timeout: Option<Duration>,
     ) -> Result<(), BatchSendError> {
         let batch = self.batch(nonce, first, rows, intended);
-        self.tx.send_timeout(&batch, timeout).map(drop)
+        self.tx.send_timeout(&batch, timeout)?;
+        log_sent(nonce, first, rows);
+        Ok(())
     }
 
     /// Sends ticks `first..first + rows` if there is room now; `false` if not.
@@ -89,9 +93,22 @@ impl Feed {
     ) -> Result<bool, BatchSendError> {
         let batch = self.batch(nonce, first, rows, intended);
         match self.tx.try_send(&batch) {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                log_sent(nonce, first, rows);
+                Ok(true)
+            }
             Err(BatchSendError::Full) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// A debug event per tick sent, with its id: `RUST_LOG=debug` follows a tick to its fill.
+fn log_sent(nonce: u64, first: u64, rows: u64) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for seq in first..first + rows {
+            let id = MessageId::from_wire(&fb::Uuid::new(nonce, seq));
+            tracing::debug!(event = "tick_sent", correlation_id = %id, "tick sent");
         }
     }
 }

@@ -313,7 +313,6 @@ pub fn run(config: &Config, stall: Option<&(String, u64)>) -> Result<report::Rep
     let ticks_timed = config.ticks();
     let warmup = (ticks_timed / 10).clamp(10, 2_000);
     let mut rec = Recorder::new(config, warmup, ticks_timed, progress_bar(warmup + ticks_timed));
-    let started = Instant::now();
     // Warm-up, one in flight: also waits until every agent is up.
     for seq in 0..warmup {
         if !round_trip(&mut feed, &mut inbox, &mut breaker_events, &mut rec, seq, true)? {
@@ -399,6 +398,7 @@ fn round_trip(
                 }
             }
             Err(EnvelopeRecvError::Timeout) if asked.elapsed() < patience => {}
+            Err(EnvelopeRecvError::Disconnected) if halted_meanwhile(breaker_events, rec) => return Ok(false),
             Err(e) => bail!("waiting for tick {seq}'s outcome: {e}"),
         }
     }
@@ -451,6 +451,7 @@ fn open_loop(
                 rec.outcome(&msg, now_ns());
             }
             Err(EnvelopeRecvError::Timeout) => {}
+            Err(EnvelopeRecvError::Disconnected) if halted_meanwhile(breaker_events, rec) => break,
             Err(e) => bail!("collecting outcomes: {e}"),
         }
         rec.tick_progress();
@@ -468,10 +469,22 @@ fn open_loop(
                 last = Instant::now();
             }
             Err(EnvelopeRecvError::Timeout) => {}
+            Err(EnvelopeRecvError::Disconnected) if halted_meanwhile(breaker_events, rec) => break,
             Err(e) => bail!("collecting outcomes: {e}"),
         }
     }
     Ok(())
+}
+
+/// The outcomes ring closed early: an agent died and the ones after it left. Whether the
+/// breaker says so (it hears of the death within its poll interval).
+fn halted_meanwhile(breaker_events: &mut EnvelopeReceiver, rec: &mut Recorder) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while rec.halted.is_none() && Instant::now() < deadline {
+        drain_breaker(breaker_events, rec);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rec.halted.is_some()
 }
 
 fn drain_breaker(breaker_events: &mut EnvelopeReceiver, rec: &mut Recorder) {

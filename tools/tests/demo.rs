@@ -1,0 +1,150 @@
+//! `tadpole demo` as a user runs it: six real processes over real shared memory — the report,
+//! the open-loop mode, configuration files, correlation ids from tick to fill, and SLA alerts.
+
+mod demo_support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use demo_support::{demo, line, log_events, numbers};
+
+#[test]
+fn demo_without_arguments_reports_every_hop_against_the_targets_in_seconds() {
+    let started = Instant::now();
+    let run = demo(&[]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    // Loose: "a few seconds" on a quiet machine, this one is shared.
+    assert!(started.elapsed() < Duration::from_secs(120), "took {:?}", started.elapsed());
+    let out = &run.stdout;
+    for want in [
+        "market-analysis -> risk -> personality -> execution",
+        "one tick in flight",
+        "tick -> signal",
+        "signal -> risk",
+        "risk -> personality",
+        "personality -> execution",
+        "signal -> execution",
+        "end to end",
+        "p99.9",
+        "< 10 ms average between agents",
+        "< 100 ms signal to execution",
+        "SLA alerts:",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let signals = numbers(line(out, "signals:"));
+    // timed, filled, refused: every 16th signal is over the risk limit.
+    assert_eq!(signals[0], 10_000, "{out}");
+    assert_eq!(signals[1] + signals[2], 10_000, "{out}");
+    assert_eq!(signals[2], 625, "{out}");
+    assert_eq!(numbers(line(out, "ticks:"))[..3], [10_000, 0, 0], "{out}");
+}
+
+#[test]
+fn every_tick_id_reaches_execution_and_comes_back_as_its_fills_correlation_id() {
+    let mut c = demo_support::command(&["--signals", "200"]);
+    c.env("RUST_LOG", "debug");
+    let run = demo_support::wait(demo_support::spawn(c));
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let events = log_events(&run.stderr);
+    let ids = |pred: &dyn Fn(&serde_json::Value) -> bool| -> BTreeSet<String> {
+        events.iter().filter(|e| pred(e)).filter_map(|e| e["correlation_id"].as_str().map(str::to_owned)).collect()
+    };
+    let sent = ids(&|e| e["event"] == "tick_sent");
+    let signalled = ids(&|e| e["event"] == "handled" && e["agent"] == "market-analysis");
+    let executed = ids(&|e| e["event"] == "handled" && e["agent"] == "execution");
+    // 20 warm-up ticks and 200 timed ones, each followed from the feed through market analysis
+    // (a separate process, reading Arrow) to execution under the same id.
+    assert_eq!(sent.len(), 220, "{}", run.stderr.lines().take(5).collect::<Vec<_>>().join("\n"));
+    assert_eq!(signalled, sent);
+    assert_eq!(executed, sent);
+    // And the collector matched every outcome to its tick.
+    assert_eq!(numbers(line(&run.stdout, "ticks:"))[..3], [200, 0, 0], "{}", run.stdout);
+}
+
+#[test]
+fn rate_mode_sends_on_a_schedule_and_reports_throughput_and_drops() {
+    let run = demo(&["--rate", "400/s", "--duration", "1.5"]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    assert!(out.contains("open loop at 400 ticks/s; latency from each tick's intended send time"), "{out}");
+    let signals = numbers(line(out, "signals:"));
+    assert_eq!(signals[0], 600, "{out}");
+    // Throughput: the schedule's rate, give or take the machine.
+    assert!((150..=800).contains(&signals[3]), "{out}");
+    assert_eq!(numbers(line(out, "ticks:"))[..3], [600, 0, 0], "{out}");
+    assert!(line(out, "end to end").split_whitespace().count() >= 8, "{out}");
+}
+
+#[test]
+fn a_config_file_sets_symbols_rates_and_thresholds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &path,
+        "signals = 300\n[market]\nsymbols = [\"AAPL\", \"MSFT\"]\nstart_price = 190.5\n\
+         [breaker]\nsilence_ms = 800\n[sla]\nhop_avg_ms = 5.0\n",
+    )
+    .unwrap();
+    let run = demo(&["--config", path.to_str().unwrap()]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("ticks (AAPL, MSFT, Arrow)"), "{}", run.stdout);
+    assert!(run.stdout.contains("silent 800 ms trips it"), "{}", run.stdout);
+    assert_eq!(numbers(line(&run.stdout, "signals:"))[0], 300, "{}", run.stdout);
+    // The example file loads as it is.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pipeline.toml");
+    let run = demo(&["--config", example, "--signals", "50"]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+}
+
+#[test]
+fn a_bad_config_field_is_refused_naming_the_file_the_field_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, field, reason) in [
+        ("[breaker]\nsilence = 300\n", "breaker", "unknown field `silence`"),
+        ("rate = \"fast\"\n", "rate", "invalid type"),
+        ("[market]\nsymbols = []\n", "market.symbols", "needs at least one symbol"),
+        ("[agents]\nheartbeat_interval_ms = 900\n", "breaker.silence_ms", "not longer than"),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let run = demo(&["--config", path.to_str().unwrap()]);
+        assert_eq!(run.code, Some(1), "{text}: {}", run.stderr);
+        let err = line(&run.stderr, "error");
+        let file = path.display().to_string();
+        assert!(err.contains(&file) && err.contains(field) && err.contains(reason), "{text}: {err}");
+        assert!(run.stdout.is_empty(), "nothing runs: {}", run.stdout);
+    }
+}
+
+#[test]
+fn a_stalled_agent_raises_an_sla_alert_in_the_logs_and_the_report() {
+    let run = demo(&["--signals", "20", "--stall-agent", "risk", "--stall-ms", "50"]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let alerts: Vec<_> = log_events(&run.stderr).into_iter().filter(|e| e["event"] == "sla_alert").collect();
+    let risk = alerts.iter().find(|a| a["hop"] == "signal -> risk").unwrap_or_else(|| panic!("{}", run.stderr));
+    assert_eq!(risk["statistic"], "average");
+    assert_eq!(risk["bound_ms"], 10.0);
+    assert!(risk["observed_ms"].as_f64().unwrap() >= 50.0, "{risk}");
+    // The slowest tick is named, by its correlation id.
+    assert_eq!(risk["correlation_id"].as_str().map(str::len), Some(36), "{risk}");
+    let count = numbers(line(&run.stdout, "SLA alerts:"))[0];
+    assert_eq!(count as usize, alerts.len(), "{}", run.stdout);
+    assert!(run.stdout.contains("ALERT signal -> risk average"), "{}", run.stdout);
+}
+
+#[test]
+fn plot_writes_an_svg_and_a_png_histogram_per_hop() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = demo(&["--signals", "300", "--plot", dir.path().to_str().unwrap()]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    for hop in
+        ["tick-signal", "signal-risk", "risk-personality", "personality-execution", "signal-execution", "end-to-end"]
+    {
+        for ext in ["svg", "png"] {
+            let file = dir.path().join(format!("latency-{hop}.{ext}"));
+            let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            assert!(len > 1000, "{} missing or empty", file.display());
+        }
+    }
+}
