@@ -148,3 +148,62 @@ fn plot_writes_an_svg_and_a_png_histogram_per_hop() {
         }
     }
 }
+
+/// GET `path` from 127.0.0.1:`port`: the status code and body, or `None` if nothing listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, text.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+#[test]
+fn every_process_serves_metrics_with_per_hop_histograms_and_health() {
+    let base = 20_000 + (std::process::id() % 20_000) as u16;
+    let child = demo_support::spawn(demo_support::command(&[
+        "--rate",
+        "200",
+        "--duration",
+        "4",
+        "--metrics-port-base",
+        &base.to_string(),
+    ]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let scrape = |port| loop {
+        match http_get(port, "/metrics") {
+            Some((200, body)) if body.contains("_count") || port == base + 5 => return body,
+            _ if Instant::now() > deadline => panic!("nothing on port {port}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let collector = scrape(base);
+    for hop in ["tick -> signal", "signal -> risk", "risk -> personality", "personality -> execution", "end to end"] {
+        let series = format!("tadpole_demo_hop_latency_seconds_count{{process=\"collector\",hop=\"{hop}\"}}");
+        assert!(collector.contains(&series), "{series} missing:\n{collector}");
+    }
+    assert!(collector.contains("tadpole_demo_sla_alerts_total{process=\"collector\"}"), "{collector}");
+    // Each agent publishes the hop into it; risk and execution their breaker state.
+    for (port, agent, hop) in [
+        (base + 1, "market-analysis", "tick -> signal"),
+        (base + 2, "risk", "signal -> risk"),
+        (base + 4, "execution", "personality -> execution"),
+    ] {
+        let body = scrape(port);
+        let series =
+            format!("tadpole_demo_hop_latency_seconds_bucket{{le=\"0.01\",process=\"{agent}\",hop=\"{hop}\"}}");
+        assert!(body.contains(&series), "{series} missing:\n{body}");
+        assert!(body.contains(&format!("tadpole_demo_handled_total{{process=\"{agent}\"}}")), "{body}");
+    }
+    let breaker = scrape(base + 5);
+    assert!(breaker.contains("tadpole_demo_heartbeats_total{process=\"breaker\"}"), "{breaker}");
+    let (code, health) = http_get(base + 2, "/health").unwrap();
+    assert_eq!(code, 200, "{health}");
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["detail"]["process"], "risk");
+    assert_eq!(health["detail"]["breaker"], "closed");
+    let run = demo_support::wait(child);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+}

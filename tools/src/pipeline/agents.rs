@@ -3,6 +3,8 @@
 //! loop, so an agent that stalls falls silent; risk and execution also hear the breaker, and
 //! refuse while it is open.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -14,6 +16,7 @@ use schemas::channel::{
 use schemas::envelope::{EnvelopeHeader, Event, MessageId};
 use schemas::fb;
 
+use super::metrics::{self, Metrics};
 use super::{AGENTS, AgentSettings, OUTCOMES, STAMPS, TICKS, TIMEOUT, breaker_ring, heartbeat_ring, now_ns, ring_name};
 
 /// `breaker` of the refusal risk and execution send while the circuit breaker is open.
@@ -22,6 +25,7 @@ pub const CIRCUIT_OPEN: &str = "circuit_open";
 /// Heartbeats from an agent's main loop to the breaker.
 pub struct Beat<'a> {
     tx: EnvelopeSender,
+    metrics: Arc<Metrics>,
     role: &'a str,
     sequence: u64,
     interval: Duration,
@@ -30,10 +34,11 @@ pub struct Beat<'a> {
 }
 
 impl<'a> Beat<'a> {
-    pub fn open(role: &'a str, run: &str, interval_ms: u64) -> Result<Beat<'a>> {
+    pub fn open(role: &'a str, run: &str, interval_ms: u64, metrics: Arc<Metrics>) -> Result<Beat<'a>> {
         let tx = EnvelopeSender::new(Segment::open(&heartbeat_ring(run, role))?.producer()?);
         let now = Instant::now();
-        Ok(Beat { tx, role, sequence: 0, interval: Duration::from_millis(interval_ms), next: now, started: now })
+        let interval = Duration::from_millis(interval_ms);
+        Ok(Beat { tx, metrics, role, sequence: 0, interval, next: now, started: now })
     }
 
     /// Sends a heartbeat if one is due.
@@ -50,8 +55,12 @@ impl<'a> Beat<'a> {
             fb::Heartbeat::create(fbb, &fb::HeartbeatArgs { sequence, interval_ns, status: fb::HealthStatus::Healthy })
         });
         match sent {
+            Ok(()) => {
+                self.metrics.heartbeats.fetch_add(1, Relaxed);
+                Ok(())
+            }
             // A breaker that is behind misses a beat rather than stalling the agent.
-            Ok(()) | Err(EnvelopeSendError::Full) => Ok(()),
+            Err(EnvelopeSendError::Full) => Ok(()),
             Err(e) => Err(e).context("sending a heartbeat"),
         }
     }
@@ -153,13 +162,24 @@ impl Gate {
 
 /// Runs agent `role` until its upstream closes.
 pub fn run(role: &str, run: &str, wait: WaitStrategy, settings: &AgentSettings) -> Result<()> {
-    let mut beat = Beat::open(role, run, settings.heartbeat_interval_ms)?;
-    let result = work(role, run, wait, settings, &mut beat);
+    let position = AGENTS.iter().position(|a| *a == role).context("not a trading agent")?;
+    let metrics = Metrics::new(role, &[super::report::HOPS[position].0]);
+    let _endpoint = settings.metrics_port.map(|port| metrics::serve(port, &metrics)).transpose()?;
+    let mut beat = Beat::open(role, run, settings.heartbeat_interval_ms, metrics.clone())?;
+    let result = work(role, run, wait, settings, &mut beat, &metrics);
     beat.terminate(&result);
     result
 }
 
-fn work(role: &str, run: &str, wait: WaitStrategy, settings: &AgentSettings, beat: &mut Beat<'_>) -> Result<()> {
+fn work(
+    role: &str,
+    run: &str,
+    wait: WaitStrategy,
+    settings: &AgentSettings,
+    beat: &mut Beat<'_>,
+    metrics: &Metrics,
+) -> Result<()> {
+    let hop = &metrics.hops[0].1;
     let position = AGENTS.iter().position(|a| *a == role).context("not a trading agent")?;
     let next = AGENTS.get(position + 1).copied().unwrap_or(OUTCOMES);
     let mut producer = Segment::open(&ring_name(run, next))?.producer()?;
@@ -173,7 +193,7 @@ fn work(role: &str, run: &str, wait: WaitStrategy, settings: &AgentSettings, bea
         loop {
             beat.tick()?;
             match rx.recv_timeout(Some(beat.until_next())) {
-                Ok(batch) => signals(&batch, &mut out, beat, stall)?,
+                Ok(batch) => signals(&batch, &mut out, beat, stall, metrics)?,
                 Err(BatchRecvError::Timeout) => {}
                 Err(BatchRecvError::Disconnected) => return Ok(()),
                 Err(e @ BatchRecvError::Rejected { .. }) => tracing::warn!(error = %e, "tick batch refused"),
@@ -208,12 +228,20 @@ fn work(role: &str, run: &str, wait: WaitStrategy, settings: &AgentSettings, bea
             g.poll();
         }
         let refusal = gate.as_ref().and_then(Gate::refusal);
+        if let Some(g) = &gate {
+            let state = if g.halted.is_some() { 2 } else { u64::from(refusal.is_some()) };
+            metrics.breaker_state.store(state, Relaxed);
+        }
         // Every hop keeps the tick's correlation id and adds its stamp to the earlier ones.
         let envelope = msg.envelope();
         let mut header = EnvelopeHeader::new(role, next);
         header.correlation_id = envelope.correlation_id().map_or(MessageId::NIL, MessageId::from_wire);
         let mut stamps = super::stamps(&envelope);
         stamps[position + 1] = now_ns();
+        if stamps[position] != 0 {
+            hop.record(stamps[position + 1].saturating_sub(stamps[position]));
+        }
+        metrics.handled.fetch_add(1, Relaxed);
         let values: Vec<(usize, String)> =
             stamps.iter().enumerate().filter(|(_, t)| **t != 0).map(|(i, t)| (i, t.to_string())).collect();
         let mut metadata: Vec<(&str, &str)> = values.iter().map(|(i, v)| (STAMPS[*i], v.as_str())).collect();
@@ -229,6 +257,9 @@ fn work(role: &str, run: &str, wait: WaitStrategy, settings: &AgentSettings, bea
             correlation_id = %header.correlation_id,
             refusing = refusal.is_some(),
         );
+        if refusal.is_some() || matches!(event, Event::BreakerAgentTriggered(_)) {
+            metrics.refused.fetch_add(u64::from(role != "personality"), Relaxed);
+        }
         match (role, event) {
             ("risk", Event::TradingSignalGenerated(signal)) => {
                 let price = i128::from(signal.reference_price_e8().max(1));
@@ -413,7 +444,13 @@ impl<'a> Ticks<'a> {
 
 /// Market analysis: one signal per tick, correlated to the tick's id. Every 16th is sized at full
 /// confidence, which the risk agent's default limits refuse.
-fn signals(batch: &RecordBatch, out: &mut EnvelopeSender, beat: &mut Beat<'_>, stall: Duration) -> Result<()> {
+fn signals(
+    batch: &RecordBatch,
+    out: &mut EnvelopeSender,
+    beat: &mut Beat<'_>,
+    stall: Duration,
+    metrics: &Metrics,
+) -> Result<()> {
     let ticks = match Ticks::of(batch) {
         Ok(t) => t,
         Err(e) => {
@@ -429,7 +466,10 @@ fn signals(batch: &RecordBatch, out: &mut EnvelopeSender, beat: &mut Beat<'_>, s
         let seq = ticks.lo.value(row);
         let mut header = EnvelopeHeader::new("market-analysis", "risk");
         header.correlation_id = MessageId::from_wire(&fb::Uuid::new(ticks.hi.value(row), seq));
-        let (tick_at, now) = (ticks.intended.value(row).to_string(), now_ns().to_string());
+        let (intended, sent) = (ticks.intended.value(row), now_ns());
+        metrics.hops[0].1.record(sent.saturating_sub(intended));
+        metrics.handled.fetch_add(1, Relaxed);
+        let (tick_at, now) = (intended.to_string(), sent.to_string());
         let metadata = [(STAMPS[0], tick_at.as_str()), (STAMPS[1], now.as_str())];
         let header = header.with_metadata(&metadata);
         tracing::debug!(event = "handled", agent = "market-analysis", message_type = "tick", correlation_id = %header.correlation_id);

@@ -3,6 +3,7 @@
 //! falls silent or misbehaves (`BreakerAgentTriggered`, repeated while it lasts, so the
 //! listeners' cooldown keeps them stopped) or dies (`BreakerSystemEmergency`: trading halts).
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -11,6 +12,7 @@ use schemas::channel::EnvelopeSender;
 use schemas::envelope::{EnvelopeHeader, Event, VerifyOptions, verify_envelope};
 use schemas::fb;
 
+use super::metrics::Metrics;
 use super::{AGENTS, AgentSettings, BREAKER, BREAKER_LISTENERS, breaker_ring, heartbeat_ring};
 
 struct Watched {
@@ -35,6 +37,8 @@ pub fn run(run: &str, settings: &AgentSettings) -> Result<()> {
     let cfg = &settings.breaker;
     let (silence, grace) = (Duration::from_millis(cfg.silence_ms), Duration::from_millis(cfg.startup_grace_ms));
     let cooldown = Duration::from_millis(cfg.cooldown_ms);
+    let metrics = Metrics::new(BREAKER, &[]);
+    let _endpoint = settings.metrics_port.map(|port| super::metrics::serve(port, &metrics)).transpose()?;
     let mut set = WaitSet::new(WaitStrategy::Block)?;
     let mut watched = Vec::new();
     for agent in AGENTS {
@@ -76,7 +80,10 @@ pub fn run(run: &str, settings: &AgentSettings) -> Result<()> {
             // A few records per ring per round: one flooding agent cannot starve the others.
             for _ in 0..32 {
                 let verdict = match consumer.try_recv() {
-                    Ok(record) => judge(w, &record, now),
+                    Ok(record) => {
+                        metrics.heartbeats.fetch_add(1, Relaxed);
+                        judge(w, &record, now)
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         w.key = None;
@@ -139,6 +146,14 @@ pub fn run(run: &str, settings: &AgentSettings) -> Result<()> {
                 }
                 halted = true;
             }
+            match notice {
+                Notice::Trip { .. } => metrics.breaker_trips.fetch_add(1, Relaxed),
+                Notice::Emergency { .. } => metrics.breaker_emergencies.fetch_add(1, Relaxed),
+                Notice::Recovered { .. } => 0,
+            };
+            metrics
+                .breaker_state
+                .store(if halted { 2 } else { u64::from(watched.iter().any(|w| w.tripped_at.is_some())) }, Relaxed);
             tell(&mut listeners, &notice, cooldown);
         }
     }

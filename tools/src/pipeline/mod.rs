@@ -22,6 +22,7 @@ mod agents;
 mod breaker;
 pub mod config;
 mod feed;
+mod metrics;
 mod python;
 mod report;
 
@@ -98,6 +99,8 @@ pub struct AgentSettings {
     pub breaker: config::BreakerConfig,
     /// Sleep this long before handling each message (the SLA alert test's stalled agent).
     pub stall_ms: u64,
+    /// Serve /metrics and /health on 127.0.0.1 at this port.
+    pub metrics_port: Option<u16>,
 }
 
 /// `tadpole demo`'s options; each given one overrides the configuration file's value.
@@ -132,6 +135,11 @@ pub struct DemoArgs {
     /// needs `pip install ./python flatbuffers`, Python from `$TADPOLE_PYTHON` or `python3`).
     #[arg(long, value_name = "AGENT")]
     python: Vec<String>,
+    /// Serve /metrics (Prometheus text) and /health on 127.0.0.1 from every process: this one
+    /// (the collector: every hop, SLA alerts) on PORT, then market analysis, risk, personality,
+    /// execution and the breaker on the ports after it (not the Python agent).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..=65_000))]
+    metrics_port_base: Option<u16>,
     /// Write an SVG and a PNG latency histogram per hop into this directory.
     #[arg(long, value_name = "DIR")]
     plot: Option<PathBuf>,
@@ -226,7 +234,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     init_logs();
     let config = args.config()?;
     let stall = args.stall_agent.clone().zip(args.stall_ms);
-    let report = run(&config, stall.as_ref())?;
+    let report = run(&config, stall.as_ref(), args.metrics_port_base)?;
     report.print(&config)?;
     if let Some(dir) = &args.plot {
         let files = report.plot(dir)?;
@@ -254,7 +262,7 @@ pub fn init_logs() {
 
 /// Runs the whole pipeline: creates the rings, starts the agents as processes (those named in
 /// `config.python` as Python processes) and plays the tick feed and the fill collector here.
-pub fn run(config: &Config, stall: Option<&(String, u64)>) -> Result<report::Report> {
+pub fn run(config: &Config, stall: Option<&(String, u64)>, metrics_port: Option<u16>) -> Result<report::Report> {
     let run = format!("pipeline-{}", std::process::id());
     let wait = wait_of(&config.wait);
     let ring_bytes = config.agents.ring_bytes;
@@ -282,8 +290,11 @@ pub fn run(config: &Config, stall: Option<&(String, u64)>) -> Result<report::Rep
 
     let mut agents = Agents(Vec::new());
     let scratch = Scratch(std::env::temp_dir().join(format!("tadpole-demo-{}", std::process::id())));
-    for agent in AGENTS.iter().chain([&BREAKER]) {
+    let collector = metrics::Metrics::new("collector", &report::HOPS.map(|h| h.0));
+    let _endpoint = metrics_port.map(|port| metrics::serve(port, &collector)).transpose()?;
+    for (i, agent) in AGENTS.iter().chain([&BREAKER]).enumerate() {
         let settings = AgentSettings {
+            metrics_port: metrics_port.map(|p| p + 1 + i as u16),
             heartbeat_interval_ms: config.agents.heartbeat_interval_ms,
             risk: config.risk.clone(),
             breaker: config.breaker.clone(),
@@ -312,7 +323,7 @@ pub fn run(config: &Config, stall: Option<&(String, u64)>) -> Result<report::Rep
 
     let ticks_timed = config.ticks();
     let warmup = (ticks_timed / 10).clamp(10, 2_000);
-    let mut rec = Recorder::new(config, warmup, ticks_timed, progress_bar(warmup + ticks_timed));
+    let mut rec = Recorder::new(config, warmup, ticks_timed, progress_bar(warmup + ticks_timed), collector.clone());
     // Warm-up, one in flight: also waits until every agent is up.
     for seq in 0..warmup {
         if !round_trip(&mut feed, &mut inbox, &mut breaker_events, &mut rec, seq, true)? {

@@ -2,6 +2,8 @@
 //! events, and the SLA alerts raised against the configured bounds.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -13,6 +15,7 @@ use schemas::fb;
 
 use super::Config;
 use super::config::SlaConfig;
+use super::metrics::Metrics;
 
 /// What came back for a tick.
 pub enum Outcome {
@@ -36,7 +39,7 @@ pub struct Hop {
     worst: (u64, MessageId),
 }
 
-const HOPS: [(&str, usize, usize, bool); 6] = [
+pub const HOPS: [(&str, usize, usize, bool); 6] = [
     ("tick -> signal", 0, 1, false),
     ("signal -> risk", 1, 2, false),
     ("risk -> personality", 2, 3, false),
@@ -84,10 +87,24 @@ pub struct Recorder {
     last_draw: Instant,
     rate: u64,
     sla: SlaConfig,
+    /// Alerts raised so far (each hop and statistic once), and when the bounds were last looked at.
+    raised: Vec<SlaAlert>,
+    last_sla_check: Instant,
+    metrics: Arc<Metrics>,
 }
 
+/// Samples a hop needs before its bounds are checked while the run goes on (the end of the run
+/// checks them whatever the count).
+const LIVE_SLA_MIN_SAMPLES: u64 = 200;
+
 impl Recorder {
-    pub fn new(config: &Config, warmup: u64, timed: u64, bar: indicatif::ProgressBar) -> Recorder {
+    pub fn new(
+        config: &Config,
+        warmup: u64,
+        timed: u64,
+        bar: indicatif::ProgressBar,
+        metrics: Arc<Metrics>,
+    ) -> Recorder {
         let hops = HOPS
             .iter()
             .map(|&(name, from, to, end_to_end)| Hop {
@@ -120,6 +137,39 @@ impl Recorder {
             last_draw: Instant::now(),
             rate: config.rate,
             sla: config.sla.clone(),
+            raised: Vec::new(),
+            last_sla_check: Instant::now(),
+            metrics,
+        }
+    }
+
+    /// Raises the alerts of the bounds broken now (once per hop and statistic): a JSON log
+    /// event and the `tadpole_demo_sla_alerts` counter.
+    fn check_sla(&mut self, min_samples: u64) {
+        self.last_sla_check = Instant::now();
+        for alert in sla_alerts(&self.hops, &self.sla, min_samples) {
+            match self.raised.iter_mut().find(|a| a.hop == alert.hop && a.statistic == alert.statistic) {
+                Some(known) => *known = alert,
+                None => {
+                    self.bar.suspend(|| {
+                        tracing::warn!(
+                            event = "sla_alert",
+                            hop = alert.hop,
+                            statistic = alert.statistic,
+                            observed_ms = alert.observed_ms,
+                            bound_ms = alert.bound_ms,
+                            correlation_id = %alert.correlation_id,
+                            "SLA alert: {} {} {:.3} ms exceeds {} ms",
+                            alert.hop,
+                            alert.statistic,
+                            alert.observed_ms,
+                            alert.bound_ms
+                        )
+                    });
+                    self.metrics.sla_alerts.fetch_add(1, Relaxed);
+                    self.raised.push(alert);
+                }
+            }
         }
     }
 
@@ -173,10 +223,12 @@ impl Recorder {
         stamps[..5].copy_from_slice(&super::stamps(&envelope));
         stamps[5] = now_ns;
         let id = MessageId::from_wire(&correlation);
-        for hop in &mut self.hops {
+        self.metrics.handled.fetch_add(1, Relaxed);
+        for (hop, (_, live)) in self.hops.iter_mut().zip(&self.metrics.hops) {
             let (from, to) = (stamps[hop.from], stamps[hop.to]);
             if from != 0 && to >= from {
                 let ns = (to - from).max(1);
+                live.record(ns);
                 let _ = hop.latency_ns.record(ns);
                 if ns > hop.worst.0 {
                     hop.worst = (ns, id);
@@ -187,8 +239,12 @@ impl Recorder {
         Some(seq)
     }
 
-    /// Redraws the progress line (at most ten times a second).
+    /// Redraws the progress line (at most ten times a second), and checks the SLA bounds
+    /// twice a second.
     pub fn tick_progress(&mut self) {
+        if self.last_sla_check.elapsed() >= Duration::from_millis(500) {
+            self.check_sla(LIVE_SLA_MIN_SAMPLES);
+        }
         if self.bar.is_hidden() || self.last_draw.elapsed() < Duration::from_millis(100) {
             return;
         }
@@ -214,6 +270,9 @@ impl Recorder {
                 if reason.ends_with("(still)") {
                     return;
                 }
+                if b.breaker() != Some("recovered") {
+                    self.metrics.breaker_trips.fetch_add(1, Relaxed);
+                }
                 format!(
                     "BreakerAgentTriggered {} {}: {}",
                     b.agent_id().unwrap_or_default(),
@@ -224,6 +283,8 @@ impl Recorder {
             Event::BreakerSystemEmergency(e) => {
                 let reason = e.reason().unwrap_or_default().to_owned();
                 let what = format!("BreakerSystemEmergency by {}: {reason}", e.triggered_by().unwrap_or_default());
+                self.metrics.breaker_emergencies.fetch_add(1, Relaxed);
+                self.metrics.breaker_state.store(2, Relaxed);
                 self.halted.get_or_insert(reason);
                 what
             }
@@ -233,28 +294,14 @@ impl Recorder {
         self.breaker.push(BreakerNotice { at, what });
     }
 
-    pub fn into_report(self, dead_letters: u64, rings: Vec<(String, RingStatus)>) -> Report {
+    pub fn into_report(mut self, dead_letters: u64, rings: Vec<(String, RingStatus)>) -> Report {
         let elapsed = match self.timing {
             Some((start, Some(end))) => end - start,
             Some((start, None)) => start.elapsed(),
             None => Duration::ZERO,
         };
-        let alerts = sla_alerts(&self.hops, &self.sla);
-        for a in &alerts {
-            tracing::warn!(
-                event = "sla_alert",
-                hop = a.hop,
-                statistic = a.statistic,
-                observed_ms = a.observed_ms,
-                bound_ms = a.bound_ms,
-                correlation_id = %a.correlation_id,
-                "SLA alert: {} {} {:.3} ms exceeds {} ms",
-                a.hop,
-                a.statistic,
-                a.observed_ms,
-                a.bound_ms
-            );
-        }
+        self.check_sla(1);
+        let alerts = std::mem::take(&mut self.raised);
         let timed_sent = self.sent.saturating_sub(self.warmup);
         let timed_returned = self.returned.saturating_sub(self.warmup.min(self.returned));
         Report {
@@ -277,9 +324,9 @@ impl Recorder {
     }
 }
 
-fn sla_alerts(hops: &[Hop], sla: &SlaConfig) -> Vec<SlaAlert> {
+fn sla_alerts(hops: &[Hop], sla: &SlaConfig, min_samples: u64) -> Vec<SlaAlert> {
     let mut alerts = Vec::new();
-    for hop in hops.iter().filter(|h| !h.latency_ns.is_empty()) {
+    for hop in hops.iter().filter(|h| h.latency_ns.len() >= min_samples.max(1)) {
         let (avg_bound, p99_bound) = if hop.end_to_end {
             (sla.end_to_end_avg_ms, sla.end_to_end_p99_ms)
         } else {
