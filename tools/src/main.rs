@@ -53,7 +53,9 @@ enum Cmd {
     #[command(after_help = format!(
         "Examples:\n  tadpole demo\n  tadpole demo --rate 2000/s --duration 10 --plot charts\n  \
          tadpole demo --config examples/pipeline.toml --python personality\n\n\
-         Runs on one host (a --cross-host mode is not there yet).\n\n{}",
+         Runs on one host (a --cross-host mode is not there yet). Ctrl-C ends the run early with \
+         its report. Exits 1, after the report, when the circuit breaker halted trading (an \
+         agent died).\n\n{}",
         exit::EXIT_STATUS_HELP
     ))]
     Demo(pipeline::DemoArgs),

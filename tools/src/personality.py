@@ -11,6 +11,7 @@ Exits when its upstream closes, telling the breaker it is leaving.
 """
 
 import argparse
+import signal
 import sys
 import time
 import uuid
@@ -127,6 +128,8 @@ def main():
     parser.add_argument("--heartbeat-ms", type=int, default=20, help="heartbeat interval")
     parser.add_argument("--stall-ms", type=int, default=0, help="testing: sleep before each message")
     args = parser.parse_args()
+    # A Ctrl-C meant for the demo reaches this agent too: it leaves when its upstream closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     inbox = tadpole.EnvelopeReceiver(tadpole.Segment.open(args.inbox))
     outbox = tadpole.EnvelopeSender(tadpole.Segment.open(args.outbox))
     beats = tadpole.EnvelopeSender(tadpole.Segment.open(args.heartbeat))

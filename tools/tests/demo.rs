@@ -207,3 +207,22 @@ fn every_process_serves_metrics_with_per_hop_histograms_and_health() {
     let run = demo_support::wait(child);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
 }
+
+#[test]
+fn ctrl_c_ends_the_run_early_with_its_report_and_no_breaker_alarm() {
+    use std::os::unix::process::CommandExt;
+    let mut c = demo_support::command(&["--rate", "200", "--duration", "600"]);
+    // Its own process group, as a shell's job: Ctrl-C reaches the demo and every agent.
+    c.process_group(0);
+    let child = demo_support::spawn(c);
+    let demo = child.id();
+    demo_support::agent_pid(demo, "breaker");
+    std::thread::sleep(Duration::from_secs(3));
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(demo as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let run = demo_support::wait(child);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let sent = numbers(line(&run.stdout, "ticks:"));
+    assert!(sent[0] > 0 && sent[0] < 120_000 && sent[1] == 0, "{}", run.stdout);
+    assert!(!run.stdout.contains("Breaker"), "agents left cleanly: {}", run.stdout);
+    assert!(demo_support::no_rings_left(demo));
+}

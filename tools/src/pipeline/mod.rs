@@ -233,6 +233,9 @@ impl Drop for Scratch {
 pub fn demo(args: &DemoArgs) -> Result<()> {
     init_logs();
     let config = args.config()?;
+    // Ctrl-C ends the run early with its report; the agents (in the same process group) ignore
+    // it and leave as their upstream closes.
+    crate::exit::stop_on_interrupt()?;
     let stall = args.stall_agent.clone().zip(args.stall_ms);
     let report = run(&config, stall.as_ref(), args.metrics_port_base)?;
     report.print(&config)?;
@@ -333,7 +336,9 @@ pub fn run(config: &Config, stall: Option<&(String, u64)>, metrics_port: Option<
     rec.start_timing();
     if config.rate == 0 {
         for seq in warmup..warmup + ticks_timed {
-            if !round_trip(&mut feed, &mut inbox, &mut breaker_events, &mut rec, seq, false)? {
+            if crate::exit::interrupted()
+                || !round_trip(&mut feed, &mut inbox, &mut breaker_events, &mut rec, seq, false)?
+            {
                 break;
             }
         }
@@ -432,7 +437,7 @@ fn open_loop(
     let mut next = first;
     let end = first + count;
     let max_rows = config.market.max_batch_rows as u64;
-    while rec.halted.is_none() {
+    while rec.halted.is_none() && !crate::exit::interrupted() {
         let now = now_ns();
         // Every tick whose time has come goes now, however late: its latency counts from its
         // intended time.
@@ -522,6 +527,8 @@ impl From<&Event<'_>> for Outcome {
 /// One agent process (the hidden `tadpole agent` command).
 pub fn agent(role: &str, run: &str, wait: WaitStrategy, settings: &str) -> Result<()> {
     init_logs();
+    // A Ctrl-C meant for the demo reaches its agents too: they leave when their upstream closes.
+    crate::exit::stop_on_interrupt()?;
     let settings: AgentSettings = serde_json::from_str(settings).context("--settings")?;
     if role == BREAKER {
         return breaker::run(run, &settings);
