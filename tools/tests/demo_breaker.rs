@@ -71,3 +71,23 @@ fn a_killed_agent_raises_a_system_emergency_and_the_demo_halts() {
     // The run left no rings behind.
     assert!(no_rings_left(demo));
 }
+
+#[test]
+fn a_killed_breaker_halts_trading_rather_than_trading_unwatched() {
+    let child = spawn(command(&["--rate", "300", "--duration", "30"]));
+    let demo = child.id();
+    let breaker = Pid::from_raw(agent_pid(demo, "breaker") as i32);
+    wait_for_load();
+    let killed = Instant::now();
+    kill(breaker, Signal::SIGKILL).unwrap();
+    let run = wait(child);
+    assert!(killed.elapsed() < Duration::from_secs(15), "took {:?} to halt", killed.elapsed());
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        line(&run.stdout, "HALTED by the circuit breaker").contains("the circuit breaker is gone"),
+        "{}",
+        run.stdout
+    );
+    assert!(log_events(&run.stderr).iter().any(|e| e["event"] == "breaker_gone"), "{}", run.stderr);
+    assert!(no_rings_left(demo));
+}

@@ -360,7 +360,7 @@ pub fn run(config: &Config, stall: Option<&(String, u64)>, metrics_port: Option<
                 Err(e) => bail!("the pipeline did not shut down cleanly: {e}"),
             }
         }
-        drain_breaker(&mut breaker_events, &mut rec);
+        read_breaker(&mut breaker_events, &mut rec);
         for (name, child) in &mut agents.0 {
             let status = child.wait()?;
             if !status.success() {
@@ -368,7 +368,7 @@ pub fn run(config: &Config, stall: Option<&(String, u64)>, metrics_port: Option<
             }
         }
     }
-    drain_breaker(&mut breaker_events, &mut rec);
+    read_breaker(&mut breaker_events, &mut rec);
     let rings =
         segments.iter().map(|(n, s)| (n.trim_start_matches(&format!("{run}-")).to_owned(), s.status())).collect();
     Ok(rec.into_report(dead_letters, rings))
@@ -503,10 +503,26 @@ fn halted_meanwhile(breaker_events: &mut EnvelopeReceiver, rec: &mut Recorder) -
     rec.halted.is_some()
 }
 
+/// Takes in the breaker's notices while the run goes on: the breaker gone is a halt (nobody
+/// watches the agents any more; risk and execution fail closed on it too).
 fn drain_breaker(breaker_events: &mut EnvelopeReceiver, rec: &mut Recorder) {
-    while let Ok(msg) = breaker_events.try_recv() {
-        if let Ok(event) = msg.event() {
-            rec.breaker_event(&event);
+    if read_breaker(breaker_events, rec) {
+        rec.breaker_gone();
+    }
+}
+
+/// Takes in the breaker's notices; `true` if the breaker is gone.
+fn read_breaker(breaker_events: &mut EnvelopeReceiver, rec: &mut Recorder) -> bool {
+    loop {
+        match breaker_events.try_recv() {
+            Ok(msg) => {
+                if let Ok(event) = msg.event() {
+                    rec.breaker_event(&event);
+                }
+            }
+            Err(EnvelopeRecvError::Rejected { .. }) => {}
+            Err(EnvelopeRecvError::Disconnected) => return true,
+            Err(_) => return false,
         }
     }
 }

@@ -294,6 +294,17 @@ impl Recorder {
         self.breaker.push(BreakerNotice { at, what });
     }
 
+    /// The breaker process is gone while the run goes on.
+    pub fn breaker_gone(&mut self) {
+        if self.halted.is_none() {
+            tracing::error!(event = "breaker_gone", "the circuit breaker is gone: trading halts");
+            self.breaker
+                .push(BreakerNotice { at: self.created.elapsed(), what: "the circuit breaker process is gone".into() });
+            self.metrics.breaker_state.store(2, Relaxed);
+            self.halted = Some("the circuit breaker is gone".into());
+        }
+    }
+
     pub fn into_report(mut self, dead_letters: u64, rings: Vec<(String, RingStatus)>) -> Report {
         let elapsed = match self.timing {
             Some((start, Some(end))) => end - start,
