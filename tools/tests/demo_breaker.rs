@@ -9,17 +9,26 @@ use demo_support::{agent_pid, command, line, log_events, no_rings_left, numbers,
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// A demo under open-loop load at 300 ticks/s for `secs`, serving metrics so the test can tell
+/// when it is past its warm-up (150 ticks, one in flight).
+fn loaded_demo(secs: &str) -> (std::process::Child, u16) {
+    let base = demo_support::metrics_base();
+    let c = command(&["--rate", "300", "--duration", secs, "--metrics-port-base", &base.to_string()]);
+    (spawn(c), base)
+}
+
 /// Lets the run get past warm-up into its open-loop phase.
-fn wait_for_load() {
-    std::thread::sleep(Duration::from_millis(2500));
+fn wait_for_load(base: u16) {
+    demo_support::wait_for_outcomes(base, 250);
 }
 
 #[test]
 fn a_stopped_agent_trips_the_breaker_and_risk_and_execution_refuse_while_it_is_open() {
-    let child = spawn(command(&["--rate", "300", "--duration", "5"]));
+    let _one = demo_support::one_at_a_time();
+    let (child, base) = loaded_demo("5");
     let demo = child.id();
     let personality = Pid::from_raw(agent_pid(demo, "personality") as i32);
-    wait_for_load();
+    wait_for_load(base);
     kill(personality, Signal::SIGSTOP).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     kill(personality, Signal::SIGCONT).unwrap();
@@ -40,8 +49,8 @@ fn a_stopped_agent_trips_the_breaker_and_risk_and_execution_refuse_while_it_is_o
     let open = line(out, "refused while the circuit breaker was open");
     let count =
         |agent: &str| open.split([',', '(', ')']).find(|p| p.trim().starts_with(agent)).map_or(0, |p| numbers(p)[0]);
-    assert!(count("risk") > 0, "{open}");
-    assert!(count("execution") > 0, "{open}");
+    assert!(count("risk") > 0, "{out}\n{}", run.stderr);
+    assert!(count("execution") > 0, "{out}\n{}", run.stderr);
     // Nothing was lost: every tick has its outcome.
     assert_eq!(numbers(line(out, "ticks:"))[..3], [1500, 0, 0], "{out}");
     assert!(no_rings_left(demo));
@@ -49,10 +58,11 @@ fn a_stopped_agent_trips_the_breaker_and_risk_and_execution_refuse_while_it_is_o
 
 #[test]
 fn a_killed_agent_raises_a_system_emergency_and_the_demo_halts() {
-    let child = spawn(command(&["--rate", "300", "--duration", "30"]));
+    let _one = demo_support::one_at_a_time();
+    let (child, base) = loaded_demo("30");
     let demo = child.id();
     let risk = Pid::from_raw(agent_pid(demo, "risk") as i32);
-    wait_for_load();
+    wait_for_load(base);
     let killed = Instant::now();
     kill(risk, Signal::SIGKILL).unwrap();
     let run = wait(child);
@@ -74,10 +84,11 @@ fn a_killed_agent_raises_a_system_emergency_and_the_demo_halts() {
 
 #[test]
 fn a_killed_breaker_halts_trading_rather_than_trading_unwatched() {
-    let child = spawn(command(&["--rate", "300", "--duration", "30"]));
+    let _one = demo_support::one_at_a_time();
+    let (child, base) = loaded_demo("30");
     let demo = child.id();
     let breaker = Pid::from_raw(agent_pid(demo, "breaker") as i32);
-    wait_for_load();
+    wait_for_load(base);
     let killed = Instant::now();
     kill(breaker, Signal::SIGKILL).unwrap();
     let run = wait(child);

@@ -3,7 +3,15 @@
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// One demo at a time per test binary: each is six processes that spin-yield, and the machine
+/// has two cores; a dozen at once starve each other past the breaker's silence threshold.
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub struct Run {
     pub ok: bool,
@@ -81,4 +89,38 @@ pub fn numbers(text: &str) -> Vec<u64> {
 pub fn no_rings_left(pid: u32) -> bool {
     let prefix = format!("pipeline-{pid}-");
     !std::fs::read_dir("/dev/shm").unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(&prefix))
+}
+
+/// GET `path` from 127.0.0.1:`port`: the status code and body, or `None` if nothing listens.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, text.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+/// A free-looking port range for `--metrics-port-base`, different per test process and call.
+pub fn metrics_base() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    20_000 + (std::process::id() % 2_000) as u16 * 10 + NEXT.fetch_add(6, Ordering::Relaxed) % 10_000
+}
+
+/// Waits (up to 60 s) until the collector on `port` has taken in `n` outcomes: the run is past
+/// its warm-up and under its open-loop load.
+pub fn wait_for_outcomes(port: u16, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let handled = http_get(port, "/metrics").and_then(|(_, body)| {
+            body.lines().find(|l| l.starts_with("tadpole_demo_handled_total"))?.split_whitespace().last()?.parse().ok()
+        });
+        if handled.is_some_and(|h: u64| h >= n) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the collector on port {port} did not take in {n} outcomes");
 }
