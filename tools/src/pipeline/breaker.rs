@@ -170,11 +170,10 @@ fn judge(w: &mut Watched, record: &[u8], now: Instant) -> Option<String> {
     match Event::from_envelope(&envelope) {
         Ok(Event::Heartbeat(h)) => {
             w.last_beat = Some(now);
-            let sequence = h.sequence();
-            let backwards = sequence <= w.last_sequence;
+            let (sequence, last) = (h.sequence(), w.last_sequence);
             w.last_sequence = sequence;
-            if backwards {
-                Some(format!("heartbeat sequence went from above {sequence} back to {sequence}"))
+            if sequence <= last {
+                Some(format!("heartbeat sequence {sequence} after {last}: a restarted or confused agent"))
             } else if matches!(h.status(), fb::HealthStatus::Degraded | fb::HealthStatus::Unhealthy) {
                 Some(format!("it reports itself {:?}", h.status()))
             } else {

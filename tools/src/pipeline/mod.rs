@@ -165,10 +165,9 @@ impl DemoArgs {
             None => Config::default(),
         };
         if let Some(rate) = self.rate {
+            // --rate sends rate × duration ticks, unless --signals says how many.
             c.rate = rate;
-            if self.config.is_none() || self.signals.is_some() {
-                c.signals = 0;
-            }
+            c.signals = 0;
         }
         if let Some(n) = self.signals {
             c.signals = n;
