@@ -229,3 +229,28 @@ fn ctrl_c_ends_the_run_early_with_its_report_and_no_breaker_alarm() {
     assert!(!run.stdout.contains("HALTED"), "{}", run.stdout);
     assert!(demo_support::no_rings_left(demo));
 }
+
+#[test]
+fn the_python_personality_agent_stamps_its_hop_and_heartbeats_to_the_breaker() {
+    let _one = demo_support::one_at_a_time();
+    let python = std::env::var("TADPOLE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let probe = std::process::Command::new(&python).args(["-c", "import tadpole, flatbuffers"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: {python} has no tadpole bindings (pip install ./python flatbuffers)");
+        return;
+    }
+    let run = demo(&["--signals", "300", "--python", "personality"]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    assert!(out.contains("-> personality (python) ->"), "{out}");
+    assert_eq!(numbers(line(out, "ticks:"))[..3], [300, 0, 0], "{out}");
+    // Both hops around the Python agent are measured from its stamp (t.3.personality)...
+    for hop in ["risk -> personality", "personality -> execution"] {
+        let mean =
+            line(out, &format!("    {hop} ")).split_whitespace().nth(3).and_then(|m| m.parse::<f64>().ok()).unwrap();
+        assert!(mean > 0.0, "{hop} not measured: {out}");
+    }
+    // ...and the breaker heard its heartbeats, and its goodbye (no emergency).
+    assert!(numbers(line(out, "hb-personality"))[0] > 0, "{out}");
+    assert!(!out.contains("BreakerSystemEmergency"), "{out}");
+}
