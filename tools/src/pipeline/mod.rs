@@ -341,7 +341,7 @@ pub fn run(config: &Config, stall: Option<&(String, u64)>, metrics_port: Option<
                 break;
             }
         }
-    } else {
+    } else if rec.halted.is_none() {
         open_loop(config, &mut feed, &mut inbox, &mut breaker_events, &mut rec, warmup, ticks_timed)?;
     }
     rec.finish_timing();
@@ -394,6 +394,9 @@ fn round_trip(
     seq: u64,
     warming: bool,
 ) -> Result<bool> {
+    if rec.halted.is_some() {
+        return Ok(false);
+    }
     let intended = now_ns();
     feed.send(rec.nonce, seq, 1, |_| intended, TIMEOUT).with_context(|| format!("sending tick {seq}"))?;
     rec.sent(1);
