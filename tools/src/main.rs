@@ -10,6 +10,7 @@
 mod clean;
 mod exit;
 mod json;
+mod metrics;
 mod pipeline;
 mod relay;
 mod sigbus;
@@ -68,6 +69,9 @@ enum Cmd {
     /// Every ring on the host (or one): producer and consumer pids and liveness, depth,
     /// counters and rates; `--watch` refreshes a full-screen view, `--json` prints one document.
     Stat(stat::StatArgs),
+    /// Serves the counters of every ring on the host, read from shared memory, as Prometheus
+    /// metrics on `/metrics` (and `/health`) for Prometheus and Grafana.
+    Metrics(metrics::MetricsArgs),
     /// Prints the records passing through a ring, decoded (envelopes, Arrow frames, relay dead
     /// letters), without consuming them.
     Tap(tap::TapArgs),
@@ -185,6 +189,7 @@ fn main() -> ExitCode {
         Cmd::Agent { role, run, wait, settings } => pipeline::agent(&role, &run, wait.strategy(), &settings),
         Cmd::DemoEcho { ping, pong, wait, cpu } => demo_echo(&ping, &pong, wait, cpu),
         Cmd::Stat(args) => stat::run(&args),
+        Cmd::Metrics(args) => metrics::run(&args),
         Cmd::Tap(args) => tap::run(&args),
         Cmd::Clean(args) => clean::run(&args),
         Cmd::Relay { config, state } => relay::run(&config, state),

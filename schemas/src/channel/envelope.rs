@@ -442,6 +442,8 @@ fn check<'a>(
         Ok(()) => Ok(ReceivedEnvelope { guard, copy }),
         Err(reason) => {
             let len = guard.len();
+            // In the segment too, so `tadpole stat` shows it from any process.
+            guard.count_dead_letter(ipc_core::DeadLetterReason::Malformed);
             drop(guard);
             *dead_letters += 1;
             Err(EnvelopeRecvError::Rejected { message_type, len, reason })
