@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use ipc_core::{RingKey, Segment, TryRecvError, WaitSet, WaitStrategy};
+use ipc_core::{DeadLetterReason, RingKey, Segment, TryRecvError, WaitSet, WaitStrategy};
 use schemas::channel::EnvelopeSender;
 use schemas::envelope::{EnvelopeHeader, Event, VerifyOptions, verify_envelope};
 use schemas::fb;
@@ -82,7 +82,11 @@ pub fn run(run: &str, settings: &AgentSettings) -> Result<()> {
                 let verdict = match consumer.try_recv() {
                     Ok(record) => {
                         metrics.heartbeats.fetch_add(1, Relaxed);
-                        judge(w, &record, now)
+                        judge(w, &record, now).unwrap_or_else(|malformed| {
+                            // Shown by `tadpole stat` and the demo's ring table.
+                            record.count_dead_letter(DeadLetterReason::Malformed);
+                            Some(malformed)
+                        })
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
@@ -161,33 +165,31 @@ pub fn run(run: &str, settings: &AgentSettings) -> Result<()> {
 }
 
 /// What a record on an agent's heartbeat ring says about the agent: `Some(reason)` if it
-/// misbehaves.
-fn judge(w: &mut Watched, record: &[u8], now: Instant) -> Option<String> {
-    let envelope = match verify_envelope(record, &VerifyOptions::default()) {
-        Ok(e) => e,
-        Err(e) => return Some(format!("an invalid envelope on its heartbeat ring: {e}")),
-    };
+/// misbehaves, `Err(reason)` if the record is not a heartbeat or goodbye at all (a dead letter).
+fn judge(w: &mut Watched, record: &[u8], now: Instant) -> Result<Option<String>, String> {
+    let envelope = verify_envelope(record, &VerifyOptions::default())
+        .map_err(|e| format!("an invalid envelope on its heartbeat ring: {e}"))?;
     match Event::from_envelope(&envelope) {
         Ok(Event::Heartbeat(h)) => {
             w.last_beat = Some(now);
             let (sequence, last) = (h.sequence(), w.last_sequence);
             w.last_sequence = sequence;
-            if sequence <= last {
+            Ok(if sequence <= last {
                 Some(format!("heartbeat sequence {sequence} after {last}: a restarted or confused agent"))
             } else if matches!(h.status(), fb::HealthStatus::Degraded | fb::HealthStatus::Unhealthy) {
                 Some(format!("it reports itself {:?}", h.status()))
             } else {
                 None
-            }
+            })
         }
         Ok(Event::AgentTerminated(t)) => {
             w.terminated = true;
             w.key.take();
-            (t.reason() != fb::TerminationReason::Completed)
-                .then(|| format!("it stopped: {}", t.detail().unwrap_or_default()))
+            Ok((t.reason() != fb::TerminationReason::Completed)
+                .then(|| format!("it stopped: {}", t.detail().unwrap_or_default())))
         }
-        Ok(other) => Some(format!("an unexpected {:?} on its heartbeat ring", other.message_type())),
-        Err(e) => Some(format!("an unreadable payload on its heartbeat ring: {e}")),
+        Ok(other) => Err(format!("an unexpected {:?} on its heartbeat ring", other.message_type())),
+        Err(e) => Err(format!("an unreadable payload on its heartbeat ring: {e}")),
     }
 }
 

@@ -345,7 +345,6 @@ pub fn run(config: &Config, stall: Option<&(String, u64)>, metrics_port: Option<
         open_loop(config, &mut feed, &mut inbox, &mut breaker_events, &mut rec, warmup, ticks_timed)?;
     }
     rec.finish_timing();
-    let dead_letters = inbox.dead_letters();
     let halted = rec.halted.is_some();
     drop(feed);
     if !halted {
@@ -370,7 +369,7 @@ pub fn run(config: &Config, stall: Option<&(String, u64)>, metrics_port: Option<
     read_breaker(&mut breaker_events, &mut rec);
     let rings =
         segments.iter().map(|(n, s)| (n.trim_start_matches(&format!("{run}-")).to_owned(), s.status())).collect();
-    Ok(rec.into_report(dead_letters, rings))
+    Ok(rec.into_report(rings))
 }
 
 fn progress_bar(total: u64) -> indicatif::ProgressBar {

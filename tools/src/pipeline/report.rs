@@ -305,7 +305,9 @@ impl Recorder {
         }
     }
 
-    pub fn into_report(mut self, dead_letters: u64, rings: Vec<(String, RingStatus)>) -> Report {
+    pub fn into_report(mut self, rings: Vec<(String, RingStatus)>) -> Report {
+        // Every receiver of every process counts what it refuses in its ring's segment.
+        let dead_letters = rings.iter().map(|(_, s)| s.consumed.dead_letters()).sum();
         let elapsed = match self.timing {
             Some((start, Some(end))) => end - start,
             Some((start, None)) => start.elapsed(),
@@ -475,12 +477,15 @@ impl Report {
                 a.hop, a.statistic, a.observed_ms, a.bound_ms, a.correlation_id
             )?;
         }
-        writeln!(o, "  rings (messages in, full-ring waits, wake-ups):")?;
+        writeln!(o, "  rings (messages in, full-ring waits, wake-ups, dead letters):")?;
         for (name, s) in &self.rings {
             writeln!(
                 o,
-                "    {name:<22} {:>8} msgs  {:>6} full  {:>6} wakes",
-                s.produced.messages, s.produced.full_events, s.produced.wakes
+                "    {name:<22} {:>8} msgs  {:>6} full  {:>6} wakes  {:>4} dead",
+                s.produced.messages,
+                s.produced.full_events,
+                s.produced.wakes,
+                s.consumed.dead_letters()
             )?;
         }
         if let Some(h) = &self.halted {
