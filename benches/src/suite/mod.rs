@@ -37,6 +37,7 @@ use report::{Row, Scenario, format_size};
 use transports::{Arrow, Crossbeam, Envelope, Iceoryx, Kind, Pipe, Ring, Spec, Uds, Zmq};
 
 pub(crate) use floor2::peer_main as floor2_peer_main;
+pub use plot::histogram as plot_histogram;
 pub(crate) use transports::peer_main as transport_peer_main;
 
 /// Floor drift (start to end, or start to a row's probe) above which a run or row is flagged.
