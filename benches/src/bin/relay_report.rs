@@ -17,7 +17,8 @@
 //!
 //! Throughput runs make this process's ring ends sleep on the ring's futex when they must wait
 //! (`WaitStrategy::Block`, as the raw sockets block); the judged latency row lets the ring
-//! readers yield (the ring's default), and a context row shows them asleep on the futex.
+//! readers yield between polls (`WaitStrategy::SpinThenYield`, the ring's default), and a
+//! context row shows them asleep on the futex.
 //!
 //! Side A (the sending thread, its libzmq context's I/O thread, relay A) runs on CPU
 //! [`MAIN_CPU`], side B (the receiving thread and its context, the echo thread, relay B) on CPU
@@ -41,6 +42,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use ipc_core::WaitStrategy;
 use tadpole_benches::relay_pair::{MAX_RECORD, Rate, RelayPair, STALL, seq_of, stamp};
 use tadpole_benches::stats::{OneWay, rtt_histogram};
 use tadpole_benches::{BenchResult, MAIN_CPU, PEER_CPU, floor, peer, pin};
@@ -372,9 +374,9 @@ fn throughput_row(settings: &Settings, raw: &mut RawPair, relay: &mut RelayPair,
     let warm_n = if size >= 4096 { 2_000 } else { 50_000 };
     let mut packed_rate = raw.run(warm_n, size, true)?.per_sec();
     let mut raw_rate = raw.run(warm_n, size, false)?.per_sec();
-    relay.set_blocking(true);
+    relay.set_wait(Some(WaitStrategy::Block));
     let warm = relay.run(warm_n, size, false);
-    relay.set_blocking(false);
+    relay.set_wait(None);
     let mut relay_rate = warm?.per_sec();
     let (mut packs, mut raws, mut relays) = (Vec::new(), Vec::new(), Vec::new());
     let mut relay_time = Duration::ZERO;
@@ -388,9 +390,9 @@ fn throughput_row(settings: &Settings, raw: &mut RawPair, relay: &mut RelayPair,
         raw_rate = r.per_sec();
         raws.push(r);
         let before = relay.relay_cpu()?;
-        relay.set_blocking(true);
+        relay.set_wait(Some(WaitStrategy::Block));
         let r = relay.run(sized(relay_rate), size, false);
-        relay.set_blocking(false);
+        relay.set_wait(None);
         let r = r?;
         let after = relay.relay_cpu()?;
         for i in 0..2 {
@@ -430,21 +432,27 @@ fn throughput_row(settings: &Settings, raw: &mut RawPair, relay: &mut RelayPair,
 fn latency_rows(settings: &Settings, raw: &mut RawPair, relay: &mut RelayPair) -> BenchResult<Vec<Row>> {
     let (mut raw_rtt, mut relay_rtt, mut blocking_rtt) = (rtt_histogram(), rtt_histogram(), rtt_histogram());
     let blocking_slice = |relay: &mut RelayPair, duration: Duration, rtt: &mut Histogram<u64>| {
-        relay.set_blocking(true);
+        relay.set_wait(Some(WaitStrategy::Block));
         let r = relay.record_for(duration, LATENCY_SIZE, rtt);
-        relay.set_blocking(false);
+        relay.set_wait(None);
+        r
+    };
+    let yielding_slice = |relay: &mut RelayPair, duration: Duration, rtt: &mut Histogram<u64>| {
+        relay.set_wait(Some(WaitStrategy::SpinThenYield));
+        let r = relay.record_for(duration, LATENCY_SIZE, rtt);
+        relay.set_wait(None);
         r
     };
     // Warm-up slice of each, discarded.
     raw.record_for(settings.slice / 4, &mut raw_rtt)?;
-    relay.record_for(settings.slice / 4, LATENCY_SIZE, &mut relay_rtt)?;
+    yielding_slice(relay, settings.slice / 4, &mut relay_rtt)?;
     blocking_slice(relay, settings.slice / 4, &mut blocking_rtt)?;
     raw_rtt.reset();
     relay_rtt.reset();
     blocking_rtt.reset();
     for _ in 0..settings.slices {
         raw.record_for(settings.slice, &mut raw_rtt)?;
-        relay.record_for(settings.slice, LATENCY_SIZE, &mut relay_rtt)?;
+        yielding_slice(relay, settings.slice, &mut relay_rtt)?;
         blocking_slice(relay, settings.slice, &mut blocking_rtt)?;
     }
     let (raw1, relay1, blocking1) =
@@ -454,7 +462,7 @@ fn latency_rows(settings: &Settings, raw: &mut RawPair, relay: &mut RelayPair) -
     Ok(vec![
         Row {
             name: format!(
-                "latency {LATENCY_SIZE} B one-way p50, ring → relay → relay → ring (ping-pong / 2; ring readers yield, the ring's default)"
+                "latency {LATENCY_SIZE} B one-way p50, ring → relay → relay → ring (ping-pong / 2; ring readers yield between polls, `WaitStrategy::SpinThenYield`, the ring's default)"
             ),
             value: format!("{} (added {} over raw; n={})", us(relay1.p50), us(relay1.p50 - raw1.p50), relay1.samples),
             baseline: format!("raw CURVE {} (n={})", us(raw1.p50), raw1.samples),
