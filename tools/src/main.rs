@@ -11,6 +11,7 @@
 mod chaos;
 mod clean;
 mod exit;
+mod hosts;
 mod json;
 mod metrics;
 mod pipeline;

@@ -1,7 +1,6 @@
-//! Where the chaos relays run: two network namespaces joined by a veth pair (root, where
-//! `ip netns add` works; a partition is the veth taken down), or loopback (a partition is the
-//! receiving relay stopped with SIGSTOP). Also the relay's `/metrics` read over HTTP, from
-//! inside the relay's namespace.
+//! Where the two hosts are: two network namespaces joined by a veth pair (root, where `ip netns
+//! add` works; `tadpole chaos` partitions them by taking the veth down), or loopback. Also a
+//! relay's `/metrics` read over HTTP from inside its namespace.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -37,6 +36,12 @@ impl Net {
     /// Namespaces if this process may make them (and `loopback` is not asked for), else
     /// loopback; the second value says why loopback was chosen.
     pub fn create(loopback: bool) -> (Net, Option<String>) {
+        Net::create_tagged("ch", loopback)
+    }
+
+    /// [`Net::create`] with names starting `tpc-{prefix}{pid}` (at most 3 bytes of prefix, so
+    /// the interface names fit in 15): each user of the namespaces can tell its own apart.
+    pub fn create_tagged(prefix: &str, loopback: bool) -> (Net, Option<String>) {
         if loopback {
             return (Net::Loopback, Some("--loopback given".into()));
         }
@@ -46,7 +51,7 @@ impl Net {
         }
         // Interface names are at most 15 bytes; the subnet is private to the namespaces.
         let n = std::process::id() % 200 + 20;
-        let tag = format!("ch{}", std::process::id() % 100_000);
+        let tag = format!("{prefix}{}", std::process::id() % 100_000);
         let (a, b) = (format!("tpc-{tag}-a"), format!("tpc-{tag}-b"));
         let (veth_a, veth_b) = (format!("vc{tag}a"), format!("vc{tag}b"));
         let (a_ip, b_ip) = (format!("10.{n}.0.1"), format!("10.{n}.0.2"));
