@@ -1,0 +1,206 @@
+//! `tadpole demo --cross-host`: risk -> personality goes through two real `tadpole relay`
+//! processes (CURVE over a veth pair between two network namespaces made for the run, as root;
+//! loopback otherwise), with the agents of each host inside its namespace. The hop is reported
+//! on its own; correlation ids, refusals and the breaker work across it; and nothing of the two
+//! hosts (namespaces, veth, keys, checkpoints, rings) is left afterwards, also after Ctrl-C and
+//! after a halt.
+
+mod demo_support;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use demo_support::{agent_pid, command, line, log_events, no_rings_left, numbers, spawn, wait};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The tag the demo run `pid` names its namespaces and veth pair with (`tpc-xh<tag>-a`,
+/// `vcxh<tag>a`).
+fn tag(pid: u32) -> String {
+    format!("xh{}", pid % 100_000)
+}
+
+/// What of the two hosts of demo run `pid` is still there: namespaces, interfaces (in the root
+/// namespace), the key directory and the relays' checkpoints.
+fn leftovers(pid: u32) -> Vec<String> {
+    let tag = tag(pid);
+    let mut left = Vec::new();
+    let ip =
+        |args: &[&str]| String::from_utf8_lossy(&Command::new("ip").args(args).output().unwrap().stdout).into_owned();
+    if is_root() {
+        left.extend(ip(&["netns", "list"]).lines().filter(|l| l.contains(&format!("tpc-{tag}-"))).map(str::to_owned));
+        left.extend(ip(&["-o", "link"]).lines().filter(|l| l.contains(&format!("vc{tag}"))).map(str::to_owned));
+    }
+    let keys = std::env::temp_dir().join(format!("tadpole-demo-{pid}-relays"));
+    if keys.exists() {
+        left.push(keys.display().to_string());
+    }
+    for entry in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("tadpole-demo-{pid}-")) {
+            left.push(name);
+        }
+    }
+    left
+}
+
+/// "netns" as root (namespaces can be made), "loopback" otherwise.
+fn expected_via() -> &'static str {
+    if is_root() { "netns" } else { "loopback" }
+}
+
+#[test]
+fn cross_host_run_reports_the_relayed_hop_carries_ids_and_refusals_and_leaves_nothing() {
+    let _one = demo_support::one_at_a_time();
+    let started = Instant::now();
+    let mut c = command(&["--cross-host", "--signals", "300"]);
+    c.env("RUST_LOG", "debug");
+    let child = spawn(c);
+    let demo = child.id();
+    let run = wait(child);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    let hop = format!("risk -> personality (via relays, {})", expected_via());
+    // The hop in the table, and on its own with its sample count and the way it went.
+    line(out, &format!("    {hop} "));
+    let own = line(out, &format!("cross-host hop {hop}"));
+    // 30 warm-up ticks and 300 timed ones; the hop is timed for the timed ones.
+    assert_eq!(numbers(own)[0], 300, "{out}");
+    assert!(own.contains("risk -> relay-a -> CURVE over"), "{out}");
+    assert!(line(out, "the local hops' p50").contains("x and"), "{out}");
+    if is_root() {
+        let place = line(out, "relays in network namespaces");
+        assert!(place.contains(&format!("tpc-{}-a", tag(demo))) && place.contains("veth"), "{out}");
+        assert!(line(out, "host A (").contains("market-analysis, risk, relay-a"), "{out}");
+        assert!(line(out, "host B (").contains("relay-b, personality, execution"), "{out}");
+    } else {
+        assert!(line(out, "relays in loopback").contains("not running as root"), "{out}");
+    }
+    // Every signal's outcome (an order or risk's refusal) crossed once, committed once.
+    let relays = numbers(line(out, "relay-a sent"));
+    assert!(relays[0] >= 330, "{out}");
+    assert_eq!(relays[3], 330, "relay-b committed: {out}");
+    // Nothing dropped, and the refusals (every 16th signal, over the risk limit) crossed too.
+    assert_eq!(numbers(line(out, "ticks:"))[..3], [300, 0, 0], "{out}");
+    let signals = numbers(line(out, "signals:"));
+    let while_open = numbers(line(out, "refused while the circuit breaker was open"))[0];
+    assert_eq!(signals[2] - while_open, (30..330).filter(|s| s % 16 == 15).count() as u64, "{out}");
+
+    // Each tick id went from the feed through risk (host A) and personality and execution
+    // (host B) under the same id.
+    let events = log_events(&run.stderr);
+    let ids = |pred: &dyn Fn(&serde_json::Value) -> bool| -> BTreeSet<String> {
+        events.iter().filter(|e| pred(e)).filter_map(|e| e["correlation_id"].as_str().map(str::to_owned)).collect()
+    };
+    let sent = ids(&|e| e["event"] == "tick_sent");
+    assert_eq!(sent.len(), 330, "{}", run.stderr.lines().take(5).collect::<Vec<_>>().join("\n"));
+    for agent in ["risk", "personality", "execution"] {
+        assert_eq!(ids(&|e| e["event"] == "handled" && e["agent"] == agent), sent, "{agent}");
+    }
+    assert!(leftovers(demo).is_empty(), "left behind: {:?}", leftovers(demo));
+    assert!(no_rings_left(demo));
+    eprintln!("cross-host run took {:?}", started.elapsed());
+}
+
+#[test]
+fn loopback_flag_runs_the_relays_on_loopback_and_says_so() {
+    let _one = demo_support::one_at_a_time();
+    let child = spawn(command(&["--cross-host", "--loopback", "--signals", "100"]));
+    let demo = child.id();
+    let run = wait(child);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    assert_eq!(numbers(line(out, "cross-host hop risk -> personality (via relays, loopback)"))[0], 100, "{out}");
+    assert!(line(out, "relays in loopback").contains("--loopback given"), "{out}");
+    assert!(line(out, "all on loopback").contains("host B: relay-b, personality, execution"), "{out}");
+    assert_eq!(numbers(line(out, "ticks:"))[..3], [100, 0, 0], "{out}");
+    assert!(leftovers(demo).is_empty(), "left behind: {:?}", leftovers(demo));
+    assert!(no_rings_left(demo));
+}
+
+#[test]
+fn loopback_needs_cross_host() {
+    let run = demo_support::demo(&["--loopback"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--cross-host"), "{}", run.stderr);
+}
+
+#[test]
+fn ctrl_c_of_a_cross_host_run_reports_the_hop_and_removes_the_namespaces() {
+    let _one = demo_support::one_at_a_time();
+    use std::os::unix::process::CommandExt;
+    let base = demo_support::metrics_base();
+    let mut c = command(&["--cross-host", "--rate", "300", "--duration", "600"]);
+    c.args(["--metrics-port-base", &base.to_string()]);
+    // Its own process group, as a shell's job: Ctrl-C reaches the demo and every agent (the
+    // relays are in groups of their own, stopped by the demo once everything has crossed).
+    c.process_group(0);
+    let child = spawn(c);
+    let demo = child.id();
+    demo_support::wait_for_outcomes(base, 250);
+    nix::sys::signal::killpg(Pid::from_raw(demo as i32), Signal::SIGINT).unwrap();
+    let run = wait(child);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    let hop = format!("cross-host hop risk -> personality (via relays, {})", expected_via());
+    assert!(numbers(line(out, &hop))[0] > 0, "{out}");
+    let ticks = numbers(line(out, "ticks:"));
+    assert!(ticks[0] > 0 && ticks[1] == 0, "{out}");
+    assert!(!out.contains("HALTED"), "{out}");
+    assert!(leftovers(demo).is_empty(), "left behind: {:?}", leftovers(demo));
+    assert!(no_rings_left(demo));
+}
+
+#[test]
+fn an_agent_killed_on_host_b_halts_trading_and_the_hosts_are_still_removed() {
+    let _one = demo_support::one_at_a_time();
+    let base = demo_support::metrics_base();
+    let c = command(&["--cross-host", "--rate", "300", "--duration", "30", "--metrics-port-base", &base.to_string()]);
+    let child = spawn(c);
+    let demo = child.id();
+    // Personality runs in host B's namespace; the breaker in the root one hears it die.
+    let personality = Pid::from_raw(agent_pid(demo, "personality") as i32);
+    demo_support::wait_for_outcomes(base, 250);
+    let killed = Instant::now();
+    kill(personality, Signal::SIGKILL).unwrap();
+    let run = wait(child);
+    assert!(killed.elapsed() < Duration::from_secs(15), "took {:?} to halt", killed.elapsed());
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    assert!(line(out, "BreakerSystemEmergency by personality").contains("gone without saying goodbye"), "{out}");
+    assert!(line(out, "HALTED by the circuit breaker").contains("personality"), "{out}");
+    assert!(out.contains("cross-host hop risk -> personality"), "{out}");
+    assert!(leftovers(demo).is_empty(), "left behind: {:?}", leftovers(demo));
+    assert!(no_rings_left(demo));
+}
+
+#[test]
+fn the_config_picks_the_relayed_hop_and_refuses_an_agent_without_a_next_one() {
+    let _one = demo_support::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, "[cross_host]\nsender = \"market-analysis\"\n").unwrap();
+    let child = spawn(command(&["--config", path.to_str().unwrap(), "--cross-host", "--signals", "100"]));
+    let demo = child.id();
+    let run = wait(child);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    let hop = format!("cross-host hop signal -> risk (via relays, {})", expected_via());
+    assert_eq!(numbers(line(out, &hop))[0], 100, "{out}");
+    assert!(line(out, &hop).contains("market-analysis -> relay-a"), "{out}");
+    assert!(line(out, "host B").contains("relay-b, risk, personality, execution"), "{out}");
+    assert!(out.contains("    risk -> personality "), "the other hops stay local: {out}");
+    assert_eq!(numbers(line(out, "ticks:"))[..3], [100, 0, 0], "{out}");
+    assert!(leftovers(demo).is_empty(), "left behind: {:?}", leftovers(demo));
+
+    std::fs::write(&path, "[cross_host]\nsender = \"execution\"\n").unwrap();
+    let run = demo_support::demo(&["--config", path.to_str().unwrap(), "--cross-host"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let err = line(&run.stderr, "error");
+    assert!(err.contains("cross_host.sender") && err.contains("market-analysis, risk, personality"), "{err}");
+}
