@@ -19,10 +19,10 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// The tag the demo run `pid` names its namespaces and veth pair with (`tpc-xh<tag>-a`,
-/// `vcxh<tag>a`).
+/// The tag the demo run `pid` names its namespaces and veth pair with (`tpc-xh<pid>-a`,
+/// `vcxh<pid>a`).
 fn tag(pid: u32) -> String {
-    format!("xh{}", pid % 100_000)
+    format!("xh{pid}")
 }
 
 /// What of the two hosts of demo run `pid` is still there: namespaces, interfaces (in the root
@@ -34,7 +34,8 @@ fn leftovers(pid: u32) -> Vec<String> {
         |args: &[&str]| String::from_utf8_lossy(&Command::new("ip").args(args).output().unwrap().stdout).into_owned();
     if is_root() {
         left.extend(ip(&["netns", "list"]).lines().filter(|l| l.contains(&format!("tpc-{tag}-"))).map(str::to_owned));
-        left.extend(ip(&["-o", "link"]).lines().filter(|l| l.contains(&format!("vc{tag}"))).map(str::to_owned));
+        let veth = [format!("vc{tag}a"), format!("vc{tag}b")];
+        left.extend(ip(&["-o", "link"]).lines().filter(|l| veth.iter().any(|v| l.contains(v))).map(str::to_owned));
     }
     let keys = std::env::temp_dir().join(format!("tadpole-demo-{pid}-relays"));
     if keys.exists() {
@@ -143,6 +144,12 @@ fn ctrl_c_of_a_cross_host_run_reports_the_hop_and_removes_the_namespaces() {
     let child = spawn(c);
     let demo = child.id();
     demo_support::wait_for_outcomes(base, 250);
+    // The run's keys: in a directory only this user may enter, the secret ones mode 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let keys = std::env::temp_dir().join(format!("tadpole-demo-{demo}-relays"));
+    let mode = |name: &str| std::fs::metadata(keys.join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(""), 0o700);
+    assert_eq!((mode("a.key"), mode("b.key")), (0o600, 0o600));
     nix::sys::signal::killpg(Pid::from_raw(demo as i32), Signal::SIGINT).unwrap();
     let run = wait(child);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
@@ -203,4 +210,29 @@ fn the_config_picks_the_relayed_hop_and_refuses_an_agent_without_a_next_one() {
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     let err = line(&run.stderr, "error");
     assert!(err.contains("cross_host.sender") && err.contains("market-analysis, risk, personality"), "{err}");
+}
+
+#[test]
+fn namespaces_left_by_a_killed_run_are_removed_by_the_next_one() {
+    if !is_root() {
+        eprintln!("skipped: making network namespaces needs root");
+        return;
+    }
+    let _one = demo_support::one_at_a_time();
+    // A pid no process has now: a child that ran and was reaped.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let stale = format!("tpc-{}-a", tag(gone.id()));
+    assert!(Command::new("ip").args(["netns", "add", &stale]).status().unwrap().success());
+    let run = demo_support::demo(&["--cross-host", "--signals", "50"]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let listed =
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
+    let _ = Command::new("ip").args(["netns", "del", &stale]).status();
+    assert!(!listed.contains(&stale), "{listed}");
+    assert!(
+        run.stdout.contains(&format!("removed network namespace {stale}, left by a run that was killed")),
+        "{}",
+        run.stdout
+    );
 }
