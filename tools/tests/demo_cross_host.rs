@@ -132,7 +132,7 @@ fn loopback_needs_cross_host() {
 }
 
 #[test]
-fn ctrl_c_of_a_cross_host_run_reports_the_hop_and_removes_the_namespaces() {
+fn agents_run_in_their_hosts_namespaces_and_ctrl_c_reports_the_hop_and_removes_them() {
     let _one = demo_support::one_at_a_time();
     use std::os::unix::process::CommandExt;
     let base = demo_support::metrics_base();
@@ -150,6 +150,17 @@ fn ctrl_c_of_a_cross_host_run_reports_the_hop_and_removes_the_namespaces() {
     let mode = |name: &str| std::fs::metadata(keys.join(name)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(""), 0o700);
     assert_eq!((mode("a.key"), mode("b.key")), (0o600, 0o600));
+    if is_root() {
+        // Each agent runs in its host's namespace; the breaker in the root one, as this test.
+        use std::os::unix::fs::MetadataExt;
+        let ns = |path: String| std::fs::metadata(path).unwrap().ino();
+        let of = |role: &str| ns(format!("/proc/{}/ns/net", agent_pid(demo, role)));
+        let host = |which: &str| ns(format!("/run/netns/tpc-{}-{which}", tag(demo)));
+        assert_eq!((of("market-analysis"), of("risk")), (host("a"), host("a")));
+        assert_eq!((of("personality"), of("execution")), (host("b"), host("b")));
+        assert_eq!(of("breaker"), ns("/proc/self/ns/net".into()));
+        assert_ne!(host("a"), host("b"));
+    }
     nix::sys::signal::killpg(Pid::from_raw(demo as i32), Signal::SIGINT).unwrap();
     let run = wait(child);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
