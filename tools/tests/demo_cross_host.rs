@@ -247,3 +247,42 @@ fn namespaces_left_by_a_killed_run_are_removed_by_the_next_one() {
         run.stdout
     );
 }
+
+/// The pid of demo run `parent`'s relay `which` ("a" or "b").
+fn relay_pid(parent: u32, which: &str) -> u32 {
+    let config = format!("tadpole-demo-{parent}-relays/{which}.toml");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).any(|a| a.ends_with(config.as_bytes())) {
+            return pid;
+        }
+    }
+    panic!("no relay-{which} under pid {parent}");
+}
+
+#[test]
+fn a_stalled_receiving_relay_makes_relay_a_resend_and_relay_b_drops_the_repeats() {
+    let _one = demo_support::one_at_a_time();
+    let base = demo_support::metrics_base();
+    let c = command(&["--cross-host", "--rate", "300", "--duration", "8", "--metrics-port-base", &base.to_string()]);
+    let child = spawn(c);
+    let demo = child.id();
+    demo_support::wait_for_outcomes(base, 250);
+    // Longer than relay A's request timeout (1 s): it rewinds and sends again what relay B,
+    // stopped, had not acknowledged, behind the first copies waiting in the socket.
+    let relay_b = Pid::from_raw(relay_pid(demo, "b") as i32);
+    kill(relay_b, Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    kill(relay_b, Signal::SIGCONT).unwrap();
+    let run = wait(child);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    let relays = numbers(line(out, "relay-a sent"));
+    let (resends, committed, duplicates) = (relays[1], relays[3], relays[4]);
+    assert!(resends >= 1 && duplicates >= 1, "{out}");
+    // 2400 ticks and 240 warm-up ones, each outcome committed once: no tick got two outcomes.
+    assert_eq!(committed, 2640, "{out}");
+    assert_eq!(numbers(line(out, "ticks:"))[..3], [2400, 0, 0], "{out}");
+    assert!(leftovers(demo).is_empty(), "left behind: {:?}", leftovers(demo));
+}
