@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use demo_support::{agent_pid, command, line, log_events, no_rings_left, numbers, spawn, wait};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 fn is_root() -> bool {
@@ -48,6 +48,18 @@ fn leftovers(pid: u32) -> Vec<String> {
         }
     }
     left
+}
+
+/// `tadpole demo --cross-host` under open-loop load at 300 ticks/s for `secs`, the collector's
+/// metrics on `base` (so a test can wait until the run is past its warm-up).
+fn loaded_cross_host_command(secs: &str, base: u16) -> Command {
+    command(&["--cross-host", "--rate", "300", "--duration", secs, "--metrics-port-base", &base.to_string()])
+}
+
+/// [`loaded_cross_host_command`], started.
+fn loaded_cross_host_demo(secs: &str) -> (std::process::Child, u16) {
+    let base = demo_support::metrics_base();
+    (spawn(loaded_cross_host_command(secs, base)), base)
 }
 
 /// "netns" as root (namespaces can be made), "loopback" otherwise.
@@ -136,8 +148,7 @@ fn agents_run_in_their_hosts_namespaces_and_ctrl_c_reports_the_hop_and_removes_t
     let _one = demo_support::one_at_a_time();
     use std::os::unix::process::CommandExt;
     let base = demo_support::metrics_base();
-    let mut c = command(&["--cross-host", "--rate", "300", "--duration", "600"]);
-    c.args(["--metrics-port-base", &base.to_string()]);
+    let mut c = loaded_cross_host_command("600", base);
     // Its own process group, as a shell's job: Ctrl-C reaches the demo and every agent (the
     // relays are in groups of their own, stopped by the demo once everything has crossed).
     c.process_group(0);
@@ -177,21 +188,14 @@ fn agents_run_in_their_hosts_namespaces_and_ctrl_c_reports_the_hop_and_removes_t
 #[test]
 fn an_agent_killed_on_host_b_halts_trading_and_the_hosts_are_still_removed() {
     let _one = demo_support::one_at_a_time();
-    let base = demo_support::metrics_base();
-    let c = command(&["--cross-host", "--rate", "300", "--duration", "30", "--metrics-port-base", &base.to_string()]);
-    let child = spawn(c);
+    let (child, base) = loaded_cross_host_demo("30");
     let demo = child.id();
     // Personality runs in host B's namespace; the breaker in the root one hears it die.
-    let personality = Pid::from_raw(agent_pid(demo, "personality") as i32);
+    let personality = agent_pid(demo, "personality");
     demo_support::wait_for_outcomes(base, 250);
-    let killed = Instant::now();
-    kill(personality, Signal::SIGKILL).unwrap();
-    let run = wait(child);
-    assert!(killed.elapsed() < Duration::from_secs(15), "took {:?} to halt", killed.elapsed());
-    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    let run = demo_support::kill_and_wait_for_halt(child, personality);
     let out = &run.stdout;
-    assert!(line(out, "BreakerSystemEmergency by personality").contains("gone without saying goodbye"), "{out}");
-    assert!(line(out, "HALTED by the circuit breaker").contains("personality"), "{out}");
+    demo_support::assert_halted_for_the_death_of(out, "personality");
     assert!(out.contains("cross-host hop risk -> personality"), "{out}");
     assert!(leftovers(demo).is_empty(), "left behind: {:?}", leftovers(demo));
     assert!(no_rings_left(demo));
@@ -264,17 +268,12 @@ fn relay_pid(parent: u32, which: &str) -> u32 {
 #[test]
 fn a_stalled_receiving_relay_makes_relay_a_resend_and_relay_b_drops_the_repeats() {
     let _one = demo_support::one_at_a_time();
-    let base = demo_support::metrics_base();
-    let c = command(&["--cross-host", "--rate", "300", "--duration", "8", "--metrics-port-base", &base.to_string()]);
-    let child = spawn(c);
+    let (child, base) = loaded_cross_host_demo("8");
     let demo = child.id();
     demo_support::wait_for_outcomes(base, 250);
     // Longer than relay A's request timeout (1 s): it rewinds and sends again what relay B,
     // stopped, had not acknowledged, behind the first copies waiting in the socket.
-    let relay_b = Pid::from_raw(relay_pid(demo, "b") as i32);
-    kill(relay_b, Signal::SIGSTOP).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    kill(relay_b, Signal::SIGCONT).unwrap();
+    demo_support::stop_for(relay_pid(demo, "b"), Duration::from_secs(2));
     let run = wait(child);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
     let out = &run.stdout;
