@@ -92,7 +92,7 @@ fn cross_host_run_reports_the_relayed_hop_carries_ids_and_refusals_and_leaves_no
         assert!(line(out, "host A (").contains("market-analysis, risk, relay-a"), "{out}");
         assert!(line(out, "host B (").contains("relay-b, personality, execution"), "{out}");
     } else {
-        assert!(line(out, "relays in loopback").contains("not running as root"), "{out}");
+        assert!(line(out, "relays on loopback").contains("not running as root"), "{out}");
     }
     // Every signal's outcome (an order or risk's refusal) crossed once, committed once.
     let relays = numbers(line(out, "relay-a sent"));
@@ -129,7 +129,7 @@ fn loopback_flag_runs_the_relays_on_loopback_and_says_so() {
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
     let out = &run.stdout;
     assert_eq!(numbers(line(out, "cross-host hop risk -> personality (via relays, loopback)"))[0], 100, "{out}");
-    assert!(line(out, "relays in loopback").contains("--loopback given"), "{out}");
+    assert!(line(out, "relays on loopback").contains("--loopback given"), "{out}");
     assert!(line(out, "all on loopback").contains("host B: relay-b, personality, execution"), "{out}");
     assert_eq!(numbers(line(out, "ticks:"))[..3], [100, 0, 0], "{out}");
     assert!(leftovers(demo).is_empty(), "left behind: {:?}", leftovers(demo));

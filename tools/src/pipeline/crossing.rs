@@ -158,7 +158,7 @@ impl Crossing {
         let (place, hosts) = match (self.net.namespace('a'), self.net.namespace('b')) {
             (Some(a), Some(b)) => (
                 format!(
-                    "network namespaces {a} ({}) and {b} ({}) made for the run, joined by a veth pair",
+                    "in network namespaces {a} ({}) and {b} ({}) made for the run, joined by a veth pair",
                     self.net.host('a'),
                     self.net.host('b')
                 ),
@@ -168,7 +168,7 @@ impl Crossing {
                 ),
             ),
             _ => (
-                format!("loopback ({})", self.why_loopback.as_deref().unwrap_or("no namespaces")),
+                format!("on loopback ({})", self.why_loopback.as_deref().unwrap_or("no namespaces")),
                 format!("all on loopback; host A: {before}, relay-a; host B: relay-b, {after}"),
             ),
         };

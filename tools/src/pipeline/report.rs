@@ -569,7 +569,7 @@ impl Report {
             us(local_p50 as u64),
             names.join(", ")
         )?;
-        writeln!(o, "    relays in {}; CURVE keys made for the run", c.place)?;
+        writeln!(o, "    relays {}; CURVE keys made for the run", c.place)?;
         writeln!(o, "    {}", c.hosts)?;
         match &c.relays {
             Some(r) => writeln!(
