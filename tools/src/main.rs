@@ -11,6 +11,7 @@
 mod chaos;
 mod clean;
 mod exit;
+mod hosts;
 mod json;
 mod metrics;
 mod pipeline;
@@ -55,10 +56,13 @@ enum Cmd {
     /// latency percentiles against the targets, and raises SLA alerts.
     #[command(after_help = format!(
         "Examples:\n  tadpole demo\n  tadpole demo --rate 2000/s --duration 10 --plot charts\n  \
-         tadpole demo --config examples/pipeline.toml --python personality\n\n\
-         Runs on one host (a --cross-host mode is not there yet). Ctrl-C ends the run early with \
-         its report. Exits 1, after the report, when the circuit breaker halted trading (an \
-         agent died).\n\n{}",
+         tadpole demo --config examples/pipeline.toml --python personality\n  \
+         sudo tadpole demo --cross-host --rate 1000/s --duration 5\n\n\
+         Runs on one host; with --cross-host one hop goes through two relays in two network \
+         namespaces made for the run (root; loopback otherwise, saying why), and the report shows \
+         that hop on its own. Ctrl-C ends the run early with its report (and removes the \
+         namespaces, keys and relays). Exits 1, after the report, when the circuit breaker halted \
+         trading (an agent died).\n\n{}",
         exit::EXIT_STATUS_HELP
     ))]
     Demo(pipeline::DemoArgs),

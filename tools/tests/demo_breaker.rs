@@ -3,11 +3,9 @@
 
 mod demo_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use demo_support::{agent_pid, command, line, log_events, no_rings_left, numbers, spawn, wait};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 /// A demo under open-loop load at 300 ticks/s for `secs`, serving metrics so the test can tell
 /// when it is past its warm-up (150 ticks, one in flight).
@@ -27,11 +25,9 @@ fn a_stopped_agent_trips_the_breaker_and_risk_and_execution_refuse_while_it_is_o
     let _one = demo_support::one_at_a_time();
     let (child, base) = loaded_demo("5");
     let demo = child.id();
-    let personality = Pid::from_raw(agent_pid(demo, "personality") as i32);
+    let personality = agent_pid(demo, "personality");
     wait_for_load(base);
-    kill(personality, Signal::SIGSTOP).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    kill(personality, Signal::SIGCONT).unwrap();
+    demo_support::stop_for(personality, Duration::from_millis(1500));
     let run = wait(child);
     assert!(run.ok, "a stall is not fatal: {}\n{}", run.stdout, run.stderr);
     let out = &run.stdout;
@@ -61,18 +57,13 @@ fn a_killed_agent_raises_a_system_emergency_and_the_demo_halts() {
     let _one = demo_support::one_at_a_time();
     let (child, base) = loaded_demo("30");
     let demo = child.id();
-    let risk = Pid::from_raw(agent_pid(demo, "risk") as i32);
+    let risk = agent_pid(demo, "risk");
     wait_for_load(base);
-    let killed = Instant::now();
-    kill(risk, Signal::SIGKILL).unwrap();
-    let run = wait(child);
     // Halted well before the 30 s of load it was asked for.
-    assert!(killed.elapsed() < Duration::from_secs(15), "took {:?} to halt", killed.elapsed());
-    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    let run = demo_support::kill_and_wait_for_halt(child, risk);
     assert!(run.stderr.contains("trading halted by the circuit breaker"), "{}", run.stderr);
     let out = &run.stdout;
-    assert!(line(out, "BreakerSystemEmergency by risk").contains("gone without saying goodbye"), "{out}");
-    assert!(line(out, "HALTED by the circuit breaker").contains("risk"), "{out}");
+    demo_support::assert_halted_for_the_death_of(out, "risk");
     let emergencies: Vec<_> = log_events(&run.stderr)
         .into_iter()
         .filter(|e| e["event"] == "breaker_system_emergency" && e["agent"] == "risk")
@@ -87,13 +78,9 @@ fn a_killed_breaker_halts_trading_rather_than_trading_unwatched() {
     let _one = demo_support::one_at_a_time();
     let (child, base) = loaded_demo("30");
     let demo = child.id();
-    let breaker = Pid::from_raw(agent_pid(demo, "breaker") as i32);
+    let breaker = agent_pid(demo, "breaker");
     wait_for_load(base);
-    let killed = Instant::now();
-    kill(breaker, Signal::SIGKILL).unwrap();
-    let run = wait(child);
-    assert!(killed.elapsed() < Duration::from_secs(15), "took {:?} to halt", killed.elapsed());
-    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    let run = demo_support::kill_and_wait_for_halt(child, breaker);
     assert!(
         line(&run.stdout, "HALTED by the circuit breaker").contains("the circuit breaker is gone"),
         "{}",

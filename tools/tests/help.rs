@@ -44,3 +44,14 @@ fn usage_errors_exit_2_and_runtime_errors_exit_1_with_a_hint() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("hint: a ring name is"), "{}", stderr(&out));
 }
+
+#[test]
+fn demo_help_describes_the_cross_host_mode() {
+    let out = tadpole(&["demo", "--help"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for want in ["--cross-host", "--loopback", "two network namespaces", "tadpole demo --cross-host"] {
+        assert!(text.contains(want), "lacks {want:?}:\n{text}");
+    }
+    assert!(!text.contains("not there yet"), "{text}");
+}

@@ -11,21 +11,16 @@
 //! order drawn from the seed, each followed by a wait for its trace in the metrics.
 
 pub mod agent;
-mod net;
 mod slots;
 
-use std::ffi::OsString;
-use std::fs::File;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ipc_core::{PeerState, RingBuilder, RingStatus, Segment, Side};
-use ipc_zmq::keys::KeyPair;
 
-use net::{Net, http_get, metric};
+use crate::hosts::net::metric;
+use crate::hosts::{Net, Proc, RelayLink, os};
 use slots::Slots;
 
 pub use agent::AgentArgs;
@@ -150,118 +145,6 @@ impl Rng {
     }
 }
 
-/// A child process the harness starts, kills and restarts.
-struct Proc {
-    name: String,
-    program: PathBuf,
-    args: Vec<OsString>,
-    log: PathBuf,
-    child: Option<Child>,
-    kills: u64,
-    peak_rss_kib: u64,
-    over_memory: bool,
-}
-
-impl Proc {
-    fn new(name: &str, program: &Path, args: Vec<OsString>, dir: &Path) -> Proc {
-        Proc {
-            name: name.to_owned(),
-            program: program.to_owned(),
-            args,
-            log: dir.join(format!("{name}.log")),
-            child: None,
-            kills: 0,
-            peak_rss_kib: 0,
-            over_memory: false,
-        }
-    }
-
-    fn start(&mut self) -> Result<()> {
-        let log = File::options().create(true).append(true).open(&self.log)?;
-        // A process group of its own: a Ctrl-C of the harness does not reach it (the harness
-        // stops it); and killed with the harness if that dies first.
-        let mut command = Command::new(&self.program);
-        // SAFETY: the closure runs between fork and exec and only calls prctl, which is
-        // async-signal-safe and touches no memory of the parent.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        };
-        let child = command
-            .args(&self.args)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.name))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        if let Some(child) = &self.child {
-            // SAFETY: kill has no memory preconditions; the pid is our unreaped child's, so it
-            // names no other process.
-            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-        }
-    }
-
-    /// `kill -9`, and the zombie reaped (until then the kernel still shows the pid alive).
-    fn kill_9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let started = Instant::now();
-            let _ = child.kill();
-            let _ = child.wait();
-            self.kills += 1;
-            if started.elapsed() > Duration::from_secs(5) {
-                println!("  note: {} took {:.1?} to die of SIGKILL", self.name, started.elapsed());
-            }
-        }
-    }
-
-    /// Waits up to `within` for the process to exit (after a stop request), then kills it.
-    fn finish(&mut self, within: Duration) {
-        let Some(mut child) = self.child.take() else { return };
-        let started = Instant::now();
-        while started.elapsed() < within {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    /// The exit status if the process ended by itself.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().ok()??;
-        self.child = None;
-        Some(status)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            // A stopped child must run again to die of SIGKILL cleanly in every case.
-            // SAFETY: the pid is our unreaped child's.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// The agents, by index into `World::agents`.
 const P_CROSS: usize = 0;
 const C_CROSS: usize = 1;
@@ -282,12 +165,6 @@ struct AgentProc {
     slots: Slots,
 }
 
-struct RelayProc {
-    proc: Proc,
-    which: char,
-    health: String,
-}
-
 #[derive(Default)]
 struct Tally {
     injected: u64,
@@ -298,12 +175,10 @@ struct Tally {
 /// Fields drop in order: the processes first, then their rings, then the namespaces.
 struct World {
     agents: Vec<AgentProc>,
-    relays: Vec<RelayProc>,
+    link: RelayLink,
     rings: Vec<(String, Segment)>,
     net: Net,
     dir: PathBuf,
-    /// The relays' checkpoint files, removed at the end.
-    state_files: Vec<PathBuf>,
     started: Instant,
     faults: Vec<(Fault, Tally)>,
     checks: Vec<(&'static str, Tally)>,
@@ -355,10 +230,6 @@ fn make_ring(name: &str, capacity: usize) -> Result<Segment> {
     RingBuilder::new(capacity).create_named(name).with_context(|| format!("creating ring {name:?}"))
 }
 
-fn os(args: &[&str]) -> Vec<OsString> {
-    args.iter().map(OsString::from).collect()
-}
-
 impl World {
     fn build(args: &ChaosArgs) -> Result<World> {
         let (net, why_loopback) = Net::create(args.loopback);
@@ -382,54 +253,7 @@ impl World {
             .map(|(name, capacity)| Ok((name.clone(), make_ring(&name, capacity)?)))
             .collect::<Result<Vec<_>>>()?;
 
-        // Keys made as `tadpole keygen` makes them.
-        let (a_keys, b_keys) = (KeyPair::generate()?, KeyPair::generate()?);
-        a_keys.write_new(&dir.join("a")).context("writing relay a's keys")?;
-        b_keys.write_new(&dir.join("b")).context("writing relay b's keys")?;
-        // Each relay has a namespace of its own, or they share loopback.
-        let (a_health, b_listen, b_health) = if net.is_namespaces() {
-            (7401, 7400, 7401)
-        } else {
-            (net::free_port()?, net::free_port()?, net::free_port()?)
-        };
-        let (a_host, b_host) = (net.host('a').to_owned(), net.host('b').to_owned());
-        let a_config = format!(
-            "name = \"chaos-a\"\nkey_file = \"a.key\"\nhealth = \"{a_host}:{a_health}\"\n\n\
-             [[route_out]]\nring = \"{xout}\"\nconnect = \"tcp://{b_host}:{b_listen}\"\nserver_key = \"{b_pub}\"\nstream = \"cross\"\n\n\
-             [limits]\nrequest_timeout_ms = 1000\nconnect_timeout_ms = 500\n",
-            xout = rings[XOUT].0,
-            b_pub = b_keys.public(),
-        );
-        let b_config = format!(
-            "name = \"chaos-b\"\nkey_file = \"b.key\"\nlisten = \"tcp://{b_host}:{b_listen}\"\nallow = [\"{a_pub}\"]\n\
-             health = \"{b_host}:{b_health}\"\n\n[[route_in]]\nstream = \"cross\"\nring = \"{xin}\"\nenvelopes = true\n",
-            xin = rings[XIN].0,
-            a_pub = a_keys.public(),
-        );
-        let shm_dir = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { dir.clone() };
-        let mut state_files = Vec::new();
-        let mut relays = Vec::new();
-        for (which, config, health) in [('a', a_config, a_health), ('b', b_config, b_health)] {
-            let path = dir.join(format!("{which}.toml"));
-            std::fs::write(&path, config)?;
-            let mut relay_args = vec![OsString::from("relay"), "--config".into(), path.into()];
-            // The checkpoint where the relay keeps it by default, in /dev/shm: on a disk file
-            // system its rewrite per DATA message can make the receiving relay fall behind.
-            let state = shm_dir.join(format!("tadpole-chaos-{pid}-{which}.state"));
-            state_files.extend([state.clone(), PathBuf::from(format!("{}.origins", state.display()))]);
-            relay_args.extend(["--state".into(), state.into()]);
-            let (program, args) = match net.namespace(which) {
-                Some(ns) => {
-                    let mut all = os(&["netns", "exec", ns]);
-                    all.push(exe.clone().into());
-                    all.extend(relay_args);
-                    (PathBuf::from("ip"), all)
-                }
-                None => (exe.clone(), relay_args),
-            };
-            let proc = Proc::new(&format!("relay-{which}"), &program, args, &dir);
-            relays.push(RelayProc { proc, which, health: format!("{}:{health}", net.host(which)) });
-        }
+        let link = RelayLink::configure(&net, &dir, "chaos", &rings[XOUT].0, &rings[XIN].0)?;
 
         let mut agents = Vec::new();
         let specs = [
@@ -451,19 +275,18 @@ impl World {
 
         let mut world = World {
             agents,
-            relays,
+            link,
             rings,
             net,
             dir: dir.clone(),
-            state_files,
             started: Instant::now(),
             faults: FAULTS.iter().map(|&f| (f, Tally::default())).collect(),
             checks: CHECKS.iter().map(|&c| (c, Tally::default())).collect(),
             max_rss_kib: args.max_rss_mib * 1024,
             last_sample: Instant::now(),
         };
-        world.relays[B].proc.start()?;
-        world.relays[A].proc.start()?;
+        world.link.relays[B].proc.start()?;
+        world.link.relays[A].proc.start()?;
         for agent in &mut world.agents {
             agent.proc.start()?;
         }
@@ -495,8 +318,7 @@ impl World {
     }
 
     fn metrics(&self, relay: usize) -> Option<String> {
-        let r = &self.relays[relay];
-        http_get(self.net.namespace(r.which), &r.health, "/metrics")
+        self.link.metrics(&self.net, relay)
     }
 
     fn metric(&self, relay: usize, name: &str) -> Option<u64> {
@@ -504,7 +326,7 @@ impl World {
     }
 
     fn procs(&mut self) -> impl Iterator<Item = &mut Proc> {
-        self.agents.iter_mut().map(|a| &mut a.proc).chain(self.relays.iter_mut().map(|r| &mut r.proc))
+        self.agents.iter_mut().map(|a| &mut a.proc).chain(self.link.relays.iter_mut().map(|r| &mut r.proc))
     }
 
     /// Housekeeping between steps: memory samples, and processes that ended by themselves
@@ -661,8 +483,8 @@ impl World {
             }
             self.sleep(PARTITION / 2);
         }
-        let pid = self.relays[r].proc.pid();
-        self.relays[r].proc.kill_9();
+        let pid = self.link.relays[r].proc.pid();
+        self.link.relays[r].proc.kill_9();
         // Relay a consumes ring xout; relay b produces into ring xin.
         let (ring, side) = if r == A { (XOUT, Side::Consumer) } else { (XIN, Side::Producer) };
         let dead = self.wait_until(
@@ -670,7 +492,7 @@ impl World {
             |w| matches!(w.side_state(ring, side), PeerState::Dead(id) if id.pid == pid),
         );
         std::thread::sleep(Duration::from_millis(300));
-        if let Err(e) = self.relays[r].proc.start() {
+        if let Err(e) = self.link.relays[r].proc.start() {
             return (false, format!("restarting relay: {e}"));
         }
         let next_at_heal = if in_partition {
@@ -682,7 +504,7 @@ impl World {
         } else {
             None
         };
-        let name = self.relays[r].proc.name.clone();
+        let name = self.link.relays[r].proc.name.clone();
         let (back, how) = if r == A {
             // The new sender process reconnected and the far side acknowledged it.
             let back = self.wait_until(Duration::from_secs(20), |w| {
@@ -693,7 +515,7 @@ impl World {
             // The new receiver process (its counters start over: a restart, as Prometheus sees
             // one) holds the ring again and commits what the sender resumed sending. The sender
             // resends only if a DATA message was in flight when the receiver died.
-            let new = self.relays[B].proc.pid();
+            let new = self.link.relays[B].proc.pid();
             let back = self.wait_until(Duration::from_secs(20), |w| {
                 matches!(w.side_state(XIN, Side::Producer), PeerState::Attached(id) if id.pid == new)
                     && w.metric(B, "tadpole_relay_records_committed_total").is_some_and(|n| n > 0)
@@ -756,7 +578,7 @@ impl World {
         // The ring's consumer (relay a, or the local consumer) pauses while the flood starts,
         // so the flood meets a full ring whatever the machine's speed.
         let pause = |w: &mut World, signal| {
-            if p == P_CROSS { w.relays[A].proc.signal(signal) } else { w.agents[C_LOCAL].proc.signal(signal) }
+            if p == P_CROSS { w.link.relays[A].proc.signal(signal) } else { w.agents[C_LOCAL].proc.signal(signal) }
         };
         pause(self, libc::SIGSTOP);
         let asked = self.agents[p].slots.get(slots::FLOOD_ASKED) + FLOOD_RECORDS;
@@ -856,7 +678,7 @@ impl World {
             self.net.set_link(!down)?;
             Ok("veth down")
         } else {
-            self.relays[B].proc.signal(if down { libc::SIGSTOP } else { libc::SIGCONT });
+            self.link.relays[B].proc.signal(if down { libc::SIGSTOP } else { libc::SIGCONT });
             Ok("relay-b stopped")
         }
     }
@@ -884,11 +706,11 @@ impl World {
             self.agents[c].proc.finish(Duration::from_secs(5));
         }
         for r in [A, B] {
-            self.relays[r].proc.signal(libc::SIGTERM);
-            self.relays[r].proc.finish(Duration::from_secs(5));
+            self.link.relays[r].proc.signal(libc::SIGTERM);
+            self.link.relays[r].proc.finish(Duration::from_secs(5));
         }
 
-        let receiver_kills = self.relays[B].proc.kills;
+        let receiver_kills = self.link.relays[B].proc.kills;
         for (&(p, c), &target) in pairs.iter().zip(&targets) {
             let stream = if p == P_CROSS { "cross-host" } else { "local" };
             let (ps, cs) = (&self.agents[p].slots, &self.agents[c].slots);
@@ -962,7 +784,7 @@ impl World {
             .agents
             .iter()
             .map(|a| &a.proc)
-            .chain(self.relays.iter().map(|r| &r.proc))
+            .chain(self.link.relays.iter().map(|r| &r.proc))
             .map(|p| format!("{} {:.1}", p.name, p.peak_rss_kib as f64 / 1024.0))
             .collect();
         println!("  peak RSS, MiB: {}", peaks.join(", "));
@@ -978,13 +800,11 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        // The rings go with `rings`, the namespaces with `net`.
+        // The relays and their checkpoints go with `link`, the rings with `rings`, the
+        // namespaces with `net`.
         for proc in self.procs() {
             proc.signal(libc::SIGCONT);
             proc.kill_9();
-        }
-        for file in &self.state_files {
-            let _ = std::fs::remove_file(file);
         }
     }
 }

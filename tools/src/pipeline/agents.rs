@@ -17,7 +17,9 @@ use schemas::envelope::{EnvelopeHeader, Event, MessageId};
 use schemas::fb;
 
 use super::metrics::{self, Metrics};
-use super::{AGENTS, AgentSettings, OUTCOMES, STAMPS, TICKS, TIMEOUT, breaker_ring, heartbeat_ring, now_ns, ring_name};
+use super::{
+    AGENTS, AgentSettings, OUTCOMES, STAMPS, TICKS, TIMEOUT, breaker_ring, heartbeat_ring, now_ns, outbox, ring_name,
+};
 
 /// `breaker` of the refusal risk and execution send while the circuit breaker is open.
 pub const CIRCUIT_OPEN: &str = "circuit_open";
@@ -182,7 +184,7 @@ fn work(
     let hop = &metrics.hops[0].1;
     let position = AGENTS.iter().position(|a| *a == role).context("not a trading agent")?;
     let next = AGENTS.get(position + 1).copied().unwrap_or(OUTCOMES);
-    let mut producer = Segment::open(&ring_name(run, next))?.producer()?;
+    let mut producer = Segment::open(&outbox(run, next, settings))?.producer()?;
     producer.set_wait_strategy(wait);
     let mut out = EnvelopeSender::new(producer);
     let stall = Duration::from_millis(settings.stall_ms);

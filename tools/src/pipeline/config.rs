@@ -26,6 +26,23 @@ pub struct Config {
     pub risk: RiskConfig,
     pub breaker: BreakerConfig,
     pub sla: SlaConfig,
+    pub cross_host: CrossHostConfig,
+}
+
+/// `--cross-host`: which hop goes through the two relays.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CrossHostConfig {
+    /// The agent whose output is relayed to the next agent: it and the agents before it run on
+    /// host A, the ones after it on host B (market-analysis, risk or personality; execution's
+    /// output, the collector's input, is no measured hop of its own).
+    pub sender: String,
+}
+
+impl Default for CrossHostConfig {
+    fn default() -> Self {
+        CrossHostConfig { sender: "risk".into() }
+    }
 }
 
 /// The synthetic tick generator.
@@ -102,6 +119,7 @@ impl Default for Config {
             risk: RiskConfig::default(),
             breaker: BreakerConfig::default(),
             sla: SlaConfig::default(),
+            cross_host: CrossHostConfig::default(),
         }
     }
 }
@@ -194,6 +212,11 @@ impl Config {
                 "python",
                 format!("no Python implementation of the {p} agent (there is one of: personality)"),
             ));
+        }
+        let sender = self.cross_host.sender.as_str();
+        let senders = &super::AGENTS[..super::AGENTS.len() - 1];
+        if !senders.contains(&sender) {
+            return Err(("cross_host.sender", format!("{sender:?} is not one of {}", senders.join(", "))));
         }
         let m = &self.market;
         if m.symbols.is_empty() {

@@ -21,6 +21,7 @@
 mod agents;
 mod breaker;
 pub mod config;
+mod crossing;
 mod feed;
 mod metrics;
 mod python;
@@ -58,6 +59,8 @@ const BREAKER_LISTENERS: [&str; 3] = ["risk", "execution", "main"];
 pub const STAMPS: [&str; 5] = ["t.0.tick", "t.1.signal", "t.2.risk", "t.3.personality", "t.4.execution"];
 
 const TIMEOUT: Option<Duration> = Some(Duration::from_secs(10));
+/// Longest the end of a run waits with nothing coming back before it calls the shutdown unclean.
+const SHUTDOWN: Duration = Duration::from_secs(10);
 
 fn ring_name(run: &str, ring: &str) -> String {
     format!("{run}-{ring}")
@@ -69,6 +72,16 @@ fn heartbeat_ring(run: &str, agent: &str) -> String {
 
 fn breaker_ring(run: &str, listener: &str) -> String {
     ring_name(run, &format!("breaker-{listener}"))
+}
+
+/// With `--cross-host`: the ring relay A drains towards agent `next`'s ring on host B.
+fn relay_ring(run: &str, next: &str) -> String {
+    ring_name(run, &format!("relay-{next}"))
+}
+
+/// The ring agent `role` sends into, for agent (or the collector's ring) `next`.
+fn outbox(run: &str, next: &str, settings: &AgentSettings) -> String {
+    if settings.relay_out { relay_ring(run, next) } else { ring_name(run, next) }
 }
 
 /// CLOCK_MONOTONIC in ns: the same clock in every process on the host (Python's
@@ -101,6 +114,8 @@ pub struct AgentSettings {
     pub stall_ms: u64,
     /// Serve /metrics and /health on 127.0.0.1 at this port.
     pub metrics_port: Option<u16>,
+    /// `--cross-host`: send into relay A's ring instead of the next agent's.
+    pub relay_out: bool,
 }
 
 /// `tadpole demo`'s options; each given one overrides the configuration file's value.
@@ -143,6 +158,17 @@ pub struct DemoArgs {
     /// Write an SVG and a PNG latency histogram per hop into this directory.
     #[arg(long, value_name = "DIR")]
     plot: Option<PathBuf>,
+    /// One hop (cross_host.sender's output, risk -> personality by default) crosses two hosts:
+    /// the sender's ring on host A -> relay A -> ZeroMQ + CURVE (keys made for the run) -> relay
+    /// B -> the next agent's ring on host B. The hosts are two network namespaces made for the
+    /// run and joined by a veth pair (as root), else loopback; the agents up to the sender run in
+    /// the first, the rest in the second (their --metrics-port-base endpoints too: reach them
+    /// with `ip netns exec`). The report shows the hop on its own.
+    #[arg(long)]
+    cross_host: bool,
+    /// With --cross-host: the relays on loopback even where network namespaces could be made.
+    #[arg(long, requires = "cross_host")]
+    loopback: bool,
     /// Testing: make this agent sleep before handling each message.
     #[arg(long, hide = true, requires = "stall_ms")]
     stall_agent: Option<String>,
@@ -236,7 +262,8 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     // it and leave as their upstream closes.
     crate::exit::stop_on_interrupt()?;
     let stall = args.stall_agent.clone().zip(args.stall_ms);
-    let report = run(&config, stall.as_ref(), args.metrics_port_base)?;
+    let cross_host = args.cross_host.then_some(crossing::CrossHost { loopback: args.loopback });
+    let report = run(&config, stall.as_ref(), args.metrics_port_base, cross_host.as_ref())?;
     report.print(&config)?;
     if let Some(dir) = &args.plot {
         let files = report.plot(dir)?;
@@ -262,19 +289,33 @@ pub fn init_logs() {
         .try_init();
 }
 
-/// Runs the whole pipeline: creates the rings, starts the agents as processes (those named in
-/// `config.python` as Python processes) and plays the tick feed and the fill collector here.
-pub fn run(config: &Config, stall: Option<&(String, u64)>, metrics_port: Option<u16>) -> Result<report::Report> {
+/// The run's rings: those this process reads or writes, and all of them for the report.
+struct Rings {
+    ticks: Segment,
+    outcomes: Segment,
+    /// The breaker's notices to this process.
+    notices: Segment,
+    all: Vec<(String, Segment)>,
+}
+
+/// Runs the whole pipeline: creates the rings (and with `cross_host` the two hosts and their
+/// relays), starts the agents as processes (those named in `config.python` as Python
+/// processes) and plays the tick feed and the fill collector here.
+pub fn run(
+    config: &Config,
+    stall: Option<&(String, u64)>,
+    metrics_port: Option<u16>,
+    cross_host: Option<&crossing::CrossHost>,
+) -> Result<report::Report> {
     let run = format!("pipeline-{}", std::process::id());
-    let wait = wait_of(&config.wait);
     let ring_bytes = config.agents.ring_bytes;
-    let mut segments = Vec::new();
+    let mut all = Vec::new();
     let mut create = |name: String, align: PayloadAlign| -> Result<Segment> {
         let seg = RingBuilder::new(ring_bytes)
             .payload_align(align)
             .create_named(&name)
             .with_context(|| format!("creating ring {name}"))?;
-        segments.push((name, seg.clone()));
+        all.push((name, seg.clone()));
         Ok(seg)
     };
     let ticks = create(ring_name(&run, TICKS), PayloadAlign::SixtyFour)?;
@@ -289,11 +330,47 @@ pub fn run(config: &Config, stall: Option<&(String, u64)>, metrics_port: Option<
     for l in BREAKER_LISTENERS {
         listeners.push(create(breaker_ring(&run, l), PayloadAlign::Eight)?);
     }
+    // Declared before the agents start (in `drive`), so it goes after they have: it deletes
+    // the namespaces they run in.
+    let mut crossing = match cross_host {
+        Some(how) => {
+            let sender = config.cross_host.sender.as_str();
+            let next = AGENTS.iter().skip_while(|a| **a != sender).nth(1).copied().unwrap_or(OUTCOMES);
+            let (from, to) = (relay_ring(&run, next), ring_name(&run, next));
+            let outbox = create(from.clone(), PayloadAlign::Eight)?;
+            Some(crossing::Crossing::start(how, sender, outbox, &from, &to)?)
+        }
+        None => None,
+    };
+    let rings = Rings { ticks, outcomes, notices: listeners.swap_remove(2), all };
+    match drive(config, &run, &rings, crossing.as_mut(), stall, metrics_port) {
+        Ok(mut report) => {
+            report.crossing = crossing.as_ref().map(crossing::Crossing::report);
+            Ok(report)
+        }
+        Err(e) => match crossing.as_mut().and_then(crossing::Crossing::diagnosis) {
+            Some(why) => Err(e.context(why)),
+            None => Err(e),
+        },
+    }
+}
 
+/// Starts the agents, plays the feed and collects the outcomes until the pipeline has drained
+/// (or the breaker halted it).
+fn drive(
+    config: &Config,
+    run: &str,
+    rings: &Rings,
+    mut crossing: Option<&mut crossing::Crossing>,
+    stall: Option<&(String, u64)>,
+    metrics_port: Option<u16>,
+) -> Result<report::Report> {
+    let wait = wait_of(&config.wait);
     let mut agents = Agents(Vec::new());
     let scratch = Scratch(std::env::temp_dir().join(format!("tadpole-demo-{}", std::process::id())));
     let collector = metrics::Metrics::new("collector", &report::HOPS.map(|h| h.0));
     let _endpoint = metrics_port.map(|port| metrics::serve(port, &collector)).transpose()?;
+    let exe = std::env::current_exe()?;
     for (i, agent) in AGENTS.iter().chain([&BREAKER]).enumerate() {
         let settings = AgentSettings {
             metrics_port: metrics_port.map(|p| p + 1 + i as u16),
@@ -301,27 +378,28 @@ pub fn run(config: &Config, stall: Option<&(String, u64)>, metrics_port: Option<
             risk: config.risk.clone(),
             breaker: config.breaker.clone(),
             stall_ms: stall.filter(|(a, _)| a == agent).map_or(0, |(_, ms)| *ms),
+            relay_out: crossing.as_ref().is_some_and(|c| c.relays_out(agent)),
         };
+        let namespace = crossing.as_ref().and_then(|c| c.namespace_of(agent));
         let child = if config.python.iter().any(|p| p == agent) {
             std::fs::create_dir_all(&scratch.0)?;
-            python::spawn(agent, &run, &settings, &scratch.0)?
+            python::spawn(agent, run, &settings, &scratch.0, namespace)?
         } else {
-            Command::new(std::env::current_exe()?)
-                .args(["agent", "--role", agent, "--run", &run, "--wait", wait.name()])
-                .args(["--settings", &serde_json::to_string(&settings)?])
-                .spawn()
-                .with_context(|| format!("starting the {agent} agent"))?
+            let mut args = crate::hosts::os(&["agent", "--role", agent, "--run", run, "--wait", wait.name()]);
+            args.extend(["--settings".into(), serde_json::to_string(&settings)?.into()]);
+            let (program, args) = crate::hosts::in_namespace(namespace, &exe, args);
+            Command::new(program).args(args).spawn().with_context(|| format!("starting the {agent} agent"))?
         };
         agents.0.push(((*agent).to_owned(), child));
     }
 
-    let mut producer = ticks.producer()?;
+    let mut producer = rings.ticks.producer()?;
     producer.set_wait_strategy(wait.strategy());
     let mut feed = feed::Feed::new(BatchSender::new(producer)?, &config.market);
-    let mut consumer = outcomes.consumer()?;
+    let mut consumer = rings.outcomes.consumer()?;
     consumer.set_wait_strategy(wait.strategy());
     let mut inbox = EnvelopeReceiver::new(consumer);
-    let mut breaker_events = EnvelopeReceiver::new(listeners[2].consumer()?);
+    let mut breaker_events = EnvelopeReceiver::new(rings.notices.consumer()?);
 
     let ticks_timed = config.ticks();
     let warmup = (ticks_timed / 10).clamp(10, 2_000);
@@ -348,13 +426,20 @@ pub fn run(config: &Config, stall: Option<&(String, u64)>, metrics_port: Option<
     let halted = rec.halted.is_some();
     drop(feed);
     if !halted {
-        // The agents drain and leave in turn; this process sees the outcomes ring close last.
+        // The agents drain and leave in turn (the relays once everything crossed); this process
+        // sees the outcomes ring close last.
+        let mut last = Instant::now();
         loop {
-            match inbox.recv_timeout(TIMEOUT) {
+            if let Some(c) = crossing.as_deref_mut() {
+                c.stop_when_drained();
+            }
+            match inbox.recv_timeout(Some(Duration::from_millis(50))) {
                 Err(EnvelopeRecvError::Disconnected) => break,
                 Ok(msg) => {
                     rec.outcome(&msg, now_ns());
+                    last = Instant::now();
                 }
+                Err(EnvelopeRecvError::Timeout) if last.elapsed() < SHUTDOWN => {}
                 Err(e) => bail!("the pipeline did not shut down cleanly: {e}"),
             }
         }
@@ -366,9 +451,12 @@ pub fn run(config: &Config, stall: Option<&(String, u64)>, metrics_port: Option<
             }
         }
     }
+    if let Some(c) = crossing {
+        c.finish();
+    }
     read_breaker(&mut breaker_events, &mut rec);
     let rings =
-        segments.iter().map(|(n, s)| (n.trim_start_matches(&format!("{run}-")).to_owned(), s.status())).collect();
+        rings.all.iter().map(|(n, s)| (n.trim_start_matches(&format!("{run}-")).to_owned(), s.status())).collect();
     Ok(rec.into_report(rings))
 }
 

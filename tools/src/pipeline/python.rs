@@ -6,14 +6,20 @@ use std::process::{Child, Command};
 
 use anyhow::{Context, Result, bail};
 
-use super::{AGENTS, AgentSettings, PYTHON_AGENTS, heartbeat_ring, ring_name};
+use super::{AGENTS, AgentSettings, PYTHON_AGENTS, heartbeat_ring, outbox, ring_name};
 
 const PERSONALITY_PY: &str = include_str!("../personality.py");
 const ENVELOPE_GENERATED_PY: &str = include_str!("../../../schemas/tests/python/generated/envelope_generated.py");
 
 /// Starts the Python version of `agent`: `python3` (or `$TADPOLE_PYTHON`) with the `tadpole`
-/// bindings installed (`pip install ./python`).
-pub fn spawn(agent: &str, run: &str, settings: &AgentSettings, scratch: &Path) -> Result<Child> {
+/// bindings installed (`pip install ./python`), in network namespace `namespace` if given.
+pub fn spawn(
+    agent: &str,
+    run: &str,
+    settings: &AgentSettings,
+    scratch: &Path,
+    namespace: Option<&str>,
+) -> Result<Child> {
     if !PYTHON_AGENTS.contains(&agent) {
         bail!("no Python implementation of the {agent} agent (there is one of: {})", PYTHON_AGENTS.join(", "));
     }
@@ -31,12 +37,19 @@ pub fn spawn(agent: &str, run: &str, settings: &AgentSettings, scratch: &Path) -
     std::fs::write(scratch.join("envelope_generated.py"), ENVELOPE_GENERATED_PY)?;
     let position = AGENTS.iter().position(|a| *a == agent).unwrap_or(0);
     let next = AGENTS.get(position + 1).copied().unwrap_or(super::OUTCOMES);
-    Command::new(&python)
-        .arg(scratch.join("personality.py"))
-        .args(["--inbox", &ring_name(run, agent), "--outbox", &ring_name(run, next)])
-        .args(["--heartbeat", &heartbeat_ring(run, agent)])
-        .args(["--heartbeat-ms", &settings.heartbeat_interval_ms.to_string()])
-        .args(["--stall-ms", &settings.stall_ms.to_string()])
-        .spawn()
-        .with_context(|| format!("starting the Python {agent} agent"))
+    let mut args = vec![scratch.join("personality.py").into_os_string()];
+    args.extend(crate::hosts::os(&[
+        "--inbox",
+        &ring_name(run, agent),
+        "--outbox",
+        &outbox(run, next, settings),
+        "--heartbeat",
+        &heartbeat_ring(run, agent),
+        "--heartbeat-ms",
+        &settings.heartbeat_interval_ms.to_string(),
+        "--stall-ms",
+        &settings.stall_ms.to_string(),
+    ]));
+    let (program, args) = crate::hosts::in_namespace(namespace, Path::new(&python), args);
+    Command::new(program).args(args).spawn().with_context(|| format!("starting the Python {agent} agent"))
 }

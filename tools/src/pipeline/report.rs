@@ -48,6 +48,39 @@ pub const HOPS: [(&str, usize, usize, bool); 6] = [
     ("end to end", 0, 5, true),
 ];
 
+/// `--cross-host`: the hop that went through the relays, and how.
+pub struct CrossingReport {
+    /// Index into [`HOPS`] of the relayed hop.
+    pub hop: usize,
+    /// "netns" or "loopback".
+    pub via: &'static str,
+    /// The way the hop's messages went.
+    pub path: String,
+    /// Where the relays ran (and why loopback, if it was).
+    pub place: String,
+    /// Which process ran on which host.
+    pub hosts: String,
+    /// The relays' own counters (`None` if they did not answer at the end).
+    pub relays: Option<RelayCounters>,
+}
+
+/// What the relays counted, read from their `/metrics` as they stopped.
+#[derive(Clone, Debug)]
+pub struct RelayCounters {
+    /// Relay A: records sent in DATA messages, resends included.
+    pub sent: u64,
+    /// Relay A: rewinds to resend what was not acknowledged.
+    pub resends: u64,
+    /// Relay A: records relay B rejected.
+    pub dead_letters: u64,
+    /// Relay B: records committed into the next agent's ring.
+    pub committed: u64,
+    /// Relay B: records dropped as already committed (by position or message id).
+    pub duplicates: u64,
+    /// Relay B: refused peers and malformed messages.
+    pub refused: u64,
+}
+
 /// A bound a hop broke.
 #[derive(Clone, Debug)]
 pub struct SlaAlert {
@@ -333,6 +366,7 @@ impl Recorder {
             halted: self.halted,
             alerts,
             rings,
+            crossing: None,
         }
     }
 }
@@ -377,6 +411,7 @@ pub struct Report {
     pub halted: Option<String>,
     pub alerts: Vec<SlaAlert>,
     pub rings: Vec<(String, RingStatus)>,
+    pub crossing: Option<CrossingReport>,
 }
 
 fn us(ns: u64) -> String {
@@ -391,9 +426,13 @@ impl Report {
             .iter()
             .map(|a| if config.python.iter().any(|p| p == a) { format!("{a} (python)") } else { (*a).to_owned() })
             .collect();
+        let relayed = match &self.crossing {
+            Some(c) => format!(" (one hop through two relays, {})", c.via),
+            None => String::new(),
+        };
         writeln!(
             o,
-            "Tadpole trading pipeline: {} agent processes, shared-memory rings, {} wait",
+            "Tadpole trading pipeline: {} agent processes, shared-memory rings{relayed}, {} wait",
             agents.len() + 1,
             config.wait
         )?;
@@ -441,14 +480,16 @@ impl Report {
             }
         }
         writeln!(o, "  latency per hop (each hop: ring transit + the agent's work), us:")?;
-        writeln!(o, "    {:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "mean", "p50", "p90", "p99", "p99.9", "max")?;
-        for h in &self.hops {
+        let names: Vec<String> = (0..self.hops.len()).map(|i| self.hop_label(i)).collect();
+        let w = names.iter().map(String::len).max().unwrap_or(0).max(26);
+        writeln!(o, "    {:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "mean", "p50", "p90", "p99", "p99.9", "max")?;
+        for (h, name) in self.hops.iter().zip(&names) {
             let l = &h.latency_ns;
             let q = |q| format!("{:.2}", l.value_at_quantile(q) as f64 / 1000.0);
             writeln!(
                 o,
-                "    {:<26} {:>9.2} {:>9} {:>9} {:>9} {:>9} {:>9.2}",
-                h.name,
+                "    {:<w$} {:>9.2} {:>9} {:>9} {:>9} {:>9} {:>9.2}",
+                name,
                 l.mean() / 1000.0,
                 q(0.5),
                 q(0.9),
@@ -456,6 +497,9 @@ impl Report {
                 q(0.999),
                 l.max() as f64 / 1000.0
             )?;
+        }
+        if let Some(c) = &self.crossing {
+            self.print_crossing(&mut o, c)?;
         }
         let worst_hop = self.hops[..4].iter().map(|h| h.latency_ns.mean()).fold(0.0, f64::max) / 1e6;
         let to_execution = self.hops[4].latency_ns.mean() / 1e6;
@@ -490,6 +534,51 @@ impl Report {
         }
         if let Some(h) = &self.halted {
             writeln!(o, "  HALTED by the circuit breaker: {h}")?;
+        }
+        Ok(())
+    }
+
+    /// Hop `i`'s name in the report: the relayed hop says so.
+    fn hop_label(&self, i: usize) -> String {
+        match &self.crossing {
+            Some(c) if c.hop == i => format!("{} (via relays, {})", self.hops[i].name, c.via),
+            _ => self.hops[i].name.to_owned(),
+        }
+    }
+
+    /// The relayed hop on its own: its percentiles against the local agent-to-agent hops of
+    /// the same run, where it ran, and what the relays counted.
+    fn print_crossing(&self, o: &mut impl std::io::Write, c: &CrossingReport) -> Result<()> {
+        let hop = &self.hops[c.hop].latency_ns;
+        let (p50, p99) = (hop.value_at_quantile(0.5), hop.value_at_quantile(0.99));
+        // The hops between two agents (not the feed's, not the sums), except the relayed one.
+        let local: Vec<&Hop> =
+            (1..4).filter(|&i| i != c.hop).map(|i| &self.hops[i]).filter(|h| !h.latency_ns.is_empty()).collect();
+        let names: Vec<&str> = local.iter().map(|h| h.name).collect();
+        let local_p50 =
+            local.iter().map(|h| h.latency_ns.value_at_quantile(0.5) as f64).sum::<f64>() / local.len().max(1) as f64;
+        let ratio = |v: u64| if local_p50 > 0.0 { format!("{:.1}x", v as f64 / local_p50) } else { "-".into() };
+        writeln!(o, "  cross-host hop {} ({} samples): {}", self.hop_label(c.hop), hop.len(), c.path)?;
+        writeln!(
+            o,
+            "    p50 {}, p99 {}: {} and {} the local hops' p50 ({}, mean of {})",
+            us(p50),
+            us(p99),
+            ratio(p50),
+            ratio(p99),
+            us(local_p50 as u64),
+            names.join(", ")
+        )?;
+        writeln!(o, "    relays {}; CURVE keys made for the run", c.place)?;
+        writeln!(o, "    {}", c.hosts)?;
+        match &c.relays {
+            Some(r) => writeln!(
+                o,
+                "    relay-a sent {} records ({} resends, {} dead letters); relay-b committed {}, dropped {} \
+                 duplicates (by position or message id), refused {}",
+                r.sent, r.resends, r.dead_letters, r.committed, r.duplicates, r.refused
+            )?,
+            None => writeln!(o, "    the relays' counters could not be read at the end")?,
         }
         Ok(())
     }

@@ -124,3 +124,30 @@ pub fn wait_for_outcomes(port: u16, n: u64) {
     }
     panic!("the collector on port {port} did not take in {n} outcomes");
 }
+
+/// Stops process `pid` (SIGSTOP) for `pause`, then lets it go on (SIGCONT).
+pub fn stop_for(pid: u32, pause: Duration) {
+    use nix::sys::signal::{Signal, kill};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    std::thread::sleep(pause);
+    kill(pid, Signal::SIGCONT).unwrap();
+}
+
+/// Kills agent `pid` of the demo `child` with SIGKILL and waits for the demo, which must halt
+/// (exit 1) well before the load it was asked for ends (within 15 s).
+pub fn kill_and_wait_for_halt(child: Child, pid: u32) -> Run {
+    let killed = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let run = wait(child);
+    assert!(killed.elapsed() < Duration::from_secs(15), "took {:?} to halt", killed.elapsed());
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    run
+}
+
+/// The report says agent `role` died without a goodbye and trading halted for it.
+pub fn assert_halted_for_the_death_of(out: &str, role: &str) {
+    let emergency = line(out, &format!("BreakerSystemEmergency by {role}"));
+    assert!(emergency.contains("gone without saying goodbye"), "{out}");
+    assert!(line(out, "HALTED by the circuit breaker").contains(role), "{out}");
+}

@@ -1,7 +1,6 @@
-//! Where the chaos relays run: two network namespaces joined by a veth pair (root, where
-//! `ip netns add` works; a partition is the veth taken down), or loopback (a partition is the
-//! receiving relay stopped with SIGSTOP). Also the relay's `/metrics` read over HTTP, from
-//! inside the relay's namespace.
+//! Where the two hosts are: two network namespaces joined by a veth pair (root, where `ip netns
+//! add` works; `tadpole chaos` partitions them by taking the veth down), or loopback. Also a
+//! relay's `/metrics` read over HTTP from inside its namespace.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -37,6 +36,14 @@ impl Net {
     /// Namespaces if this process may make them (and `loopback` is not asked for), else
     /// loopback; the second value says why loopback was chosen.
     pub fn create(loopback: bool) -> (Net, Option<String>) {
+        Net::create_tagged("ch", loopback)
+    }
+
+    /// [`Net::create`] with names `tpc-{prefix}{pid}-a` and `-b` (at most 3 bytes of prefix, so
+    /// the interface names fit in 15): each user of the namespaces can tell its own apart. The
+    /// namespaces of an earlier run with this prefix whose process is gone (killed before it
+    /// could remove them) are removed first.
+    pub fn create_tagged(prefix: &str, loopback: bool) -> (Net, Option<String>) {
         if loopback {
             return (Net::Loopback, Some("--loopback given".into()));
         }
@@ -44,9 +51,11 @@ impl Net {
         if unsafe { libc::geteuid() } != 0 {
             return (Net::Loopback, Some("not running as root".into()));
         }
-        // Interface names are at most 15 bytes; the subnet is private to the namespaces.
+        remove_stale(prefix);
+        // Interface names are at most 15 bytes (a pid has at most 7 digits); the subnet is
+        // private to the namespaces.
         let n = std::process::id() % 200 + 20;
-        let tag = format!("ch{}", std::process::id() % 100_000);
+        let tag = format!("{prefix}{}", std::process::id());
         let (a, b) = (format!("tpc-{tag}-a"), format!("tpc-{tag}-b"));
         let (veth_a, veth_b) = (format!("vc{tag}a"), format!("vc{tag}b"));
         let (a_ip, b_ip) = (format!("10.{n}.0.1"), format!("10.{n}.0.2"));
@@ -119,6 +128,31 @@ impl Drop for Net {
             // Deleting a namespace deletes the veth end inside it, and with it the pair.
             let _ = ip(&["netns", "del", a]);
             let _ = ip(&["netns", "del", b]);
+        }
+    }
+}
+
+/// Removes the namespaces `tpc-{prefix}{pid}-*` whose `pid` is no running `tadpole` (a run that
+/// was killed; its veth pair goes with them).
+fn remove_stale(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else { return };
+    // The program's name; " (deleted)" once the binary was rebuilt under a running process.
+    let program = |pid: &str| {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        Some(exe.file_name()?.to_string_lossy().trim_end_matches(" (deleted)").to_owned())
+    };
+    let me = program("self");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("tpc-").and_then(|r| r.strip_prefix(prefix)) else { continue };
+        let Some(pid) = rest.strip_suffix("-a").or_else(|| rest.strip_suffix("-b")) else { continue };
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // A pid reused by another program is as good as gone.
+        let alive = me.is_some() && program(pid) == me;
+        if !alive && ip(&["netns", "del", &name]).is_ok() {
+            println!("  note: removed network namespace {name}, left by a run that was killed");
         }
     }
 }
