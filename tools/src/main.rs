@@ -123,7 +123,7 @@ enum Cmd {
     /// kill -9 and restart, stalled consumers, floods, corrupt records, partitions. Checks
     /// delivery, checksums, memory and the metrics; exits 1 on any violation.
     #[command(after_help = format!(
-        "Examples:\n  tadpole chaos --minutes 30\n  tadpole chaos --seconds 60 --seed 42\n\n{}",
+        "Examples:\n  tadpole chaos --minutes 30\n  tadpole chaos --seconds 60 --seed 42\n  tadpole chaos --minutes 10 --agents 16\n\n{}",
         exit::EXIT_STATUS_HELP
     ))]
     Chaos(chaos::ChaosArgs),

@@ -32,8 +32,14 @@ fn row(text: &str, label: &str) -> Option<[u64; 3]> {
 fn a_short_chaos_run_injects_every_fault_sees_each_in_the_metrics_and_finds_no_violation() {
     // 1000 records/s: a receiving relay starved of CPU by a busy CI machine queues fewer DATA
     // messages, away from the libzmq abort reproduced below.
-    let (out, text) = chaos(&["--seconds", "40", "--seed", "7", "--rate", "1000"]);
+    // Six agents: the relayed pair and two local pairs, so faults land on pairs beyond the first.
+    let (out, text) = chaos(&["--seconds", "40", "--seed", "7", "--rate", "1000", "--agents", "6"]);
     assert!(out.status.success(), "{text}");
+    for stream in ["cross-host:", "local:", "local2:"] {
+        let line = text.lines().map(str::trim_start).find(|l| l.starts_with(stream));
+        let line = line.unwrap_or_else(|| panic!("no {stream} stream line:\n{text}"));
+        assert!(line.contains(" 0 lost"), "{line}");
+    }
     assert!(text.contains("seed 7"), "the seed is printed:\n{text}");
     for label in FAULTS {
         let [injected, detected, violations] = row(&text, label).unwrap_or_else(|| panic!("no {label:?} row:\n{text}"));
@@ -45,6 +51,15 @@ fn a_short_chaos_run_injects_every_fault_sees_each_in_the_metrics_and_finds_no_v
         assert_eq!(row(&text, check).map(|r| r[2]), Some(0), "{check}:\n{text}");
     }
     assert!(text.contains("no violations"), "{text}");
+}
+
+#[test]
+fn an_odd_or_too_small_number_of_agents_is_a_usage_error() {
+    for n in ["5", "2", "66"] {
+        let (out, text) = chaos(&["--agents", n, "--seconds", "1"]);
+        assert_eq!(out.status.code(), Some(2), "--agents {n}:\n{text}");
+        assert!(text.contains("give an even number from 4 to 64"), "--agents {n}:\n{text}");
+    }
 }
 
 #[test]

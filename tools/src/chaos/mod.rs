@@ -6,7 +6,8 @@
 //!
 //! The world: producer `p-cross` → ring `xout` → relay `a` → (ZeroMQ + CURVE, across two network
 //! namespaces when root) → relay `b` (envelope route) → ring `xin` → consumer `c-cross`; and
-//! producer `p-local` → ring `local` → consumer `c-local`. Every agent is a `tadpole chaos-agent`
+//! producer `p-local` → ring `local` → consumer `c-local`, and with `--agents N` more such local
+//! pairs (`p-local2` → `local2` → `c-local2`, …). Every agent is a `tadpole chaos-agent`
 //! process (`agent.rs`); every relay a `tadpole relay`. Faults come one at a time, in a random
 //! order drawn from the seed, each followed by a wait for its trace in the metrics.
 
@@ -51,6 +52,11 @@ pub struct ChaosArgs {
     /// start so a run can be repeated. Default: from the clock.
     #[arg(long)]
     seed: Option<u64>,
+    /// How many agents to run: an even number, at least 4. The first two are the producer and
+    /// consumer on either side of the relays; every further two a producer and consumer sharing a
+    /// local ring. Every agent is a target of the agent faults.
+    #[arg(long, default_value_t = 4, value_parser = parse_agents)]
+    agents: usize,
     /// Records per second each producer sends between floods.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     rate: u64,
@@ -68,6 +74,15 @@ pub struct ChaosArgs {
     /// report as a violation.
     #[arg(long, hide = true)]
     inject_loss: bool,
+}
+
+/// `--agents`: even, 4 to 64.
+fn parse_agents(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|e| format!("{text:?} is not a number: {e}"))?;
+    if !(4..=64).contains(&n) || n % 2 != 0 {
+        return Err(format!("{n} agents: give an even number from 4 to 64 (producer and consumer pairs)"));
+    }
+    Ok(n)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -145,15 +160,14 @@ impl Rng {
     }
 }
 
-/// The agents, by index into `World::agents`.
+/// The agents, by index into `World::agents`: pairs, each producer followed by its consumer;
+/// the first pair crosses the relays, the others (from `P_LOCAL` on) share a local ring each.
 const P_CROSS: usize = 0;
 const C_CROSS: usize = 1;
 const P_LOCAL: usize = 2;
-const C_LOCAL: usize = 3;
-/// The rings, by index into `World::rings`.
+/// The rings, by index into `World::rings`: the local rings follow, one per local pair.
 const XOUT: usize = 0;
 const XIN: usize = 1;
-const LOCAL: usize = 2;
 /// The relays, by index into `World::relays`.
 const A: usize = 0;
 const B: usize = 1;
@@ -243,11 +257,11 @@ impl World {
         println!("  logs and state in {}", dir.display());
         let exe = std::env::current_exe().context("finding the tadpole binary")?;
 
-        let rings = vec![
-            (format!("chaos-{pid}-xout"), 256 << 10),
-            (format!("chaos-{pid}-xin"), 256 << 10),
-            (format!("chaos-{pid}-local"), 64 << 10),
-        ];
+        let mut rings = vec![(format!("chaos-{pid}-xout"), 256 << 10), (format!("chaos-{pid}-xin"), 256 << 10)];
+        let locals = args.agents / 2 - 1;
+        for k in 1..=locals {
+            rings.push((format!("chaos-{pid}-{}", local_name("local", k)), 64 << 10));
+        }
         let rings = rings
             .into_iter()
             .map(|(name, capacity)| Ok((name.clone(), make_ring(&name, capacity)?)))
@@ -256,13 +270,17 @@ impl World {
         let link = RelayLink::configure(&net, &dir, "chaos", &rings[XOUT].0, &rings[XIN].0)?;
 
         let mut agents = Vec::new();
-        let specs = [
-            ("p-cross", "producer", XOUT, Side::Producer),
-            ("c-cross", "consumer", XIN, Side::Consumer),
-            ("p-local", "producer", LOCAL, Side::Producer),
-            ("c-local", "consumer", LOCAL, Side::Consumer),
+        let mut specs = vec![
+            ("p-cross".to_owned(), "producer", XOUT, Side::Producer),
+            ("c-cross".to_owned(), "consumer", XIN, Side::Consumer),
         ];
+        for k in 1..=locals {
+            let ring = XIN + k;
+            specs.push((local_name("p-local", k), "producer", ring, Side::Producer));
+            specs.push((local_name("c-local", k), "consumer", ring, Side::Consumer));
+        }
         for (i, (name, role, ring, side)) in specs.into_iter().enumerate() {
+            let name = name.as_str();
             let slots_path = dir.join(format!("{name}.slots"));
             let slots = Slots::open(&slots_path).with_context(|| format!("mapping {}", slots_path.display()))?;
             let mut agent_args = os(&["chaos-agent", "--role", role, "--ring", &rings[ring].0, "--name", name]);
@@ -292,13 +310,24 @@ impl World {
         }
         // Faults start once records flow end to end.
         let flowing = world.wait_until(Duration::from_secs(30), |w| {
-            w.agents[C_CROSS].slots.get(slots::RECEIVED) > 0 && w.agents[C_LOCAL].slots.get(slots::RECEIVED) > 0
+            w.pairs().all(|(_, c)| w.agents[c].slots.get(slots::RECEIVED) > 0)
         });
         if !flowing {
             bail!("records did not flow end to end within 30 s (logs in {})", dir.display());
         }
         world.started = Instant::now();
         Ok(world)
+    }
+
+    /// The (producer, consumer) pairs by agent index, the cross-host pair first.
+    fn pairs(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
+        (0..self.agents.len() / 2).map(|k| (2 * k, 2 * k + 1))
+    }
+
+    /// A random pair's producer and consumer.
+    fn random_pair(&self, rng: &mut Rng) -> (usize, usize) {
+        let k = rng.below(self.agents.len() / 2);
+        (2 * k, 2 * k + 1)
     }
 
     fn say(&self, text: &str) {
@@ -549,7 +578,7 @@ impl World {
     }
 
     fn stall(&mut self, rng: &mut Rng) -> (bool, String) {
-        let i = [C_CROSS, C_LOCAL][rng.below(2)];
+        let i = self.random_pair(rng).1;
         let ring = self.agents[i].ring;
         self.agents[i].proc.signal(libc::SIGSTOP);
         self.sleep(Duration::from_millis(200));
@@ -573,12 +602,13 @@ impl World {
     }
 
     fn flood(&mut self, rng: &mut Rng) -> (bool, String) {
-        let (p, ring) = [(P_CROSS, XOUT), (P_LOCAL, LOCAL)][rng.below(2)];
+        let (p, c) = self.random_pair(rng);
+        let ring = self.agents[p].ring;
         let full_before = self.status(ring).produced.full_events;
         // The ring's consumer (relay a, or the local consumer) pauses while the flood starts,
         // so the flood meets a full ring whatever the machine's speed.
         let pause = |w: &mut World, signal| {
-            if p == P_CROSS { w.link.relays[A].proc.signal(signal) } else { w.agents[C_LOCAL].proc.signal(signal) }
+            if p == P_CROSS { w.link.relays[A].proc.signal(signal) } else { w.agents[c].proc.signal(signal) }
         };
         pause(self, libc::SIGSTOP);
         let asked = self.agents[p].slots.get(slots::FLOOD_ASKED) + FLOOD_RECORDS;
@@ -599,8 +629,7 @@ impl World {
     }
 
     fn corrupt(&mut self, rng: &mut Rng) -> (bool, String) {
-        let p = [P_CROSS, P_LOCAL][rng.below(2)];
-        let c = p + 1;
+        let (p, c) = self.random_pair(rng);
         let made = |w: &World| (w.agents[p].slots.get(slots::GARBAGE_SENT), w.agents[p].slots.get(slots::BAD_SUM_SENT));
         let (garbage0, bad0) = made(self);
         let refused0 = self.agents[c].slots.get(slots::REFUSED);
@@ -613,14 +642,17 @@ impl World {
         });
         let (garbage, bad) = (made(self).0 - garbage0, made(self).1 - bad0);
         let name = self.agents[p].proc.name.clone();
-        if p == P_LOCAL {
+        if p != P_CROSS {
             let seen = self.wait_until(Duration::from_secs(10), |w| {
                 w.agents[c].slots.get(slots::REFUSED) - refused0 >= garbage + bad
             });
             let refused = self.agents[c].slots.get(slots::REFUSED) - refused0;
             (
                 seen,
-                format!("{name} committed {garbage} garbage + {bad} bad-checksum records; c-local refused {refused}"),
+                format!(
+                    "{name} committed {garbage} garbage + {bad} bad-checksum records; {} refused {refused}",
+                    self.agents[c].proc.name
+                ),
             )
         } else {
             // Garbage is no envelope: relay b refuses it and relay a dead-letters it. A bad
@@ -685,13 +717,13 @@ impl World {
 
     /// Stops the producers, waits for every record to arrive, stops everything, then checks.
     fn finish(&mut self) {
-        for p in [P_CROSS, P_LOCAL] {
+        let pairs: Vec<(usize, usize)> = self.pairs().collect();
+        for &(p, _) in &pairs {
             self.agents[p].slots.set(slots::STOP, 1);
         }
-        for p in [P_CROSS, P_LOCAL] {
+        for &(p, _) in &pairs {
             self.agents[p].proc.finish(Duration::from_secs(5));
         }
-        let pairs = [(P_CROSS, C_CROSS), (P_LOCAL, C_LOCAL)];
         let targets: Vec<u64> = pairs.iter().map(|&(p, _)| self.agents[p].slots.get(slots::NEXT_SEQ)).collect();
         let drained = self.wait_until(DRAIN, |w| {
             pairs.iter().zip(&targets).all(|(&(_, c), &t)| w.agents[c].slots.get(slots::NEXT_EXPECTED) >= t)
@@ -699,10 +731,10 @@ impl World {
         if !drained {
             self.say(&format!("not every record arrived within {DRAIN:?} of the end"));
         }
-        for c in [C_CROSS, C_LOCAL] {
+        for &(_, c) in &pairs {
             self.agents[c].slots.set(slots::STOP, 1);
         }
-        for c in [C_CROSS, C_LOCAL] {
+        for &(_, c) in &pairs {
             self.agents[c].proc.finish(Duration::from_secs(5));
         }
         for r in [A, B] {
@@ -712,7 +744,7 @@ impl World {
 
         let receiver_kills = self.link.relays[B].proc.kills;
         for (&(p, c), &target) in pairs.iter().zip(&targets) {
-            let stream = if p == P_CROSS { "cross-host" } else { "local" };
+            let stream = if p == P_CROSS { "cross-host".to_owned() } else { local_name("local", p / 2) };
             let (ps, cs) = (&self.agents[p].slots, &self.agents[c].slots);
             let next = cs.get(slots::NEXT_EXPECTED);
             let lost = cs.get(slots::LOST) + target.saturating_sub(next);
@@ -807,6 +839,11 @@ impl Drop for World {
             proc.kill_9();
         }
     }
+}
+
+/// The `k`th local pair's name for `base`: `base` for the first, `base2`, `base3`, … after it.
+fn local_name(base: &str, k: usize) -> String {
+    if k == 1 { base.to_owned() } else { format!("{base}{k}") }
 }
 
 /// Resident memory of `pid`, from /proc.
