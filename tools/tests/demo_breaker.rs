@@ -89,3 +89,38 @@ fn a_killed_breaker_halts_trading_rather_than_trading_unwatched() {
     assert!(log_events(&run.stderr).iter().any(|e| e["event"] == "breaker_gone"), "{}", run.stderr);
     assert!(no_rings_left(demo));
 }
+
+#[test]
+fn an_agent_fed_bad_records_reports_itself_degraded_and_the_breaker_trips_it() {
+    let _one = demo_support::one_at_a_time();
+    // Risk commits three records that are no envelope into personality's ring once, after its
+    // 100th message: personality refuses them (dead letters), its next heartbeat says Degraded,
+    // and the breaker trips on that rather than on silence.
+    let run = demo_support::demo(&["--rate", "300", "--duration", "3", "--corrupt-agent", "risk"]);
+    assert!(run.ok, "bad records are not fatal: {}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    let tripped = line(out, "BreakerAgentTriggered personality misbehaving");
+    assert!(tripped.contains("it reports itself Degraded"), "{out}");
+    let trips: Vec<_> = log_events(&run.stderr)
+        .into_iter()
+        .filter(|e| e["event"] == "breaker_agent_triggered" && e["agent"] == "personality")
+        .collect();
+    assert!(!trips.is_empty(), "{}", run.stderr);
+    let refused: Vec<_> = log_events(&run.stderr)
+        .into_iter()
+        .filter(|e| e["message"] == "envelope refused" && e["agent"] == "personality")
+        .collect();
+    assert_eq!(refused.len(), 3, "{}", run.stderr);
+    // The refusals are counted in personality's ring, and no tick lost its outcome.
+    assert_eq!(*numbers(line(out, "    personality       ")).last().unwrap(), 3, "{out}");
+    assert_eq!(numbers(line(out, "ticks:"))[..3], [900, 0, 0], "{out}");
+}
+
+#[test]
+fn only_a_rust_risk_or_personality_agent_can_be_asked_to_corrupt_its_output() {
+    for agent in ["execution", "market-analysis", "nobody"] {
+        let run = demo_support::demo(&["--signals", "10", "--corrupt-agent", agent]);
+        assert!(!run.ok, "{agent}: {}", run.stdout);
+        assert!(run.stderr.contains("--corrupt-agent"), "{agent}: {}", run.stderr);
+    }
+}

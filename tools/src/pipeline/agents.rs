@@ -33,6 +33,8 @@ pub struct Beat<'a> {
     interval: Duration,
     next: Instant,
     started: Instant,
+    /// The agent refused an input record since its last heartbeat: the next one says Degraded.
+    refused_input: bool,
 }
 
 impl<'a> Beat<'a> {
@@ -40,7 +42,13 @@ impl<'a> Beat<'a> {
         let tx = EnvelopeSender::new(Segment::open(&heartbeat_ring(run, role))?.producer()?);
         let now = Instant::now();
         let interval = Duration::from_millis(interval_ms);
-        Ok(Beat { tx, metrics, role, sequence: 0, interval, next: now, started: now })
+        Ok(Beat { tx, metrics, role, sequence: 0, interval, next: now, started: now, refused_input: false })
+    }
+
+    /// Notes that the agent refused an input record (not a valid envelope or batch): its next
+    /// heartbeat reports it Degraded, so the breaker hears of it.
+    pub fn input_refused(&mut self) {
+        self.refused_input = true;
     }
 
     /// Sends a heartbeat if one is due.
@@ -53,11 +61,13 @@ impl<'a> Beat<'a> {
         self.sequence += 1;
         let (sequence, interval_ns) = (self.sequence, self.interval.as_nanos() as u64);
         let header = EnvelopeHeader::new(self.role, super::BREAKER);
-        let sent = self.tx.try_send(&header, |fbb| {
-            fb::Heartbeat::create(fbb, &fb::HeartbeatArgs { sequence, interval_ns, status: fb::HealthStatus::Healthy })
-        });
+        let status = if self.refused_input { fb::HealthStatus::Degraded } else { fb::HealthStatus::Healthy };
+        let sent = self
+            .tx
+            .try_send(&header, |fbb| fb::Heartbeat::create(fbb, &fb::HeartbeatArgs { sequence, interval_ns, status }));
         match sent {
             Ok(()) => {
+                self.refused_input = false;
                 self.metrics.heartbeats.fetch_add(1, Relaxed);
                 Ok(())
             }
@@ -198,7 +208,10 @@ fn work(
                 Ok(batch) => signals(&batch, &mut out, beat, stall, metrics)?,
                 Err(BatchRecvError::Timeout) => {}
                 Err(BatchRecvError::Disconnected) => return Ok(()),
-                Err(e @ BatchRecvError::Rejected { .. }) => tracing::warn!(error = %e, "tick batch refused"),
+                Err(e @ BatchRecvError::Rejected { .. }) => {
+                    tracing::warn!(error = %e, "tick batch refused");
+                    beat.input_refused();
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -218,6 +231,7 @@ fn work(
             Err(EnvelopeRecvError::Disconnected) => return Ok(()),
             Err(e @ EnvelopeRecvError::Rejected { .. }) => {
                 tracing::warn!(agent = role, error = %e, "envelope refused");
+                beat.input_refused();
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -243,7 +257,10 @@ fn work(
         if stamps[position] != 0 {
             hop.record(stamps[position + 1].saturating_sub(stamps[position]));
         }
-        metrics.handled.fetch_add(1, Relaxed);
+        let handled = metrics.handled.fetch_add(1, Relaxed) + 1;
+        if settings.corrupt_records > 0 && handled == CORRUPT_AFTER {
+            out = corrupt(out, settings.corrupt_records)?;
+        }
         let values: Vec<(usize, String)> =
             stamps.iter().enumerate().filter(|(_, t)| **t != 0).map(|(i, t)| (i, t.to_string())).collect();
         let mut metadata: Vec<(&str, &str)> = values.iter().map(|(i, v)| (STAMPS[*i], v.as_str())).collect();
@@ -499,4 +516,17 @@ fn signals(
         )?;
     }
     Ok(())
+}
+
+/// After how many handled messages a `--corrupt-agent` commits its bad records.
+const CORRUPT_AFTER: u64 = 100;
+
+/// Testing (`tadpole demo --corrupt-agent`): commits `n` records that are no envelope into the
+/// outbox, as a buggy agent would; the next agent refuses them and reports itself Degraded.
+fn corrupt(out: EnvelopeSender, n: u64) -> Result<EnvelopeSender> {
+    let mut producer = out.into_producer();
+    for i in 0..n {
+        producer.send(format!("not an envelope {i}").as_bytes()).context("committing a bad record")?;
+    }
+    Ok(EnvelopeSender::new(producer))
 }

@@ -116,6 +116,10 @@ pub struct AgentSettings {
     pub metrics_port: Option<u16>,
     /// `--cross-host`: send into relay A's ring instead of the next agent's.
     pub relay_out: bool,
+    /// Testing: commit this many records that are no envelope into the outbox, once (the
+    /// misbehaving-agent test).
+    #[serde(default)]
+    pub corrupt_records: u64,
 }
 
 /// `tadpole demo`'s options; each given one overrides the configuration file's value.
@@ -175,6 +179,10 @@ pub struct DemoArgs {
     /// Testing: how long the stalled agent sleeps per message, in ms.
     #[arg(long, hide = true)]
     stall_ms: Option<u64>,
+    /// Testing: this agent (risk or personality) commits a few records that are no envelope
+    /// into its next agent's ring, once, as a buggy agent would.
+    #[arg(long, hide = true)]
+    corrupt_agent: Option<String>,
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
@@ -214,6 +222,11 @@ impl DemoArgs {
             c.python.clone_from(&self.python);
         }
         c.validate().map_err(|(field, reason)| anyhow!("{field}: {reason}"))?;
+        if let Some(agent) = &self.corrupt_agent {
+            if !["risk", "personality"].contains(&agent.as_str()) || c.python.contains(agent) {
+                bail!("--corrupt-agent: {agent:?} is not risk or personality (in Rust)");
+            }
+        }
         if let Some(agent) = &self.stall_agent {
             if !AGENTS.contains(&agent.as_str()) {
                 bail!("--stall-agent: {agent:?} is not one of {}", AGENTS.join(", "));
@@ -261,9 +274,9 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     // Ctrl-C ends the run early with its report; the agents (in the same process group) ignore
     // it and leave as their upstream closes.
     crate::exit::stop_on_interrupt()?;
-    let stall = args.stall_agent.clone().zip(args.stall_ms);
+    let faults = TestFaults { stall: args.stall_agent.clone().zip(args.stall_ms), corrupt: args.corrupt_agent.clone() };
     let cross_host = args.cross_host.then_some(crossing::CrossHost { loopback: args.loopback });
-    let report = run(&config, stall.as_ref(), args.metrics_port_base, cross_host.as_ref())?;
+    let report = run(&config, &faults, args.metrics_port_base, cross_host.as_ref())?;
     report.print(&config)?;
     if let Some(dir) = &args.plot {
         let files = report.plot(dir)?;
@@ -289,6 +302,18 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// Faults the tests ask of the agents (hidden options of `tadpole demo`).
+#[derive(Default)]
+pub struct TestFaults {
+    /// This agent sleeps this many ms before handling each message.
+    pub stall: Option<(String, u64)>,
+    /// This agent commits [`CORRUPT_RECORDS`] records that are no envelope into its outbox.
+    pub corrupt: Option<String>,
+}
+
+/// How many records a `--corrupt-agent` commits.
+pub const CORRUPT_RECORDS: u64 = 3;
+
 /// The run's rings: those this process reads or writes, and all of them for the report.
 struct Rings {
     ticks: Segment,
@@ -303,7 +328,7 @@ struct Rings {
 /// processes) and plays the tick feed and the fill collector here.
 pub fn run(
     config: &Config,
-    stall: Option<&(String, u64)>,
+    faults: &TestFaults,
     metrics_port: Option<u16>,
     cross_host: Option<&crossing::CrossHost>,
 ) -> Result<report::Report> {
@@ -343,7 +368,7 @@ pub fn run(
         None => None,
     };
     let rings = Rings { ticks, outcomes, notices: listeners.swap_remove(2), all };
-    match drive(config, &run, &rings, crossing.as_mut(), stall, metrics_port) {
+    match drive(config, &run, &rings, crossing.as_mut(), faults, metrics_port) {
         Ok(mut report) => {
             report.crossing = crossing.as_ref().map(crossing::Crossing::report);
             Ok(report)
@@ -362,7 +387,7 @@ fn drive(
     run: &str,
     rings: &Rings,
     mut crossing: Option<&mut crossing::Crossing>,
-    stall: Option<&(String, u64)>,
+    faults: &TestFaults,
     metrics_port: Option<u16>,
 ) -> Result<report::Report> {
     let wait = wait_of(&config.wait);
@@ -377,7 +402,8 @@ fn drive(
             heartbeat_interval_ms: config.agents.heartbeat_interval_ms,
             risk: config.risk.clone(),
             breaker: config.breaker.clone(),
-            stall_ms: stall.filter(|(a, _)| a == agent).map_or(0, |(_, ms)| *ms),
+            stall_ms: faults.stall.as_ref().filter(|(a, _)| a == agent).map_or(0, |(_, ms)| *ms),
+            corrupt_records: if faults.corrupt.as_deref() == Some(*agent) { CORRUPT_RECORDS } else { 0 },
             relay_out: crossing.as_ref().is_some_and(|c| c.relays_out(agent)),
         };
         let namespace = crossing.as_ref().and_then(|c| c.namespace_of(agent));
