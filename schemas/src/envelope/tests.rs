@@ -740,3 +740,80 @@ fn envelope_without_payload_is_built_and_verified() {
         assert_eq!(envelope_to_json(&env)["message_type"], "NONE");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Message ids
+
+/// `x ^= x >> shift` undone on 122-bit values.
+fn unshift(y: u128, shift: u32) -> u128 {
+    let mut x = y;
+    let mut s = shift;
+    while s < 122 {
+        x = y ^ (x >> shift);
+        s += shift;
+    }
+    x
+}
+
+/// The inverse of an odd multiplier modulo 2^122 (Newton's iteration doubles
+/// the correct low bits each step: 1, 2, 4, ..., 128).
+fn inverse_mod_2_122(m: u128) -> u128 {
+    let mut inv = m; // m * m == 1 mod 8: three bits right
+    for _ in 0..6 {
+        inv = inv.wrapping_mul(2u128.wrapping_sub(m.wrapping_mul(inv)));
+    }
+    inv & ((1 << 122) - 1)
+}
+
+fn unpermute_id_bits(y: u128) -> u128 {
+    let mask = (1u128 << 122) - 1;
+    let [m0, m1] = super::ids::ID_MULTIPLIERS;
+    let mut x = unshift(y, 61);
+    x = x.wrapping_mul(inverse_mod_2_122(m1)) & mask;
+    x = unshift(x, 59);
+    x = x.wrapping_mul(inverse_mod_2_122(m0)) & mask;
+    unshift(x, 61)
+}
+
+/// Distinct counters give distinct ids because each step of the id
+/// permutation can be undone: here it is.
+#[test]
+fn id_permutation_is_a_bijection() {
+    let mask = (1u128 << 122) - 1;
+    let mut bits = Bits(7);
+    let mut samples: Vec<u128> = vec![0, 1, 2, mask, mask - 1, 1 << 61, 1 << 121];
+    samples.extend((0..100_000).map(|_| ((u128::from(bits.next()) << 64) | u128::from(bits.next())) & mask));
+    for x in samples {
+        let y = super::ids::permute_id_bits(x);
+        assert!(y <= mask, "{x:#x} left the 122 bits");
+        assert_eq!(unpermute_id_bits(y), x, "{x:#x}");
+    }
+}
+
+/// The layout keeps all 122 bits and sets the v4 version and RFC 4122 variant.
+#[test]
+fn id_layout_is_v4_and_keeps_every_bit() {
+    let mask = (1u128 << 122) - 1;
+    let mut bits = Bits(11);
+    for _ in 0..10_000 {
+        let x = ((u128::from(bits.next()) << 64) | u128::from(bits.next())) & mask;
+        let u = super::ids::IdStream::v4_layout(x);
+        let uuid = uuid::Uuid::from_u128(u);
+        assert_eq!(uuid.get_version_num(), 4);
+        assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+        let back = ((u >> 80) << 74) | (((u >> 64) & 0xFFF) << 62) | (u & ((1 << 62) - 1));
+        assert_eq!(back, x);
+    }
+}
+
+/// One thread's ids: consecutive counters, distinct ids, none nil, and no
+/// visible order (the low and high halves both change).
+#[test]
+fn ids_of_one_thread_are_distinct_and_unordered() {
+    let ids: Vec<MessageId> = (0..200_000).map(|_| MessageId::new_v4()).collect();
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len());
+    assert!(!distinct.contains(&MessageId::NIL));
+    let (a, b) = (ids[0].as_uuid().as_u64_pair(), ids[1].as_uuid().as_u64_pair());
+    assert!(a.0 != b.0 && a.1 != b.1, "{:?} then {:?}", ids[0], ids[1]);
+}
