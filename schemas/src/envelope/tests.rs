@@ -817,3 +817,119 @@ fn ids_of_one_thread_are_distinct_and_unordered() {
     let (a, b) = (ids[0].as_uuid().as_u64_pair(), ids[1].as_uuid().as_u64_pair());
     assert!(a.0 != b.0 && a.1 != b.1, "{:?} then {:?}", ids[0], ids[1]);
 }
+
+// ---------------------------------------------------------------------------
+// The own-layout fast path of the specialised verifier
+
+/// An envelope in the encoder's own layout without metadata, payload member
+/// `kind` (1..=22: 21 and 22 are unknown to this build) built from `seed`.
+fn own_layout_record(kind: u8, seed: u64) -> Vec<u8> {
+    let record = any_event_record(kind, seed, 0);
+    assert!(verify::own_layout_walk_counts(&record, &VerifyOptions::default()).is_some(), "kind {kind}");
+    record
+}
+
+/// Whatever the own-layout walk accepts, the generic walk accepts with the
+/// same apparent size, table count and findings, and FlatBuffers' verifier
+/// accepts too; on the encoder's own records it accepts (so the fast path
+/// is the one that runs).
+fn assert_own_layout_walk_agrees(record: &[u8], opts: &VerifyOptions, expect_accept: bool) {
+    let Some((own, own_size, own_tables, walked)) = verify::own_layout_walk_counts(record, opts) else {
+        return;
+    };
+    let (generic, size, tables) = verify::walk_counts(record, opts);
+    let fb_opts = flatbuffers::VerifierOptions {
+        max_depth: opts.max_depth,
+        max_tables: opts.max_tables,
+        max_apparent_size: opts.max_apparent_size,
+        ignore_missing_null_terminator: false,
+    };
+    let flatbuffers = flatbuffers::size_prefixed_root_with_opts::<Envelope<'_>>(&fb_opts, record).is_ok();
+    if own {
+        assert!(generic && flatbuffers, "own layout accepted what the generic walk {generic} / FlatBuffers {flatbuffers} refused: {record:?} {opts:?}");
+        assert_eq!((own_size, own_tables), (size, tables), "{record:?}");
+        assert_eq!(walked, verify::generic_walk(record, opts));
+    }
+    if expect_accept && generic {
+        assert!(own, "own layout refused an encoder record the generic walk accepts: {record:?} {opts:?}");
+    }
+}
+
+#[test]
+fn own_layout_walk_counts_what_the_generic_walk_counts() {
+    for kind in 1..=22u8 {
+        for seed in 0..40 {
+            let record = own_layout_record(kind, seed);
+            for opts in limit_variants() {
+                assert_own_layout_walk_agrees(&record, &opts, true);
+            }
+            // The fast path is what `verify_envelope` runs: it accepts the record.
+            assert!(verify::own_layout_walk_counts(&record, &VerifyOptions::default()).unwrap().0);
+        }
+    }
+}
+
+/// Limits just below and at what a record needs: the own-layout walk draws
+/// the line where the generic walk does.
+#[test]
+fn own_layout_walk_respects_every_limit() {
+    let record = own_layout_record(18, 3);
+    let (_, size, tables) = verify::walk_counts(&record, &VerifyOptions::default());
+    let d = VerifyOptions::default;
+    for opts in [
+        VerifyOptions { max_apparent_size: size, ..d() },
+        VerifyOptions { max_apparent_size: size - 1, ..d() },
+        VerifyOptions { max_tables: tables, ..d() },
+        VerifyOptions { max_tables: tables - 1, ..d() },
+        VerifyOptions { max_depth: 1, ..d() },
+        VerifyOptions { max_depth: 0, ..d() },
+        VerifyOptions { max_tables: 0, ..d() },
+    ] {
+        assert_own_layout_walk_agrees(&record, &opts, true);
+        let fast = verify_envelope(&record, &opts).map(|_| ());
+        let generic = verify_envelope(&record, &VerifyOptions { verifier: VerifierKind::FlatBuffers, ..opts.clone() });
+        assert_eq!(fast, generic.map(|_| ()), "{opts:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20000))]
+
+    /// Byte flips (mostly in the header and strings, where the fast path
+    /// skips lookups) and truncations of own-layout records: the fast path
+    /// never accepts what the generic walk or FlatBuffers refuses, nothing
+    /// panics, and `verify_envelope` reports FlatBuffers' own error.
+    #[test]
+    fn own_layout_fast_path_never_accepts_what_flatbuffers_refuses(
+        kind in 1..=22u8,
+        seed in any::<u64>(),
+        flips in proptest::collection::vec((0..160usize, any::<u8>()), 0..4),
+        far_flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        truncate in proptest::option::of(any::<prop::sample::Index>()),
+        fix_prefix in any::<bool>(),
+    ) {
+        let mut bytes = own_layout_record(kind, seed);
+        for (i, v) in flips {
+            if let Some(b) = bytes.get_mut(i) {
+                *b = v;
+            }
+        }
+        for (i, v) in far_flips {
+            let i = i.index(bytes.len());
+            bytes[i] = v;
+        }
+        if let Some(t) = truncate {
+            bytes.truncate(t.index(bytes.len()).max(MIN_ENVELOPE_LEN));
+        }
+        if fix_prefix {
+            let prefix = u32::try_from(bytes.len() - SIZE_PREFIX_LEN).unwrap();
+            bytes[..4].copy_from_slice(&prefix.to_le_bytes());
+        }
+        for opts in limit_variants() {
+            if let Ok(record) = framed_record(&bytes, opts.allow_padding_to_8) {
+                assert_own_layout_walk_agrees(record, &opts, false);
+            }
+            assert_verifiers_agree(&bytes, &opts);
+        }
+    }
+}
