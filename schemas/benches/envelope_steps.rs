@@ -128,7 +128,11 @@ fn ring_round_trips(step: &str, n: u64, size: usize) -> u64 {
             let value = fbb.create_string(&body);
             fb::SystemConfigurationChanged::create(
                 fbb,
-                &fb::SystemConfigurationChangedArgs { new_value: Some(value), config_version: seq, ..Default::default() },
+                &fb::SystemConfigurationChangedArgs {
+                    new_value: Some(value),
+                    config_version: seq,
+                    ..Default::default()
+                },
             )
         })
         .unwrap();

@@ -208,7 +208,8 @@ impl EnvelopeEncoder {
     /// Writes the record into `self.record`: the envelope header laid out by
     /// hand (see [`header_layout`]), then the payload the builder holds,
     /// unchanged. The builder's generic table/vtable machinery costs ~1 150
-    /// instructions for the envelope header (callgrind); this costs ~440.
+    /// instructions for the envelope header (callgrind); this costs ~290
+    /// (plan ~75, write ~215, the fixed 32 bytes from one template).
     fn lay_out_header(&mut self, header: &EnvelopeHeader<'_>, payload: PayloadOffset) {
         let plan = self.plan_header(header, payload);
         let mut record = std::mem::take(&mut self.record);

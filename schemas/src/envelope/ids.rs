@@ -5,7 +5,6 @@ use std::cell::Cell;
 use std::fmt;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::fb;
 
@@ -191,8 +190,21 @@ pub(crate) fn permute_id_bits(mut x: u128) -> u128 {
 /// let t = schemas::envelope::now_unix_ns();
 /// assert!(t > 1_600_000_000_000_000_000); // after September 2020
 /// ```
+#[inline]
 pub fn now_unix_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)).unwrap_or(0)
+    // `CLOCK_REALTIME`, the clock `SystemTime::now` reads, without its
+    // `Duration` arithmetic (~40 instructions of the ~90 per stamp; the read
+    // itself, through the vDSO, is the ~20 ns).
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid, writable `timespec` for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) } != 0 {
+        return 0;
+    }
+    match (u64::try_from(now.tv_sec), u64::try_from(now.tv_nsec)) {
+        (Ok(secs), Ok(nanos)) => secs.saturating_mul(1_000_000_000).saturating_add(nanos),
+        // Before 1970 (a negative second count).
+        _ => 0,
+    }
 }
 
 /// The semantic version of the schema a message was written with.

@@ -846,7 +846,10 @@ fn assert_own_layout_walk_agrees(record: &[u8], opts: &VerifyOptions, expect_acc
     };
     let flatbuffers = flatbuffers::size_prefixed_root_with_opts::<Envelope<'_>>(&fb_opts, record).is_ok();
     if own {
-        assert!(generic && flatbuffers, "own layout accepted what the generic walk {generic} / FlatBuffers {flatbuffers} refused: {record:?} {opts:?}");
+        assert!(
+            generic && flatbuffers,
+            "own layout accepted what the generic walk {generic} / FlatBuffers {flatbuffers} refused: {record:?} {opts:?}"
+        );
         assert_eq!((own_size, own_tables), (size, tables), "{record:?}");
         assert_eq!(walked, verify::generic_walk(record, opts));
     }
@@ -931,5 +934,32 @@ proptest! {
             }
             assert_verifiers_agree(&bytes, &opts);
         }
+    }
+}
+
+/// The stamp is `CLOCK_REALTIME` in Unix nanoseconds, as `SystemTime` reads it.
+#[test]
+fn stamp_reads_the_wall_clock() {
+    let unix_ns = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let before = unix_ns();
+    let stamp = now_unix_ns();
+    let after = unix_ns();
+    // A second either side, in case the clock is stepped between the reads.
+    assert!(before - 1_000_000_000 <= stamp && stamp <= after + 1_000_000_000, "{before} {stamp} {after}");
+}
+
+proptest! {
+    /// The walk's ASCII check is `<[u8]>::is_ascii`, at every length and
+    /// wherever a high byte sits.
+    #[test]
+    fn walk_ascii_check_is_std_is_ascii(
+        mut text in proptest::collection::vec(0..0x80u8, 0..2100),
+        high in proptest::option::of((any::<prop::sample::Index>(), 0x80..=0xFFu8)),
+    ) {
+        if let (Some((at, byte)), false) = (high, text.is_empty()) {
+            let at = at.index(text.len());
+            text[at] = byte;
+        }
+        prop_assert_eq!(verify::is_ascii(&text), text.is_ascii());
     }
 }
