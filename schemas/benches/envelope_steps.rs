@@ -7,8 +7,15 @@
 //! ```
 //!
 //! `<step>` is `encode`, `verify` (the default verifier), `verify-flatbuffers` (the generic
-//! FlatBuffers verifier) or `none` (setup only, to subtract). Divide the difference by the count.
-//! The message is the 240-byte `TradingSignalGenerated` of the `channels` bench.
+//! FlatBuffers verifier), `new-id`, `stamp` (the header's clock read), or `none` (setup only, to
+//! subtract). Divide the difference by the count. The message is the 240-byte
+//! `TradingSignalGenerated` of the `channels` bench.
+//!
+//! `ring-raw <n> <size>` and `ring-envelope <n> <size>` are one send and one receive on one ring
+//! per step, as `tadpole bench`'s `tadpole` and `tadpole-envelope` rows do them on each side
+//! (the envelope: a fresh `EnvelopeHeader::new`, a `SystemConfigurationChanged` with the sequence
+//! number and `size - 8` bytes of body, verified on receipt, the body read); the difference is
+//! the envelope's work per message, without the cross-core transfers.
 
 use std::hint::black_box;
 
@@ -79,8 +86,59 @@ fn main() {
                 sink += MessageId::new_v4().as_uuid().as_u64_pair().0 & 1;
             }
         }
+        "stamp" => {
+            for _ in 0..n {
+                sink += schemas::envelope::now_unix_ns() & 1;
+            }
+        }
+        "ring-raw" | "ring-envelope" => {
+            let size: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(8);
+            sink += ring_round_trips(&step, n, size.max(8));
+        }
         "none" => {}
         other => panic!("unknown step {other}"),
     }
     println!("{step} x{n}: {} bytes, sink {sink}", bytes.len());
+}
+
+/// `n` sends and receives of `size`-byte messages on one ring, raw or as envelopes; returns a
+/// checksum of what was received.
+fn ring_round_trips(step: &str, n: u64, size: usize) -> u64 {
+    use schemas::channel::{EnvelopeReceiver, EnvelopeSender};
+    let ring = ipc_core::RingBuilder::new(1 << 16).create_anonymous().unwrap();
+    let mut sink = 0u64;
+    if step == "ring-raw" {
+        let mut producer = ring.producer().unwrap();
+        let mut consumer = ring.consumer().unwrap();
+        let mut msg = vec![7u8; size];
+        for seq in 0..n {
+            msg[..8].copy_from_slice(&seq.to_le_bytes());
+            producer.try_send(black_box(&msg)).unwrap();
+            let got = consumer.try_recv().unwrap();
+            sink += u64::from_le_bytes(got[..8].try_into().unwrap()) + got.len() as u64;
+        }
+        return sink;
+    }
+    let mut tx = EnvelopeSender::new(ring.producer().unwrap());
+    let mut rx = EnvelopeReceiver::new(ring.consumer().unwrap());
+    let body = "x".repeat(size - 8);
+    for seq in 0..n {
+        let header = EnvelopeHeader::new("bench-a", "bench-b");
+        tx.try_send(&header, |fbb| {
+            let value = fbb.create_string(&body);
+            fb::SystemConfigurationChanged::create(
+                fbb,
+                &fb::SystemConfigurationChangedArgs {
+                    new_value: Some(value),
+                    config_version: seq,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+        let msg = rx.try_recv().unwrap();
+        let change = msg.envelope().payload_as_system_configuration_changed().unwrap();
+        sink += change.config_version() + change.new_value().unwrap_or("").len() as u64;
+    }
+    sink
 }

@@ -208,7 +208,8 @@ impl EnvelopeEncoder {
     /// Writes the record into `self.record`: the envelope header laid out by
     /// hand (see [`header_layout`]), then the payload the builder holds,
     /// unchanged. The builder's generic table/vtable machinery costs ~1 150
-    /// instructions for the envelope header (callgrind); this costs ~440.
+    /// instructions for the envelope header (callgrind); this costs ~290
+    /// (plan ~75, write ~215, the fixed 32 bytes from one template).
     fn lay_out_header(&mut self, header: &EnvelopeHeader<'_>, payload: PayloadOffset) {
         let plan = self.plan_header(header, payload);
         let mut record = std::mem::take(&mut self.record);
@@ -312,18 +313,22 @@ impl EnvelopeEncoder {
         use header_layout::*;
         let &HeaderPlan { table_at: t, short, source_at, destination_at, vector_at, len, front, payload_from_end } =
             plan;
-        let vtable = if short { &VTABLE_SHORT[..] } else { &VTABLE[..] };
         let metadata = header.metadata;
         // In range: every value below is at most `len`, which fits the limit.
         let u32_of = |v: usize| (v as u32).to_le_bytes();
 
         out[0..4].copy_from_slice(&u32_of(len - SIZE_PREFIX_LEN));
-        out[4..8].copy_from_slice(&u32_of(t - 4));
-        out[8..12].copy_from_slice(&FILE_IDENTIFIER);
-        for (i, v) in vtable.iter().enumerate() {
-            out[VTABLE_AT + 2 * i..][..2].copy_from_slice(&v.to_le_bytes());
+        if short {
+            // Root, identifier, vtable, soffset: the same 32 bytes every time.
+            out[4..SHORT_HEAD_END].copy_from_slice(&SHORT_HEAD);
+        } else {
+            out[4..8].copy_from_slice(&u32_of(t - 4));
+            out[8..12].copy_from_slice(&FILE_IDENTIFIER);
+            for (i, v) in VTABLE.iter().enumerate() {
+                out[VTABLE_AT + 2 * i..][..2].copy_from_slice(&v.to_le_bytes());
+            }
+            out[t..t + 4].copy_from_slice(&((t - VTABLE_AT) as i32).to_le_bytes());
         }
-        out[t..t + 4].copy_from_slice(&((t - VTABLE_AT) as i32).to_le_bytes());
         out[t + PAYLOAD_TYPE] = payload.kind.0;
         out[t + SCHEMA_VERSION..][..6].copy_from_slice(&header.schema_version.to_wire().0);
         out[t + SOURCE..][..4].copy_from_slice(&u32_of(source_at - (t + SOURCE)));

@@ -66,6 +66,34 @@ pub(super) const VTABLE_SHORT: [u16; 10] = {
     short[1] = TABLE_LEN as u16 - 4;
     short
 };
+/// Bytes 4..36 of every record without metadata: root offset, file
+/// identifier, the trimmed vtable and the table's soffset. The encoder copies
+/// them in one go; the verifier's fast path (`walk::walk_own_layout`)
+/// recognises the layout by them.
+pub(super) const SHORT_HEAD: [u8; SHORT_HEAD_END - 4] = {
+    let mut head = [0u8; SHORT_HEAD_END - 4];
+    let root = ((TABLE_AT_SHORT - 4) as u32).to_le_bytes();
+    let soffset = ((TABLE_AT_SHORT - VTABLE_AT) as i32).to_le_bytes();
+    let ident = super::FILE_IDENTIFIER;
+    let mut i = 0;
+    while i < 4 {
+        head[i] = root[i];
+        head[4 + i] = ident[i];
+        head[TABLE_AT_SHORT - 4 + i] = soffset[i];
+        i += 1;
+    }
+    let mut v = 0;
+    while v < VTABLE_SHORT.len() {
+        let entry = VTABLE_SHORT[v].to_le_bytes();
+        head[VTABLE_AT - 4 + 2 * v] = entry[0];
+        head[VTABLE_AT - 4 + 2 * v + 1] = entry[1];
+        v += 1;
+    }
+    head
+};
+/// Where [`SHORT_HEAD`] ends: after the short table's soffset.
+pub(super) const SHORT_HEAD_END: usize = TABLE_AT_SHORT + 4;
+
 /// The vtable shared by every `KeyValue`: length 8, table 12 bytes, key at
 /// +4, value at +8.
 pub(super) const KEY_VALUE_VTABLE: [u16; 4] = [8, 12, 4, 8];

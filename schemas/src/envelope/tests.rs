@@ -740,3 +740,226 @@ fn envelope_without_payload_is_built_and_verified() {
         assert_eq!(envelope_to_json(&env)["message_type"], "NONE");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Message ids
+
+/// `x ^= x >> shift` undone on 122-bit values.
+fn unshift(y: u128, shift: u32) -> u128 {
+    let mut x = y;
+    let mut s = shift;
+    while s < 122 {
+        x = y ^ (x >> shift);
+        s += shift;
+    }
+    x
+}
+
+/// The inverse of an odd multiplier modulo 2^122 (Newton's iteration doubles
+/// the correct low bits each step: 1, 2, 4, ..., 128).
+fn inverse_mod_2_122(m: u128) -> u128 {
+    let mut inv = m; // m * m == 1 mod 8: three bits right
+    for _ in 0..6 {
+        inv = inv.wrapping_mul(2u128.wrapping_sub(m.wrapping_mul(inv)));
+    }
+    inv & ((1 << 122) - 1)
+}
+
+fn unpermute_id_bits(y: u128) -> u128 {
+    let mask = (1u128 << 122) - 1;
+    let [m0, m1] = super::ids::ID_MULTIPLIERS;
+    let mut x = unshift(y, 61);
+    x = x.wrapping_mul(inverse_mod_2_122(m1)) & mask;
+    x = unshift(x, 59);
+    x = x.wrapping_mul(inverse_mod_2_122(m0)) & mask;
+    unshift(x, 61)
+}
+
+/// Distinct counters give distinct ids because each step of the id
+/// permutation can be undone: here it is.
+#[test]
+fn id_permutation_is_a_bijection() {
+    let mask = (1u128 << 122) - 1;
+    let mut bits = Bits(7);
+    let mut samples: Vec<u128> = vec![0, 1, 2, mask, mask - 1, 1 << 61, 1 << 121];
+    samples.extend((0..100_000).map(|_| ((u128::from(bits.next()) << 64) | u128::from(bits.next())) & mask));
+    for x in samples {
+        let y = super::ids::permute_id_bits(x);
+        assert!(y <= mask, "{x:#x} left the 122 bits");
+        assert_eq!(unpermute_id_bits(y), x, "{x:#x}");
+    }
+}
+
+/// The layout keeps all 122 bits and sets the v4 version and RFC 4122 variant.
+#[test]
+fn id_layout_is_v4_and_keeps_every_bit() {
+    let mask = (1u128 << 122) - 1;
+    let mut bits = Bits(11);
+    for _ in 0..10_000 {
+        let x = ((u128::from(bits.next()) << 64) | u128::from(bits.next())) & mask;
+        let u = super::ids::IdStream::v4_layout(x);
+        let uuid = uuid::Uuid::from_u128(u);
+        assert_eq!(uuid.get_version_num(), 4);
+        assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+        let back = ((u >> 80) << 74) | (((u >> 64) & 0xFFF) << 62) | (u & ((1 << 62) - 1));
+        assert_eq!(back, x);
+    }
+}
+
+/// One thread's ids: consecutive counters, distinct ids, none nil, and no
+/// visible order (the low and high halves both change).
+#[test]
+fn ids_of_one_thread_are_distinct_and_unordered() {
+    let ids: Vec<MessageId> = (0..200_000).map(|_| MessageId::new_v4()).collect();
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len());
+    assert!(!distinct.contains(&MessageId::NIL));
+    let (a, b) = (ids[0].as_uuid().as_u64_pair(), ids[1].as_uuid().as_u64_pair());
+    assert!(a.0 != b.0 && a.1 != b.1, "{:?} then {:?}", ids[0], ids[1]);
+}
+
+// ---------------------------------------------------------------------------
+// The own-layout fast path of the specialised verifier
+
+/// An envelope in the encoder's own layout without metadata, payload member
+/// `kind` (1..=22: 21 and 22 are unknown to this build) built from `seed`.
+fn own_layout_record(kind: u8, seed: u64) -> Vec<u8> {
+    let record = any_event_record(kind, seed, 0);
+    assert!(verify::own_layout_walk_counts(&record, &VerifyOptions::default()).is_some(), "kind {kind}");
+    record
+}
+
+/// Whatever the own-layout walk accepts, the generic walk accepts with the
+/// same apparent size, table count and findings, and FlatBuffers' verifier
+/// accepts too; on the encoder's own records it accepts (so the fast path
+/// is the one that runs).
+fn assert_own_layout_walk_agrees(record: &[u8], opts: &VerifyOptions, expect_accept: bool) {
+    let Some((own, own_size, own_tables, walked)) = verify::own_layout_walk_counts(record, opts) else {
+        return;
+    };
+    let (generic, size, tables) = verify::walk_counts(record, opts);
+    let fb_opts = flatbuffers::VerifierOptions {
+        max_depth: opts.max_depth,
+        max_tables: opts.max_tables,
+        max_apparent_size: opts.max_apparent_size,
+        ignore_missing_null_terminator: false,
+    };
+    let flatbuffers = flatbuffers::size_prefixed_root_with_opts::<Envelope<'_>>(&fb_opts, record).is_ok();
+    if own {
+        assert!(
+            generic && flatbuffers,
+            "own layout accepted what the generic walk {generic} / FlatBuffers {flatbuffers} refused: {record:?} {opts:?}"
+        );
+        assert_eq!((own_size, own_tables), (size, tables), "{record:?}");
+        assert_eq!(walked, verify::generic_walk(record, opts));
+    }
+    if expect_accept && generic {
+        assert!(own, "own layout refused an encoder record the generic walk accepts: {record:?} {opts:?}");
+    }
+}
+
+#[test]
+fn own_layout_walk_counts_what_the_generic_walk_counts() {
+    for kind in 1..=22u8 {
+        for seed in 0..40 {
+            let record = own_layout_record(kind, seed);
+            for opts in limit_variants() {
+                assert_own_layout_walk_agrees(&record, &opts, true);
+            }
+            // The fast path is what `verify_envelope` runs: it accepts the record.
+            assert!(verify::own_layout_walk_counts(&record, &VerifyOptions::default()).unwrap().0);
+        }
+    }
+}
+
+/// Limits just below and at what a record needs: the own-layout walk draws
+/// the line where the generic walk does.
+#[test]
+fn own_layout_walk_respects_every_limit() {
+    let record = own_layout_record(18, 3);
+    let (_, size, tables) = verify::walk_counts(&record, &VerifyOptions::default());
+    let d = VerifyOptions::default;
+    for opts in [
+        VerifyOptions { max_apparent_size: size, ..d() },
+        VerifyOptions { max_apparent_size: size - 1, ..d() },
+        VerifyOptions { max_tables: tables, ..d() },
+        VerifyOptions { max_tables: tables - 1, ..d() },
+        VerifyOptions { max_depth: 1, ..d() },
+        VerifyOptions { max_depth: 0, ..d() },
+        VerifyOptions { max_tables: 0, ..d() },
+    ] {
+        assert_own_layout_walk_agrees(&record, &opts, true);
+        let fast = verify_envelope(&record, &opts).map(|_| ());
+        let generic = verify_envelope(&record, &VerifyOptions { verifier: VerifierKind::FlatBuffers, ..opts.clone() });
+        assert_eq!(fast, generic.map(|_| ()), "{opts:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20000))]
+
+    /// Byte flips (mostly in the header and strings, where the fast path
+    /// skips lookups) and truncations of own-layout records: the fast path
+    /// never accepts what the generic walk or FlatBuffers refuses, nothing
+    /// panics, and `verify_envelope` reports FlatBuffers' own error.
+    #[test]
+    fn own_layout_fast_path_never_accepts_what_flatbuffers_refuses(
+        kind in 1..=22u8,
+        seed in any::<u64>(),
+        flips in proptest::collection::vec((0..160usize, any::<u8>()), 0..4),
+        far_flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        truncate in proptest::option::of(any::<prop::sample::Index>()),
+        fix_prefix in any::<bool>(),
+    ) {
+        let mut bytes = own_layout_record(kind, seed);
+        for (i, v) in flips {
+            if let Some(b) = bytes.get_mut(i) {
+                *b = v;
+            }
+        }
+        for (i, v) in far_flips {
+            let i = i.index(bytes.len());
+            bytes[i] = v;
+        }
+        if let Some(t) = truncate {
+            bytes.truncate(t.index(bytes.len()).max(MIN_ENVELOPE_LEN));
+        }
+        if fix_prefix {
+            let prefix = u32::try_from(bytes.len() - SIZE_PREFIX_LEN).unwrap();
+            bytes[..4].copy_from_slice(&prefix.to_le_bytes());
+        }
+        for opts in limit_variants() {
+            if let Ok(record) = framed_record(&bytes, opts.allow_padding_to_8) {
+                assert_own_layout_walk_agrees(record, &opts, false);
+            }
+            assert_verifiers_agree(&bytes, &opts);
+        }
+    }
+}
+
+/// The stamp is `CLOCK_REALTIME` in Unix nanoseconds, as `SystemTime` reads it.
+#[test]
+fn stamp_reads_the_wall_clock() {
+    let unix_ns = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let before = unix_ns();
+    let stamp = now_unix_ns();
+    let after = unix_ns();
+    // A second either side, in case the clock is stepped between the reads.
+    assert!(before - 1_000_000_000 <= stamp && stamp <= after + 1_000_000_000, "{before} {stamp} {after}");
+}
+
+proptest! {
+    /// The walk's ASCII check is `<[u8]>::is_ascii`, at every length and
+    /// wherever a high byte sits.
+    #[test]
+    fn walk_ascii_check_is_std_is_ascii(
+        mut text in proptest::collection::vec(0..0x80u8, 0..2100),
+        high in proptest::option::of((any::<prop::sample::Index>(), 0x80..=0xFFu8)),
+    ) {
+        if let (Some((at, byte)), false) = (high, text.is_empty()) {
+            let at = at.index(text.len());
+            text[at] = byte;
+        }
+        prop_assert_eq!(verify::is_ascii(&text), text.is_ascii());
+    }
+}
