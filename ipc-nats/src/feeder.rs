@@ -251,7 +251,9 @@ impl Feeder {
             done_through = sequence;
             let headers = message.headers.as_ref();
             let id = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)).map(|v| v.as_str().to_owned());
-            if id.as_ref().is_some_and(|id| self.seen.ids.contains(id)) {
+            // Seen in an earlier batch, or earlier in this one.
+            let seen = |id: &String| self.seen.ids.contains(id) || keep.iter().any(|k| k.3.as_ref() == Some(id));
+            if id.as_ref().is_some_and(seen) {
                 Counters::add(&c.duplicates_dropped, 1);
                 continue;
             }

@@ -462,7 +462,10 @@ fn check_jetstream(relay: &str, raw: Vec<RawJetStreamRoute>) -> Result<Vec<JetSt
             (Some(ring), None) => (JetStreamDirection::Publish, ring),
             (None, Some(ring)) => (JetStreamDirection::Feed, ring),
             _ => {
-                return Err((at("publish"), "give exactly one of `publish = \"<ring>\"` or `feed = \"<ring>\"`".into()));
+                return Err((
+                    at("publish"),
+                    "give exactly one of `publish = \"<ring>\"` or `feed = \"<ring>\"`".into(),
+                ));
             }
         };
         let ring_field = if direction == JetStreamDirection::Publish { "publish" } else { "feed" };
