@@ -2,7 +2,8 @@
 //! started by the test on loopback ports, a stream with 3 replicas): one relay publishes a
 //! ring into the stream, another feeds a second ring from a durable consumer. A producer
 //! writes sequence-numbered, checksummed records; the consumer checks every one. `kill -9` of
-//! a NATS server mid-stream (restarted later), then of each relay (restarted): every record
+//! the publishing relay while records remain to publish, of a NATS server (restarted
+//! later) and of the feeding relay (each relay restarted): every record
 //! arrives exactly once, in order.
 //!
 //! Skipped, with a message, only when `nats-server` is not installed (`scripts/setup`
@@ -15,7 +16,7 @@ use support::relay::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ipc_core::{RingBuilder, Segment, TryRecvError, TrySendError};
@@ -141,7 +142,7 @@ fn record(seq: u64, buf: &mut Vec<u8>) {
     }
 }
 
-fn produce(segment: Segment, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn produce(segment: Segment, stop: Arc<AtomicBool>, produced: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut producer = segment.producer().unwrap();
         let mut buf = Vec::new();
@@ -151,7 +152,10 @@ fn produce(segment: Segment, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(
             assert!(started.elapsed() < DEADLINE, "producer stuck at {seq}");
             record(seq, &mut buf);
             match producer.try_send_typed((seq % 7) as u16, &buf) {
-                Ok(()) => seq += 1,
+                Ok(()) => {
+                    seq += 1;
+                    produced.store(seq, Ordering::Relaxed);
+                }
                 // Backpressure: the relay holds records until JetStream has them.
                 Err(TrySendError::Full | TrySendError::Disconnected) => std::thread::sleep(Duration::from_micros(200)),
                 Err(e) => panic!("{e}"),
@@ -216,12 +220,15 @@ fn a_ring_through_a_three_node_jetstream_cluster_arrives_once_in_order_through_k
     feeder.start();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let producer = produce(source.clone(), stop.clone());
+    let produced = Arc::new(AtomicU64::new(0));
+    let producer = produce(source.clone(), stop.clone(), produced.clone());
     let mut consumer = sink.consumer().unwrap();
     let (mut next, mut step) = (0u64, 0);
     let mut expected = Vec::new();
     let started = Instant::now();
-    let faults = [RECORDS / 6, RECORDS / 3, RECORDS / 2, 2 * RECORDS / 3];
+    // Step 0 goes by the producer: the publishing relay is killed while the source ring still
+    // has records to publish. The others go by what has arrived.
+    let faults = [RECORDS / 4, RECORDS / 3, RECORDS / 2, 2 * RECORDS / 3];
     while next < RECORDS {
         assert!(started.elapsed() < DEADLINE, "stuck at record {next} (fault step {step})");
         match consumer.try_recv() {
@@ -236,12 +243,17 @@ fn a_ring_through_a_three_node_jetstream_cluster_arrives_once_in_order_through_k
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => std::thread::sleep(Duration::from_micros(200)),
             Err(e) => panic!("{e}"),
         }
-        if step < faults.len() && next >= faults[step] {
+        let progress = if step == 0 { produced.load(Ordering::Relaxed) } else { next };
+        if step < faults.len() && progress >= faults[step] {
             match step {
+                0 => {
+                    publisher.restart_after_kill_9();
+                    let at = produced.load(Ordering::Relaxed);
+                    assert!(at < RECORDS, "the producer was done ({at}) before the publishing relay was killed");
+                }
                 // The server both relays list first: their connections move to the others.
-                0 => nodes[0].proc.kill_9(),
-                1 => nodes[0].start(&binary),
-                2 => publisher.restart_after_kill_9(),
+                1 => nodes[0].proc.kill_9(),
+                2 => nodes[0].start(&binary),
                 _ => feeder.restart_after_kill_9(),
             }
             step += 1;
