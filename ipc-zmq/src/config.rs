@@ -37,7 +37,7 @@ pub struct RelayConfig {
     /// The relay's name: the origin id its records carry.
     pub name: String,
     /// The relay's own CURVE key pair, read from `key_file` (a throwaway one for a relay with
-    /// only JetStream routes, which needs no `key_file`).
+    /// JetStream routes and no listener or `route_out`, which needs no `key_file`).
     pub keys: KeyPair,
     /// Where the relay accepts other relays (`tcp://host:port`); `None` for a relay that only
     /// sends.
@@ -318,8 +318,13 @@ impl RelayConfig {
         }
         let keys = match &raw.key_file {
             Some(file) => KeyPair::load(&resolve(file)).map_err(|e: KeyFileError| err("key_file", e.to_string()))?,
-            None if raw.listen.is_some() || !raw.route_out.is_empty() => {
-                return Err(err("key_file", "missing: a relay with a listener or route_out needs its key pair".into()));
+            // Only a relay that has JetStream routes and nothing of ZeroMQ may go without.
+            None if raw.listen.is_some() || !raw.route_out.is_empty() || raw.jetstream.is_empty() => {
+                return Err(err(
+                    "key_file",
+                    "missing field `key_file` (only a relay with nothing but [[jetstream]] routes may leave it out)"
+                        .into(),
+                ));
             }
             // Only JetStream routes: no CURVE socket will use it.
             None => KeyPair::generate().map_err(|e| err("key_file", format!("cannot make a key pair: {e}")))?,

@@ -17,6 +17,7 @@ fn refuse(text: &str) -> ConfigError {
     RelayConfig::load(&write(dir.path(), text)).expect_err(text)
 }
 
+const ONE: &str = "[[jetstream]]\npublish = \"r\"\nstream = \"S\"\n";
 const NATS: &str = "name = \"host-a\"\n[nats]\nservers = [\"nats://127.0.0.1:4222\"]\n";
 
 #[test]
@@ -58,9 +59,14 @@ fn invalid_jetstream_routes_are_refused_with_field_and_reason() {
             "jetstream[1].feed",
             "already",
         ),
-        ("name = \"a\"\n[nats]\nservers = []\n", "nats.servers", "at least one"),
-        ("name = \"a\"\n[nats]\nservers = [\"localhost\"]\n", "nats.servers", "not a NATS server"),
+        (&format!("name = \"a\"\n[nats]\nservers = []\n{ONE}"), "nats.servers", "at least one"),
+        (&format!("name = \"a\"\n[nats]\nservers = [\"localhost\"]\n{ONE}"), "nats.servers", "not a NATS server"),
         ("name = \"a\"\nlisten = \"tcp://*:7400\"\n", "key_file", "missing"),
+        (
+            &format!("listen = \"tcp://*:7400\"\n{NATS}[[jetstream]]\npublish = \"r\"\nstream = \"S\"\n"),
+            "key_file",
+            "missing",
+        ),
     ];
     for (text, field, reason) in cases {
         let err = refuse(text);
