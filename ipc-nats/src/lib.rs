@@ -16,6 +16,29 @@
 //!
 //! The message type of a record travels in the [`MESSAGE_TYPE_HEADER`] header; the payload is
 //! carried unchanged.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ipc_core::RingBuilder;
+//! use ipc_nats::{Bridge, NatsSettings, Publisher, PublisherConfig, Route, StreamSettings};
+//!
+//! let ring = RingBuilder::new(1 << 20).create_named("orders")?;
+//! let stream = StreamSettings {
+//!     name: "ORDERS".into(),
+//!     subjects: vec!["tadpole.ORDERS".into()],
+//!     replicas: 3,
+//!     max_age: Duration::ZERO,
+//!     duplicate_window: Duration::from_secs(120),
+//! };
+//! let config = PublisherConfig::new("host-a", "tadpole.ORDERS", stream);
+//! let publisher = Publisher::new(config, ring.consumer()?, None)?;
+//! let nats = NatsSettings::new(vec!["nats://127.0.0.1:4222".into()], "host-a");
+//! let route = Route::Publish { name: "orders".into(), stream: "ORDERS".into(), publisher };
+//! let bridge = Bridge::start(nats, vec![route])?;
+//! // The ring's producer writes; each record leaves the ring once JetStream has stored it.
+//! drop(bridge); // stops the routes
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod bridge;
 mod checkpoint;
