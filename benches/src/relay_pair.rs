@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use ipc_core::{Consumer, Producer, RingBuilder, Segment, TryRecvError, TrySendError};
+use ipc_core::{
+    Consumer, Producer, RecvTimeoutError, RingBuilder, Segment, SendTimeoutError, TryRecvError, TrySendError,
+    WaitStrategy,
+};
 
 use crate::{BenchResult, MAIN_CPU, PEER_CPU, pin};
 
@@ -90,6 +93,10 @@ pub struct RelayPair {
     next: u64,
     /// Records that arrived twice (the relay delivers at least once).
     repeats: u64,
+    /// Whether this process's four ring ends wait with the ring's own wait (`recv_timeout`,
+    /// `send_timeout`, with the strategy [`set_wait`](Self::set_wait) gave them), or yield,
+    /// then sleep 20 µs at a time (the default).
+    ring_wait: bool,
     relays: Vec<RelayProcess>,
     _rings: Vec<Segment>,
     dir: PathBuf,
@@ -203,8 +210,10 @@ fn nothing_yet(e: &TryRecvError) -> bool {
     matches!(e, TryRecvError::Empty | TryRecvError::Disconnected)
 }
 
-/// Writes `payload` into `ring`, yielding the CPU (to the relay on it) while the ring is full.
-fn send_record(ring: &mut Producer, payload: &[u8], deadline: Instant) -> BenchResult<()> {
+/// Writes `payload` into `ring`, waiting while the ring is full: with `ring_wait`, in the ring's
+/// own wait (`send_timeout`: asleep on its futex with [`WaitStrategy::Block`]); otherwise
+/// yielding the CPU (to the relay on it), then sleeping briefly.
+fn send_record(ring: &mut Producer, payload: &[u8], deadline: Instant, ring_wait: bool) -> BenchResult<()> {
     let mut waiter = Waiter::new();
     loop {
         match ring.try_send(payload) {
@@ -213,7 +222,15 @@ fn send_record(ring: &mut Producer, payload: &[u8], deadline: Instant) -> BenchR
                 if Instant::now() > deadline {
                     return Err("relay: a ring stayed full (the relay stopped draining it)".into());
                 }
-                waiter.wait();
+                if !ring_wait {
+                    waiter.wait();
+                    continue;
+                }
+                match ring.send_timeout(payload, BLOCKING_SLICE) {
+                    Ok(()) => return Ok(()),
+                    Err(SendTimeoutError::Timeout | SendTimeoutError::Disconnected) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             Err(e) => return Err(e.into()),
         }
@@ -221,16 +238,30 @@ fn send_record(ring: &mut Producer, payload: &[u8], deadline: Instant) -> BenchR
 }
 
 /// Waits for the record numbered `want` (skipping repeats of earlier ones); copies it into `buf`.
+/// With `ring_wait`, in the ring's own wait (`recv_timeout`: asleep on its futex with
+/// [`WaitStrategy::Block`], as the raw baseline's blocking `recv` sleeps in libzmq, or yielding
+/// between polls with [`WaitStrategy::SpinThenYield`]); otherwise yielding, then sleeping 20 µs
+/// at a time.
 fn recv_record(
     ring: &mut Consumer,
     want: u64,
     repeats: &mut u64,
     buf: &mut [u8],
     deadline: Instant,
+    ring_wait: bool,
 ) -> BenchResult<()> {
     let mut waiter = Waiter::new();
     loop {
-        match ring.try_recv() {
+        let got = if ring_wait {
+            match ring.recv_timeout(BLOCKING_SLICE) {
+                Ok(record) => Ok(record),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => Err(TryRecvError::Empty),
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            ring.try_recv()
+        };
+        match got {
             Ok(record) => {
                 let seq = seq_of(&record)?;
                 if seq == want {
@@ -247,12 +278,17 @@ fn recv_record(
                 if Instant::now() > deadline {
                     return Err(format!("relay: record {want} never arrived").into());
                 }
-                waiter.wait();
+                if !ring_wait {
+                    waiter.wait();
+                }
             }
             Err(e) => return Err(e.into()),
         }
     }
 }
+
+/// Longest single ring_wait wait of a ring end, so it notices a stop or a deadline.
+const BLOCKING_SLICE: Duration = Duration::from_millis(10);
 
 impl RelayPair {
     /// Must be called on [`MAIN_CPU`].
@@ -294,6 +330,7 @@ impl RelayPair {
             config("b", b_port, a_port, &a_pub, &ring("back-in"), "back", &ring("fwd-out"), "fwd"),
         )?;
         let relays = vec![spawn_relay(&bin, &a_config, MAIN_CPU)?, spawn_relay(&bin, &b_config, PEER_CPU)?];
+        let ring_wait = false;
         let mut pair = RelayPair {
             fwd_in: rings[0].producer()?,
             fwd_out: rings[1].consumer()?,
@@ -301,6 +338,7 @@ impl RelayPair {
             back_out: rings[3].consumer()?,
             next: 0,
             repeats: 0,
+            ring_wait,
             relays,
             _rings: rings,
             dir,
@@ -311,11 +349,28 @@ impl RelayPair {
         let seq = pair.next;
         pair.next += 1;
         stamp(&mut buf, seq);
-        send_record(&mut pair.fwd_in, &buf, deadline)?;
-        recv_record(&mut pair.fwd_out, seq, &mut pair.repeats, &mut buf, deadline)?;
-        send_record(&mut pair.back_in, &buf, deadline)?;
-        recv_record(&mut pair.back_out, seq, &mut pair.repeats, &mut buf, deadline)?;
+        send_record(&mut pair.fwd_in, &buf, deadline, ring_wait)?;
+        recv_record(&mut pair.fwd_out, seq, &mut pair.repeats, &mut buf, deadline, ring_wait)?;
+        send_record(&mut pair.back_in, &buf, deadline, ring_wait)?;
+        recv_record(&mut pair.back_out, seq, &mut pair.repeats, &mut buf, deadline, ring_wait)?;
         Ok(pair)
+    }
+
+    /// How this process's ring ends wait from now on: `Some(strategy)`, in the ring's own wait
+    /// with that strategy — [`WaitStrategy::Block`], asleep on the ring's futex (the relay's
+    /// commit or release wakes them), as both ends of the raw baseline sleep in blocking libzmq
+    /// calls, or [`WaitStrategy::SpinThenYield`], yielding between polls and never sleeping;
+    /// `None` (the default), yielding, then sleeping 20 µs at a time. On a side with one CPU, a
+    /// thread that yields stays runnable and shares the CPU its relay needs (throughput
+    /// suffers); one that sleeps costs a wake-up per record when records come one at a time
+    /// (latency suffers).
+    pub fn set_wait(&mut self, wait: Option<WaitStrategy>) {
+        let strategy = wait.unwrap_or(WaitStrategy::SpinThenYield);
+        self.fwd_in.set_wait_strategy(strategy);
+        self.back_in.set_wait_strategy(strategy);
+        self.fwd_out.set_wait_strategy(strategy);
+        self.back_out.set_wait_strategy(strategy);
+        self.ring_wait = wait.is_some();
     }
 
     /// Streams `n` records of `size` bytes from relay A's source ring to relay B's destination
@@ -325,6 +380,7 @@ impl RelayPair {
         let first = self.next;
         let end = first + n;
         let (fwd_in, fwd_out, repeats) = (&mut self.fwd_in, &mut self.fwd_out, &mut self.repeats);
+        let ring_wait = self.ring_wait;
         let started = Instant::now();
         let deadline = started + STALL.max(Duration::from_secs(n / 10_000));
         std::thread::scope(|s| -> BenchResult<Rate> {
@@ -332,7 +388,7 @@ impl RelayPair {
                 pin::pin_to_cpu(PEER_CPU)?;
                 let mut buf = vec![0u8; if copy { size } else { 8 }];
                 for seq in first..end {
-                    recv_record(fwd_out, seq, repeats, &mut buf, deadline)?;
+                    recv_record(fwd_out, seq, repeats, &mut buf, deadline, ring_wait)?;
                 }
                 Ok(Instant::now())
             });
@@ -340,7 +396,7 @@ impl RelayPair {
             let mut sent = Ok(());
             for seq in first..end {
                 stamp(&mut buf, seq);
-                sent = send_record(fwd_in, &buf, deadline);
+                sent = send_record(fwd_in, &buf, deadline, ring_wait);
                 if sent.is_err() {
                     break;
                 }
@@ -357,6 +413,7 @@ impl RelayPair {
     pub fn record_for(&mut self, duration: Duration, size: usize, rtt: &mut Histogram<u64>) -> BenchResult<()> {
         let stop = AtomicBool::new(false);
         let first = self.next;
+        let ring_wait = self.ring_wait;
         let (fwd_in, fwd_out, back_in, back_out) =
             (&mut self.fwd_in, &mut self.fwd_out, &mut self.back_in, &mut self.back_out);
         let repeats = &mut self.repeats;
@@ -370,7 +427,16 @@ impl RelayPair {
                 let mut repeats = 0;
                 let mut waiter = Waiter::new();
                 while !stop.load(Ordering::Relaxed) {
-                    match fwd_out.try_recv() {
+                    let got = if ring_wait {
+                        match fwd_out.recv_timeout(BLOCKING_SLICE) {
+                            Ok(record) => Ok(record),
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => Err(TryRecvError::Empty),
+                            Err(e) => return Err(e.into()),
+                        }
+                    } else {
+                        fwd_out.try_recv()
+                    };
+                    match got {
                         Ok(record) => {
                             let seq = seq_of(&record)?;
                             if seq < want {
@@ -385,11 +451,15 @@ impl RelayPair {
                             }
                             buf.copy_from_slice(&record);
                             drop(record);
-                            send_record(back_in, &buf, Instant::now() + STALL)?;
+                            send_record(back_in, &buf, Instant::now() + STALL, ring_wait)?;
                             want += 1;
                             waiter = Waiter::new();
                         }
-                        Err(e) if nothing_yet(&e) => waiter.wait(),
+                        Err(e) if nothing_yet(&e) => {
+                            if !ring_wait {
+                                waiter.wait();
+                            }
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -402,8 +472,8 @@ impl RelayPair {
                 loop {
                     let deadline = Instant::now() + STALL;
                     stamp(&mut buf, next);
-                    send_record(fwd_in, &buf, deadline)?;
-                    recv_record(back_out, next, repeats, &mut buf, deadline)?;
+                    send_record(fwd_in, &buf, deadline, ring_wait)?;
+                    recv_record(back_out, next, repeats, &mut buf, deadline, ring_wait)?;
                     next += 1;
                     let now = Instant::now();
                     rtt.saturating_record((now - prev).as_nanos() as u64);

@@ -23,15 +23,25 @@ pub struct OneWay {
 impl OneWay {
     /// Halves the round-trip percentiles of `rtt`.
     pub fn from_rtt(rtt: &Histogram<u64>) -> OneWay {
-        let half = |ns: u64| ns as f64 / 2.0;
+        Self::scaled(rtt, 0.5)
+    }
+
+    /// The percentiles of `samples` as they are: each sample is one whole operation timed on
+    /// its own (e.g. one receive), not a round trip.
+    pub fn from_samples(samples: &Histogram<u64>) -> OneWay {
+        Self::scaled(samples, 1.0)
+    }
+
+    fn scaled(h: &Histogram<u64>, by: f64) -> OneWay {
+        let at = |ns: u64| ns as f64 * by;
         OneWay {
-            p50: half(rtt.value_at_quantile(0.5)),
-            p90: half(rtt.value_at_quantile(0.9)),
-            p99: half(rtt.value_at_quantile(0.99)),
-            p999: half(rtt.value_at_quantile(0.999)),
-            max: half(rtt.max()),
-            mean: rtt.mean() / 2.0,
-            samples: rtt.len(),
+            p50: at(h.value_at_quantile(0.5)),
+            p90: at(h.value_at_quantile(0.9)),
+            p99: at(h.value_at_quantile(0.99)),
+            p999: at(h.value_at_quantile(0.999)),
+            max: at(h.max()),
+            mean: h.mean() * by,
+            samples: h.len(),
         }
     }
 }

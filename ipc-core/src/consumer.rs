@@ -192,6 +192,19 @@ pub enum LeaseRefused {
     ExplicitRelease,
 }
 
+/// Why a receiver refused a record it read from the ring: the reason a dead letter is counted
+/// under in the segment ([`Consumer::count_dead_letter`]), for `tadpole stat` and
+/// `tadpole metrics` to show whichever process refused it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// Not a valid message: an envelope or Arrow frame that fails verification (framing,
+    /// FlatBuffers verifier, Arrow validation), or whose record header contradicts it.
+    Malformed,
+    /// A valid message that cannot be delivered: a relay's far side has no route for it, or a
+    /// ring there too small for it.
+    Undeliverable,
+}
+
 /// The consumer of a ring: exactly one per ring across all processes.
 ///
 /// ```
@@ -593,6 +606,32 @@ impl Consumer {
     /// Whether the producer is attached, detached, dead, or never came.
     pub fn producer_state(&self) -> PeerState {
         peer_state(&self.segment, Side::Producer)
+    }
+
+    /// Counts one record this ring's receiver refused (a dead letter) in the segment, where
+    /// [`Segment::status`] (and so `tadpole stat` in any process) reads it:
+    /// [`ConsumerCounters::dead_letters`](crate::ConsumerCounters::dead_letters). For the layer
+    /// above the ring that decides a record is unusable (the typed channels, a relay); the ring
+    /// itself never calls it. One relaxed add on a cache line the receive path never writes.
+    ///
+    /// ```
+    /// use ipc_core::{DeadLetterReason, RingBuilder};
+    /// let segment = RingBuilder::new(4096).create_anonymous()?;
+    /// let (mut producer, mut consumer) = (segment.producer()?, segment.consumer()?);
+    /// producer.try_send(b"not what this receiver expects")?;
+    /// drop(consumer.try_recv()?); // read, judged unusable, released
+    /// consumer.count_dead_letter(DeadLetterReason::Malformed);
+    /// assert_eq!(segment.status().consumed.dead_letters(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cold]
+    pub fn count_dead_letter(&self, reason: DeadLetterReason) {
+        let c = &self.header().consumer_counters;
+        let counter = match reason {
+            DeadLetterReason::Malformed => &c.dead_letters_malformed,
+            DeadLetterReason::Undeliverable => &c.dead_letters_undeliverable,
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     #[inline]
@@ -1104,6 +1143,12 @@ impl<'a> ReadGuard<'a> {
         self.consumer.epoch
     }
 
+    /// Counts this record as refused by its receiver, while it is still in hand (see
+    /// [`Consumer::count_dead_letter`]); dropping or requeueing it is still up to the caller.
+    pub fn count_dead_letter(&self, reason: DeadLetterReason) {
+        self.consumer.count_dead_letter(reason);
+    }
+
     /// Keeps the message beyond this borrow of the consumer; see [`Lease`]. When refused (the
     /// consumer holds its maximum of leases, or releases explicitly), the guard comes back in
     /// the error with its record unreleased: [`LeaseError::into_inner`].
@@ -1198,6 +1243,12 @@ impl<'a> ReadBatch<'a> {
     /// The ring's epoch ([`Segment::epoch`]).
     pub fn epoch(&self) -> u64 {
         self.consumer.epoch
+    }
+
+    /// Counts this record as refused by its receiver, while it is still in hand (see
+    /// [`Consumer::count_dead_letter`]); dropping or requeueing it is still up to the caller.
+    pub fn count_dead_letter(&self, reason: DeadLetterReason) {
+        self.consumer.count_dead_letter(reason);
     }
 
     /// The messages, in ring order.

@@ -30,7 +30,8 @@
 //!                                          doorbell's id (u64 at +8, 0: none)
 //!  768     PRODUCER_DOORBELL  both         the same for the producer waiting for space
 //!  896     PRODUCER_COUNTERS  producer     messages, bytes, full-ring events, wakes, ...
-//!  1024    CONSUMER_COUNTERS  consumer     messages, bytes, empty polls, wakes, corrupt records
+//!  1024    CONSUMER_COUNTERS  consumer     messages, bytes, empty polls, wakes, corrupt records;
+//!                                          in its second cache line the dead letters
 //!  1152    reserved (zero) up to 4096
 //! ```
 //!
@@ -64,7 +65,10 @@ use crate::sync::atomic::{AtomicU32, AtomicU64};
 
 /// `b"TADPOLE\x01"` read as a little-endian u64: identifies a Tadpole ring segment.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TADPOLE\x01");
-/// Bumped whenever anything in this file changes meaning.
+/// Bumped whenever anything in this file changes meaning. A field added in bytes every earlier
+/// build of this version leaves zero, and whose zero is the truth for a segment that never wrote
+/// it (a count of events that build cannot see, an id meaning "none"), changes no meaning: it
+/// keeps the version, as the pollable doorbell's id and the dead-letter counts did.
 pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes before the data region. The data region therefore starts page-aligned.
 pub const HEADER_LEN: usize = 4096;
@@ -423,6 +427,12 @@ pub struct ConsumerCounters {
     pub leases_held: AtomicU64,
     /// Most leases the consumer may hold at once.
     pub lease_capacity: AtomicU64,
+    // The second cache line: counted off the fast path (`Consumer::count_dead_letter`), so the
+    // receive path never touches it.
+    /// Records a receiver refused as not a valid message (`DeadLetterReason::Malformed`).
+    pub dead_letters_malformed: AtomicU64,
+    /// Valid messages a receiver could not deliver (`DeadLetterReason::Undeliverable`).
+    pub dead_letters_undeliverable: AtomicU64,
 }
 
 /// The header page. `#[repr(C)]` with explicit alignment: offsets are asserted below.
@@ -521,6 +531,9 @@ pub mod offsets {
         pub const CORRUPT_RECORDS: usize = super::CONSUMER_COUNTERS + 40;
         pub const LEASES_HELD: usize = super::CONSUMER_COUNTERS + 48;
         pub const LEASE_CAPACITY: usize = super::CONSUMER_COUNTERS + 56;
+        /// In the block's second cache line, away from the counters the receive path writes.
+        pub const DEAD_LETTERS_MALFORMED: usize = super::CONSUMER_COUNTERS + 64;
+        pub const DEAD_LETTERS_UNDELIVERABLE: usize = super::CONSUMER_COUNTERS + 72;
     }
 }
 
@@ -616,6 +629,9 @@ const _: () = {
         assert!(base + offset_of!(ConsumerCounters, corrupt_records) == c::CORRUPT_RECORDS);
         assert!(base + offset_of!(ConsumerCounters, leases_held) == c::LEASES_HELD);
         assert!(base + offset_of!(ConsumerCounters, lease_capacity) == c::LEASE_CAPACITY);
+        assert!(base + offset_of!(ConsumerCounters, dead_letters_malformed) == c::DEAD_LETTERS_MALFORMED);
+        assert!(base + offset_of!(ConsumerCounters, dead_letters_undeliverable) == c::DEAD_LETTERS_UNDELIVERABLE);
+        assert!(size_of::<ConsumerCounters>() == BLOCK);
     }
     assert!(record_header::LENGTH_SHIFT == 0);
     assert!(FLAG_COMMITTED == 1 << record_header::FLAGS_SHIFT);

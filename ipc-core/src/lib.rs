@@ -66,8 +66,8 @@ pub use api::*;
 #[cfg(not(loom))]
 mod api {
     pub use crate::consumer::{
-        Consumer, LeaseError, LeaseRefused, LeasesOutstanding, ReadBatch, ReadGuard, Record, RecvError,
-        RecvTimeoutError, ReleaseError, ReleaseMode, SpanIter, TryRecvError,
+        Consumer, DeadLetterReason, LeaseError, LeaseRefused, LeasesOutstanding, ReadBatch, ReadGuard, Record,
+        RecvError, RecvTimeoutError, ReleaseError, ReleaseMode, SpanIter, TryRecvError,
     };
     pub use crate::fdpass::{ReceiveError, SegmentServer, ShareError};
     pub use crate::layout::CorruptReason;
@@ -80,12 +80,12 @@ mod api {
     };
     pub use crate::segment::{CreateError, OpenError, PayloadAlign, RingBuilder, Segment, SegmentFault};
     pub use crate::shm::{MAX_NAME_LEN, NAME_PREFIX};
-    pub use crate::stats::{ConsumerCounters, ProducerCounters, RingStatus};
+    pub use crate::stats::{ConsumerCounters, ProducerCounters, RingStatus, StatusReadError};
     pub use crate::wait::WaitStrategy;
     pub use crate::waitset::{RingKey, WaitSet};
 
     use crate::heartbeat::{self, Beat};
-    use crate::layout::{AttachBlock, OWNER_DETACHED};
+    use crate::layout::{AttachBlock, OWNER_DETACHED, SegmentHeader};
     use crate::liveness::{self, Identity, Verdict, judge, judge_unrecorded, now_ns};
     use crate::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
     use crate::sync::atomic::fence;
@@ -234,14 +234,22 @@ mod api {
 
     /// What is known of `side`'s owner: at most a `kill` and one read of `/proc`.
     pub(crate) fn peer_state(segment: &Segment, side: Side) -> PeerState {
-        let block = attach_block(segment, side);
+        peer_state_in(segment.header(), side, segment.heartbeat_timeout())
+    }
+
+    /// [`peer_state`] read from `h`: the segment's header, or a copy of it.
+    pub(crate) fn peer_state_in(h: &SegmentHeader, side: Side, timeout: std::time::Duration) -> PeerState {
+        let block = match side {
+            Side::Producer => &h.producer_attach,
+            Side::Consumer => &h.consumer_attach,
+        };
         let word = block.owner.load(Acquire);
         if word == 0 {
             PeerState::NeverAttached
         } else if word & OWNER_DETACHED != 0 {
             PeerState::Closed
         } else {
-            match judge_owner(block, word, segment.heartbeat_timeout()) {
+            match judge_owner(block, word, timeout) {
                 Verdict::Alive(id) => PeerState::Attached(id),
                 Verdict::Dead(id) => PeerState::Dead(id),
             }

@@ -399,29 +399,19 @@ impl Segment {
 
     /// The process that created the segment (its pid as seen in its own PID namespace).
     pub fn creator(&self) -> ProcessId {
-        let d = &self.header().descriptor;
-        ProcessId { pid: d.creator_pid.load(Relaxed), start_time: d.creator_start_time.load(Relaxed) }
+        creator_in(self.header())
     }
 
     /// Whether the creator may still run, judged like an attached side (see
     /// [`RingBuilder::heartbeat_timeout`]): by its pid in a shared PID namespace, otherwise by
     /// its heartbeat, which it refreshes while it holds the segment.
     pub(crate) fn creator_alive(&self) -> bool {
-        let d = &self.header().descriptor;
-        let id = Identity {
-            pid: d.creator_pid.load(Relaxed),
-            start_time: d.creator_start_time.load(Relaxed),
-            pid_ns: d.creator_pid_ns.load(Relaxed),
-            time_ns: d.creator_time_ns.load(Relaxed),
-            boot_id: d.creator_boot_id.load(Relaxed),
-        };
-        let verdict = liveness::judge(&id, d.creator_heartbeat_ns.load(Relaxed), self.heartbeat_timeout());
-        matches!(verdict, Verdict::Alive(_))
+        creator_alive_in(self.header())
     }
 
     /// The heartbeat timeout stored at creation, made safe to use (see `heartbeat::timeout_from_ms`).
     pub(crate) fn heartbeat_timeout(&self) -> Duration {
-        heartbeat::timeout_from_ms(self.header().descriptor.heartbeat_timeout_ms.load(Relaxed))
+        heartbeat_timeout_in(self.header())
     }
 
     /// Keeps the segment's name after this process's last handle drops (the creator unlinks
@@ -511,8 +501,33 @@ impl Segment {
     /// A snapshot of positions, attachments and counters, read without disturbing the hot
     /// path (plain loads of lines the owners write; no stores).
     pub fn status(&self) -> crate::stats::RingStatus {
-        crate::stats::RingStatus::read(self)
+        crate::stats::RingStatus::read(self, self.header())
     }
+}
+
+/// [`Segment::creator`], read from `h` (the mapping, or a copy of it).
+pub(crate) fn creator_in(h: &SegmentHeader) -> ProcessId {
+    let d = &h.descriptor;
+    ProcessId { pid: d.creator_pid.load(Relaxed), start_time: d.creator_start_time.load(Relaxed) }
+}
+
+/// [`Segment::creator_alive`], read from `h`.
+pub(crate) fn creator_alive_in(h: &SegmentHeader) -> bool {
+    let d = &h.descriptor;
+    let id = Identity {
+        pid: d.creator_pid.load(Relaxed),
+        start_time: d.creator_start_time.load(Relaxed),
+        pid_ns: d.creator_pid_ns.load(Relaxed),
+        time_ns: d.creator_time_ns.load(Relaxed),
+        boot_id: d.creator_boot_id.load(Relaxed),
+    };
+    let verdict = liveness::judge(&id, d.creator_heartbeat_ns.load(Relaxed), heartbeat_timeout_in(h));
+    matches!(verdict, Verdict::Alive(_))
+}
+
+/// [`Segment::heartbeat_timeout`], read from `h`.
+pub(crate) fn heartbeat_timeout_in(h: &SegmentHeader) -> Duration {
+    heartbeat::timeout_from_ms(h.descriptor.heartbeat_timeout_ms.load(Relaxed))
 }
 
 enum Staleness {

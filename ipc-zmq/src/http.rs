@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -143,23 +143,30 @@ impl Collector for CounterSet {
                 FamilyKind::Histogram => MetricType::Histogram,
             };
             let mut metric = encoder.encode_descriptor(&family.name, &family.help, None, metric_type)?;
+            if let [series] = family.series.as_slice()
+                && series.labels.is_empty()
+            {
+                // A family encoder writes `name{} value` for an empty label set; a lone series
+                // without labels is written as plain `name value`.
+                encode_series(series, family.kind, metric)?;
+                continue;
+            }
             for series in &family.series {
-                let mut labelled = metric.encode_family(&series.labels)?;
-                match (&series.read, family.kind) {
-                    (Reader::Value(read), FamilyKind::Value(Kind::Counter)) => {
-                        ConstCounter::new(read()).encode(labelled)?
-                    }
-                    (Reader::Value(read), _) => {
-                        ConstGauge::new(i64::try_from(read()).unwrap_or(i64::MAX)).encode(labelled)?
-                    }
-                    (Reader::Histogram(read), _) => {
-                        let (sum, count, buckets) = read();
-                        labelled.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?
-                    }
-                }
+                encode_series(series, family.kind, metric.encode_family(&series.labels)?)?;
             }
         }
         Ok(())
+    }
+}
+
+fn encode_series(series: &Series, kind: FamilyKind, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+    match (&series.read, kind) {
+        (Reader::Value(read), FamilyKind::Value(Kind::Counter)) => ConstCounter::new(read()).encode(encoder),
+        (Reader::Value(read), _) => ConstGauge::new(i64::try_from(read()).unwrap_or(i64::MAX)).encode(encoder),
+        (Reader::Histogram(read), _) => {
+            let (sum, count, buckets) = read();
+            encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+        }
     }
 }
 
@@ -277,6 +284,7 @@ mod tests {
                 sent.load(Ordering::Relaxed)
             });
             set.add("tadpole_relay_in_flight", "Records in flight", Kind::Gauge, &[("route", "a")], || 7);
+            set.add("tadpole_relay_links", "Links", Kind::Gauge, &[], || 3);
             set.add_histogram("tadpole_relay_round_trip_seconds", "Round trips", &[("route", "a")], || {
                 (0.003, 2, vec![(0.001, 1), (0.01, 1), (f64::MAX, 0)])
             });
@@ -309,6 +317,7 @@ mod tests {
         assert_eq!(code, 200);
         assert!(body.contains("tadpole_relay_records_sent_total{route=\"a\"} 42"), "{body}");
         assert!(body.contains("tadpole_relay_in_flight{route=\"a\"} 7"), "{body}");
+        assert!(body.lines().any(|l| l == "tadpole_relay_links 3"), "an unlabelled series is `name value`:\n{body}");
         for line in [
             "# TYPE tadpole_relay_round_trip_seconds histogram",
             "tadpole_relay_round_trip_seconds_count{route=\"a\"} 2",

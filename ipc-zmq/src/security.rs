@@ -310,13 +310,23 @@ fn step<T>(endpoint: &str, what: &'static str, r: zmq::Result<T>) -> Result<T, S
     r.map_err(|source| SocketError { endpoint: endpoint.to_owned(), what, source })
 }
 
-/// The options both ends share: frame limit, handshake timeout, heartbeats, no linger.
+/// The options both ends share: frame limit, handshake timeout, heartbeats, no receive
+/// high-water mark, no linger.
 fn common_options(s: &zmq::Socket, limits: &Limits, ep: &str) -> Result<(), SocketError> {
     step(ep, "ZMQ_MAXMSGSIZE", s.set_maxmsgsize(limits.max_frame_bytes as i64))?;
     step(ep, "ZMQ_HANDSHAKE_IVL", s.set_handshake_ivl(limits.handshake_timeout_ms as i32))?;
     step(ep, "ZMQ_HEARTBEAT_IVL", s.set_heartbeat_ivl(limits.heartbeat_interval_ms as i32))?;
     step(ep, "ZMQ_HEARTBEAT_TIMEOUT", s.set_heartbeat_timeout(limits.idle_timeout_ms as i32))?;
     step(ep, "ZMQ_HEARTBEAT_TTL", s.set_heartbeat_ttl(limits.idle_timeout_ms as i32))?;
+    // No receive high-water mark. libzmq (4.3.4, and 4.3.5) aborts the process when a
+    // connection whose input stopped at RCVHWM ends and its heartbeat timer then fires
+    // ("Assertion failed: !_io_error", stream_engine_base.cpp; libzmq issues #4364, #3937):
+    // a receiving relay a thousand DATA messages behind died when its sender was killed.
+    // What can queue is bounded without it: the engines read every message as it comes (a
+    // full ring answers "busy" and the record is resent, it is not left in the socket), a
+    // sender keeps at most its in-flight window unacknowledged, and every frame is at most
+    // ZMQ_MAXMSGSIZE.
+    step(ep, "ZMQ_RCVHWM", s.set_rcvhwm(0))?;
     // Unsent frames die with the socket: the engine resends what was not acknowledged, and a
     // listener reopened to cut revoked peers must not wait on them.
     step(ep, "ZMQ_LINGER", s.set_linger(0))?;

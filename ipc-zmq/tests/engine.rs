@@ -546,7 +546,7 @@ fn acks_and_welcomes_naming_positions_never_sent_are_ignored_and_counted() {
 }
 
 #[test]
-fn a_damaged_checkpoint_file_is_refused_with_a_typed_error() {
+fn a_checkpoint_file_with_both_copies_damaged_is_refused_with_a_typed_error() {
     let path = temp_checkpoint("damaged");
     let (source, dest) = (ring(1 << 16), ring(1 << 16));
     let mut producer = source.producer().unwrap();
@@ -557,13 +557,91 @@ fn a_damaged_checkpoint_file_is_refused_with_a_typed_error() {
         exchange(&mut sender, &mut receiver, Instant::now());
     }
     let mut text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("host-a\torders\t"), "{text}");
-    text = text.replacen("host-a", "host-b", 1);
+    assert_eq!(text.matches("host-a\torders\t").count(), 2, "two copies of the state: {text:?}");
+    text = text.replace("host-a", "host-b");
     std::fs::write(&path, text).unwrap();
     let routes = [(ROUTE.to_owned(), Route::new(dest.producer().unwrap()))];
     let refused = Receiver::new(ReceiverConfig::default(), routes, Some(&path));
     assert!(matches!(refused, Err(ipc_zmq::engine::CheckpointError::Invalid { .. })));
     let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_checkpoint_save_torn_by_a_crash_falls_back_to_the_state_before_it() {
+    let path = temp_checkpoint("torn");
+    let (source, dest) = (ring(1 << 16), ring(1 << 16));
+    let mut producer = source.producer().unwrap();
+    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    let now = Instant::now();
+    let mut next = 0;
+    fill(&mut producer, &mut next, 10);
+    let acknowledged;
+    {
+        let mut receiver = receiver_into(&dest, Some(&path));
+        exchange(&mut sender, &mut receiver, now);
+        acknowledged = receiver.next_expected("host-a", ROUTE).unwrap();
+        // The next save is torn: the slot it was overwriting is garbage, the other one holds
+        // the state acknowledged before it.
+        fill(&mut producer, &mut next, 20);
+        let before = std::fs::read(&path).unwrap();
+        let data = sender.poll(now).unwrap();
+        receiver.handle(&data, now).unwrap();
+        let after = std::fs::read(&path).unwrap();
+        assert_eq!(before.len(), after.len(), "saved in place");
+        let changed: Vec<usize> = (0..after.len()).filter(|&i| before[i] != after[i]).collect();
+        let (first, last) = (changed[0], *changed.last().unwrap());
+        assert!(last - first < after.len() / 2, "one slot written");
+        let mut torn = after.clone();
+        torn[first..=last].fill(b'#');
+        std::fs::write(&path, torn).unwrap();
+    }
+    let receiver = receiver_into(&dest, Some(&path));
+    assert_eq!(receiver.next_expected("host-a", ROUTE), Some(acknowledged));
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_delayed_ack_answers_several_data_messages_once_after_the_delay_and_refusals_go_at_once() {
+    let (source, dest) = (ring(1 << 16), ring(1 << 16));
+    let mut producer = source.producer().unwrap();
+    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    let delay = Duration::from_millis(5);
+    let routes = [(ROUTE.to_owned(), Route::new(dest.producer().unwrap()))];
+    let config = ReceiverConfig { ack_delay: delay, ..ReceiverConfig::default() };
+    let mut receiver = Receiver::new(config, routes, None).unwrap();
+    let mut out = dest.consumer().unwrap();
+    let t0 = Instant::now();
+    let hello = sender.poll(t0).unwrap();
+    let welcome = receiver.handle_from(b"peer-1", &hello, t0).expect("a WELCOME is never held back");
+    sender.handle(&welcome, t0);
+    let (mut next, mut seen) = (0, Vec::new());
+    fill(&mut producer, &mut next, 200);
+    let mut messages = 0;
+    while let Some(data) = sender.poll(t0) {
+        assert!(receiver.handle_from(b"peer-1", &data, t0).is_none(), "plain progress waits");
+        messages += 1;
+    }
+    assert!(messages > 1, "{messages} DATA messages");
+    drain(&mut out, &mut seen);
+    assert_once_in_order(&seen, 200);
+    assert_eq!(sender.in_flight(), 200, "nothing released before the ACK");
+    assert!(receiver.due_acks(t0 + delay / 2, false).is_empty(), "not due yet");
+    assert_eq!(receiver.next_ack_due(), Some(t0 + delay));
+    let due = receiver.due_acks(t0 + delay, false);
+    assert_eq!(due.len(), 1, "one ACK for {messages} DATA messages");
+    assert_eq!(due[0].0, b"peer-1");
+    sender.handle(&due[0].1, t0 + delay);
+    assert_eq!(sender.in_flight(), 0, "the one ACK released every record");
+    assert_eq!(receiver.next_ack_due(), None);
+    // Before the event loop sleeps, everything held goes, to the peer of the latest message.
+    sender.on_link_down();
+    let hello = sender.poll(t0 + delay).unwrap();
+    sender.handle(&receiver.handle_from(b"peer-2", &hello, t0 + delay).unwrap(), t0 + delay);
+    fill(&mut producer, &mut next, 210);
+    let data = sender.poll(t0 + delay).unwrap();
+    assert!(receiver.handle_from(b"peer-2", &data, t0 + delay).is_none());
+    let all = receiver.due_acks(t0 + delay, true);
+    assert_eq!((all.len(), all[0].0.as_slice()), (1, &b"peer-2"[..]));
 }
 
 #[test]

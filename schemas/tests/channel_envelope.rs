@@ -434,3 +434,43 @@ fn private_copy_is_what_is_read_when_the_peer_rewrites_the_record_after_verifica
     let msg = small.try_recv().unwrap();
     assert!(common::within(msg.bytes(), &data));
 }
+
+/// The sender lays each envelope out straight into its ring grant, which may hold the bytes of
+/// records long since received; the envelope's padding and string terminators must still read
+/// zero, so every envelope verifies and reads back byte for byte what the encoder would make.
+#[test]
+fn envelopes_built_in_place_over_stale_ring_bytes_are_the_encoders_bytes() {
+    let segment = RingBuilder::new(4096).create_anonymous().unwrap();
+    let mut raw = segment.producer().unwrap();
+    let mut rx = EnvelopeReceiver::new(segment.consumer().unwrap());
+    let mut encoder = EnvelopeEncoder::new();
+    // Several laps of the 4 KiB ring: every envelope lands on space that held 0xFF bytes.
+    for round in 0..200u64 {
+        raw.try_send(&[0xFF; 400]).unwrap();
+        assert!(matches!(rx.try_recv(), Err(EnvelopeRecvError::Rejected { .. })));
+        drop(raw);
+        let mut tx = EnvelopeSender::new(segment.producer().unwrap());
+        // Strings of every length modulo 4, so each padding position occurs.
+        let source = "s".repeat(1 + (round % 7) as usize);
+        let meta = [("k", "v".repeat((round % 5) as usize))];
+        let meta: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let meta = if round % 2 == 0 { &meta[..] } else { &[][..] };
+        let header = EnvelopeHeader::new(&source, "d").with_metadata(meta);
+        let text = "t".repeat((round % 9) as usize);
+        let build = |fbb: &mut flatbuffers::FlatBufferBuilder<'static>| {
+            let key = fbb.create_string(&text);
+            fb::SystemConfigurationChanged::create(
+                fbb,
+                &fb::SystemConfigurationChangedArgs { key: Some(key), config_version: round, ..Default::default() },
+            )
+        };
+        tx.try_send(&header, build).unwrap();
+        let expected = encoder.encode(&header, build).to_vec();
+        let msg = rx.try_recv().unwrap();
+        assert_eq!(msg.bytes(), &expected[..], "round {round}");
+        let change = msg.envelope().payload_as_system_configuration_changed().unwrap();
+        assert_eq!((change.config_version(), change.key()), (round, Some(text.as_str())));
+        drop(msg);
+        raw = tx.into_producer();
+    }
+}

@@ -1,15 +1,18 @@
-//! `tadpole`: the operator's command. `demo` (four trading agents in four processes, joined by
-//! shared-memory rings, with an end-to-end latency report), `pingpong` (raw one-way latency
+//! `tadpole`: the operator's command. `demo` (five trading agents in five processes, joined by
+//! shared-memory rings, with a per-hop latency report), `pingpong` (raw one-way latency
 //! between two processes), `stat` (every ring, who is attached, depth, counters and rates),
 //! `tap` (a ring's records decoded, without consuming them), `clean` (remove rings whose
-//! processes are all gone), `keygen` (CURVE key pairs) and `relay` (rings between hosts).
+//! processes are all gone), `keygen` (CURVE key pairs), `relay` (rings between hosts) and
+//! `chaos` (agents and relays under injected faults, checked for loss and corruption).
 //!
 //! Each subcommand is one variant of [`Cmd`], with its arguments in its own module where it has
 //! more than a couple; adding one is a variant and a `match` arm.
 
+mod chaos;
 mod clean;
 mod exit;
 mod json;
+mod metrics;
 mod pipeline;
 mod relay;
 mod sigbus;
@@ -47,13 +50,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Four agent processes (market analysis, risk, personality, execution) trade through
-    /// shared-memory rings; prints end-to-end latency percentiles.
+    /// Five agent processes (market analysis, risk, personality, execution and a circuit
+    /// breaker) trade Arrow ticks and envelopes through shared-memory rings; prints per-hop
+    /// latency percentiles against the targets, and raises SLA alerts.
     #[command(after_help = format!(
-        "Examples:\n  tadpole demo\n  tadpole demo --signals 100000 --wait spin --alert-p99-us 200\n\n{}",
+        "Examples:\n  tadpole demo\n  tadpole demo --rate 2000/s --duration 10 --plot charts\n  \
+         tadpole demo --config examples/pipeline.toml --python personality\n\n\
+         Runs on one host (a --cross-host mode is not there yet). Ctrl-C ends the run early with \
+         its report. Exits 1, after the report, when the circuit breaker halted trading (an \
+         agent died).\n\n{}",
         exit::EXIT_STATUS_HELP
     ))]
-    Demo(PipelineArgs),
+    Demo(pipeline::DemoArgs),
     /// Two processes bounce raw messages through a pair of rings; prints one-way latency.
     #[command(after_help = format!(
         "Examples:\n  tadpole pingpong\n  tadpole pingpong --size 4096 --wait block\n\n{}",
@@ -63,6 +71,9 @@ enum Cmd {
     /// Every ring on the host (or one): producer and consumer pids and liveness, depth,
     /// counters and rates; `--watch` refreshes a full-screen view, `--json` prints one document.
     Stat(stat::StatArgs),
+    /// Serves the counters of every ring on the host, read from shared memory, as Prometheus
+    /// metrics on `/metrics` (and `/health`) for Prometheus and Grafana.
+    Metrics(metrics::MetricsArgs),
     /// Prints the records passing through a ring, decoded (envelopes, Arrow frames, relay dead
     /// letters), without consuming them.
     Tap(tap::TapArgs),
@@ -104,6 +115,17 @@ enum Cmd {
     /// Removes rings whose creator and attached processes are all gone, and says why it kept
     /// each other ring.
     Clean(clean::CleanArgs),
+    /// Runs agents and two relays (in two network namespaces when root) and injects faults:
+    /// kill -9 and restart, stalled consumers, floods, corrupt records, partitions. Checks
+    /// delivery, checksums, memory and the metrics; exits 1 on any violation.
+    #[command(after_help = format!(
+        "Examples:\n  tadpole chaos --minutes 30\n  tadpole chaos --seconds 60 --seed 42\n\n{}",
+        exit::EXIT_STATUS_HELP
+    ))]
+    Chaos(chaos::ChaosArgs),
+    /// Internal: one agent of `chaos`.
+    #[command(hide = true, name = "chaos-agent")]
+    ChaosAgent(chaos::AgentArgs),
     /// Internal: one agent of `demo`.
     #[command(hide = true)]
     Agent {
@@ -113,6 +135,8 @@ enum Cmd {
         run: String,
         #[arg(long, value_enum)]
         wait: Wait,
+        #[arg(long, default_value = "{}")]
+        settings: String,
     },
     /// Internal: the echo side of `pingpong`.
     #[command(hide = true, name = "pingpong-echo")]
@@ -126,24 +150,6 @@ enum Cmd {
         #[arg(long)]
         cpu: Option<usize>,
     },
-}
-
-#[derive(clap::Args)]
-struct PipelineArgs {
-    /// Trading signals to time end to end (after warm-up); one is in flight at a time.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    signals: u64,
-    /// How every agent waits for its next message. With four processes on two cores, spinning
-    /// agents starve each other: `yield` (the default) or `block` suit small machines.
-    #[arg(long, value_enum, default_value_t = Wait::Yield)]
-    wait: Wait,
-    /// Print an alert if the end-to-end p99 exceeds this many microseconds.
-    #[arg(long, default_value_t = 1_000)]
-    alert_p99_us: u64,
-    /// Run this agent as a Python process on the `tadpole` bindings instead (`personality`;
-    /// needs `pip install ./python flatbuffers`, Python from `$TADPOLE_PYTHON` or `python3`).
-    #[arg(long, value_name = "AGENT")]
-    python: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -191,15 +197,18 @@ fn main() -> ExitCode {
     let command = Cli::parse().command;
     exit::report(match command {
         Cmd::Bench(args) => tadpole_benches::suite::run(&args).map_err(|e| anyhow::anyhow!(e)),
-        Cmd::Demo(args) => pipeline_demo(&args),
+        Cmd::Demo(args) => pipeline::demo(&args),
         Cmd::Pingpong(args) => demo(&args),
-        Cmd::Agent { role, run, wait } => pipeline::agent(&role, &run, wait.strategy()),
+        Cmd::Agent { role, run, wait, settings } => pipeline::agent(&role, &run, wait.strategy(), &settings),
         Cmd::DemoEcho { ping, pong, wait, cpu } => demo_echo(&ping, &pong, wait, cpu),
         Cmd::Stat(args) => stat::run(&args),
+        Cmd::Metrics(args) => metrics::run(&args),
         Cmd::Tap(args) => tap::run(&args),
         Cmd::Clean(args) => clean::run(&args),
         Cmd::Relay { config, state } => relay::run(&config, state),
         Cmd::Keygen { out, check } => keygen(out.as_deref(), check.as_deref()),
+        Cmd::Chaos(args) => chaos::run(&args),
+        Cmd::ChaosAgent(args) => chaos::agent::run(&args),
     })
 }
 
@@ -226,49 +235,6 @@ impl Drop for ChildGuard {
         }
         let _ = self.0.wait();
     }
-}
-
-fn pipeline_demo(args: &PipelineArgs) -> Result<()> {
-    let report = pipeline::run(args.signals, args.wait.strategy(), args.wait.name(), &args.python)?;
-    let h = &report.latency_ns;
-    println!(
-        "Tadpole trading pipeline: {} processes, shared-memory rings, {} wait",
-        pipeline::AGENTS.len(),
-        args.wait.name()
-    );
-    let agents: Vec<String> = pipeline::AGENTS
-        .iter()
-        .map(|a| if args.python.iter().any(|p| p == a) { format!("{a} (python)") } else { (*a).to_owned() })
-        .collect();
-    println!("  {}", agents.join(" -> "));
-    println!(
-        "  signals: {} timed ({} filled, {} refused by risk), {:.0} signals/s, {} dead letters",
-        report.filled + report.rejected,
-        report.filled,
-        report.rejected,
-        (report.filled + report.rejected) as f64 / report.elapsed.as_secs_f64(),
-        report.dead_letters
-    );
-    println!("  end-to-end latency, signal to fill (4 ring hops, 4 agents), us:");
-    for (label, q) in [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999)] {
-        println!("    {label:>6}  {:>9.2}", h.value_at_quantile(q) as f64 / 1000.0);
-    }
-    println!("    {:>6}  {:>9.2}", "max", h.max() as f64 / 1000.0);
-    println!("  per hop at p50: {:.2} us", h.value_at_quantile(0.5) as f64 / 4000.0);
-    println!("  rings (messages in, full-ring waits, wake-ups):");
-    for (name, s) in &report.rings {
-        println!(
-            "    {name:<22} {:>8} msgs  {:>6} full  {:>6} wakes",
-            s.produced.messages, s.produced.full_events, s.produced.wakes
-        );
-    }
-    let p99_us = h.value_at_quantile(0.99) / 1000;
-    if p99_us > args.alert_p99_us {
-        println!("  ALERT: end-to-end p99 {p99_us} us exceeds {} us", args.alert_p99_us);
-    } else {
-        println!("  p99 within the {} us alert threshold", args.alert_p99_us);
-    }
-    Ok(())
 }
 
 fn demo(args: &DemoArgs) -> Result<()> {

@@ -2,7 +2,7 @@
 //! depth, counters and rates, as a table, a full-screen view that refreshes (`--watch`), or one
 //! JSON document (`--json`).
 //!
-//! Everything comes from [`Segment::status`]: plain loads of the counters the ring's owners keep
+//! Everything comes from [`Segment::status_from_file`]: plain loads of the counters the ring's owners keep
 //! in the segment. `stat` never attaches and never writes, so it cannot disturb the hot path
 //! beyond the cache lines it reads. Rates are differences between two readings.
 
@@ -23,8 +23,8 @@ use crate::sigbus;
 use crate::source::{RingSource, ensure_intact};
 
 /// What the counters' freshness is, shown under every view and in the JSON document.
-pub const FRESHNESS: &str = "produced messages, full-ring waits and held leases are exact at every \
-operation; bytes, commits and the consumer's counts are published every 64 producer claims, every \
+pub const FRESHNESS: &str = "produced messages, full-ring waits, held leases and dead letters are exact \
+at every operation; bytes, commits and the consumer's counts are published every 64 producer claims, every \
 256 receives or 64 empty polls, when the ring is full, and when a side detaches, so they (and their \
 rates) may trail by that much";
 
@@ -41,11 +41,12 @@ name, capacity, max_message_len, payload_align, epoch, creator {pid, alive}, pro
 consumer {state: alive|dead|detached|never_attached, pid}, head, tail, depth_bytes,
 depth_messages, fill_ratio, produced {messages, bytes, commits, full_ring_waits, wakes,
 padding_bytes, oversize_rejects}, consumed {messages, bytes, releases, empty_polls, wakes,
-corrupt_records}, leases_held, lease_capacity, and rates {messages_per_s, bytes_per_s,
+corrupt_records}, leases_held, lease_capacity, dead_letters (records a receiver refused) with
+dead_letters_by_reason {malformed, undeliverable}, and rates {messages_per_s, bytes_per_s,
 consumed_messages_per_s, consumed_bytes_per_s, full_ring_waits_per_s} (null without two
 readings). An unreadable ring is {name, error}. Integers beyond 2^53 are strings.
 
-Counters: produced messages, full-ring waits and held leases are exact; bytes, commits and the
+Counters: produced messages, full-ring waits, held leases and dead letters are exact; bytes, commits and the
 consumer's counts are published every 64 producer claims, 256 receives or 64 empty polls, when
 the ring is full, and when a side detaches.";
 
@@ -152,8 +153,9 @@ fn watch(rings: &mut Rings, interval: Duration, out: &mut impl Write) -> Result<
     outcome
 }
 
-/// The rings being shown, kept mapped between readings so rates compare like with like.
-struct Rings {
+/// The rings being shown, kept mapped between readings so rates compare like with like. Also
+/// what `tadpole metrics` reads at each scrape.
+pub(crate) struct Rings {
     /// The one ring asked for, or `None` for every ring in /dev/shm.
     single: Option<RingSource>,
     tracked: HashMap<String, Tracked>,
@@ -166,14 +168,14 @@ struct Tracked {
 
 /// One ring as shown: its status and the rates since the previous reading, or why it could not
 /// be read.
-struct Row {
-    name: String,
-    reading: Result<Reading, String>,
+pub(crate) struct Row {
+    pub(crate) name: String,
+    pub(crate) reading: Result<Reading, String>,
     rates: Option<Rates>,
 }
 
-struct Reading {
-    status: RingStatus,
+pub(crate) struct Reading {
+    pub(crate) status: RingStatus,
     epoch: u64,
 }
 
@@ -187,9 +189,14 @@ struct Rates {
 }
 
 impl Rings {
+    /// Every ring in /dev/shm, as many as there are at each reading.
+    pub(crate) fn all() -> Rings {
+        Rings { single: None, tracked: HashMap::new() }
+    }
+
     /// Reads every ring once. Asked about one ring, failing to read it is the command failing;
     /// listing them all, an unreadable ring is a row saying why.
-    fn read(&mut self) -> Result<Vec<Row>> {
+    pub(crate) fn read(&mut self) -> Result<Vec<Row>> {
         let sources = match &self.single {
             Some(source) => vec![source.clone()],
             None => {
@@ -224,7 +231,9 @@ impl Rings {
         }
         let tracked = self.tracked.get_mut(name).expect("inserted above");
         ensure_intact(&tracked.segment)?;
-        let (now, status) = (Instant::now(), tracked.segment.status());
+        // From the file, not the mapping: a truncation after the size check is an error here, not
+        // a SIGBUS (which would end `tadpole metrics` with every other ring).
+        let (now, status) = (Instant::now(), tracked.segment.status_from_file()?);
         let rates = tracked.last.as_ref().and_then(|(then, before)| rates(before, &status, now - *then));
         tracked.last = Some((now, status.clone()));
         Ok((Reading { status, epoch: tracked.segment.epoch() }, rates))
@@ -301,6 +310,11 @@ impl Row {
             },
             "leases_held": s.consumed.leases_held,
             "lease_capacity": s.consumed.lease_capacity,
+            "dead_letters": s.consumed.dead_letters(),
+            "dead_letters_by_reason": {
+                "malformed": s.consumed.dead_letters_malformed,
+                "undeliverable": s.consumed.dead_letters_undeliverable,
+            },
             "rates": self.rates.map(|x| json!({
                 "messages_per_s": x.messages,
                 "bytes_per_s": x.bytes,
@@ -314,7 +328,7 @@ impl Row {
 
 /// Messages committed and not yet received, as far as the (periodically published) consumer
 /// count tells.
-fn depth_messages(s: &RingStatus) -> u64 {
+pub(crate) fn depth_messages(s: &RingStatus) -> u64 {
     s.produced.messages.saturating_sub(s.consumed.messages)
 }
 
@@ -376,8 +390,8 @@ fn render_table(text: &mut String, rows: &[Row]) {
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).clamp(4, 40);
     let _ = writeln!(
         text,
-        "{:<width$}  {:<14} {:<14} {:>16} {:>9} {:>9} {:>10} {:>9} {:>11} {:>7}",
-        "RING", "PRODUCER", "CONSUMER", "DEPTH", "CAPACITY", "MSG/S", "BYTES/S", "FULL", "LEASES", "CORRUPT"
+        "{:<width$}  {:<14} {:<14} {:>16} {:>9} {:>9} {:>10} {:>9} {:>11} {:>7} {:>7}",
+        "RING", "PRODUCER", "CONSUMER", "DEPTH", "CAPACITY", "MSG/S", "BYTES/S", "FULL", "LEASES", "CORRUPT", "DEAD"
     );
     for row in rows {
         let r = match &row.reading {
@@ -392,7 +406,7 @@ fn render_table(text: &mut String, rows: &[Row]) {
         let (msgs, bps) = row.rates.map_or(("-".into(), "-".into()), |x| (count(x.messages), bytes_rate(x.bytes)));
         let _ = writeln!(
             text,
-            "{:<width$}  {:<14} {:<14} {:>16} {:>9} {:>9} {:>10} {:>9} {:>11} {:>7}",
+            "{:<width$}  {:<14} {:<14} {:>16} {:>9} {:>9} {:>10} {:>9} {:>11} {:>7} {:>7}",
             row.name,
             peer_cell(s.producer),
             peer_cell(s.consumer),
@@ -403,6 +417,7 @@ fn render_table(text: &mut String, rows: &[Row]) {
             s.produced.full_events,
             format!("{}/{}", s.consumed.leases_held, s.consumed.lease_capacity),
             s.consumed.corrupt_records,
+            s.consumed.dead_letters(),
         );
     }
 }
@@ -441,7 +456,8 @@ fn render_detail(text: &mut String, row: &Row) {
     let c = &s.consumed;
     let _ = writeln!(
         text,
-        "  consumer {}: {} messages, {} B, {} releases, {} wakes, {} corrupt, leases {}/{}",
+        "  consumer {}: {} messages, {} B, {} releases, {} wakes, {} corrupt, leases {}/{}, \
+         {} dead letters ({} malformed, {} undeliverable)",
         peer_words(s.consumer),
         c.messages,
         c.bytes,
@@ -449,7 +465,10 @@ fn render_detail(text: &mut String, row: &Row) {
         c.wakes,
         c.corrupt_records,
         c.leases_held,
-        c.lease_capacity
+        c.lease_capacity,
+        c.dead_letters(),
+        c.dead_letters_malformed,
+        c.dead_letters_undeliverable
     );
     let _ = writeln!(
         text,

@@ -150,7 +150,28 @@ fn bench_quick_runs_every_transport_between_two_processes() {
     // One message in flight cannot batch, nor skip its copy: these two stream only.
     want.remove(&("latency".to_owned(), "tadpole-batched".to_owned(), 64));
     want.remove(&("latency".to_owned(), "tadpole-zerocopy".to_owned(), 64));
-    assert_eq!(keys(&rows), want);
+    // The Arrow receive rows (1 k and 1 M rows) are sized by their batches, not by --sizes.
+    let (arrow_recv, by_size): (Vec<Value>, Vec<Value>) =
+        rows.into_iter().partition(|r| r["transport"].as_str().unwrap().starts_with("tadpole-arrow-recv"));
+    assert_eq!(keys(&by_size), want);
+    for transport in ["tadpole-arrow-recv", "tadpole-arrow-recv-trusted"] {
+        let rows: Vec<Value> = arrow_recv.iter().filter(|r| r["transport"] == transport).cloned().collect();
+        assert_arrow_receive_rows(&rows);
+    }
+}
+
+/// The two rows of one Arrow receive transport: 1 k then 1 M rows (so the second batch is ~1000x the
+/// first's bytes), each a receive time, the first the baseline of the second's ratio.
+fn assert_arrow_receive_rows(rows: &[Value]) {
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (small, large) = (&rows[0], &rows[1]);
+    let size = |r: &Value| r["size"].as_f64().unwrap();
+    assert!(size(large) > 500.0 * size(small), "{rows:?}");
+    assert_eq!(small["ratio"].as_f64(), Some(1.0));
+    let p50 = |r: &Value| r["p50_ns"].as_f64().unwrap();
+    assert!(p50(small) > 0.0 && p50(large) > 0.0);
+    assert!((large["ratio"].as_f64().unwrap() - p50(large) / p50(small)).abs() < 1e-9);
+    assert!(large["baseline"].as_str().unwrap().contains("1000000 rows"), "{rows:?}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ fn tadpole(args: &[&str]) -> (bool, String) {
 }
 
 #[test]
-fn demo_runs_four_agent_processes_and_reports_end_to_end_latency() {
+fn demo_runs_the_agent_processes_and_reports_end_to_end_latency() {
     let (ok, out) = tadpole(&["demo", "--signals", "3000"]);
     assert!(ok, "{out}");
     for want in ["market-analysis -> risk -> personality -> execution", "p50", "p99.9", "0 dead letters"] {

@@ -6,7 +6,18 @@ use ops_support::{stderr, stdout, tadpole};
 
 #[test]
 fn every_command_has_help_with_examples_and_exit_statuses() {
-    for command in [&[][..], &["stat"], &["tap"], &["clean"], &["demo"], &["pingpong"], &["relay"], &["keygen"]] {
+    for command in [
+        &[][..],
+        &["stat"],
+        &["tap"],
+        &["clean"],
+        &["demo"],
+        &["pingpong"],
+        &["relay"],
+        &["keygen"],
+        &["metrics"],
+        &["chaos"],
+    ] {
         let args: Vec<&str> = command.iter().copied().chain(["--help"]).collect();
         let out = tadpole(&args);
         let text = stdout(&out);

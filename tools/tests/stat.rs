@@ -13,6 +13,7 @@ use ops_support::{ChildProcess, Unlink, forever, stderr, stdout, tadpole, unique
 use serde_json::Value;
 
 const PRODUCE_ENV: &str = "TADPOLE_OPS_STAT_PRODUCE";
+const REFUSE_ENV: &str = "TADPOLE_OPS_STAT_REFUSE";
 
 /// Child: attaches as the producer of the ring named in the environment and sends 40-byte
 /// messages of type 7, a few every millisecond, waiting on a full ring.
@@ -30,6 +31,30 @@ fn child_producer_sends_until_killed() {
             }
         }
     })
+}
+
+/// Child: receives envelopes from the ring named in the environment, verifying each, and stays
+/// attached (alive) after refusing what is not one.
+#[test]
+fn child_envelope_receiver_refuses_until_killed() {
+    let Ok(name) = std::env::var(REFUSE_ENV) else { return };
+    let mut rx = schemas::channel::EnvelopeReceiver::new(Segment::open(&name).unwrap().consumer().unwrap());
+    println!("ready");
+    forever(Duration::from_millis(1), || match rx.try_recv() {
+        Ok(_)
+        | Err(schemas::channel::EnvelopeRecvError::Empty | schemas::channel::EnvelopeRecvError::Rejected { .. }) => {}
+        Err(e) => panic!("{e}"),
+    })
+}
+
+/// A record that frames as an envelope (size prefix, `TDPL`) but whose root offset points
+/// outside it: the FlatBuffers verifier refuses it.
+fn forged_envelope() -> Vec<u8> {
+    let mut bytes = vec![0xAB; 32];
+    bytes[0..4].copy_from_slice(&28u32.to_le_bytes());
+    bytes[4..8].copy_from_slice(&0xFFFF_FF00u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(b"TDPL");
+    bytes
 }
 
 /// A u64 as printed: a number, or a string beyond 2^53.
@@ -87,6 +112,58 @@ fn stat_json_shows_a_child_producers_pid_liveness_rates_and_held_leases_then_its
     assert_eq!(ring["producer"]["state"], "dead", "{ring}");
     assert_eq!(ring["producer"]["pid"], child.pid(), "{ring}");
     assert_eq!(ring["rates"]["messages_per_s"], 0.0, "{ring}");
+}
+
+#[test]
+fn stat_shows_the_dead_letter_a_receiver_in_another_process_counted_for_a_forged_envelope() {
+    let name = unique("dead");
+    let _unlink = Unlink(name.clone());
+    let segment = RingBuilder::new(1 << 16).create_named(&name).unwrap();
+    let mut producer = segment.producer().unwrap();
+    let child = ChildProcess::start("child_envelope_receiver_refuses_until_killed", &[(REFUSE_ENV, &name)], true);
+    let read = || {
+        let out = tadpole(&["stat", &name, "--json", "--sample-ms", "0"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        doc["rings"][0].clone()
+    };
+    assert_eq!(read()["dead_letters"], 0);
+    producer.try_send_typed(3, &forged_envelope()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ring = loop {
+        let ring = read();
+        if ring["dead_letters"] != 0 || Instant::now() > deadline {
+            break ring;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(ring["dead_letters"], 1, "{ring}");
+    assert_eq!(ring["dead_letters_by_reason"]["malformed"], 1, "{ring}");
+    assert_eq!(ring["dead_letters_by_reason"]["undeliverable"], 0, "{ring}");
+    assert_eq!(ring["consumer"]["pid"], child.pid(), "the refusing process is the consumer: {ring}");
+    assert_eq!(ring["head"], ring["tail"], "the refused record was released: {ring}");
+    // The table (what --watch redraws) and the detail view show it too.
+    let table = stdout(&tadpole(&["stat", "--sample-ms", "0"]));
+    assert!(table.lines().next().unwrap().ends_with("DEAD"), "{table}");
+    let row = table.lines().find(|l| l.starts_with(&name)).unwrap_or_else(|| panic!("no row for {name}:\n{table}"));
+    assert!(row.ends_with(" 1"), "{row}");
+    let detail = stdout(&tadpole(&["stat", &name, "--sample-ms", "0"]));
+    assert!(detail.contains("1 dead letters (1 malformed, 0 undeliverable)"), "{detail}");
+}
+
+#[test]
+fn stat_json_counts_an_arrow_frame_a_batch_receiver_refused_as_a_malformed_dead_letter() {
+    let name = unique("dead-arrow");
+    let _unlink = Unlink(name.clone());
+    let segment =
+        RingBuilder::new(1 << 16).payload_align(ipc_core::PayloadAlign::SixtyFour).create_named(&name).unwrap();
+    let mut producer = segment.producer().unwrap();
+    let mut rx = schemas::channel::BatchReceiver::new(segment.consumer().unwrap()).unwrap();
+    producer.try_send(&[0xFF; 64]).unwrap();
+    assert!(matches!(rx.try_recv(), Err(schemas::channel::BatchRecvError::Rejected { .. })));
+    let ring = stat_json(&name);
+    assert_eq!(ring["dead_letters"], 1, "{ring}");
+    assert_eq!(ring["dead_letters_by_reason"]["malformed"], 1, "{ring}");
 }
 
 #[test]

@@ -15,6 +15,11 @@
 //! echo thread writes each record back into relay B's return ring, and the pinging side reads
 //! it from relay A's; one-way = round trip / 2.
 //!
+//! Throughput runs make this process's ring ends sleep on the ring's futex when they must wait
+//! (`WaitStrategy::Block`, as the raw sockets block); the judged latency row lets the ring
+//! readers yield between polls (`WaitStrategy::SpinThenYield`, the ring's default), and a
+//! context row shows them asleep on the futex.
+//!
 //! Side A (the sending thread, its libzmq context's I/O thread, relay A) runs on CPU
 //! [`MAIN_CPU`], side B (the receiving thread and its context, the echo thread, relay B) on CPU
 //! [`PEER_CPU`]: each "host" has one core. Throughput runs alternate raw and relay, latency is
@@ -24,6 +29,8 @@
 //! ```text
 //! cargo run --release -p tadpole-benches --bin relay_report            # ~30 s
 //! cargo run --release -p tadpole-benches --bin relay_report -- --quick # a few seconds (smoke)
+//! cargo run --release -p tadpole-benches --bin relay_report -- --throughput-sizes=  # latency only
+//! cargo run --release -p tadpole-benches --bin relay_report -- --throughput-sizes=64 --no-latency
 //! ```
 //!
 //! The `tadpole` binary is `$TADPOLE_BIN`, or `tadpole` next to this executable, or
@@ -35,7 +42,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tadpole_benches::relay_pair::{Rate, RelayPair, STALL, seq_of, stamp};
+use ipc_core::WaitStrategy;
+use tadpole_benches::relay_pair::{MAX_RECORD, Rate, RelayPair, STALL, seq_of, stamp};
 use tadpole_benches::stats::{OneWay, rtt_histogram};
 use tadpole_benches::{BenchResult, MAIN_CPU, PEER_CPU, floor, peer, pin};
 
@@ -74,6 +82,10 @@ struct Settings {
     slice: Duration,
     /// Duration of each floor probe.
     probe: Duration,
+    /// Record sizes of the throughput rows (`--throughput-sizes`; empty: no throughput rows).
+    sizes: Vec<usize>,
+    /// Whether to take the latency rows (`--no-latency` skips them).
+    latency: bool,
 }
 
 impl Settings {
@@ -84,6 +96,8 @@ impl Settings {
             slices: 4,
             slice: Duration::from_millis(1000),
             probe: Duration::from_millis(5),
+            sizes: THROUGHPUT_SIZES.to_vec(),
+            latency: true,
         };
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
@@ -94,13 +108,30 @@ impl Settings {
                         slices: 2,
                         slice: Duration::from_millis(150),
                         probe: Duration::from_millis(2),
+                        ..s
                     }
                 }
+                "--no-latency" => s.latency = false,
                 "-h" | "--help" => {
-                    println!("usage: relay_report [--quick]");
+                    println!(
+                        "usage: relay_report [--quick] [--throughput-sizes=64,16384] [--no-latency]\n\
+                         (--throughput-sizes= with no sizes skips the throughput rows; used to profile one phase)"
+                    );
                     std::process::exit(0);
                 }
-                other => return Err(format!("unknown argument {other:?} (try --help)")),
+                other => match other.strip_prefix("--throughput-sizes=") {
+                    Some(list) => {
+                        s.sizes = list
+                            .split(',')
+                            .filter(|v| !v.is_empty())
+                            .map(|v| match v.parse::<usize>() {
+                                Ok(size) if (8..=MAX_RECORD).contains(&size) => Ok(size),
+                                _ => Err(format!("--throughput-sizes: {v:?} is not a size from 8 to {MAX_RECORD}")),
+                            })
+                            .collect::<Result<_, _>>()?
+                    }
+                    None => return Err(format!("unknown argument {other:?} (try --help)")),
+                },
             }
         }
         Ok(s)
@@ -343,7 +374,10 @@ fn throughput_row(settings: &Settings, raw: &mut RawPair, relay: &mut RelayPair,
     let warm_n = if size >= 4096 { 2_000 } else { 50_000 };
     let mut packed_rate = raw.run(warm_n, size, true)?.per_sec();
     let mut raw_rate = raw.run(warm_n, size, false)?.per_sec();
-    let mut relay_rate = relay.run(warm_n, size, false)?.per_sec();
+    relay.set_wait(Some(WaitStrategy::Block));
+    let warm = relay.run(warm_n, size, false);
+    relay.set_wait(None);
+    let mut relay_rate = warm?.per_sec();
     let (mut packs, mut raws, mut relays) = (Vec::new(), Vec::new(), Vec::new());
     let mut relay_time = Duration::ZERO;
     let mut relay_cpu = [Duration::ZERO; 2];
@@ -356,7 +390,10 @@ fn throughput_row(settings: &Settings, raw: &mut RawPair, relay: &mut RelayPair,
         raw_rate = r.per_sec();
         raws.push(r);
         let before = relay.relay_cpu()?;
-        let r = relay.run(sized(relay_rate), size, false)?;
+        relay.set_wait(Some(WaitStrategy::Block));
+        let r = relay.run(sized(relay_rate), size, false);
+        relay.set_wait(None);
+        let r = r?;
         let after = relay.relay_cpu()?;
         for i in 0..2 {
             relay_cpu[i] += after[i] - before[i];
@@ -393,22 +430,40 @@ fn throughput_row(settings: &Settings, raw: &mut RawPair, relay: &mut RelayPair,
 }
 
 fn latency_rows(settings: &Settings, raw: &mut RawPair, relay: &mut RelayPair) -> BenchResult<Vec<Row>> {
-    let (mut raw_rtt, mut relay_rtt) = (rtt_histogram(), rtt_histogram());
+    let (mut raw_rtt, mut relay_rtt, mut blocking_rtt) = (rtt_histogram(), rtt_histogram(), rtt_histogram());
+    let blocking_slice = |relay: &mut RelayPair, duration: Duration, rtt: &mut Histogram<u64>| {
+        relay.set_wait(Some(WaitStrategy::Block));
+        let r = relay.record_for(duration, LATENCY_SIZE, rtt);
+        relay.set_wait(None);
+        r
+    };
+    let yielding_slice = |relay: &mut RelayPair, duration: Duration, rtt: &mut Histogram<u64>| {
+        relay.set_wait(Some(WaitStrategy::SpinThenYield));
+        let r = relay.record_for(duration, LATENCY_SIZE, rtt);
+        relay.set_wait(None);
+        r
+    };
     // Warm-up slice of each, discarded.
     raw.record_for(settings.slice / 4, &mut raw_rtt)?;
-    relay.record_for(settings.slice / 4, LATENCY_SIZE, &mut relay_rtt)?;
+    yielding_slice(relay, settings.slice / 4, &mut relay_rtt)?;
+    blocking_slice(relay, settings.slice / 4, &mut blocking_rtt)?;
     raw_rtt.reset();
     relay_rtt.reset();
+    blocking_rtt.reset();
     for _ in 0..settings.slices {
         raw.record_for(settings.slice, &mut raw_rtt)?;
-        relay.record_for(settings.slice, LATENCY_SIZE, &mut relay_rtt)?;
+        yielding_slice(relay, settings.slice, &mut relay_rtt)?;
+        blocking_slice(relay, settings.slice, &mut blocking_rtt)?;
     }
-    let (raw1, relay1) = (OneWay::from_rtt(&raw_rtt), OneWay::from_rtt(&relay_rtt));
+    let (raw1, relay1, blocking1) =
+        (OneWay::from_rtt(&raw_rtt), OneWay::from_rtt(&relay_rtt), OneWay::from_rtt(&blocking_rtt));
     let us = |ns: f64| format!("{:.1} µs", ns / 1e3);
     let p50_ratio = relay1.p50 / raw1.p50;
     Ok(vec![
         Row {
-            name: format!("latency {LATENCY_SIZE} B one-way p50, ring → relay → relay → ring (ping-pong / 2)"),
+            name: format!(
+                "latency {LATENCY_SIZE} B one-way p50, ring → relay → relay → ring (ping-pong / 2; ring readers yield between polls, `WaitStrategy::SpinThenYield`, the ring's default)"
+            ),
             value: format!("{} (added {} over raw; n={})", us(relay1.p50), us(relay1.p50 - raw1.p50), relay1.samples),
             baseline: format!("raw CURVE {} (n={})", us(raw1.p50), raw1.samples),
             ratio: p50_ratio,
@@ -420,6 +475,16 @@ fn latency_rows(settings: &Settings, raw: &mut RawPair, relay: &mut RelayPair) -
             value: format!("{} (p99.9 {})", us(relay1.p99), us(relay1.p999)),
             baseline: format!("raw CURVE {} (p99.9 {})", us(raw1.p99), us(raw1.p999)),
             ratio: relay1.p99 / raw1.p99,
+            target: "— (context)".to_owned(),
+            met: None,
+        },
+        Row {
+            name: format!(
+                "latency {LATENCY_SIZE} B one-way p50, ring readers asleep on the ring's futex (`WaitStrategy::Block`)"
+            ),
+            value: format!("{} (p99 {}; n={})", us(blocking1.p50), us(blocking1.p99), blocking1.samples),
+            baseline: format!("raw CURVE {}", us(raw1.p50)),
+            ratio: blocking1.p50 / raw1.p50,
             target: "— (context)".to_owned(),
             met: None,
         },
@@ -437,10 +502,12 @@ fn run(settings: &Settings) -> BenchResult<()> {
     let mut raw = RawPair::start()?;
     let mut relay = RelayPair::start()?;
     let mut rows = Vec::new();
-    for size in THROUGHPUT_SIZES {
+    for &size in &settings.sizes {
         rows.push(throughput_row(settings, &mut raw, &mut relay, size)?);
     }
-    rows.extend(latency_rows(settings, &mut raw, &mut relay)?);
+    if settings.latency {
+        rows.extend(latency_rows(settings, &mut raw, &mut relay)?);
+    }
     raw.stop()?;
     let repeats = relay.stop()?;
     let end_floor = floor::probe(settings.probe)?;

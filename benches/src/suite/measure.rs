@@ -191,3 +191,76 @@ pub fn relay_throughput(pair: &mut RelayPair, size: usize, copy: bool, s: &Setti
     }
     Ok(summarize(rates))
 }
+
+/// Row counts of the Arrow receive rows: the receive must cost the same for both.
+pub const ARROW_ROWS: [usize; 2] = [1_000, 1_000_000];
+
+/// A record batch of `rows` rows as a user would stream one: an `Int64` id, a nullable
+/// `Float64` price and a `Utf8` symbol.
+fn arrow_rows_batch(rows: usize) -> BenchResult<arrow_array::RecordBatch> {
+    use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+    let ids = Int64Array::from_iter_values(0..rows as i64);
+    let px = Float64Array::from_iter((0..rows).map(|i| (i % 7 != 0).then_some(i as f64 * 0.5)));
+    let sym = StringArray::from_iter_values((0..rows).map(|i| ["BTC-USD", "ETH-USD", "SOL-USD"][i % 3]));
+    Ok(RecordBatch::try_from_iter([
+        ("id", std::sync::Arc::new(ids) as ArrayRef),
+        ("px", std::sync::Arc::new(px) as ArrayRef),
+        ("sym", std::sync::Arc::new(sym) as ArrayRef),
+    ])?)
+}
+
+/// A `tadpole-arrow-recv` row for `rows` rows: how long one `BatchReceiver::try_recv` of a
+/// committed batch takes (the frame checked, arrays built over the ring: no copy), in one
+/// process, the batch sent just before each receive (untimed). Each sample is one receive
+/// timed on its own (two clock reads, ~20 ns of the figure). Returns the batch's size in bytes
+/// (its arrays' memory) and the receive times.
+///
+/// `trusted`: the receiver skips validation of array data (`trust_peer`), and 64 MiB are
+/// streamed through the caches before each receive, so a 1 k-row and a 1 M-row receive start
+/// from the same cold caches (otherwise the 1 M-row send has just pushed the frame's metadata
+/// out of the last-level cache while the 1 k-row frame's stays hot: cache state, not work).
+/// Validated receive checks every offset, UTF-8 byte and null, so it grows with the rows.
+pub fn arrow_receive_row(rows: usize, trusted: bool, s: &Settings) -> BenchResult<(usize, OneWay)> {
+    use ipc_core::{PayloadAlign, RingBuilder};
+    use schemas::channel::{BatchReceiver, BatchSender};
+    let batch = arrow_rows_batch(rows)?;
+    let frame_len = batch.get_array_memory_size();
+    let segment = RingBuilder::new((4 * frame_len).next_power_of_two().max(1 << 20))
+        .payload_align(PayloadAlign::SixtyFour)
+        .max_message_len((2 * frame_len).max(1 << 16))
+        .create_anonymous()?;
+    let mut tx = BatchSender::new(segment.producer()?)?;
+    let mut rx = BatchReceiver::new(segment.consumer()?)?;
+    let mut flush = Vec::new();
+    if trusted {
+        // SAFETY: the only peer is the `BatchSender` above, in this process, which writes only
+        // frames Arrow's own encoder made.
+        rx = unsafe { rx.trust_peer() };
+        flush = vec![0u8; 64 << 20];
+    }
+    let mut samples = rtt_histogram();
+    for (phase, budget) in [(0, s.warm), (1, s.latency)] {
+        let began = Instant::now();
+        // At least a few receives even for a 1 M-row batch in a short row.
+        let mut n = 0;
+        while began.elapsed() < budget || n < 5 {
+            tx.send(&batch)?;
+            if trusted {
+                flush.iter_mut().step_by(64).for_each(|b| *b = b.wrapping_add(1));
+                std::hint::black_box(&flush);
+            }
+            let t = Instant::now();
+            let got = rx.try_recv()?;
+            let took = t.elapsed();
+            if got.num_rows() != rows {
+                return Err(format!("received {} rows, {rows} sent", got.num_rows()).into());
+            }
+            drop(got);
+            if phase == 1 {
+                samples.saturating_record(took.as_nanos() as u64);
+            }
+            n += 1;
+        }
+    }
+    Ok((frame_len, OneWay::from_samples(&samples)))
+}

@@ -37,10 +37,15 @@ use report::{Row, Scenario, format_size};
 use transports::{Arrow, Crossbeam, Envelope, Iceoryx, Kind, Pipe, Ring, Spec, Uds, Zmq};
 
 pub(crate) use floor2::peer_main as floor2_peer_main;
+pub use plot::histogram as plot_histogram;
 pub(crate) use transports::peer_main as transport_peer_main;
 
 /// Floor drift (start to end, or start to a row's probe) above which a run or row is flagged.
 const DRIFT_LIMIT: f64 = 0.20;
+/// The transport name of the Arrow receive rows (see [`Job::ArrowRows`]).
+pub(crate) const ARROW_RECV: &str = "tadpole-arrow-recv";
+/// The same with a trusted receiver (no array-data validation) and cold caches.
+pub(crate) const ARROW_RECV_TRUSTED: &str = "tadpole-arrow-recv-trusted";
 const DEFAULT_SIZES: [usize; 5] = [8, 64, 1024, 16 << 10, 1 << 20];
 const QUICK_SIZES: [usize; 2] = [64, 1024];
 
@@ -183,6 +188,8 @@ enum Job {
     /// memcpy and the two-thread handoff at a size.
     Baselines(usize),
     Throughput(Kind, usize, bool),
+    /// `tadpole-arrow-recv`: one validated Arrow receive, 1 k rows against 1 M rows.
+    ArrowRows,
 }
 
 impl Job {
@@ -190,6 +197,7 @@ impl Job {
         match self {
             Job::Latency(k, size) => format!("latency {} {}", k.name(), format_size(size)),
             Job::Baselines(size) => format!("memcpy + handoff {}", format_size(size)),
+            Job::ArrowRows => "latency tadpole-arrow-recv(-trusted) 1 k and 1 M rows".to_owned(),
             Job::Throughput(k, size, copy) => {
                 format!("throughput-{} {} {}", if copy { "copy" } else { "seq" }, k.name(), format_size(size))
             }
@@ -204,6 +212,10 @@ fn plan(args: &Args) -> Vec<Job> {
     if args.wants("latency") {
         for &size in &sizes {
             jobs.extend(kinds.iter().filter(|k| k.pings() && relay_fits(**k, size)).map(|k| Job::Latency(*k, size)));
+        }
+        // Not a message size: the receive of a whole batch, whatever its row count.
+        if kinds.contains(&Kind::TadpoleArrow) {
+            jobs.push(Job::ArrowRows);
         }
     }
     if args.wants("throughput") {
@@ -286,6 +298,33 @@ impl Run {
                     floor_ns: probe,
                     floor_moved: moved,
                 }])
+            }
+            Job::ArrowRows => {
+                let mut rows = Vec::new();
+                for (transport, trusted) in [(ARROW_RECV, false), (ARROW_RECV_TRUSTED, true)] {
+                    let mut first: Option<(usize, f64)> = None;
+                    for count in measure::ARROW_ROWS {
+                        let (bytes, receive) = measure::arrow_receive_row(count, trusted, &s)?;
+                        let (base_rows, base_p50) = *first.get_or_insert((count, receive.p50));
+                        rows.push(Row {
+                            scenario: Scenario::Latency,
+                            transport: transport.to_owned(),
+                            size: bytes,
+                            latency: Some(receive),
+                            msgs_per_s: None,
+                            bytes_per_s: None,
+                            baseline: format!(
+                                "{count} rows: receive time / the {base_rows}-row receive ({base_p50:.0} ns), one process"
+                            ),
+                            ratio: Some(receive.p50 / base_p50),
+                            ratio_floor2: None,
+                            ratio_memcpy: None,
+                            floor_ns: probe,
+                            floor_moved: moved,
+                        });
+                    }
+                }
+                Ok(rows)
             }
             Job::Baselines(size) => {
                 let region = transports::ring_capacity(size);
@@ -536,6 +575,9 @@ fn legend() -> String {
     for k in Kind::ALL {
         text.push_str(&format!("  {:<17} {}\n", k.name(), k.about()));
     }
+    text.push_str(&format!(
+        "  {ARROW_RECV:<17} one validated BatchReceiver::try_recv of a 1 k-row and a 1 M-row batch (id, price, symbol), one process; ratio = / the 1 k-row receive\n  {ARROW_RECV_TRUSTED:<17} the same, trusted receiver (no array-data validation), caches flushed before each receive\n"
+    ));
     text.push_str(&format!(
         "  {:<17} single-thread copy of each size into a ring-sized buffer\n  {:<17} two threads (CPU {MAIN_CPU} → CPU {PEER_CPU}) copying blocks in and out of a slot ring with two counters: the ceiling for any ring\n",
         "memcpy", "handoff"

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use super::ARROW_RECV;
 use super::report::{Row, Scenario, format_size};
 use crate::BenchResult;
 
@@ -52,7 +53,10 @@ pub fn write(dir: &Path, rows: &[Row]) -> BenchResult<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     let mut latency: BTreeMap<usize, Vec<&Row>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.scenario == Scenario::Latency && r.latency.is_some()) {
+    // The Arrow receive rows time one receive of a batch, not a message of a size: no chart.
+    let messages =
+        |r: &&Row| r.scenario == Scenario::Latency && r.latency.is_some() && !r.transport.starts_with(ARROW_RECV);
+    for r in rows.iter().filter(messages) {
         latency.entry(r.size).or_default().push(r);
     }
     for (size, rows) in &latency {
@@ -77,9 +81,21 @@ pub fn write(dir: &Path, rows: &[Row]) -> BenchResult<Vec<PathBuf>> {
     Ok(written)
 }
 
+/// One latency histogram (used by `tadpole demo --plot`): `buckets` are (upper bound in ns,
+/// samples since the previous bucket), drawn as bars over a log latency axis into `<stem>.svg`
+/// and `<stem>.png`.
+pub fn histogram(stem: &Path, title: &str, buckets: &[(f64, u64)]) -> BenchResult<Vec<PathBuf>> {
+    register_font()?;
+    if let Some(dir) = stem.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    both(stem, Chart::Histogram(title, buckets))
+}
+
 enum Chart<'a> {
     Latency(&'a str, &'a [&'a Row]),
     Throughput(&'a str, &'a [&'a Row]),
+    Histogram(&'a str, &'a [(f64, u64)]),
 }
 
 impl Chart<'_> {
@@ -87,6 +103,7 @@ impl Chart<'_> {
         match self {
             Chart::Latency(title, rows) => latency_chart(root, title, rows),
             Chart::Throughput(title, rows) => throughput_chart(root, title, rows),
+            Chart::Histogram(title, buckets) => histogram_chart(root, title, buckets),
         }
     }
 }
@@ -169,6 +186,46 @@ fn latency_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str,
         .border_style(BLACK)
         .label_font(("sans-serif", 13))
         .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+fn histogram_chart<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    buckets: &[(f64, u64)],
+) -> Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(err)?;
+    let bars: Vec<(f64, f64, u64)> = buckets
+        .iter()
+        .scan(None, |prev: &mut Option<f64>, &(upper, count)| {
+            let lower = prev.unwrap_or(upper / 1.25).max(1.0);
+            *prev = Some(upper);
+            Some((lower, upper.max(lower * 1.01), count))
+        })
+        .filter(|b| b.2 > 0)
+        .collect();
+    let lo = bars.iter().map(|b| b.0).fold(f64::MAX, f64::min).min(1e9) / 1.2;
+    let hi = bars.iter().map(|b| b.1).fold(lo * 10.0, f64::max) * 1.2;
+    let top = bars.iter().map(|b| b.2).max().unwrap_or(1) as f64 * 1.1;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d((lo..hi).log_scale(), 0f64..top)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("latency (log)")
+        .y_desc("samples")
+        .x_label_formatter(&|x| super::report::format_ns(*x))
+        .draw()
+        .map_err(err)?;
+    let color = series_color(0);
+    chart
+        .draw_series(bars.iter().map(|&(a, b, n)| Rectangle::new([(a, 0.0), (b, n as f64)], color.filled())))
         .map_err(err)?;
     Ok(())
 }

@@ -1,20 +1,32 @@
 //! What a receiver has committed, per inbound stream, kept in a side file so that it survives a
 //! crash of the receiving relay (see PROTOCOL.md, "Receiver state").
 //!
-//! The file is rewritten whole after every commit (write a temporary file, then `rename` over
-//! the old one: a reader sees the old state or the new, never a mix) and not fsynced: it lives as
-//! long as the shared-memory ring it describes (a process crash keeps both; a host crash loses
-//! the ring anyway, and each entry names the local ring's epoch so a recreated ring voids it).
+//! The file holds two copies (*slots*) of the state, each with a sequence number and a checksum;
+//! a save overwrites the older slot in place with one `pwrite` (no new file, no rename: those
+//! cost the receiving relay more than the records of a small DATA message), so a save torn by
+//! a crash leaves the other slot, the state before it, intact, and loading takes the newest
+//! valid slot. When the state outgrows a slot, the file is written anew (temporary file, then
+//! `rename`: a reader sees the old file or the new, never a mix) with larger slots. Not
+//! fsynced: the file lives as long as the shared-memory ring it describes (a process crash keeps
+//! both; a host crash loses the ring anyway, and each entry names the local ring's epoch so a
+//! recreated ring voids it). Version 1 files (one copy, no sequence number) are still read.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::wire::{self, RejectReason, Rejected};
 
 /// Largest checkpoint file read.
 const MAX_FILE_LEN: u64 = 64 << 20;
-const MAGIC: &str = "tadpole-relay-checkpoint 1";
+/// First line of a version 1 file (one copy of the state, rewritten whole by each save).
+const MAGIC_V1: &str = "tadpole-relay-checkpoint 1";
+/// First line of each slot of a version 2 file.
+const MAGIC: &str = "tadpole-relay-checkpoint 2";
+/// Smallest slot: a page holds dozens of streams.
+const MIN_SLOT_LEN: usize = 4096;
 
 /// Why a checkpoint file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +64,31 @@ pub(crate) struct StreamState {
     pub rejects: VecDeque<Rejected>,
 }
 
+/// Streams `(origin, stream)` → state.
+type Streams = BTreeMap<(String, String), StreamState>;
+
 /// Streams `(origin, stream)` → state, with the file that keeps them.
 #[derive(Debug, Default)]
 pub(crate) struct Checkpoints {
     pub path: Option<PathBuf>,
-    pub streams: BTreeMap<(String, String), StreamState>,
+    pub streams: Streams,
+    /// The open version 2 file; `None` until the first save (or after a version 1 file).
+    file: Option<SlotFile>,
+    /// Sequence number of the last save (or of the slot loaded).
+    seq: u64,
+}
+
+/// A version 2 file: two slots of `slot_len` bytes, the one of save `seq` at `(seq % 2) *
+/// slot_len`, each its text then NUL bytes.
+#[derive(Debug)]
+struct SlotFile {
+    file: File,
+    slot_len: usize,
+    /// Length of the text last written into each slot: a shorter one overwrites the rest with
+    /// NULs.
+    written: [usize; 2],
+    /// Reused for each save.
+    buf: Vec<u8>,
 }
 
 fn fnv(text: &str) -> u64 {
@@ -67,7 +99,7 @@ impl Checkpoints {
     /// Loads `path` (empty when it does not exist).
     pub fn load(path: &Path) -> Result<Checkpoints, CheckpointError> {
         let io = |source| CheckpointError::Io { path: path.to_owned(), source };
-        let text = match std::fs::File::open(path) {
+        let text = match File::open(path) {
             Ok(file) => {
                 let mut text = String::new();
                 use std::io::Read;
@@ -77,26 +109,81 @@ impl Checkpoints {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io(e)),
         };
-        let streams = if text.is_empty() { BTreeMap::new() } else { parse(&text, path)? };
-        Ok(Checkpoints { path: Some(path.to_owned()), streams })
+        let mut checkpoints = Checkpoints { path: Some(path.to_owned()), ..Checkpoints::default() };
+        if text.is_empty() {
+            return Ok(checkpoints);
+        }
+        if text.starts_with(&format!("{MAGIC_V1}\n")) {
+            checkpoints.streams = parse(&text, MAGIC_V1, path)?;
+            return Ok(checkpoints);
+        }
+        // Version 2: the newest slot that is whole. A save torn by a crash damages only the
+        // slot it was writing, whose ACK never left; the other slot is the state before it.
+        let invalid = CheckpointError::Invalid { path: path.to_owned(), line: 1 };
+        if text.len() % 2 != 0 || text.len() < 2 * MIN_SLOT_LEN {
+            return Err(invalid);
+        }
+        let slot_len = text.len() / 2;
+        let (mut best, mut first_error, mut written) = (None, None, [0; 2]);
+        for (i, slot) in [&text[..slot_len], &text[slot_len..]].into_iter().enumerate() {
+            let body = slot.split('\0').next().unwrap_or("");
+            written[i] = body.len();
+            match parse_slot(body, path) {
+                Ok((seq, streams)) => {
+                    if best.as_ref().is_none_or(|(s, _)| seq > *s) {
+                        best = Some((seq, streams));
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let Some((seq, streams)) = best else { return Err(first_error.unwrap_or(invalid)) };
+        let file = std::fs::OpenOptions::new().write(true).open(path).map_err(io)?;
+        checkpoints.streams = streams;
+        checkpoints.seq = seq;
+        checkpoints.file = Some(SlotFile { file, slot_len, written, buf: Vec::new() });
+        Ok(checkpoints)
     }
 
-    /// Writes the file (nothing without a path).
-    pub fn store(&self) -> Result<(), CheckpointError> {
+    /// Saves the state (nothing without a path): into the older slot, or a new file when it
+    /// has outgrown its slots.
+    pub fn store(&mut self) -> Result<(), CheckpointError> {
         let Some(path) = &self.path else { return Ok(()) };
         let io = |source| CheckpointError::Io { path: path.clone(), source };
-        let text = render(&self.streams);
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(".tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        file.write_all(text.as_bytes()).map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(io)
+        let seq = self.seq + 1;
+        let text = render(seq, &self.streams);
+        match &mut self.file {
+            Some(f) if text.len() <= f.slot_len => {
+                let slot = (seq % 2) as usize;
+                f.buf.clear();
+                f.buf.extend_from_slice(text.as_bytes());
+                f.buf.resize(text.len().max(f.written[slot]), 0);
+                f.file.write_all_at(&f.buf, (slot * f.slot_len) as u64).map_err(io)?;
+                f.written[slot] = text.len();
+            }
+            _ => {
+                let slot_len = (2 * text.len()).next_power_of_two().max(MIN_SLOT_LEN);
+                let mut image = vec![0u8; 2 * slot_len];
+                image[..text.len()].copy_from_slice(text.as_bytes());
+                image[slot_len..slot_len + text.len()].copy_from_slice(text.as_bytes());
+                let mut tmp = path.clone().into_os_string();
+                tmp.push(".tmp");
+                let mut file = File::create(&tmp).map_err(io)?;
+                file.write_all(&image).map_err(io)?;
+                std::fs::rename(&tmp, path).map_err(io)?;
+                // The descriptor follows the file through the rename.
+                self.file = Some(SlotFile { file, slot_len, written: [text.len(); 2], buf: Vec::new() });
+            }
+        }
+        self.seq = seq;
+        Ok(())
     }
 }
 
-fn render(streams: &BTreeMap<(String, String), StreamState>) -> String {
-    let mut body = format!("{MAGIC}\n");
+fn render(seq: u64, streams: &BTreeMap<(String, String), StreamState>) -> String {
+    let mut body = format!("{MAGIC}\nseq {seq}\n");
     for ((origin, stream), s) in streams {
         let retired: Vec<String> = s.retired.iter().map(u64::to_string).collect();
         let rejects: Vec<String> = s.rejects.iter().map(|r| format!("{}:{}", r.position, r.reason.code())).collect();
@@ -114,12 +201,28 @@ fn render(streams: &BTreeMap<(String, String), StreamState>) -> String {
     body
 }
 
-fn parse(text: &str, path: &Path) -> Result<BTreeMap<(String, String), StreamState>, CheckpointError> {
+/// One version 2 slot: its sequence number and streams.
+fn parse_slot(text: &str, path: &Path) -> Result<(u64, Streams), CheckpointError> {
+    let invalid = CheckpointError::Invalid { path: path.to_owned(), line: 2 };
+    let seq_line =
+        text.split_inclusive('\n').nth(1).ok_or(CheckpointError::Invalid { path: path.to_owned(), line: 1 })?;
+    let seq =
+        seq_line.strip_prefix("seq ").and_then(|s| s.trim_end_matches('\n').parse::<u64>().ok()).ok_or(invalid)?;
+    // The checksum covers the sequence line too; parse skips it as the second line.
+    Ok((seq, parse(text, MAGIC, path)?))
+}
+
+fn parse(text: &str, magic: &str, path: &Path) -> Result<Streams, CheckpointError> {
     let invalid = |line: usize| CheckpointError::Invalid { path: path.to_owned(), line };
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let n = lines.len();
-    if n < 2 || lines[0] != format!("{MAGIC}\n") {
+    if n < 2 || lines[0] != format!("{magic}\n") {
         return Err(invalid(1));
+    }
+    // Version 2 slots carry their sequence number on the second line.
+    let first_entry = if magic == MAGIC { 2 } else { 1 };
+    if n < first_entry + 1 {
+        return Err(invalid(n));
     }
     let body_len: usize = lines[..n - 1].iter().map(|l| l.len()).sum();
     let sum_line = lines[n - 1].trim_end_matches('\n');
@@ -128,8 +231,8 @@ fn parse(text: &str, path: &Path) -> Result<BTreeMap<(String, String), StreamSta
         return Err(invalid(n));
     }
     let mut streams = BTreeMap::new();
-    for (i, line) in lines[1..n - 1].iter().enumerate() {
-        let bad = || invalid(i + 2);
+    for (i, line) in lines[first_entry..n - 1].iter().enumerate() {
+        let bad = || invalid(i + first_entry + 1);
         let fields: Vec<&str> = line.trim_end_matches('\n').split('\t').collect();
         let [origin, stream, epoch, next, local_epoch, retired, rejects] = fields[..] else { return Err(bad()) };
         if !wire::valid_name(origin) || !wire::valid_name(stream) {
@@ -152,4 +255,26 @@ fn parse(text: &str, path: &Path) -> Result<BTreeMap<(String, String), StreamSta
         streams.insert((origin.to_owned(), stream.to_owned()), state);
     }
     Ok(streams)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_file_is_read_and_the_next_save_writes_version_2() {
+        let path = std::env::temp_dir().join(format!("tadpole-ckpt-v1-{}", std::process::id()));
+        let body = format!("{MAGIC_V1}\nhost-a\torders\t7\t64\t9\t3\t8:1\n");
+        std::fs::write(&path, format!("{body}sum {:016x}\n", fnv(&body))).unwrap();
+        let mut checkpoints = Checkpoints::load(&path).unwrap();
+        let state = &checkpoints.streams[&("host-a".to_owned(), "orders".to_owned())];
+        assert_eq!((state.epoch, state.next, state.local_epoch), (7, 64, 9));
+        assert_eq!(state.rejects.len(), 1);
+        checkpoints.store().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(&format!("{MAGIC}\nseq 1\n")), "{text:?}");
+        let again = Checkpoints::load(&path).unwrap();
+        assert_eq!(again.streams, checkpoints.streams);
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipc_core::{Producer, TrySendError};
 
@@ -41,12 +41,39 @@ pub struct ReceiverConfig {
     /// Earlier source-ring epochs remembered per stream, whose DATA is refused as stale
     /// (default 8).
     pub retired_epochs: usize,
+    /// How long [`Receiver::handle_from`] may hold back an ACK that only moves a stream on, so
+    /// that one ACK answers several DATA messages (default zero: every DATA message is answered
+    /// at once). The records are committed and the checkpoint saved as before; only the ACK
+    /// waits, and what it acknowledges stays leased in the sender's ring meanwhile. Keep it far
+    /// below the sender's request timeout.
+    pub ack_delay: Duration,
+    /// A held-back ACK goes out at once when it covers this many records (default 8192)...
+    pub ack_records: u64,
+    /// ...or this many payload bytes (default 4 MiB): both well inside a sender's default
+    /// in-flight window (65536 records, 16 MiB), which would otherwise stall until `ack_delay`.
+    pub ack_bytes: u64,
 }
 
 impl Default for ReceiverConfig {
     fn default() -> Self {
-        ReceiverConfig { max_streams: 1024, retired_epochs: 8 }
+        ReceiverConfig {
+            max_streams: 1024,
+            retired_epochs: 8,
+            ack_delay: Duration::ZERO,
+            ack_records: 8192,
+            ack_bytes: 4 << 20,
+        }
     }
+}
+
+/// An ACK held back by [`Receiver::handle_from`]: what was saved last for its stream.
+struct HeldAck {
+    peer: Vec<u8>,
+    ack: Ack,
+    /// When the oldest DATA message it answers was handled.
+    since: Instant,
+    records: u64,
+    bytes: u64,
 }
 
 /// The receiving end of a relay link. Socket-agnostic: [`handle`](Self::handle) takes one
@@ -60,6 +87,8 @@ pub struct Receiver {
     routes: HashMap<String, Route>,
     checkpoints: Checkpoints,
     counters: Arc<Counters>,
+    /// Held-back ACKs, per `(origin, stream)`.
+    held: HashMap<(String, String), HeldAck>,
 }
 
 impl Receiver {
@@ -84,7 +113,7 @@ impl Receiver {
                 state.local_epoch = local;
             }
         }
-        Ok(Receiver { config, routes, checkpoints, counters: Arc::new(Counters::default()) })
+        Ok(Receiver { config, routes, checkpoints, counters: Arc::new(Counters::default()), held: HashMap::new() })
     }
 
     /// The counters (shared: clone the `Arc` to read them elsewhere).
@@ -99,8 +128,53 @@ impl Receiver {
     }
 
     /// Handles one message from a sender; returns the reply to send back, if any. Messages that
-    /// fail to decode are counted (`malformed`) and get no reply.
+    /// fail to decode are counted (`malformed`) and get no reply. Every DATA message is
+    /// answered at once (whatever [`ReceiverConfig::ack_delay`] says).
     pub fn handle<P: AsRef<[u8]>>(&mut self, parts: &[P], now: Instant) -> Option<Vec<Vec<u8>>> {
+        self.handle_message(None, parts, now)
+    }
+
+    /// [`handle`](Self::handle) for a message from `peer` (e.g. its ROUTER routing id): with a
+    /// nonzero [`ReceiverConfig::ack_delay`], an ACK that only moves the stream on (records
+    /// committed, none rejected, the local ring not full) is held back instead of returned, to
+    /// be answered together with the DATA messages that follow it; [`due_acks`](Self::due_acks)
+    /// hands it out, addressed to the `peer` of the latest of them. Every other reply is
+    /// returned at once.
+    pub fn handle_from<P: AsRef<[u8]>>(&mut self, peer: &[u8], parts: &[P], now: Instant) -> Option<Vec<Vec<u8>>> {
+        self.handle_message(Some(peer), parts, now)
+    }
+
+    /// The held-back ACKs due at `now` (the oldest DATA message each answers was handled
+    /// [`ReceiverConfig::ack_delay`] ago), or all of them with `all` (call it so before the
+    /// event loop sleeps): `(peer, parts)` each. Allocates nothing when none is held.
+    pub fn due_acks(&mut self, now: Instant, all: bool) -> Vec<(Vec<u8>, Vec<Vec<u8>>)> {
+        let mut out = Vec::new();
+        if self.held.is_empty() {
+            return out;
+        }
+        let delay = self.config.ack_delay;
+        self.held.retain(|_, held| {
+            if !all && now.saturating_duration_since(held.since) < delay {
+                return true;
+            }
+            out.push((std::mem::take(&mut held.peer), Frame::Ack(held.ack.clone()).encode()));
+            false
+        });
+        Counters::add(&self.counters.acks, out.len() as u64);
+        out
+    }
+
+    /// When the next held-back ACK falls due; `None` when none is held.
+    pub fn next_ack_due(&self) -> Option<Instant> {
+        self.held.values().map(|held| held.since + self.config.ack_delay).min()
+    }
+
+    fn handle_message<P: AsRef<[u8]>>(
+        &mut self,
+        peer: Option<&[u8]>,
+        parts: &[P],
+        now: Instant,
+    ) -> Option<Vec<Vec<u8>>> {
         let frame = match wire::decode(parts) {
             Ok(frame) => frame,
             Err(_) => {
@@ -110,11 +184,13 @@ impl Receiver {
         };
         match frame {
             Frame::Hello(h) => {
+                // The WELCOME says at least what a held ACK would.
+                self.held.remove(&(h.origin.clone(), h.stream.clone()));
                 let state = self.stream(&h.origin, &h.stream, h.epoch)?;
                 let welcome = welcome(&h.stream, h.epoch, state);
                 Some(Frame::Welcome(welcome).encode())
             }
-            Frame::Data(d) => self.on_data(d, now),
+            Frame::Data(d) => self.on_data(d, peer, now),
             Frame::Welcome(_) | Frame::Ack(_) => {
                 Counters::add(&self.counters.malformed, 1);
                 None
@@ -122,7 +198,7 @@ impl Receiver {
         }
     }
 
-    fn on_data(&mut self, d: Data<'_>, now: Instant) -> Option<Vec<Vec<u8>>> {
+    fn on_data(&mut self, d: Data<'_>, peer: Option<&[u8]>, now: Instant) -> Option<Vec<Vec<u8>>> {
         let c = Arc::clone(&self.counters);
         let local = self.routes.get(&d.stream).map_or(0, |r| r.producer.segment().epoch());
         let state = stream_state(&mut self.checkpoints, &self.config, &c, &d.origin, &d.stream, d.epoch, local)?;
@@ -137,6 +213,7 @@ impl Receiver {
             state.rejects.pop_front();
         }
         let pruned = state.rejects.len() != before.1;
+        let rejects_kept = state.rejects.len();
         let mut busy = false;
         let (mut committed, mut bytes) = (0u64, 0u64);
         let route = self.routes.get_mut(&d.stream);
@@ -234,12 +311,31 @@ impl Receiver {
             busy,
             rejects: state.rejects.iter().copied().collect(),
         };
+        let moved = state.next != before.0;
+        let rejected = state.rejects.len() > rejects_kept;
         if (state.next, state.rejects.len()) != before || pruned {
             if self.checkpoints.store().is_err() {
                 // Committed but not saved: withhold the ACK, so that a crash now cannot widen
                 // the duplicate window past this message (the sender resends; the records are
-                // dropped as duplicates while this process lives).
+                // dropped as duplicates while this process lives). An ACK held back before
+                // names only what was saved then: it may still go.
                 Counters::add(&c.checkpoint_failures, 1);
+                return None;
+            }
+        }
+        let key = (d.origin, d.stream);
+        let held = self.held.remove(&key);
+        // Only plain progress waits; a refusal, a full ring, or a resend the receiver already
+        // had is answered at once, so the sender can act on it.
+        let hold = peer.filter(|_| self.config.ack_delay > Duration::ZERO && moved && !busy && !rejected);
+        if let Some(peer) = hold {
+            let (since, records, held_bytes) = match held {
+                Some(h) => (h.since, h.records + committed, h.bytes + bytes),
+                None => (now, committed, bytes),
+            };
+            if records < self.config.ack_records && held_bytes < self.config.ack_bytes {
+                let held = HeldAck { peer: peer.to_vec(), ack, since, records, bytes: held_bytes };
+                self.held.insert(key, held);
                 return None;
             }
         }

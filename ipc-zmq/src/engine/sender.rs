@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use ipc_core::{Consumer, LeasesOutstanding, Producer, ReleaseMode, TryRecvError, TrySendError};
+use ipc_core::{Consumer, DeadLetterReason, LeasesOutstanding, Producer, ReleaseMode, TryRecvError, TrySendError};
 
 use super::counters::Counters;
 use super::dead_letter::DeadLetter;
@@ -453,6 +453,11 @@ impl Sender {
                             let field =
                                 if written { &self.counters.dead_letters } else { &self.counters.dead_letters_dropped };
                             Counters::add(field, 1);
+                            // In the source ring's segment too, for `tadpole stat`.
+                            guard.count_dead_letter(match reason {
+                                RejectReason::InvalidEnvelope => DeadLetterReason::Malformed,
+                                RejectReason::UnknownRoute | RejectReason::TooLarge => DeadLetterReason::Undeliverable,
+                            });
                             if let Some(hook) = self.dead_letter_hook.as_mut() {
                                 hook(&letter, written);
                             }

@@ -466,6 +466,8 @@ impl BatchReceiver {
                 Ok(DecodedFrame::RecordBatch(batch)) => return Ok(batch),
                 Ok(DecodedFrame::Schema(_) | DecodedFrame::Dictionary { .. } | DecodedFrame::EndOfStream) => {}
                 Err(reason) => {
+                    // In the segment too, so `tadpole stat` shows it from any process.
+                    self.consumer.count_dead_letter(ipc_core::DeadLetterReason::Malformed);
                     self.dead_letters += 1;
                     return Err(BatchRecvError::Rejected { len, reason });
                 }

@@ -56,9 +56,11 @@ pub enum EnvelopeSendError {
 
 ring_errors_into!(send: EnvelopeSendError);
 
-/// Sends envelopes into a ring: builds each one in a reused
-/// [`EnvelopeEncoder`], reserves exactly its length in shared memory, copies
-/// it there once and commits. Allocates nothing once the encoder is warm.
+/// Sends envelopes into a ring: builds each payload in a reused
+/// [`EnvelopeEncoder`], reserves exactly the envelope's length in shared
+/// memory, lays the envelope out there (header written in place, payload
+/// copied once from the builder) and commits. Allocates nothing once the
+/// encoder is warm.
 ///
 /// ```
 /// use ipc_core::RingBuilder;
@@ -139,23 +141,14 @@ impl EnvelopeSender {
         F: FnOnce(&mut FlatBufferBuilder<'static>) -> P,
         P: Into<PayloadOffset>,
     {
-        let mut kind = fb::Payload::NONE;
-        self.encoder.encode(header, |fbb| {
-            let offset: PayloadOffset = payload(fbb).into();
-            kind = offset.kind();
-            offset
-        });
-        let len = self.encoder.encoded_len();
-        let mut grant = match wait {
-            Wait::No => self.producer.try_reserve(len)?,
-            Wait::Until(None) => self.producer.reserve(len)?,
-            Wait::Until(Some(deadline)) => self.producer.reserve_timeout(len, Wait::remaining(deadline))?,
-        };
-        // The grant is exactly `encoded_len()` bytes, so this cannot fail; if it
-        // did, dropping the grant would publish nothing.
-        if self.encoder.write_into(&mut grant).is_err() {
-            unreachable!("a grant of encoded_len() bytes holds the encoded envelope");
-        }
+        let Self { producer, encoder } = self;
+        let (mut grant, kind) = encoder.encode_into(header, payload, |len| match wait {
+            Wait::No => producer.try_reserve(len).map_err(EnvelopeSendError::from),
+            Wait::Until(None) => producer.reserve(len).map_err(EnvelopeSendError::from),
+            Wait::Until(Some(deadline)) => {
+                producer.reserve_timeout(len, Wait::remaining(deadline)).map_err(EnvelopeSendError::from)
+            }
+        })?;
         grant.set_message_type(u16::from(kind.0));
         grant.commit();
         Ok(())
@@ -442,6 +435,8 @@ fn check<'a>(
         Ok(()) => Ok(ReceivedEnvelope { guard, copy }),
         Err(reason) => {
             let len = guard.len();
+            // In the segment too, so `tadpole stat` shows it from any process.
+            guard.count_dead_letter(ipc_core::DeadLetterReason::Malformed);
             drop(guard);
             *dead_letters += 1;
             Err(EnvelopeRecvError::Rejected { message_type, len, reason })

@@ -209,32 +209,80 @@ impl EnvelopeEncoder {
     /// hand (see [`header_layout`]), then the payload the builder holds,
     /// unchanged. The builder's generic table/vtable machinery costs ~1 150
     /// instructions for the envelope header (callgrind); this costs ~440.
+    fn lay_out_header(&mut self, header: &EnvelopeHeader<'_>, payload: PayloadOffset) {
+        let plan = self.plan_header(header, payload);
+        let mut record = std::mem::take(&mut self.record);
+        record.clear();
+        record.resize(plan.len, 0);
+        self.write_header(&plan, header, payload, &mut record);
+        self.record = record;
+    }
+
+    /// Builds the payload with `payload`, then lays the whole envelope out
+    /// straight into the buffer `place` hands out for its exact length (a
+    /// ring's write grant), so the record is written once, where the reader
+    /// will read it, and never copied. Returns that buffer and the payload
+    /// kind; if `place` fails nothing was written and its error is returned.
+    /// Leaves nothing in [`finished`](Self::finished).
+    ///
+    /// # Panics
+    ///
+    /// As [`encode`](Self::encode), before `place` is called.
+    pub(crate) fn encode_into<P, F, G, E>(
+        &mut self,
+        header: &EnvelopeHeader<'_>,
+        payload: F,
+        place: impl FnOnce(usize) -> Result<G, E>,
+    ) -> Result<(G, fb::Payload), E>
+    where
+        F: FnOnce(&mut FlatBufferBuilder<'static>) -> P,
+        P: Into<PayloadOffset>,
+        G: std::ops::DerefMut<Target = [u8]>,
+    {
+        self.fbb.reset();
+        self.finished = Finished::Nothing;
+        let payload = payload(&mut self.fbb).into();
+        if payload.kind == fb::Payload::NONE {
+            // Rare (a probe): through the builder, then one copy.
+            self.finish_with_builder(header, payload);
+            self.finished = Finished::Nothing;
+            let src = self.fbb.finished_data();
+            let mut out = place(src.len())?;
+            out[..src.len()].copy_from_slice(src);
+            return Ok((out, payload.kind));
+        }
+        let plan = self.plan_header(header, payload);
+        let mut out = place(plan.len)?;
+        let dst = &mut out[..plan.len];
+        // Padding and NUL terminators must read zero; ring space holds old records.
+        dst[..plan.front].fill(0);
+        self.write_header(&plan, header, payload, dst);
+        Ok((out, payload.kind))
+    }
+
+    /// Where everything of the hand-laid header goes, for `header` around the
+    /// payload the builder holds (and the metadata order, into
+    /// `self.metadata_order`).
     ///
     /// The builder aligns everything relative to the end of its data, so the
     /// payload keeps its alignment as long as the record length is a multiple
     /// of 8 (the largest alignment in the schema).
-    fn lay_out_header(&mut self, header: &EnvelopeHeader<'_>, payload: PayloadOffset) {
+    fn plan_header(&mut self, header: &EnvelopeHeader<'_>, payload: PayloadOffset) -> HeaderPlan {
         use header_layout::*;
-        let tail = self.fbb.unfinished_data();
+        let tail_len = self.fbb.unfinished_data().len();
         let payload_from_end = payload.offset.value() as usize;
         assert!(
-            (4..=tail.len()).contains(&payload_from_end),
-            "payload offset {payload_from_end} is not inside the builder's {} bytes",
-            tail.len()
+            (4..=tail_len).contains(&payload_from_end),
+            "payload offset {payload_from_end} is not inside the builder's {tail_len} bytes"
         );
-        let (source, destination) = (header.source.as_bytes(), header.destination.as_bytes());
-        let string_len = |text: &str| (4 + text.len() + 1).next_multiple_of(4);
         let metadata = header.metadata;
         // Without metadata the vtable and table stop before the `metadata`
         // slot: 8 bytes shorter, which keeps small envelopes in fewer cache lines.
-        let (t, table_len, vtable) = if metadata.is_empty() {
-            (TABLE_AT_SHORT, TABLE_LEN - 4, &VTABLE_SHORT[..])
-        } else {
-            (TABLE_AT, TABLE_LEN, &VTABLE[..])
-        };
-        let source_at = t + table_len;
+        let (table_at, table_len, short) =
+            if metadata.is_empty() { (TABLE_AT_SHORT, TABLE_LEN - 4, true) } else { (TABLE_AT, TABLE_LEN, false) };
+        let source_at = table_at + table_len;
         let destination_at = source_at + string_len(header.source);
-        let mut end = destination_at + 4 + destination.len() + 1;
+        let mut end = destination_at + 4 + header.destination.len() + 1;
         let vector_at = end.next_multiple_of(4);
         if !metadata.is_empty() {
             // Stable, so duplicate keys keep the caller's order (as the builder path).
@@ -244,15 +292,31 @@ impl EnvelopeEncoder {
             let strings: usize = metadata.iter().map(|(k, v)| string_len(k) + string_len(v)).sum();
             end = vector_at + 4 + 4 * metadata.len() + 8 + KEY_VALUE_LEN * metadata.len() + strings;
         }
-        let len = (end + tail.len()).next_multiple_of(8);
+        let len = (end + tail_len).next_multiple_of(8);
         assert!(len <= flatbuffers::FLATBUFFERS_MAX_BUFFER_SIZE, "envelope exceeds the 2 GiB FlatBuffers limit");
-        let front = len - tail.len();
+        HeaderPlan {
+            table_at,
+            short,
+            source_at,
+            destination_at,
+            vector_at,
+            len,
+            front: len - tail_len,
+            payload_from_end,
+        }
+    }
+
+    /// Writes the record `plan` describes into `out` (exactly `plan.len`
+    /// bytes, zero up to `plan.front`): the header, then the builder's payload.
+    fn write_header(&self, plan: &HeaderPlan, header: &EnvelopeHeader<'_>, payload: PayloadOffset, out: &mut [u8]) {
+        use header_layout::*;
+        let &HeaderPlan { table_at: t, short, source_at, destination_at, vector_at, len, front, payload_from_end } =
+            plan;
+        let vtable = if short { &VTABLE_SHORT[..] } else { &VTABLE[..] };
+        let metadata = header.metadata;
         // In range: every value below is at most `len`, which fits the limit.
         let u32_of = |v: usize| (v as u32).to_le_bytes();
 
-        let out = &mut self.record;
-        out.clear();
-        out.resize(front, 0); // padding and NUL terminators stay zero
         out[0..4].copy_from_slice(&u32_of(len - SIZE_PREFIX_LEN));
         out[4..8].copy_from_slice(&u32_of(t - 4));
         out[8..12].copy_from_slice(&FILE_IDENTIFIER);
@@ -268,8 +332,8 @@ impl EnvelopeEncoder {
         out[t + CORRELATION_ID..][..16].copy_from_slice(&header.correlation_id.to_wire().0);
         out[t + DESTINATION..][..4].copy_from_slice(&u32_of(destination_at - (t + DESTINATION)));
         out[t + PAYLOAD..][..4].copy_from_slice(&u32_of(len - payload_from_end - (t + PAYLOAD)));
-        put_string(out, source_at, source);
-        put_string(out, destination_at, destination);
+        put_string(out, source_at, header.source.as_bytes());
+        put_string(out, destination_at, header.destination.as_bytes());
         if !metadata.is_empty() {
             out[t + METADATA..][..4].copy_from_slice(&u32_of(vector_at - (t + METADATA)));
             out[vector_at..][..4].copy_from_slice(&u32_of(metadata.len()));
@@ -293,7 +357,7 @@ impl EnvelopeEncoder {
                 string_at += string_len(value);
             }
         }
-        out.extend_from_slice(tail);
+        out[front..len].copy_from_slice(self.fbb.unfinished_data());
     }
 
     /// Builds the sorted `[KeyValue]` vector without allocating (after
@@ -351,6 +415,30 @@ impl EnvelopeEncoder {
         out.copy_from_slice(src);
         Ok(src.len())
     }
+}
+
+/// Where [`EnvelopeEncoder::write_header`] puts things (positions from the
+/// record start; see `header_layout`).
+struct HeaderPlan {
+    /// The envelope table.
+    table_at: usize,
+    /// No metadata: the trimmed vtable and table.
+    short: bool,
+    source_at: usize,
+    destination_at: usize,
+    /// The metadata vector (if any).
+    vector_at: usize,
+    /// The whole record, size prefix included.
+    len: usize,
+    /// Where the builder's payload bytes start.
+    front: usize,
+    /// The payload table's offset from the end of the builder's bytes.
+    payload_from_end: usize,
+}
+
+/// Bytes a FlatBuffers string takes: `u32` length, the text, NUL, padded to 4.
+fn string_len(text: &str) -> usize {
+    (4 + text.len() + 1).next_multiple_of(4)
 }
 
 /// Writes a FlatBuffers string at `at`: `u32` length, the bytes (the NUL

@@ -1,0 +1,557 @@
+//! The trading pipeline demo: five agent processes joined by shared-memory rings. Market data
+//! enters as Arrow record batches; signals, risk decisions and orders are verified FlatBuffers
+//! envelopes carrying the tick's id as their `correlation_id` from tick to fill.
+//!
+//! ```text
+//!  feed (this process) --Arrow ticks--> market-analysis --TradingSignalGenerated--> risk
+//!        ^                                                                            |
+//!        |                                          ExecutionOrderPlaced / refusal    v
+//!        +---- ExecutionOrderFilled / refusal ---- execution <------------------ personality
+//!
+//!  every agent --Heartbeat--> breaker --BreakerAgentTriggered / BreakerSystemEmergency-->
+//!                                       risk, execution, and this process (for the report)
+//! ```
+//!
+//! Each agent stamps the monotonic clock into the envelope's metadata (`t.1.signal`, ...) as it
+//! sends, so this process measures every hop from the fill that comes back. In the default mode
+//! one tick is in flight at a time; `--rate N` sends ticks open-loop on a schedule and measures
+//! from each tick's intended send time, so a stall delays the figures of every tick behind it
+//! (coordinated omission accounted for).
+
+mod agents;
+mod breaker;
+pub mod config;
+mod feed;
+mod metrics;
+mod python;
+mod report;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use ipc_core::{PayloadAlign, RingBuilder, Segment, WaitStrategy};
+use schemas::channel::{BatchSender, EnvelopeReceiver, EnvelopeRecvError};
+use schemas::envelope::{Envelope, Event};
+use serde::{Deserialize, Serialize};
+
+use crate::Wait;
+pub use config::Config;
+use report::{Outcome, Recorder};
+
+/// The agents in the trading path, in pipeline order; each reads the ring named after itself.
+pub const AGENTS: [&str; 4] = ["market-analysis", "risk", "personality", "execution"];
+/// The agent that hears every other agent's heartbeats.
+pub const BREAKER: &str = "breaker";
+/// Agents that have a Python implementation.
+pub const PYTHON_AGENTS: [&str; 1] = ["personality"];
+/// The ring execution writes outcomes into, read by this process.
+const OUTCOMES: &str = "outcomes";
+/// The ring the tick feed writes Arrow batches into.
+const TICKS: &str = "ticks";
+/// Breaker events go to these (the last is this process, for the report).
+const BREAKER_LISTENERS: [&str; 3] = ["risk", "execution", "main"];
+
+/// Metadata keys of the hop stamps (monotonic ns), in pipeline order.
+pub const STAMPS: [&str; 5] = ["t.0.tick", "t.1.signal", "t.2.risk", "t.3.personality", "t.4.execution"];
+
+const TIMEOUT: Option<Duration> = Some(Duration::from_secs(10));
+
+fn ring_name(run: &str, ring: &str) -> String {
+    format!("{run}-{ring}")
+}
+
+fn heartbeat_ring(run: &str, agent: &str) -> String {
+    ring_name(run, &format!("hb-{agent}"))
+}
+
+fn breaker_ring(run: &str, listener: &str) -> String {
+    ring_name(run, &format!("breaker-{listener}"))
+}
+
+/// CLOCK_MONOTONIC in ns: the same clock in every process on the host (Python's
+/// `time.monotonic_ns()` too), so stamps from different agents subtract.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The hop stamps an envelope carries (0 where absent or unreadable).
+pub fn stamps(envelope: &Envelope<'_>) -> [u64; 5] {
+    let mut out = [0; 5];
+    for kv in envelope.metadata().into_iter().flatten() {
+        if let Some(i) = STAMPS.iter().position(|k| *k == kv.key()) {
+            out[i] = kv.value().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    out
+}
+
+/// What the agent processes are told (as JSON on their command line).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AgentSettings {
+    pub heartbeat_interval_ms: u64,
+    pub risk: config::RiskConfig,
+    pub breaker: config::BreakerConfig,
+    /// Sleep this long before handling each message (the SLA alert test's stalled agent).
+    pub stall_ms: u64,
+    /// Serve /metrics and /health on 127.0.0.1 at this port.
+    pub metrics_port: Option<u16>,
+}
+
+/// `tadpole demo`'s options; each given one overrides the configuration file's value.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// A TOML file of rates, symbols, agents and thresholds (see examples/pipeline.toml);
+    /// without it the embedded defaults apply.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Ticks to time end to end (after warm-up; one in flight at a time), or with --rate the
+    /// ticks to send [default: 10000, or rate × duration with --rate]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    signals: Option<u64>,
+    /// Open-loop load: send this many ticks per second on a fixed schedule, latency measured
+    /// from each tick's intended send time (coordinated omission accounted for).
+    #[arg(long, value_name = "N/s", value_parser = parse_rate)]
+    rate: Option<u64>,
+    /// With --rate: how long to send ticks, in seconds [default: 5]
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Symbols the tick generator ticks, comma-separated [default: BTC-USD,ETH-USD,SOL-USD]
+    #[arg(long, value_delimiter = ',')]
+    symbols: Option<Vec<String>>,
+    /// How every agent waits for its next message. With six processes on two cores, spinning
+    /// agents starve each other: `yield` (the default) or `block` suit small machines.
+    #[arg(long, value_enum)]
+    wait: Option<Wait>,
+    /// Alert if the end-to-end p99 exceeds this many microseconds (sla.end_to_end_p99_ms).
+    #[arg(long, value_name = "US")]
+    alert_p99_us: Option<u64>,
+    /// Run this agent as a Python process on the `tadpole` bindings instead (`personality`;
+    /// needs `pip install ./python flatbuffers`, Python from `$TADPOLE_PYTHON` or `python3`).
+    #[arg(long, value_name = "AGENT")]
+    python: Vec<String>,
+    /// Serve /metrics (Prometheus text) and /health on 127.0.0.1 from every process: this one
+    /// (the collector: every hop, SLA alerts) on PORT, then market analysis, risk, personality,
+    /// execution and the breaker on the ports after it (not the Python agent).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..=65_000))]
+    metrics_port_base: Option<u16>,
+    /// Write an SVG and a PNG latency histogram per hop into this directory.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
+    /// Testing: make this agent sleep before handling each message.
+    #[arg(long, hide = true, requires = "stall_ms")]
+    stall_agent: Option<String>,
+    /// Testing: how long the stalled agent sleeps per message, in ms.
+    #[arg(long, hide = true)]
+    stall_ms: Option<u64>,
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let n: u64 =
+        s.trim_end_matches("/s").parse().map_err(|e| format!("{s:?} is not a rate in ticks per second: {e}"))?;
+    if n == 0 { Err("the rate must be at least 1 tick per second".into()) } else { Ok(n) }
+}
+
+impl DemoArgs {
+    /// The configuration file (or the defaults) with the command line's overrides applied.
+    fn config(&self) -> Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(rate) = self.rate {
+            // --rate sends rate × duration ticks, unless --signals says how many.
+            c.rate = rate;
+            c.signals = 0;
+        }
+        if let Some(n) = self.signals {
+            c.signals = n;
+        }
+        if let Some(d) = self.duration {
+            c.duration_secs = d;
+        }
+        if let Some(s) = &self.symbols {
+            c.market.symbols.clone_from(s);
+        }
+        if let Some(w) = self.wait {
+            c.wait = w.name().to_owned();
+        }
+        if let Some(us) = self.alert_p99_us {
+            c.sla.end_to_end_p99_ms = Some(us as f64 / 1000.0);
+        }
+        if !self.python.is_empty() {
+            c.python.clone_from(&self.python);
+        }
+        c.validate().map_err(|(field, reason)| anyhow!("{field}: {reason}"))?;
+        if let Some(agent) = &self.stall_agent {
+            if !AGENTS.contains(&agent.as_str()) {
+                bail!("--stall-agent: {agent:?} is not one of {}", AGENTS.join(", "));
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn wait_of(name: &str) -> Wait {
+    match name {
+        "spin" => Wait::Spin,
+        "block" => Wait::Block,
+        _ => Wait::Yield,
+    }
+}
+
+/// Kills and reaps agent processes when the demo ends early.
+struct Agents(Vec<(String, Child)>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Removes a scratch directory when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `tadpole demo`: runs the pipeline and prints its report.
+pub fn demo(args: &DemoArgs) -> Result<()> {
+    init_logs();
+    let config = args.config()?;
+    // Ctrl-C ends the run early with its report; the agents (in the same process group) ignore
+    // it and leave as their upstream closes.
+    crate::exit::stop_on_interrupt()?;
+    let stall = args.stall_agent.clone().zip(args.stall_ms);
+    let report = run(&config, stall.as_ref(), args.metrics_port_base)?;
+    report.print(&config)?;
+    if let Some(dir) = &args.plot {
+        let files = report.plot(dir)?;
+        println!("  wrote {} charts into {}", files.len(), dir.display());
+    }
+    if let Some(reason) = &report.halted {
+        bail!("trading halted by the circuit breaker: {reason}");
+    }
+    Ok(())
+}
+
+/// JSON lines on stderr (`RUST_LOG` sets the level; warnings by default, so a quiet run prints
+/// only its report).
+pub fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the whole pipeline: creates the rings, starts the agents as processes (those named in
+/// `config.python` as Python processes) and plays the tick feed and the fill collector here.
+pub fn run(config: &Config, stall: Option<&(String, u64)>, metrics_port: Option<u16>) -> Result<report::Report> {
+    let run = format!("pipeline-{}", std::process::id());
+    let wait = wait_of(&config.wait);
+    let ring_bytes = config.agents.ring_bytes;
+    let mut segments = Vec::new();
+    let mut create = |name: String, align: PayloadAlign| -> Result<Segment> {
+        let seg = RingBuilder::new(ring_bytes)
+            .payload_align(align)
+            .create_named(&name)
+            .with_context(|| format!("creating ring {name}"))?;
+        segments.push((name, seg.clone()));
+        Ok(seg)
+    };
+    let ticks = create(ring_name(&run, TICKS), PayloadAlign::SixtyFour)?;
+    for agent in &AGENTS[1..] {
+        create(ring_name(&run, agent), PayloadAlign::Eight)?;
+    }
+    let outcomes = create(ring_name(&run, OUTCOMES), PayloadAlign::Eight)?;
+    for agent in AGENTS {
+        create(heartbeat_ring(&run, agent), PayloadAlign::Eight)?;
+    }
+    let mut listeners = Vec::new();
+    for l in BREAKER_LISTENERS {
+        listeners.push(create(breaker_ring(&run, l), PayloadAlign::Eight)?);
+    }
+
+    let mut agents = Agents(Vec::new());
+    let scratch = Scratch(std::env::temp_dir().join(format!("tadpole-demo-{}", std::process::id())));
+    let collector = metrics::Metrics::new("collector", &report::HOPS.map(|h| h.0));
+    let _endpoint = metrics_port.map(|port| metrics::serve(port, &collector)).transpose()?;
+    for (i, agent) in AGENTS.iter().chain([&BREAKER]).enumerate() {
+        let settings = AgentSettings {
+            metrics_port: metrics_port.map(|p| p + 1 + i as u16),
+            heartbeat_interval_ms: config.agents.heartbeat_interval_ms,
+            risk: config.risk.clone(),
+            breaker: config.breaker.clone(),
+            stall_ms: stall.filter(|(a, _)| a == agent).map_or(0, |(_, ms)| *ms),
+        };
+        let child = if config.python.iter().any(|p| p == agent) {
+            std::fs::create_dir_all(&scratch.0)?;
+            python::spawn(agent, &run, &settings, &scratch.0)?
+        } else {
+            Command::new(std::env::current_exe()?)
+                .args(["agent", "--role", agent, "--run", &run, "--wait", wait.name()])
+                .args(["--settings", &serde_json::to_string(&settings)?])
+                .spawn()
+                .with_context(|| format!("starting the {agent} agent"))?
+        };
+        agents.0.push(((*agent).to_owned(), child));
+    }
+
+    let mut producer = ticks.producer()?;
+    producer.set_wait_strategy(wait.strategy());
+    let mut feed = feed::Feed::new(BatchSender::new(producer)?, &config.market);
+    let mut consumer = outcomes.consumer()?;
+    consumer.set_wait_strategy(wait.strategy());
+    let mut inbox = EnvelopeReceiver::new(consumer);
+    let mut breaker_events = EnvelopeReceiver::new(listeners[2].consumer()?);
+
+    let ticks_timed = config.ticks();
+    let warmup = (ticks_timed / 10).clamp(10, 2_000);
+    let mut rec = Recorder::new(config, warmup, ticks_timed, progress_bar(warmup + ticks_timed), collector.clone());
+    // Warm-up, one in flight: also waits until every agent is up.
+    for seq in 0..warmup {
+        if !round_trip(&mut feed, &mut inbox, &mut breaker_events, &mut rec, seq, true)? {
+            break;
+        }
+    }
+    rec.start_timing();
+    if config.rate == 0 {
+        for seq in warmup..warmup + ticks_timed {
+            if crate::exit::interrupted()
+                || !round_trip(&mut feed, &mut inbox, &mut breaker_events, &mut rec, seq, false)?
+            {
+                break;
+            }
+        }
+    } else if rec.halted.is_none() {
+        open_loop(config, &mut feed, &mut inbox, &mut breaker_events, &mut rec, warmup, ticks_timed)?;
+    }
+    rec.finish_timing();
+    let halted = rec.halted.is_some();
+    drop(feed);
+    if !halted {
+        // The agents drain and leave in turn; this process sees the outcomes ring close last.
+        loop {
+            match inbox.recv_timeout(TIMEOUT) {
+                Err(EnvelopeRecvError::Disconnected) => break,
+                Ok(msg) => {
+                    rec.outcome(&msg, now_ns());
+                }
+                Err(e) => bail!("the pipeline did not shut down cleanly: {e}"),
+            }
+        }
+        read_breaker(&mut breaker_events, &mut rec);
+        for (name, child) in &mut agents.0 {
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("the {name} agent exited with {status}");
+            }
+        }
+    }
+    read_breaker(&mut breaker_events, &mut rec);
+    let rings =
+        segments.iter().map(|(n, s)| (n.trim_start_matches(&format!("{run}-")).to_owned(), s.status())).collect();
+    Ok(rec.into_report(rings))
+}
+
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr_with_hz(10));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ticks  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Sends tick `seq` and waits for its outcome. `false` once the breaker halted trading.
+fn round_trip(
+    feed: &mut feed::Feed,
+    inbox: &mut EnvelopeReceiver,
+    breaker_events: &mut EnvelopeReceiver,
+    rec: &mut Recorder,
+    seq: u64,
+    warming: bool,
+) -> Result<bool> {
+    if rec.halted.is_some() {
+        return Ok(false);
+    }
+    let intended = now_ns();
+    feed.send(rec.nonce, seq, 1, |_| intended, TIMEOUT).with_context(|| format!("sending tick {seq}"))?;
+    rec.sent(1);
+    // A Python agent starting up can take a while to answer the first tick.
+    let patience = Duration::from_secs(if warming { 60 } else { 30 });
+    let asked = Instant::now();
+    loop {
+        drain_breaker(breaker_events, rec);
+        if rec.halted.is_some() {
+            return Ok(false);
+        }
+        match inbox.recv_timeout(Some(Duration::from_millis(100))) {
+            Ok(msg) => {
+                let got = rec.outcome(&msg, now_ns());
+                if got == Some(seq) {
+                    return Ok(true);
+                }
+            }
+            Err(EnvelopeRecvError::Timeout) if asked.elapsed() < patience => {}
+            Err(EnvelopeRecvError::Disconnected) if halted_meanwhile(breaker_events, rec) => return Ok(false),
+            Err(e) => bail!("waiting for tick {seq}'s outcome: {e}"),
+        }
+    }
+}
+
+/// Sends `count` ticks at `config.rate` per second from a fixed schedule, collecting outcomes
+/// meanwhile, then waits for the stragglers.
+fn open_loop(
+    config: &Config,
+    feed: &mut feed::Feed,
+    inbox: &mut EnvelopeReceiver,
+    breaker_events: &mut EnvelopeReceiver,
+    rec: &mut Recorder,
+    first: u64,
+    count: u64,
+) -> Result<()> {
+    let interval = 1e9 / config.rate as f64;
+    let t0 = now_ns();
+    let intended = |seq: u64| t0 + ((seq - first) as f64 * interval) as u64;
+    let mut next = first;
+    let end = first + count;
+    let max_rows = config.market.max_batch_rows as u64;
+    while rec.halted.is_none() && !crate::exit::interrupted() {
+        let now = now_ns();
+        // Every tick whose time has come goes now, however late: its latency counts from its
+        // intended time.
+        let due = (((now - t0) as f64 / interval) as u64 + 1 + first).min(end);
+        while next < due {
+            let rows = (due - next).min(max_rows);
+            match feed.try_send(rec.nonce, next, rows, intended) {
+                Ok(true) => {
+                    rec.sent(rows);
+                    next += rows;
+                }
+                // Full: market analysis is behind; the ticks wait for room and count as late.
+                Ok(false) => break,
+                Err(e) => return Err(anyhow!(e).context(format!("sending tick {next}"))),
+            }
+        }
+        drain_breaker(breaker_events, rec);
+        while let Ok(msg) = inbox.try_recv() {
+            rec.outcome(&msg, now_ns());
+        }
+        if next == end {
+            break;
+        }
+        let until_next = intended(next).saturating_sub(now_ns()).min(1_000_000);
+        match inbox.recv_timeout(Some(Duration::from_nanos(until_next))) {
+            Ok(msg) => {
+                rec.outcome(&msg, now_ns());
+            }
+            Err(EnvelopeRecvError::Timeout) => {}
+            Err(EnvelopeRecvError::Disconnected) if halted_meanwhile(breaker_events, rec) => break,
+            Err(e) => bail!("collecting outcomes: {e}"),
+        }
+        rec.tick_progress();
+    }
+    // Stragglers: until every tick came back, or nothing came for a while.
+    let mut last = Instant::now();
+    while rec.outstanding() > 0 && last.elapsed() < Duration::from_secs(5) {
+        drain_breaker(breaker_events, rec);
+        if rec.halted.is_some() && last.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        match inbox.recv_timeout(Some(Duration::from_millis(50))) {
+            Ok(msg) => {
+                rec.outcome(&msg, now_ns());
+                last = Instant::now();
+            }
+            Err(EnvelopeRecvError::Timeout) => {}
+            Err(EnvelopeRecvError::Disconnected) if halted_meanwhile(breaker_events, rec) => break,
+            Err(e) => bail!("collecting outcomes: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// The outcomes ring closed early: an agent died and the ones after it left. Whether the
+/// breaker says so (it hears of the death within its poll interval).
+fn halted_meanwhile(breaker_events: &mut EnvelopeReceiver, rec: &mut Recorder) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while rec.halted.is_none() && Instant::now() < deadline {
+        drain_breaker(breaker_events, rec);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rec.halted.is_some()
+}
+
+/// Takes in the breaker's notices while the run goes on: the breaker gone is a halt (nobody
+/// watches the agents any more; risk and execution fail closed on it too).
+fn drain_breaker(breaker_events: &mut EnvelopeReceiver, rec: &mut Recorder) {
+    if read_breaker(breaker_events, rec) {
+        rec.breaker_gone();
+    }
+}
+
+/// Takes in the breaker's notices; `true` if the breaker is gone.
+fn read_breaker(breaker_events: &mut EnvelopeReceiver, rec: &mut Recorder) -> bool {
+    loop {
+        match breaker_events.try_recv() {
+            Ok(msg) => {
+                if let Ok(event) = msg.event() {
+                    rec.breaker_event(&event);
+                }
+            }
+            Err(EnvelopeRecvError::Rejected { .. }) => {}
+            Err(EnvelopeRecvError::Disconnected) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+impl From<&Event<'_>> for Outcome {
+    fn from(event: &Event<'_>) -> Outcome {
+        match event {
+            Event::ExecutionOrderFilled(_) => Outcome::Filled,
+            Event::BreakerAgentTriggered(b) if b.breaker() == Some(agents::CIRCUIT_OPEN) => {
+                Outcome::RefusedOpen(b.agent_id().unwrap_or_default().to_owned())
+            }
+            Event::BreakerAgentTriggered(_) => Outcome::RefusedByRisk,
+            other => Outcome::Unexpected(format!("{:?}", other.message_type())),
+        }
+    }
+}
+
+/// One agent process (the hidden `tadpole agent` command).
+pub fn agent(role: &str, run: &str, wait: WaitStrategy, settings: &str) -> Result<()> {
+    init_logs();
+    // A Ctrl-C meant for the demo reaches its agents too: they leave when their upstream closes.
+    crate::exit::stop_on_interrupt()?;
+    let settings: AgentSettings = serde_json::from_str(settings).context("--settings")?;
+    if role == BREAKER {
+        return breaker::run(run, &settings);
+    }
+    if !AGENTS.contains(&role) {
+        bail!("unknown agent role {role:?}: use one of {}, {BREAKER}", AGENTS.join(", "));
+    }
+    agents::run(role, run, wait, &settings)
+}
