@@ -6,8 +6,9 @@
 //! publisher's `max_in_flight`), and another client, on a thread and connection of its own,
 //! reads them from a durable pull consumer with the relay feeder's settings (batches of 256,
 //! `AckPolicy::All`, `max_ack_pending` 256, the newest message of each batch acknowledged).
-//! A context row does the same with the headers the relay adds (`Nats-Msg-Id`,
-//! `Nats-Expected-Last-Msg-Id`, the message type).
+//! Context rows do the same with the headers the relay adds (`Nats-Msg-Id` and the message
+//! type; then `Nats-Expected-Last-Msg-Id` too), run the relay with `ordered = false`, and show
+//! the CPU time each process used.
 //!
 //! Relay: two `tadpole relay` processes, one publishing a ring (`[[jetstream]] publish`), one
 //! feeding another ring (`[[jetstream]] feed`) from the stream; this process writes numbered
@@ -54,6 +55,8 @@ const WARMUP: u64 = 200;
 const STALL: Duration = Duration::from_secs(30);
 const RING_BYTES: usize = 64 << 20;
 const LATENCY_RATE: u64 = 1000;
+/// The relays' state and checkpoint files: `/dev/shm/<prefix>...`, removed at the end.
+const STATE_PREFIX: &str = "tadpole-jetstream-bench-";
 
 struct Settings {
     n_small: u64,
@@ -172,6 +175,30 @@ fn due(pace: Pace, start: Instant, i: u64) -> Option<Instant> {
 struct Outcome {
     elapsed: Duration,
     latency: Option<Histogram<u64>>,
+    /// CPU time used while timed: by nats-server, by the relays, by this process.
+    cpu: [f64; 3],
+}
+
+/// CPU time (user + system) process `pid` has used so far, in seconds (`/proc/<pid>/stat`).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // The fields after the command name (in parentheses, which may hold spaces) start with the
+    // third; utime and stime are the 14th and 15th.
+    let Some((_, rest)) = text.rsplit_once(')') else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / per_second as f64
+}
+
+/// CPU seconds so far of nats-server, of `relays` together, and of this process.
+fn cpu_now(server: u32, relays: &[u32]) -> [f64; 3] {
+    [cpu_seconds(server), relays.iter().map(|&p| cpu_seconds(p)).sum(), cpu_seconds(std::process::id())]
+}
+
+fn cpu_since(before: [f64; 3], after: [f64; 3]) -> [f64; 3] {
+    [after[0] - before[0], after[1] - before[1], after[2] - before[2]]
 }
 
 fn runtime() -> BenchResult<tokio::runtime::Runtime> {
@@ -184,7 +211,14 @@ async fn context(url: &str) -> BenchResult<jetstream::Context> {
 }
 
 /// The baseline: `n` records (after the warm-up) published by one client and read by another.
-fn plain(url: &str, stream_name: &str, size: usize, n: u64, pace: Pace, headers: bool) -> BenchResult<Outcome> {
+fn plain(
+    (server, url): (u32, &str),
+    stream_name: &str,
+    size: usize,
+    n: u64,
+    pace: Pace,
+    headers: Headers,
+) -> BenchResult<Outcome> {
     let subject = format!("bench.{stream_name}");
     runtime()?.block_on(async {
         let js = context(url).await?;
@@ -257,7 +291,7 @@ fn plain(url: &str, stream_name: &str, size: usize, n: u64, pace: Pace, headers:
         let mut window = std::collections::VecDeque::with_capacity(IN_FLIGHT);
         let mut buf = vec![0x5a_u8; size];
         let mut last_id: Option<String> = None;
-        let mut started = Instant::now();
+        let mut started = (Instant::now(), [0.0; 3]);
         for seq in 0..total {
             if seq == WARMUP {
                 // Timing starts with both ends up and the warm-up through.
@@ -271,10 +305,10 @@ fn plain(url: &str, stream_name: &str, size: usize, n: u64, pace: Pace, headers:
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                started = Instant::now();
+                started = (Instant::now(), cpu_now(server, &[]));
             }
             if seq >= WARMUP {
-                if let Some(at) = due(pace, started, seq - WARMUP) {
+                if let Some(at) = due(pace, started.0, seq - WARMUP) {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
                 }
             }
@@ -283,19 +317,19 @@ fn plain(url: &str, stream_name: &str, size: usize, n: u64, pace: Pace, headers:
             }
             stamp(&mut buf, seq, base);
             let payload = bytes::Bytes::copy_from_slice(&buf);
-            let ack = if headers {
+            let ack = if headers == Headers::None {
+                js.publish(subject.clone(), payload).await?
+            } else {
                 let id = format!("bench/1/{seq}");
                 let mut message = jetstream::message::PublishMessage::build()
                     .payload(payload)
                     .message_id(&id)
                     .header("Tadpole-Type", "0");
-                if let Some(prev) = &last_id {
+                if let (Headers::Chained, Some(prev)) = (headers, &last_id) {
                     message = message.expected_last_message_id(prev);
                 }
                 last_id = Some(id);
                 js.send_publish(subject.clone(), message).await?
-            } else {
-                js.publish(subject.clone(), payload).await?
             };
             window.push_back(ack);
         }
@@ -305,20 +339,42 @@ fn plain(url: &str, stream_name: &str, size: usize, n: u64, pace: Pace, headers:
         BenchResult::Ok(started)
     });
     let (finished, latency) = reader.join().map_err(|_| "reader panicked")??;
-    let started = started?;
-    Ok(Outcome { elapsed: finished - started, latency })
+    let (started, cpu) = started?;
+    Ok(Outcome { elapsed: finished - started, latency, cpu: cpu_since(cpu, cpu_now(server, &[])) })
 }
+
+/// What the baseline's publishes carry besides the payload.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Headers {
+    /// Nothing (`nats bench --js`).
+    None,
+    /// `Nats-Msg-Id` and the message type, as the relay with `ordered = false`.
+    MsgId,
+    /// Those and `Nats-Expected-Last-Msg-Id`, as the relay by default.
+    Chained,
+}
+
+/// The relay path's options: the publisher's `ordered`, and whether this process's ring ends
+/// spin (`SpinThenYield`) rather than sleep on the ring's futex.
+#[derive(Clone, Copy)]
+struct Variant {
+    ordered: bool,
+    spin: bool,
+}
+
+const RELAY: Variant = Variant { ordered: true, spin: false };
 
 /// The relay path: two `tadpole relay` processes and this process's ends of their rings.
 fn relay(
-    tadpole: &Path,
-    dir: &Path,
-    url: &str,
+    (server, url): (u32, &str),
+    (tadpole, dir): (&Path, &Path),
     stream_name: &str,
     size: usize,
     n: u64,
     pace: Pace,
+    variant: Variant,
 ) -> BenchResult<Outcome> {
+    let wait = if variant.spin { WaitStrategy::SpinThenYield } else { WaitStrategy::Block };
     let tag = format!("{}-{}", std::process::id(), stream_name.to_lowercase());
     let (src_name, dst_name) = (format!("js-bench-{tag}-src"), format!("js-bench-{tag}-dst"));
     let src = RingBuilder::new(RING_BYTES).create_named(&src_name)?;
@@ -339,8 +395,9 @@ fn relay(
         let child = Command::new(tadpole)
             .args(["relay", "--config"])
             .arg(&config)
+            // In /dev/shm, where the relay keeps it by default (it lives as long as the rings).
             .arg("--state")
-            .arg(dir.join(format!("{name}-{tag}.state")))
+            .arg(format!("/dev/shm/{STATE_PREFIX}{name}-{tag}.state"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -362,8 +419,11 @@ fn relay(
             .await?;
         BenchResult::Ok(())
     })?;
-    let _publisher = spawn("bench-pub", format!("publish = \"{src_name}\"\nstream = \"{stream_name}\"\n"))?;
-    let _feeder = spawn("bench-feed", format!("feed = \"{dst_name}\"\nstream = \"{stream_name}\"\n"))?;
+    let publisher = spawn(
+        "bench-pub",
+        format!("publish = \"{src_name}\"\nstream = \"{stream_name}\"\nordered = {}\n", variant.ordered),
+    )?;
+    let feeder = spawn("bench-feed", format!("feed = \"{dst_name}\"\nstream = \"{stream_name}\"\n"))?;
 
     let base = Instant::now();
     let total = WARMUP + n;
@@ -376,7 +436,7 @@ fn relay(
         std::thread::spawn(move || -> BenchResult<(Instant, Option<Histogram<u64>>)> {
             // Asleep on the ring's futex when there is nothing, as the baseline's reader sleeps
             // in epoll.
-            consumer.set_wait_strategy(WaitStrategy::Block);
+            consumer.set_wait_strategy(wait);
             let mut receipts = Receipts::new(latency);
             let result = (|| {
                 while receipts.next < total {
@@ -398,9 +458,11 @@ fn relay(
         })
     };
     let mut producer = src.producer()?;
-    producer.set_wait_strategy(WaitStrategy::Block);
+    producer.set_wait_strategy(wait);
     let mut buf = vec![0x5a_u8; size];
+    let relays = [publisher.0.id(), feeder.0.id()];
     let mut started = Instant::now();
+    let mut cpu = [0.0; 3];
     let mut sent: BenchResult<()> = Ok(());
     for seq in 0..total {
         if seq == WARMUP {
@@ -413,6 +475,7 @@ fn relay(
                 std::thread::sleep(Duration::from_millis(1));
             }
             started = Instant::now();
+            cpu = cpu_now(server, &relays);
         }
         if sent.is_err() {
             break;
@@ -436,7 +499,7 @@ fn relay(
     }
     let (finished, latency) = reader.join().map_err(|_| "reader panicked")??;
     sent?;
-    Ok(Outcome { elapsed: finished - started, latency })
+    Ok(Outcome { elapsed: finished - started, latency, cpu: cpu_since(cpu, cpu_now(server, &relays)) })
 }
 
 fn delete_stream(url: &str, name: &str) {
@@ -464,6 +527,7 @@ fn main() -> BenchResult<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let server = Proc(server);
+    let pid = server.0.id();
     wait_for_port(port)?;
     let url = format!("nats://127.0.0.1:{port}");
     let version = Command::new(&nats_binary).arg("--version").output()?;
@@ -481,17 +545,22 @@ fn main() -> BenchResult<()> {
     println!();
     println!("| row | size | records | plain client | relay | relay / plain |");
     println!("|---|---|---|---|---|---|");
+    let cpu = |o: &Outcome| format!("{:.2} / {:.2} / {:.2}", o.cpu[0], o.cpu[1], o.cpu[2]);
     for (size, n) in [(64usize, s.n_small), (16 << 10, s.n_large)] {
         for _ in 0..s.runs {
-            let (p, r, h) = (name("PLAIN"), name("RELAY"), name("HEADERS"));
-            let plain_out = plain(&url, &p, size, n, Pace::Flat, false)?;
-            let relay_out = relay(&tadpole, &dir, &url, &r, size, n, Pace::Flat)?;
-            let headers_out = plain(&url, &h, size, n, Pace::Flat, true)?;
-            for stream in [&p, &r, &h] {
+            let names: Vec<String> =
+                ["PLAIN", "RELAY", "MSGID", "CHAINED", "UNORDERED"].iter().map(|w| name(w)).collect();
+            let plain_out = plain((pid, &url), &names[0], size, n, Pace::Flat, Headers::None)?;
+            let relay_out = relay((pid, &url), (&tadpole, &dir), &names[1], size, n, Pace::Flat, RELAY)?;
+            let msgid_out = plain((pid, &url), &names[2], size, n, Pace::Flat, Headers::MsgId)?;
+            let chained_out = plain((pid, &url), &names[3], size, n, Pace::Flat, Headers::Chained)?;
+            let unordered = Variant { ordered: false, ..RELAY };
+            let unordered_out = relay((pid, &url), (&tadpole, &dir), &names[4], size, n, Pace::Flat, unordered)?;
+            for stream in &names {
                 delete_stream(&url, stream);
             }
             let rate = |o: &Outcome| n as f64 / o.elapsed.as_secs_f64();
-            let (pr, rr, hr) = (rate(&plain_out), rate(&relay_out), rate(&headers_out));
+            let (pr, rr) = (rate(&plain_out), rate(&relay_out));
             let mb = |r: f64| r * size as f64 / 1e6;
             println!(
                 "| throughput | {size} B | {n} | {pr:.0}/s ({:.1} MB/s) | {rr:.0}/s ({:.1} MB/s) | **{:.2}** (target >= {:.2}) |",
@@ -500,21 +569,32 @@ fn main() -> BenchResult<()> {
                 rr / pr,
                 1.0 / TARGET
             );
+            for (what, o) in [
+                ("plain client with Nats-Msg-Id", &msgid_out),
+                ("plain client with Nats-Msg-Id and Expected-Last-Msg-Id (the relay's headers)", &chained_out),
+                ("relay with ordered = false (no Expected-Last-Msg-Id)", &unordered_out),
+            ] {
+                println!("| context: {what} | {size} B | {n} | {pr:.0}/s | {:.0}/s | {:.2} |", rate(o), rate(o) / pr);
+            }
             println!(
-                "| context: plain client with the relay's headers | {size} B | {n} | {pr:.0}/s | {hr:.0}/s | {:.2} |",
-                hr / pr
+                "| context: CPU s while timed (nats-server / relays / this process) | {size} B | {n} | {} | {} | |",
+                cpu(&plain_out),
+                cpu(&relay_out)
             );
         }
     }
     let n = s.latency.as_secs() * LATENCY_RATE;
     for _ in 0..s.runs {
-        let (p, r) = (name("PLAINLAT"), name("RELAYLAT"));
-        let plain_out = plain(&url, &p, 64, n, Pace::Steady, false)?;
-        let relay_out = relay(&tadpole, &dir, &url, &r, 64, n, Pace::Steady)?;
-        for stream in [&p, &r] {
+        let names: Vec<String> = ["PLAINLAT", "RELAYLAT", "SPINLAT"].iter().map(|w| name(w)).collect();
+        let plain_out = plain((pid, &url), &names[0], 64, n, Pace::Steady, Headers::None)?;
+        let relay_out = relay((pid, &url), (&tadpole, &dir), &names[1], 64, n, Pace::Steady, RELAY)?;
+        let spin = Variant { spin: true, ..RELAY };
+        let spin_out = relay((pid, &url), (&tadpole, &dir), &names[2], 64, n, Pace::Steady, spin)?;
+        for stream in &names {
             delete_stream(&url, stream);
         }
-        let (ph, rh) = (plain_out.latency.ok_or("no histogram")?, relay_out.latency.ok_or("no histogram")?);
+        let histogram = |o: Outcome| o.latency.ok_or("no histogram");
+        let (ph, rh, sh) = (histogram(plain_out)?, histogram(relay_out)?, histogram(spin_out)?);
         let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
         for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
             println!(
@@ -523,9 +603,22 @@ fn main() -> BenchResult<()> {
                 us(&rh, q),
                 us(&rh, q) / us(&ph, q)
             );
+            println!(
+                "| context: latency {label}, this process's ring ends spinning | 64 B | {n} | {:.1} us | {:.1} us | {:.2} |",
+                us(&ph, q),
+                us(&sh, q),
+                us(&sh, q) / us(&ph, q)
+            );
         }
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+    let me = format!("-{}-", std::process::id());
+    for entry in std::fs::read_dir("/dev/shm")?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(STATE_PREFIX) && name.contains(&me) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     Ok(())
 }
