@@ -25,7 +25,8 @@
 //! cargo run --release -p tadpole-benches --bin jetstream_report -- --quick   # a few seconds
 //! ```
 //!
-//! `nats-server` is found on `PATH` or in /usr/sbin (Debian's package). The `tadpole` binary is
+//! The relays keep their state and checkpoints in /dev/shm, as they do by default (removed at the
+//! end). `nats-server` is found on `PATH` or in /usr/sbin (Debian's package). The `tadpole` binary is
 //! found as `relay_report` finds it. Exits non-zero when a measurement fails (a record lost,
 //! repeated or damaged, a process that does not come up); a missed target is reported, not
 //! failed.
