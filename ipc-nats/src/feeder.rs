@@ -11,7 +11,7 @@ use futures_util::{FutureExt, StreamExt};
 use ipc_core::{Producer, TrySendError};
 
 use crate::MESSAGE_TYPE_HEADER;
-use crate::checkpoint::{self, CheckpointError, State};
+use crate::checkpoint::{Checkpoint, CheckpointError, State};
 use crate::counters::Counters;
 
 /// Which consumer a [`Feeder`] reads and how.
@@ -89,6 +89,8 @@ pub struct Feeder {
     config: FeederConfig,
     producer: Producer,
     state: State,
+    /// `config.checkpoint`, open.
+    checkpoint_file: Option<Checkpoint>,
     seen: SeenIds,
     counters: Arc<Counters>,
 }
@@ -100,14 +102,17 @@ impl Feeder {
     /// A feeder committing into `producer`, resuming from the checkpoint file if there is one.
     pub fn new(config: FeederConfig, producer: Producer) -> Result<Feeder, CheckpointError> {
         let epoch = producer.segment().epoch();
-        let recorded = match &config.checkpoint {
-            Some(path) => checkpoint::load(path)?,
-            None => None,
+        let (checkpoint_file, recorded) = match &config.checkpoint {
+            Some(path) => {
+                let (file, state) = Checkpoint::open(path)?;
+                (Some(file), state)
+            }
+            None => (None, None),
         };
         let state =
             recorded.unwrap_or(State { epoch, ..State::default() }).resolve(epoch, producer.frontier().position);
         let seen = SeenIds { max: config.dedup_max_ids, ids: HashSet::new(), order: VecDeque::new() };
-        Ok(Feeder { config, producer, state, seen, counters: Arc::new(Counters::default()) })
+        Ok(Feeder { config, producer, state, checkpoint_file, seen, counters: Arc::new(Counters::default()) })
     }
 
     /// The counters (shared: clone the `Arc` to read them elsewhere).
@@ -306,8 +311,8 @@ impl Feeder {
             // A message dropped after the last one reserved is done only once that one is.
             let pending = if last + 1 == keep.len() { done_through } else { keep[last].1 };
             let intent = State { epoch: self.state.epoch, committed: self.state.committed, pending, from };
-            if let Some(path) = &self.config.checkpoint {
-                if let Err(e) = checkpoint::store(path, &intent) {
+            if let Some(file) = &mut self.checkpoint_file {
+                if let Err(e) = file.store(&intent) {
                     Counters::add(&c.checkpoint_failures, 1);
                     tracing::warn!(event = "jetstream_checkpoint_failed", error = %e, "cannot write the checkpoint; retrying");
                     tokio::time::sleep(self.config.retry_min).await;
@@ -328,8 +333,8 @@ impl Feeder {
         if done_through > self.state.committed {
             // Only duplicates or dropped messages after the last commit.
             self.state.committed = done_through;
-            if let Some(path) = &self.config.checkpoint {
-                if checkpoint::store(path, &self.state).is_err() {
+            if let Some(file) = &mut self.checkpoint_file {
+                if file.store(&self.state).is_err() {
                     Counters::add(&c.checkpoint_failures, 1);
                 }
             }
