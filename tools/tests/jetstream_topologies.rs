@@ -168,7 +168,19 @@ fn run(topology: &Topology, procs: &mut [Proc], sinks: &mut [Sink], records: u64
     let mut healed_at = 0;
     while sinks.iter().any(|s| s.next < records) {
         let progress: Vec<u64> = sinks.iter().map(|s| s.next).collect();
-        assert!(started.elapsed() < DEADLINE, "stuck: arrived {progress:?} of {records} per route");
+        if started.elapsed() > DEADLINE {
+            // Which hop is slow: what each relay has moved so far.
+            for host in &topology.hosts {
+                let page = http_get(host, HEALTH, "/metrics").unwrap_or_default();
+                let moved: Vec<String> =
+                    ["records_sent", "records_committed", "jetstream_acked", "jetstream_committed"]
+                        .iter()
+                        .map(|m| format!("{m} {}", metric(&page, &format!("tadpole_relay_{m}_total"))))
+                        .collect();
+                eprintln!("{}: {}", host.name, moved.join(", "));
+            }
+            panic!("stuck: arrived {progress:?} of {records} per route");
+        }
         let mut got = false;
         for sink in sinks.iter_mut() {
             got |= sink.poll();
