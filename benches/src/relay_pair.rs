@@ -122,7 +122,8 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-fn tadpole_binary() -> BenchResult<PathBuf> {
+/// The `tadpole` binary, found (or built) as the module docs say.
+pub fn tadpole_binary() -> BenchResult<PathBuf> {
     if let Some(path) = std::env::var_os("TADPOLE_BIN") {
         return Ok(path.into());
     }

@@ -36,7 +36,8 @@ use crate::security::Allowlist;
 pub struct RelayConfig {
     /// The relay's name: the origin id its records carry.
     pub name: String,
-    /// The relay's own CURVE key pair, read from `key_file`.
+    /// The relay's own CURVE key pair, read from `key_file` (a throwaway one for a relay with
+    /// JetStream routes and no listener or `route_out`, which needs no `key_file`).
     pub keys: KeyPair,
     /// Where the relay accepts other relays (`tcp://host:port`); `None` for a relay that only
     /// sends.
@@ -51,6 +52,90 @@ pub struct RelayConfig {
     pub routes_in: Vec<RouteIn>,
     /// Frame size limit and timeouts.
     pub limits: Limits,
+    /// Where the JetStream routes connect (`[nats]`); `Some` whenever `jetstream` is not empty.
+    pub nats: Option<NatsConfig>,
+    /// JetStream routes (`[[jetstream]]`): local rings published into streams, or fed from
+    /// durable consumers.
+    pub jetstream: Vec<JetStreamRoute>,
+}
+
+/// The NATS servers JetStream routes connect to, and how (`[nats]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs, e.g. `["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]`; the client fails
+    /// over between them and learns the rest of the cluster.
+    pub servers: Vec<String>,
+    /// Giving up on one connect attempt (default 1000).
+    #[serde(default = "default_nats_connect_ms")]
+    pub connect_timeout_ms: u32,
+    /// First reconnect delay (default 100); doubles up to `reconnect_max_ms` (default 5000).
+    #[serde(default = "default_nats_reconnect_min_ms")]
+    pub reconnect_min_ms: u32,
+    /// Largest reconnect delay.
+    #[serde(default = "default_nats_reconnect_max_ms")]
+    pub reconnect_max_ms: u32,
+    /// How long a publish acknowledgement or JetStream API reply may take (default 5000).
+    #[serde(default = "default_nats_request_ms")]
+    pub request_timeout_ms: u32,
+}
+
+fn default_nats_connect_ms() -> u32 {
+    1000
+}
+fn default_nats_reconnect_min_ms() -> u32 {
+    100
+}
+fn default_nats_reconnect_max_ms() -> u32 {
+    5000
+}
+fn default_nats_request_ms() -> u32 {
+    5000
+}
+
+/// Which way a JetStream route moves records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JetStreamDirection {
+    /// The local ring is drained into the stream (`publish = "<ring>"`).
+    Publish,
+    /// The local ring is written from a durable consumer of the stream (`feed = "<ring>"`).
+    Feed,
+}
+
+/// One `[[jetstream]]` route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamRoute {
+    /// Publish or feed.
+    pub direction: JetStreamDirection,
+    /// The local ring.
+    pub ring: String,
+    /// The JetStream stream.
+    pub stream: String,
+    /// Publish: the subject records go to. Feed: the filter subject (default: publish
+    /// `tadpole.<stream>`; feed every subject of the stream).
+    pub subject: Option<String>,
+    /// Publish: the stream's replicas (default 1).
+    pub replicas: usize,
+    /// Publish: the stream's `max_age` in seconds, 0 for none (default 0).
+    pub max_age_secs: u64,
+    /// Publish: the stream's duplicate window in seconds (default 120).
+    pub duplicate_window_secs: u64,
+    /// Publish: the ring carries envelopes, whose `message_id` is the `Nats-Msg-Id` (default
+    /// false: `origin/epoch/position`).
+    pub envelopes: bool,
+    /// Publish: most publishes awaiting acknowledgement (default 1024).
+    pub max_in_flight: usize,
+    /// Publish: chain publishes so that no record is stored before an earlier one (default
+    /// true; needs the stream to itself).
+    pub ordered: bool,
+    /// Feed: the durable consumer's name (default `<relay name>-<ring>`, sanitised).
+    pub durable: String,
+    /// Feed: most messages delivered and unacknowledged, and per ring commit (default 256).
+    pub batch: usize,
+    /// Feed: the consumer's ack wait in ms (default 30000).
+    pub ack_wait_ms: u64,
+    /// Feed: most message ids remembered to drop duplicates (default 100000).
+    pub dedup_max_ids: usize,
 }
 
 /// A local ring forwarded to a stream of a remote relay.
@@ -147,7 +232,7 @@ pub struct ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     name: String,
-    key_file: PathBuf,
+    key_file: Option<PathBuf>,
     listen: Option<String>,
     #[serde(default)]
     allow: Vec<PublicKey>,
@@ -159,6 +244,28 @@ struct RawConfig {
     route_in: Vec<RawRouteIn>,
     #[serde(default)]
     limits: Limits,
+    nats: Option<NatsConfig>,
+    #[serde(default)]
+    jetstream: Vec<RawJetStreamRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJetStreamRoute {
+    publish: Option<String>,
+    feed: Option<String>,
+    stream: String,
+    subject: Option<String>,
+    replicas: Option<usize>,
+    max_age_secs: Option<u64>,
+    duplicate_window_secs: Option<u64>,
+    envelopes: Option<bool>,
+    max_in_flight: Option<usize>,
+    ordered: Option<bool>,
+    durable: Option<String>,
+    batch: Option<usize>,
+    ack_wait_ms: Option<u64>,
+    dedup_max_ids: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -209,7 +316,19 @@ impl RelayConfig {
         if raw.name.is_empty() {
             return Err(err("name", "must not be empty".into()));
         }
-        let keys = KeyPair::load(&resolve(&raw.key_file)).map_err(|e: KeyFileError| err("key_file", e.to_string()))?;
+        let keys = match &raw.key_file {
+            Some(file) => KeyPair::load(&resolve(file)).map_err(|e: KeyFileError| err("key_file", e.to_string()))?,
+            // Only a relay that has JetStream routes and nothing of ZeroMQ may go without.
+            None if raw.listen.is_some() || !raw.route_out.is_empty() || raw.jetstream.is_empty() => {
+                return Err(err(
+                    "key_file",
+                    "missing field `key_file` (only a relay with nothing but [[jetstream]] routes may leave it out)"
+                        .into(),
+                ));
+            }
+            // Only JetStream routes: no CURVE socket will use it.
+            None => KeyPair::generate().map_err(|e| err("key_file", format!("cannot make a key pair: {e}")))?,
+        };
         if let Some(listen) = &raw.listen {
             check_endpoint(listen, true).map_err(|r| err("listen", r))?;
         }
@@ -297,6 +416,12 @@ impl RelayConfig {
             return Err(err("listen", "missing: route_in needs a listener to receive on".into()));
         }
         check_limits(&raw.limits).map_err(|(f, m)| err(&format!("limits.{f}"), m))?;
+        let jetstream = check_jetstream(&raw.name, raw.jetstream).map_err(|(f, m)| err(&f, m))?;
+        if let Some(nats) = &raw.nats {
+            check_nats(nats).map_err(|(f, m)| err(&format!("nats.{f}"), m))?;
+        } else if !jetstream.is_empty() {
+            return Err(err("nats", "missing: [[jetstream]] routes need a [nats] table with `servers`".into()));
+        }
         Ok(RelayConfig {
             name: raw.name,
             keys,
@@ -306,8 +431,162 @@ impl RelayConfig {
             routes_out,
             routes_in,
             limits: raw.limits,
+            nats: raw.nats,
+            jetstream,
         })
     }
+}
+
+/// A JetStream stream, consumer or subject token: what NATS accepts, and no more.
+fn check_nats_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 200 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!("{name:?} is not a JetStream name (1-200 of A-Z a-z 0-9 - _)"));
+    }
+    Ok(())
+}
+
+fn check_subject(subject: &str, wildcards: bool) -> Result<(), String> {
+    let tokens_ok = subject.split('.').all(|t| {
+        !t.is_empty()
+            && (t.bytes().all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
+                || (wildcards && (t == "*" || t == ">")))
+    });
+    if subject.len() > 255 || !tokens_ok {
+        let what = if wildcards { "a subject" } else { "a subject without wildcards" };
+        return Err(format!("{subject:?} is not {what} (dot-separated printable tokens)"));
+    }
+    Ok(())
+}
+
+fn check_jetstream(relay: &str, raw: Vec<RawJetStreamRoute>) -> Result<Vec<JetStreamRoute>, (String, String)> {
+    let mut routes: Vec<JetStreamRoute> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let at = |f: &str| format!("jetstream[{i}].{f}");
+        let (direction, ring) = match (r.publish, r.feed) {
+            (Some(ring), None) => (JetStreamDirection::Publish, ring),
+            (None, Some(ring)) => (JetStreamDirection::Feed, ring),
+            _ => {
+                return Err((
+                    at("publish"),
+                    "give exactly one of `publish = \"<ring>\"` or `feed = \"<ring>\"`".into(),
+                ));
+            }
+        };
+        let ring_field = if direction == JetStreamDirection::Publish { "publish" } else { "feed" };
+        check_name(&ring).map_err(|m| (at(ring_field), m))?;
+        if routes.iter().any(|o| o.ring == ring) {
+            return Err((at(ring_field), format!("ring {ring:?} is already a JetStream route")));
+        }
+        check_nats_name(&r.stream).map_err(|m| (at("stream"), m))?;
+        if let Some(subject) = &r.subject {
+            check_subject(subject, direction == JetStreamDirection::Feed).map_err(|m| (at("subject"), m))?;
+        }
+        let only_publish = [
+            ("replicas", r.replicas.is_some()),
+            ("max_age_secs", r.max_age_secs.is_some()),
+            ("duplicate_window_secs", r.duplicate_window_secs.is_some()),
+            ("envelopes", r.envelopes.is_some()),
+            ("max_in_flight", r.max_in_flight.is_some()),
+            ("ordered", r.ordered.is_some()),
+        ];
+        let only_feed = [
+            ("durable", r.durable.is_some()),
+            ("batch", r.batch.is_some()),
+            ("ack_wait_ms", r.ack_wait_ms.is_some()),
+            ("dedup_max_ids", r.dedup_max_ids.is_some()),
+        ];
+        let (misplaced, other): (&[(&str, bool)], &str) = match direction {
+            JetStreamDirection::Publish => (&only_feed, "feed"),
+            JetStreamDirection::Feed => (&only_publish, "publish"),
+        };
+        if let Some((name, _)) = misplaced.iter().find(|(_, set)| *set) {
+            return Err((at(name), format!("only applies to {other} routes")));
+        }
+        let replicas = r.replicas.unwrap_or(1);
+        if !(1..=5).contains(&replicas) {
+            return Err((at("replicas"), "must be between 1 and 5".into()));
+        }
+        let duplicate_window_secs = r.duplicate_window_secs.unwrap_or(120);
+        if duplicate_window_secs == 0 {
+            return Err((at("duplicate_window_secs"), "must be at least 1: the relay's restarts rely on it".into()));
+        }
+        let max_in_flight = r.max_in_flight.unwrap_or(1024);
+        if !(1..=65536).contains(&max_in_flight) {
+            return Err((at("max_in_flight"), "must be between 1 and 65536".into()));
+        }
+        let durable = match r.durable {
+            Some(durable) => {
+                check_nats_name(&durable).map_err(|m| (at("durable"), m))?;
+                durable
+            }
+            None => format!("{relay}-{ring}")
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+                .collect(),
+        };
+        let batch = r.batch.unwrap_or(256);
+        if !(1..=10_000).contains(&batch) {
+            return Err((at("batch"), "must be between 1 and 10000".into()));
+        }
+        let ack_wait_ms = r.ack_wait_ms.unwrap_or(30_000);
+        if ack_wait_ms < 100 {
+            return Err((at("ack_wait_ms"), "must be at least 100".into()));
+        }
+        let dedup_max_ids = r.dedup_max_ids.unwrap_or(100_000);
+        if dedup_max_ids == 0 {
+            return Err((at("dedup_max_ids"), "must be at least 1".into()));
+        }
+        routes.push(JetStreamRoute {
+            direction,
+            ring,
+            stream: r.stream,
+            subject: r.subject,
+            replicas,
+            max_age_secs: r.max_age_secs.unwrap_or(0),
+            duplicate_window_secs,
+            envelopes: r.envelopes.unwrap_or(false),
+            max_in_flight,
+            ordered: r.ordered.unwrap_or(true),
+            durable,
+            batch,
+            ack_wait_ms,
+            dedup_max_ids,
+        });
+    }
+    Ok(routes)
+}
+
+fn check_nats(n: &NatsConfig) -> Result<(), (&'static str, String)> {
+    if n.servers.is_empty() {
+        return Err(("servers", "list at least one server, e.g. [\"nats://127.0.0.1:4222\"]".into()));
+    }
+    for server in &n.servers {
+        let rest = server.strip_prefix("nats://").or_else(|| server.strip_prefix("tls://")).unwrap_or(server);
+        let port_ok = rest
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            return Err((
+                "servers",
+                format!("{server:?} is not a NATS server (expected e.g. \"nats://10.0.0.1:4222\")"),
+            ));
+        }
+    }
+    let positive = [
+        ("connect_timeout_ms", n.connect_timeout_ms),
+        ("reconnect_min_ms", n.reconnect_min_ms),
+        ("request_timeout_ms", n.request_timeout_ms),
+    ];
+    for (name, v) in positive {
+        if v == 0 {
+            return Err((name, "must be at least 1".into()));
+        }
+    }
+    if n.reconnect_max_ms < n.reconnect_min_ms {
+        return Err(("reconnect_max_ms", "must be at least reconnect_min_ms".into()));
+    }
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<(), String> {

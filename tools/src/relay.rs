@@ -24,6 +24,8 @@ use ipc_zmq::wire::{self, Frame};
 use schemas::envelope::{MessageId, VerifyOptions, verify_envelope};
 use tracing::{info, warn};
 
+mod jetstream;
+
 /// The ZAP domain the listener sets and the handler answers for.
 const ZAP_DOMAIN: &str = "tadpole-relay";
 /// Capacity of a ring the relay creates because it does not exist yet.
@@ -139,6 +141,7 @@ struct RelayStatus {
     ready: AtomicBool,
     loop_turns: AtomicU64,
     origins_refused: Arc<AtomicU64>,
+    jetstream: Vec<ipc_nats::RouteStatus>,
 }
 
 impl Status for RelayStatus {
@@ -255,6 +258,7 @@ impl Status for RelayStatus {
                 move || value,
             );
         }
+        jetstream::add_metrics(&mut set, relay, &self.jetstream);
         let turns = self.loop_turns.load(Ordering::Relaxed);
         set.add(
             "tadpole_relay_loop_turns",
@@ -282,7 +286,9 @@ impl Status for RelayStatus {
             })
             .collect();
         let failing = self.links.iter().any(|(_, _, _, status)| matches!(status.state(), LinkState::Failing { .. }));
-        (!failing, serde_json::json!({ "relay": self.name, "listening": self.listening, "links": links }))
+        let (jetstream_ok, jetstream) = jetstream::health(&self.jetstream);
+        let body = serde_json::json!({ "relay": self.name, "listening": self.listening, "links": links, "jetstream": jetstream });
+        (!failing && jetstream_ok, body)
     }
 
     fn ready(&self) -> bool {
@@ -305,6 +311,7 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         config = %config.display(),
         routes_out = cfg.routes_out.len(),
         routes_in = cfg.routes_in.len(),
+        jetstream_routes = cfg.jetstream.len(),
         "relay starting"
     );
     let state = state.unwrap_or_else(|| default_state_path(relay, config));
@@ -402,6 +409,8 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         });
     }
 
+    // JetStream routes run on a thread of their own; stopped when this is dropped.
+    let bridge = jetstream::start(&cfg, &state)?;
     let mut origins = Origins::load(origins_path(&state))?;
     let status = Arc::new(RelayStatus {
         name: cfg.name.clone(),
@@ -415,6 +424,7 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         ready: AtomicBool::new(false),
         loop_turns: AtomicU64::new(0),
         origins_refused: origins.refused.clone(),
+        jetstream: bridge.as_ref().map(|b| b.routes().to_vec()).unwrap_or_default(),
     });
     let _http = match cfg.health {
         Some(addr) => Some(HttpEndpoint::start(&addr.to_string(), status.clone()).map_err(|e| anyhow!("{e}"))?),

@@ -1,2 +1,3 @@
 pub mod netns;
 pub mod relay;
+pub mod topology;

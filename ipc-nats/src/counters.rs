@@ -1,0 +1,61 @@
+//! What a route has done, as plain atomics (read from any thread, e.g. by `/metrics`).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Counters of one JetStream route; each field says which direction moves it. All are
+/// monotonic except the gauges `in_flight` and `connected`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Publisher: messages published (republished ones included).
+    pub published: AtomicU64,
+    /// Publisher: payload bytes published.
+    pub bytes_published: AtomicU64,
+    /// Publisher: publish acknowledgements received (records JetStream stored, or knew).
+    pub acked: AtomicU64,
+    /// Publisher: acknowledgements that said the message was a duplicate (already stored: a
+    /// republish after a lost acknowledgement or a relay restart).
+    pub acked_duplicates: AtomicU64,
+    /// Publisher: rewinds to publish again everything not acknowledged (an acknowledgement
+    /// timed out or failed).
+    pub republishes: AtomicU64,
+    /// Publisher: envelope records whose `message_id` could not be read (published with the
+    /// position id instead).
+    pub invalid_envelopes: AtomicU64,
+    /// Publisher: gauge, messages published and not acknowledged.
+    pub in_flight: AtomicU64,
+    /// Feeder: records committed into the local ring.
+    pub committed: AtomicU64,
+    /// Feeder: payload bytes committed.
+    pub bytes_committed: AtomicU64,
+    /// Feeder: messages JetStream delivered more than once (its delivery count above 1).
+    pub redelivered: AtomicU64,
+    /// Feeder: messages dropped as already committed (stream sequence or message id).
+    pub duplicates_dropped: AtomicU64,
+    /// Feeder: messages dropped because they cannot go into the ring (a bad type header, a
+    /// payload larger than the ring's largest record). Acknowledged: redelivery cannot help.
+    pub malformed: AtomicU64,
+    /// Feeder: acknowledgements that failed (the messages come again and are dropped).
+    pub ack_failures: AtomicU64,
+    /// Feeder: checkpoint writes that failed (the batch was not committed; tried again).
+    pub checkpoint_failures: AtomicU64,
+    /// Both: times the connection to NATS was lost.
+    pub disconnects: AtomicU64,
+    /// Both: times the connection to NATS was made again after a loss.
+    pub reconnects: AtomicU64,
+    /// Both: JetStream errors (stream or consumer setup, publish, fetch), each retried after a
+    /// backoff.
+    pub errors: AtomicU64,
+    /// Both: gauge, 1 while connected to NATS.
+    pub connected: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(field: &AtomicU64, n: u64) {
+        field.fetch_add(n, Relaxed);
+    }
+
+    /// Reads one field.
+    pub fn get(field: &AtomicU64) -> u64 {
+        field.load(Relaxed)
+    }
+}

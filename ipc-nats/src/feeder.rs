@@ -1,0 +1,349 @@
+//! JetStream → ring: commit each message of a durable pull consumer, then acknowledge it.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, Message, consumer};
+use futures_util::{FutureExt, StreamExt};
+use ipc_core::{Producer, TrySendError};
+
+use crate::MESSAGE_TYPE_HEADER;
+use crate::checkpoint::{Checkpoint, CheckpointError, State};
+use crate::counters::Counters;
+
+/// Which consumer a [`Feeder`] reads and how.
+#[derive(Clone, Debug)]
+pub struct FeederConfig {
+    /// The stream read.
+    pub stream: String,
+    /// The durable consumer's name (made if missing).
+    pub durable: String,
+    /// Only messages on this subject (default: all of the stream's).
+    pub filter_subject: Option<String>,
+    /// Most messages delivered and not acknowledged, and most committed in one batch
+    /// (default 256).
+    pub batch: usize,
+    /// How long JetStream waits for an acknowledgement before delivering again (default 30 s).
+    pub ack_wait: Duration,
+    /// Most message ids remembered to drop duplicates (default 100 000); the oldest is
+    /// forgotten first.
+    pub dedup_max_ids: usize,
+    /// Where the feeder keeps what it has committed (see the crate docs); `None`: in memory
+    /// only, so a crash replays what the durable consumer had not acknowledged.
+    pub checkpoint: Option<PathBuf>,
+    /// First wait after a failure (default 100 ms); doubles up to `retry_max` (default 5 s).
+    pub retry_min: Duration,
+    /// Longest wait between attempts.
+    pub retry_max: Duration,
+}
+
+impl FeederConfig {
+    /// The defaults for `stream` and `durable`.
+    pub fn new(stream: &str, durable: &str) -> FeederConfig {
+        FeederConfig {
+            stream: stream.to_owned(),
+            durable: durable.to_owned(),
+            filter_subject: None,
+            batch: 256,
+            ack_wait: Duration::from_secs(30),
+            dedup_max_ids: 100_000,
+            checkpoint: None,
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The message ids of the last records committed, oldest first, bounded by count.
+struct SeenIds {
+    max: usize,
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl SeenIds {
+    fn insert(&mut self, id: String) {
+        while self.ids.len() >= self.max.max(1) {
+            let Some(old) = self.order.pop_front() else { break };
+            self.ids.remove(&old);
+        }
+        if self.ids.insert(id.clone()) {
+            self.order.push_back(id);
+        }
+    }
+}
+
+/// Commits a durable JetStream consumer's messages into a local ring, each exactly once.
+///
+/// Messages are committed in batches, each acknowledged (cumulatively: the consumer acks all)
+/// only after its commit. Two guards drop duplicates: the checkpoint's stream sequence (every
+/// message at or below it is done, exact across crashes) and a window of message ids (a record
+/// published twice, e.g. by a relay restarted after the stream's duplicate window). Should a
+/// delivery be lost on the way (a server killed mid-delivery: the consumer's delivery sequence
+/// skips), the consumer is made again from the checkpoint, so nothing is skipped and the
+/// ring's order is the stream's.
+pub struct Feeder {
+    config: FeederConfig,
+    producer: Producer,
+    state: State,
+    /// `config.checkpoint`, open.
+    checkpoint_file: Option<Checkpoint>,
+    seen: SeenIds,
+    counters: Arc<Counters>,
+}
+
+/// Why the consumer must be made again from the checkpoint.
+struct Gap;
+
+impl Feeder {
+    /// A feeder committing into `producer`, resuming from the checkpoint file if there is one.
+    pub fn new(config: FeederConfig, producer: Producer) -> Result<Feeder, CheckpointError> {
+        let epoch = producer.segment().epoch();
+        let (checkpoint_file, recorded) = match &config.checkpoint {
+            Some(path) => {
+                let (file, state) = Checkpoint::open(path)?;
+                (Some(file), state)
+            }
+            None => (None, None),
+        };
+        let state =
+            recorded.unwrap_or(State { epoch, ..State::default() }).resolve(epoch, producer.frontier().position);
+        let seen = SeenIds { max: config.dedup_max_ids, ids: HashSet::new(), order: VecDeque::new() };
+        Ok(Feeder { config, producer, state, checkpoint_file, seen, counters: Arc::new(Counters::default()) })
+    }
+
+    /// The counters (shared: clone the `Arc` to read them elsewhere).
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Uses `counters` instead of the feeder's own (to share them with the connection's).
+    pub fn set_counters(&mut self, counters: Arc<Counters>) {
+        self.counters = counters;
+    }
+
+    /// Every stream sequence through this is committed (or dropped as a duplicate).
+    pub fn committed(&self) -> u64 {
+        self.state.committed
+    }
+
+    fn consumer_config(&self, deliver_policy: consumer::DeliverPolicy) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(self.config.durable.clone()),
+            deliver_policy,
+            ack_policy: consumer::AckPolicy::All,
+            ack_wait: self.config.ack_wait,
+            // No more in flight than one batch: what a lost delivery holds up is redelivered
+            // before anything newer.
+            max_ack_pending: self.config.batch.max(1) as i64,
+            filter_subject: self.config.filter_subject.clone().unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    /// The durable consumer: as JetStream has it when there is no checkpoint (its
+    /// acknowledgements say where to resume), else made again to start just past the
+    /// checkpoint, which is exact.
+    async fn open(&self, js: &jetstream::Context) -> Result<consumer::PullConsumer, String> {
+        let stream = js.get_stream(&self.config.stream).await.map_err(|e| e.to_string())?;
+        if self.state.committed == 0 {
+            let config = self.consumer_config(consumer::DeliverPolicy::All);
+            return stream.get_or_create_consumer(&self.config.durable, config).await.map_err(|e| e.to_string());
+        }
+        // Not found is fine: the first start with a checkpoint, or a consumer removed by hand.
+        let _ = stream.delete_consumer(&self.config.durable).await;
+        let start = consumer::DeliverPolicy::ByStartSequence { start_sequence: self.state.committed + 1 };
+        stream.create_consumer(self.consumer_config(start)).await.map_err(|e| e.to_string())
+    }
+
+    /// Feeds until `stop` is set. Errors are counted, logged and retried: it only returns when
+    /// stopped.
+    pub async fn run(mut self, js: jetstream::Context, stop: Arc<AtomicBool>) {
+        let c = self.counters.clone();
+        let mut backoff = self.config.retry_min;
+        while !stop.load(Relaxed) {
+            let consumer = match self.open(&js).await {
+                Ok(consumer) => consumer,
+                Err(e) => {
+                    Counters::add(&c.errors, 1);
+                    tracing::warn!(event = "jetstream_consumer_setup", stream = %self.config.stream, durable = %self.config.durable, error = %e, "cannot open the durable consumer; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.retry_max);
+                    continue;
+                }
+            };
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(self.config.batch.max(1))
+                .heartbeat(Duration::from_secs(1))
+                .expires(Duration::from_secs(5))
+                .messages()
+                .await;
+            let mut messages = match messages {
+                Ok(messages) => messages,
+                Err(e) => {
+                    Counters::add(&c.errors, 1);
+                    tracing::warn!(event = "jetstream_pull_failed", stream = %self.config.stream, error = %e, "cannot pull; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.retry_max);
+                    continue;
+                }
+            };
+            tracing::info!(event = "jetstream_feeding", stream = %self.config.stream, durable = %self.config.durable, from = self.state.committed + 1, "feeding ring");
+            let mut last_delivery = 0u64;
+            'pull: while !stop.load(Relaxed) {
+                let first = match tokio::time::timeout(Duration::from_millis(200), messages.next()).await {
+                    Err(_) => continue,
+                    Ok(None) => break 'pull,
+                    Ok(Some(Err(e))) => {
+                        // Missed heartbeats and the like: the stream goes on pulling.
+                        Counters::add(&c.errors, 1);
+                        tracing::warn!(event = "jetstream_pull_error", stream = %self.config.stream, error = %e, "pull error");
+                        continue;
+                    }
+                    Ok(Some(Ok(message))) => message,
+                };
+                let mut batch = vec![first];
+                while batch.len() < self.config.batch.max(1) {
+                    match messages.next().now_or_never() {
+                        Some(Some(Ok(message))) => batch.push(message),
+                        _ => break,
+                    }
+                }
+                match self.deliver(batch, &mut last_delivery, &stop).await {
+                    Ok(()) => backoff = self.config.retry_min,
+                    Err(Gap) => {
+                        tracing::warn!(event = "jetstream_delivery_gap", stream = %self.config.stream, from = self.state.committed + 1, "a delivery was lost; making the consumer again from the checkpoint");
+                        break 'pull;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits `batch` (after dropping what is done already), then acknowledges it.
+    async fn deliver(&mut self, batch: Vec<Message>, last_delivery: &mut u64, stop: &AtomicBool) -> Result<(), Gap> {
+        let c = self.counters.clone();
+        // (index in `batch`, stream sequence, message type, message id) of what goes in the ring.
+        let mut keep: Vec<(usize, u64, u16, Option<String>)> = Vec::with_capacity(batch.len());
+        let mut done_through = self.state.committed;
+        // The latest delivery: acknowledging it acknowledges the whole batch.
+        let mut newest: Option<(u64, usize)> = None;
+        for (index, message) in batch.iter().enumerate() {
+            let Ok(info) = message.info() else {
+                Counters::add(&c.malformed, 1);
+                continue;
+            };
+            let (sequence, delivery, delivered) = (info.stream_sequence, info.consumer_sequence, info.delivered);
+            if *last_delivery != 0 && delivery > *last_delivery + 1 {
+                // Deliveries in between never arrived: take nothing after them.
+                return Err(Gap);
+            }
+            *last_delivery = delivery.max(*last_delivery);
+            if newest.is_none_or(|(d, _)| delivery > d) {
+                newest = Some((delivery, index));
+            }
+            if delivered > 1 {
+                Counters::add(&c.redelivered, 1);
+            }
+            if sequence <= done_through {
+                Counters::add(&c.duplicates_dropped, 1);
+                continue;
+            }
+            done_through = sequence;
+            let headers = message.headers.as_ref();
+            let id = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)).map(|v| v.as_str().to_owned());
+            // Seen in an earlier batch, or earlier in this one.
+            let seen = |id: &String| self.seen.ids.contains(id) || keep.iter().any(|k| k.3.as_ref() == Some(id));
+            if id.as_ref().is_some_and(seen) {
+                Counters::add(&c.duplicates_dropped, 1);
+                continue;
+            }
+            let message_type = match headers.and_then(|h| h.get(MESSAGE_TYPE_HEADER)) {
+                None => Some(0),
+                Some(v) => v.as_str().parse::<u16>().ok(),
+            };
+            let Some(message_type) = message_type.filter(|_| message.payload.len() <= self.producer.max_message_len())
+            else {
+                Counters::add(&c.malformed, 1);
+                tracing::warn!(event = "jetstream_malformed", stream = %self.config.stream, sequence, len = message.payload.len(), "message dropped: bad type header or too large for the ring");
+                continue;
+            };
+            keep.push((index, sequence, message_type, id));
+        }
+        let mut next = 0;
+        let mut waits = 0u32;
+        while next < keep.len() {
+            if stop.load(Relaxed) {
+                return Ok(());
+            }
+            let from = self.producer.frontier().position;
+            let mut ring = self.producer.batch();
+            let mut reserved = 0;
+            let mut bytes = 0u64;
+            for &(index, _, message_type, _) in &keep[next..] {
+                let message = &batch[index];
+                match ring.try_reserve(message.payload.len(), message_type) {
+                    Ok(space) => {
+                        space.copy_from_slice(&message.payload);
+                        reserved += 1;
+                        bytes += message.payload.len() as u64;
+                    }
+                    // Full (or no consumer yet): backpressure. Corrupt: nothing can be written.
+                    Err(TrySendError::Full | TrySendError::Disconnected | TrySendError::Corrupt(_)) => break,
+                    Err(TrySendError::TooLarge { .. }) => break,
+                }
+            }
+            if reserved == 0 {
+                waits += 1;
+                if waits % 1000 == 0 {
+                    // Held back by a full ring for a while: tell JetStream the batch is being
+                    // worked on, so it does not deliver it again meanwhile.
+                    let _ = batch[keep[next].0].ack_with(jetstream::AckKind::Progress).await;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+            let last = next + reserved - 1;
+            // A message dropped after the last one reserved is done only once that one is.
+            let pending = if last + 1 == keep.len() { done_through } else { keep[last].1 };
+            let intent = State { epoch: self.state.epoch, committed: self.state.committed, pending, from };
+            if let Some(file) = &mut self.checkpoint_file {
+                if let Err(e) = file.store(&intent) {
+                    Counters::add(&c.checkpoint_failures, 1);
+                    tracing::warn!(event = "jetstream_checkpoint_failed", error = %e, "cannot write the checkpoint; retrying");
+                    tokio::time::sleep(self.config.retry_min).await;
+                    continue;
+                }
+            }
+            ring.commit();
+            self.state.committed = pending;
+            Counters::add(&c.committed, reserved as u64);
+            Counters::add(&c.bytes_committed, bytes);
+            for (_, _, _, id) in &mut keep[next..=last] {
+                if let Some(id) = id.take() {
+                    self.seen.insert(id);
+                }
+            }
+            next = last + 1;
+        }
+        if done_through > self.state.committed {
+            // Only duplicates or dropped messages after the last commit.
+            self.state.committed = done_through;
+            if let Some(file) = &mut self.checkpoint_file {
+                if file.store(&self.state).is_err() {
+                    Counters::add(&c.checkpoint_failures, 1);
+                }
+            }
+        }
+        if let Some((_, index)) = newest {
+            if batch[index].ack().await.is_err() {
+                Counters::add(&c.ack_failures, 1);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! Publisher and feeder against a real single `nats-server -js` started by the test: what the
+//! ring sees when JetStream holds a record twice or a message it cannot take, and what the
+//! source ring does while NATS is down. Skipped, with a message, only when `nats-server` is not
+//! installed (`scripts/setup` installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use ipc_core::{RingBuilder, TryRecvError, TrySendError};
+use ipc_nats::{
+    Bridge, Counters, Feeder, FeederConfig, MESSAGE_TYPE_HEADER, NatsSettings, Publisher, PublisherConfig, Route,
+    StreamSettings,
+};
+
+fn nats_server() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let found = on_path.into_iter().chain([PathBuf::from("/usr/sbin/nats-server")]).find(|p| p.is_file());
+    if found.is_none() {
+        println!("SKIPPED: nats-server is not installed (apt-get install -y nats-server, or scripts/setup)");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server(Child);
+
+impl Server {
+    fn start(binary: &Path, port: u16, store: &Path) -> Server {
+        let child = Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        Server(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool, state: impl Fn() -> String) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}: {}", state());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn stream(name: &str, duplicate_window: Duration) -> StreamSettings {
+    StreamSettings {
+        name: name.into(),
+        subjects: vec![format!("t.{name}")],
+        replicas: 1,
+        max_age: Duration::ZERO,
+        duplicate_window,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn a_record_stored_twice_in_the_stream_reaches_the_ring_once_and_a_bad_type_header_is_dropped() {
+    let Some(binary) = nats_server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = Server::start(&binary, port, dir.path());
+    let url = format!("nats://127.0.0.1:{port}");
+    // Straight into the stream with the plain client: the same Msg-Id twice, further apart
+    // than the stream's duplicate window, so JetStream stores both.
+    runtime().block_on(async {
+        let client = async_nats::ConnectOptions::new().retry_on_initial_connect().connect(url.as_str()).await.unwrap();
+        let js = jetstream::new(client);
+        ipc_nats::ensure_stream(&js, &stream("DUP", Duration::from_millis(100))).await.unwrap();
+        let messages: [(&str, &str, &'static [u8]); 4] =
+            [("one", "5", b"first"), ("one", "5", b"first"), ("two", "x", b"bad type"), ("three", "9", b"third")];
+        for (id, kind, body) in messages {
+            let message = PublishMessage::build().payload(body.into()).message_id(id).header(MESSAGE_TYPE_HEADER, kind);
+            js.send_publish("t.DUP", message).await.unwrap().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    let ring = RingBuilder::new(1 << 16).create_anonymous().unwrap();
+    let mut consumer = ring.consumer().unwrap();
+    let mut config = FeederConfig::new("DUP", "dup-feeder");
+    config.checkpoint = Some(dir.path().join("feeder.checkpoint"));
+    let feeder = Feeder::new(config, ring.producer().unwrap()).unwrap();
+    let route = Route::Feed { name: "dup".into(), stream: "DUP".into(), feeder };
+    let bridge = Bridge::start(NatsSettings::new(vec![url], "test"), vec![route]).unwrap();
+    let counters = bridge.routes()[0].counters.clone();
+    let mut got = Vec::new();
+    wait_for(
+        "two records",
+        Duration::from_secs(20),
+        || {
+            while let Ok(record) = consumer.try_recv() {
+                got.push((record.message_type(), record.to_vec()));
+            }
+            got.len() >= 2 && Counters::get(&counters.duplicates_dropped) == 1
+        },
+        || format!("{counters:?}"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)), "nothing more");
+    assert_eq!(got, [(5, b"first".to_vec()), (9, b"third".to_vec())]);
+    assert_eq!(Counters::get(&counters.malformed), 1, "the message with type \"x\"");
+    assert_eq!(Counters::get(&counters.committed), 2);
+}
+
+#[test]
+fn while_nats_is_down_the_source_ring_fills_and_keeps_every_record_then_all_are_published_once() {
+    let Some(binary) = nats_server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let ring = RingBuilder::new(1 << 12).create_anonymous().unwrap();
+    let mut producer = ring.producer().unwrap();
+    let mut settings = NatsSettings::new(vec![url.clone()], "test");
+    settings.reconnect_max = Duration::from_millis(200);
+    let config = PublisherConfig::new("host-a", "t.DOWN", stream("DOWN", Duration::from_secs(120)));
+    let publisher = Publisher::new(config, ring.consumer().unwrap(), None).unwrap();
+    let route = Route::Publish { name: "down".into(), stream: "DOWN".into(), publisher };
+    let bridge = Bridge::start(settings, vec![route]).unwrap();
+    // No server: the ring takes what it can hold, then pushes back.
+    let mut sent = 0u32;
+    loop {
+        match producer.try_send_typed(3, &sent.to_le_bytes()) {
+            Ok(()) => sent += 1,
+            Err(TrySendError::Full) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(matches!(producer.try_send(b"more"), Err(TrySendError::Full)), "nothing was released while NATS is down");
+    let counters: Arc<Counters> = bridge.routes()[0].counters.clone();
+    assert_eq!(Counters::get(&counters.acked), 0);
+
+    let _server = Server::start(&binary, port, dir.path());
+    let mut total = sent;
+    wait_for(
+        "every record acknowledged",
+        Duration::from_secs(20),
+        || {
+            // Room again: more goes in behind.
+            while total < sent + 100 && producer.try_send_typed(3, &total.to_le_bytes()).is_ok() {
+                total += 1;
+            }
+            Counters::get(&counters.acked) >= u64::from(sent + 100)
+        },
+        || format!("{counters:?}"),
+    );
+    assert_eq!(counters.connected.load(Relaxed), 1);
+    drop(bridge);
+    // The stream holds each record once, in ring order.
+    runtime().block_on(async {
+        let client = async_nats::connect(url.as_str()).await.unwrap();
+        let js = jetstream::new(client);
+        let mut stream = js.get_stream("DOWN").await.unwrap();
+        assert_eq!(stream.info().await.unwrap().state.messages, u64::from(total));
+        for seq in [1u64, u64::from(total)] {
+            let message = stream.get_raw_message(seq).await.unwrap();
+            assert_eq!(&message.payload[..], &((seq - 1) as u32).to_le_bytes());
+        }
+    });
+}
