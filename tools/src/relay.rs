@@ -233,6 +233,14 @@ impl Status for RelayStatus {
                 &labels,
                 move || c.malformed.load(Ordering::Relaxed),
             );
+            let c = counters.clone();
+            set.add(
+                "tadpole_relay_unsupported_version_messages",
+                "Messages of another relay protocol version, refused (also counted as malformed)",
+                Kind::Counter,
+                &labels,
+                move || c.unsupported_version.load(Ordering::Relaxed),
+            );
         }
         let s = &self.security;
         let auth = [
@@ -540,7 +548,14 @@ fn serve(
             Ok(Received::Message { routing_id, peer, frames }) => {
                 busy = true;
                 let frames: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
-                if !origins.admits(relay, &peer, frames.first().copied().unwrap_or(&[])) {
+                let head = frames.first().copied().unwrap_or(&[]);
+                if let Some(&version) = head.first().filter(|&&v| v != wire::VERSION) {
+                    // Counted by the receiver; said once per key and version, in words.
+                    if origins.version_warned.len() < MAX_ORIGINS && origins.version_warned.insert((peer, version)) {
+                        warn!(relay, event = "unsupported_version", peer = %peer, version, ours = wire::VERSION, "a peer speaks another relay protocol version; its messages are refused: run the same release on both ends");
+                    }
+                }
+                if !origins.admits(relay, &peer, head) {
                     continue;
                 }
                 let rejected_before = rejects(receiver.counters());
@@ -591,6 +606,8 @@ fn send_acks(listener: &Listener, receiver: &mut Receiver, now: Instant, all: bo
 #[derive(Default)]
 struct Origins {
     owners: std::collections::HashMap<String, ipc_zmq::keys::PublicKey>,
+    /// Keys (and versions) already warned about speaking another protocol version.
+    version_warned: std::collections::HashSet<(ipc_zmq::keys::PublicKey, u8)>,
     refused: Arc<AtomicU64>,
     path: Option<PathBuf>,
 }

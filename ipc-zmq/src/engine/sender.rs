@@ -11,7 +11,7 @@ use ipc_core::{Consumer, DeadLetterReason, LeasesOutstanding, Producer, ReleaseM
 use super::counters::Counters;
 use super::dead_letter::DeadLetter;
 use super::policy::{Backoff, Breaker, BreakerConfig, BreakerState, Jitter};
-use crate::wire::{self, Ack, Frame, Hello, RECORD_PREFIX_LEN, RejectReason, Welcome};
+use crate::wire::{self, Ack, DataBody, Frame, FrameError, Hello, RejectReason, Welcome};
 
 /// How a [`Sender`] batches, bounds what is in flight, and retries.
 #[derive(Clone, Debug)]
@@ -291,6 +291,10 @@ impl Sender {
         match wire::decode(parts) {
             Ok(Frame::Welcome(w)) if w.stream == self.config.stream && w.epoch == self.epoch => self.on_welcome(w),
             Ok(Frame::Ack(a)) if a.stream == self.config.stream && a.epoch == self.epoch => self.on_ack(a, now),
+            Err(FrameError::UnsupportedVersion(_)) => {
+                Counters::add(&self.counters.unsupported_version, 1);
+                Counters::add(&self.counters.malformed, 1);
+            }
             _ => Counters::add(&self.counters.malformed, 1),
         }
         self.publish_gauges();
@@ -425,9 +429,11 @@ impl Sender {
     /// records the far side already has.
     fn build(&mut self) -> Option<Vec<Vec<u8>>> {
         let max_records = self.config.max_batch_records.clamp(1, wire::MAX_RECORDS);
-        let mut body = Vec::new();
-        let (mut count, mut batch_bytes, mut release) = (0usize, 0usize, None);
         let from = self.sent_next;
+        // Usually one allocation per message: the last message's size is the best guess of this
+        // one's (a steady stream sends full batches, a trickle single records).
+        let mut body = DataBody::new(from, self.last_body_len);
+        let (mut count, mut batch_bytes, mut release) = (0usize, 0usize, None);
         while count < max_records {
             let guard = match self.consumer.try_recv() {
                 Ok(guard) => guard,
@@ -481,12 +487,13 @@ impl Sender {
                 guard.requeue();
                 break;
             }
-            if count == 0 {
-                // Usually one allocation per message: the last message's size is the best guess
-                // of this one's (a steady stream sends full batches, a trickle single records).
-                body.reserve(self.last_body_len.max(RECORD_PREFIX_LEN + len));
+            if body.push(pos, guard.message_type(), &guard).is_err() {
+                // Ring positions only grow, and every one below `from` was passed over above:
+                // not reachable, but not worth a panic either.
+                Counters::add(&self.counters.malformed, 1);
+                guard.requeue();
+                break;
             }
-            wire::put_record(&mut body, pos, guard.message_type(), &guard);
             drop(guard);
             count += 1;
             self.in_flight.push_back((pos, len));
@@ -510,8 +517,8 @@ impl Sender {
         Counters::add(&c.data_messages, 1);
         Counters::add(&c.records_sent, count as u64);
         Counters::add(&c.bytes_sent, batch_bytes as u64);
-        self.last_body_len = body.len();
-        Some(vec![header, body])
+        self.last_body_len = body.byte_len();
+        Some(vec![header, body.into_bytes()])
     }
 
     fn publish_gauges(&self) {
