@@ -313,12 +313,12 @@ fn version_2_peers_and_malformed_v3_bodies_are_refused_counted_and_unanswered() 
     // Version 3 bodies a hostile or broken peer could send, each behind a valid header.
     let v3 = |count: usize, body: &[u8]| vec![wire::data_header("host-a", ROUTE, epoch, 0, 0, count), body.to_vec()];
     let bad_v3 = [
-        v3(1, &[0x80]),                               // step varint cut short
-        v3(1, &[0x00, 0x09, b'x']),                   // length past the part
+        v3(1, &[0x80]),                                                             // step varint cut short
+        v3(1, &[0x00, 0x09, b'x']),                                                 // length past the part
         v3(1, &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F, 0x00]), // varint overflow
-        v3(1, &[0x80, 0x00, 0x00]),                   // overlong varint
-        v3(2, &[0x00, 0x01, b'x']),                   // fewer records than counted
-        v3(1, &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40, 0x00]), // step 2^62: past u64
+        v3(1, &[0x80, 0x00, 0x00]),                                                 // overlong varint
+        v3(2, &[0x00, 0x01, b'x']),                                                 // fewer records than counted
+        v3(1, &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40, 0x00]),       // step 2^62: past u64
     ];
     assert!(receiver.handle(&v2_hello, now).is_none(), "a version 2 HELLO is not answered");
     assert!(receiver.handle(&[v2_head, v2_body], now).is_none());
@@ -329,7 +329,8 @@ fn version_2_peers_and_malformed_v3_bodies_are_refused_counted_and_unanswered() 
     assert_eq!((load(&r.unsupported_version), load(&r.malformed)), (2, 2 + bad_v3.len() as u64));
     assert_eq!(load(&r.records_committed), 0);
     // A version 2 reply reaching a sender is counted the same way.
-    let mut v2_ack = Frame::Ack(wire::Ack { stream: ROUTE.into(), epoch, next: 0, busy: false, rejects: vec![] }).encode();
+    let mut v2_ack =
+        Frame::Ack(wire::Ack { stream: ROUTE.into(), epoch, next: 0, busy: false, rejects: vec![] }).encode();
     v2_ack[0][0] = 2;
     sender.handle(&v2_ack, now);
     assert_eq!((load(&sender.counters().unsupported_version), load(&sender.counters().malformed)), (1, 1));
