@@ -5,7 +5,9 @@
 //! it costs a message nothing). Measured: a one-way stream of records in batches of the relay's
 //! default size (512 records, at most 1 MiB), which the ROUTER counts and checks, sent two ways:
 //! *packed*, one 1-byte header part plus one part holding the batch's records back to back
-//! (each behind its length) — the shape of a relay DATA message — and *a part per record*,
+//! (each behind a 4-byte length, as a user of raw libzmq would pack them) — the shape of a relay
+//! DATA message, whose prefix is 2 bytes at 64-byte records since protocol version 3 — and *a
+//! part per record*,
 //! header part plus one part per record; the relay is judged against the faster of the two. And
 //! a ping-pong of one 64-byte record (blocking receives on both sides).
 //!
