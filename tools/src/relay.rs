@@ -485,11 +485,13 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
 /// fifth of the sending relay's thread at 64-byte records. Idle, the heap stays at most this big.
 fn keep_freed_memory() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: `mallopt` only sets allocator tunables, and takes any value (it refuses
-    // out-of-range ones by returning 0, which leaves the default: harmless).
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+    {
+        // SAFETY: `mallopt` only sets allocator tunables, and takes any value (it refuses
+        // out-of-range ones by returning 0, which leaves the default: harmless).
+        unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+        }
     }
 }
 
