@@ -98,6 +98,8 @@ pub struct RelayPair {
     /// then sleep 20 µs at a time (the default).
     ring_wait: bool,
     relays: Vec<RelayProcess>,
+    /// Where relay B listens (relay A's link connects there).
+    b_port: u16,
     _rings: Vec<Segment>,
     dir: PathBuf,
 }
@@ -112,6 +114,19 @@ fn cpu_time(pid: u32) -> BenchResult<Duration> {
     // SAFETY: sysconf only reads a configuration value.
     let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Ok(Duration::from_secs_f64((ticks(11)? + ticks(12)?) as f64 / per_sec))
+}
+
+/// Bytes sent so far over every established TCP connection to `127.0.0.1:port` (the kernel's
+/// `tcpi_bytes_sent`, read with `ss -ti`): what went on the wire, headers of TCP excluded. Takes
+/// a few milliseconds (a process); call it outside timed spans.
+pub fn tcp_bytes_sent_to(port: u16) -> BenchResult<u64> {
+    let out = Command::new("ss").args(["-tinH", "dst", &format!("127.0.0.1:{port}")]).output()?;
+    if !out.status.success() {
+        return Err(format!("ss -ti: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sent = text.split_whitespace().filter_map(|f| f.strip_prefix("bytes_sent:")).map(str::parse::<u64>);
+    Ok(sent.sum::<Result<u64, _>>()?)
 }
 
 fn free_port() -> BenchResult<u16> {
@@ -337,6 +352,7 @@ impl RelayPair {
             fwd_out: rings[1].consumer()?,
             back_in: rings[2].producer()?,
             back_out: rings[3].consumer()?,
+            b_port,
             next: 0,
             repeats: 0,
             ring_wait,
@@ -496,6 +512,11 @@ impl RelayPair {
     /// CPU time used so far by relay A and relay B.
     pub fn relay_cpu(&self) -> BenchResult<[Duration; 2]> {
         Ok([cpu_time(self.relays[0].0.id())?, cpu_time(self.relays[1].0.id())?])
+    }
+
+    /// Bytes relay A has sent over TCP to relay B so far (ZMTP framing and CURVE included).
+    pub fn sender_bytes_sent(&self) -> BenchResult<u64> {
+        tcp_bytes_sent_to(self.b_port)
     }
 
     /// Stops both relays; returns how many records arrived twice.

@@ -1235,9 +1235,47 @@ impl<'a> ReadBatch<'a> {
         self.count
     }
 
-    /// Always false: an empty batch is never returned.
+    /// False, unless [`truncate`](Self::truncate)d to nothing: an empty batch is never returned.
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// Keeps only the first `n` messages in hand (all of them when there are no more): the rest
+    /// go back unread, as with [`ReadGuard::requeue`], and the next receive delivers them again.
+    /// For a reader that learns only while going through a batch where it must stop (a full
+    /// window, a size limit).
+    ///
+    /// ```
+    /// use ipc_core::RingBuilder;
+    /// let segment = RingBuilder::new(1 << 16).create_anonymous()?;
+    /// let (mut producer, mut consumer) = (segment.producer()?, segment.consumer()?);
+    /// for i in 0..5u8 {
+    ///     producer.try_send(&[i])?;
+    /// }
+    /// let mut batch = consumer.read_batch(16)?;
+    /// assert_eq!(batch.len(), 5);
+    /// batch.truncate(2);
+    /// assert_eq!(batch.iter().map(|r| r.payload[0]).collect::<Vec<_>>(), [0, 1]);
+    /// drop(batch);
+    /// assert_eq!(&consumer.try_recv()?[..], &[2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.count {
+            return;
+        }
+        let mut kept = self.consumer.span(self.start, self.end);
+        for _ in 0..n {
+            kept.next();
+        }
+        let end = kept.pos;
+        // They were counted as received when the batch was formed.
+        let (dropped, bytes) = kept.fold((0u64, 0u64), |(n, b), r| (n + 1, b + r.payload.len() as u64));
+        let c = &mut self.consumer.counters;
+        c.messages = c.messages.wrapping_sub(dropped);
+        c.bytes = c.bytes.wrapping_sub(bytes);
+        self.end = end;
+        self.count = n;
     }
 
     /// The ring's epoch ([`Segment::epoch`]).

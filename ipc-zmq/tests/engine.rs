@@ -274,9 +274,9 @@ fn malformed_messages_are_counted_and_unanswered_and_the_stream_goes_on() {
         vec![b"\x01".to_vec()],
         vec![b"\x07\x03garbage".to_vec()],
         vec![wire::data_header("host-a", ROUTE, 1, 0, 0, 2), {
-            let mut body = Vec::new();
-            wire::put_record(&mut body, 0, 0, b"only one");
-            body
+            let mut body = wire::DataBody::new(0, 0);
+            body.push(0, 0, b"only one").unwrap();
+            body.into_bytes()
         }],
         vec![wire::data_header("host-a", ROUTE, source.epoch(), 0, 0, 1), b"short".to_vec()],
     ];
@@ -292,6 +292,54 @@ fn malformed_messages_are_counted_and_unanswered_and_the_stream_goes_on() {
     assert_once_in_order(&seen, 500);
     assert_eq!(load(&receiver.counters().malformed), 25);
     assert_eq!(load(&sender.counters().malformed), 25);
+}
+
+#[test]
+fn version_2_peers_and_malformed_v3_bodies_are_refused_counted_and_unanswered() {
+    let (source, dest) = (ring(1 << 16), ring(1 << 16));
+    let mut producer = source.producer().unwrap();
+    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    let mut receiver = receiver_into(&dest, None);
+    let mut out = dest.consumer().unwrap();
+    let now = Instant::now();
+    let epoch = source.epoch();
+    // What a version 2 relay sends: its HELLO, and a DATA message with its 14-byte prefix.
+    let mut v2_hello = Frame::Hello(wire::Hello { origin: "host-a".into(), stream: ROUTE.into(), epoch }).encode();
+    v2_hello[0][0] = 2;
+    let mut v2_head = wire::data_header("host-a", ROUTE, epoch, 0, 0, 1);
+    v2_head[0] = 2;
+    let mut v2_body = 0u64.to_le_bytes().to_vec();
+    v2_body.extend_from_slice(&[0, 0, 1, 0, 0, 0, b'x']);
+    // Version 3 bodies a hostile or broken peer could send, each behind a valid header.
+    let v3 = |count: usize, body: &[u8]| vec![wire::data_header("host-a", ROUTE, epoch, 0, 0, count), body.to_vec()];
+    let bad_v3 = [
+        v3(1, &[0x80]),                                                             // step varint cut short
+        v3(1, &[0x00, 0x09, b'x']),                                                 // length past the part
+        v3(1, &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F, 0x00]), // varint overflow
+        v3(1, &[0x80, 0x00, 0x00]),                                                 // overlong varint
+        v3(2, &[0x00, 0x01, b'x']),                                                 // fewer records than counted
+        v3(1, &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40, 0x00]),       // step 2^62: past u64
+    ];
+    assert!(receiver.handle(&v2_hello, now).is_none(), "a version 2 HELLO is not answered");
+    assert!(receiver.handle(&[v2_head, v2_body], now).is_none());
+    for bad in &bad_v3 {
+        assert!(receiver.handle(bad, now).is_none(), "{bad:?} was answered");
+    }
+    let r = receiver.counters();
+    assert_eq!((load(&r.unsupported_version), load(&r.malformed)), (2, 2 + bad_v3.len() as u64));
+    assert_eq!(load(&r.records_committed), 0);
+    // A version 2 reply reaching a sender is counted the same way.
+    let mut v2_ack =
+        Frame::Ack(wire::Ack { stream: ROUTE.into(), epoch, next: 0, busy: false, rejects: vec![] }).encode();
+    v2_ack[0][0] = 2;
+    sender.handle(&v2_ack, now);
+    assert_eq!((load(&sender.counters().unsupported_version), load(&sender.counters().malformed)), (1, 1));
+    // The version 3 stream goes through untouched by all that.
+    let (mut next, mut seen) = (0, Vec::new());
+    fill(&mut producer, &mut next, 300);
+    exchange(&mut sender, &mut receiver, now);
+    drain(&mut out, &mut seen);
+    assert_once_in_order(&seen, 300);
 }
 
 #[test]

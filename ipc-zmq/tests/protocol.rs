@@ -1,7 +1,9 @@
 //! The wire format: every kind round-trips, and the decoder refuses (never panics on) anything
 //! else — random bytes, mutations and truncations of valid messages.
 
-use ipc_zmq::wire::{self, Ack, Data, DataRecord, Frame, FrameError, Hello, RejectReason, Rejected, VERSION, Welcome};
+use ipc_zmq::wire::{
+    self, Ack, Data, DataBody, DataRecord, Frame, FrameError, Hello, Records, RejectReason, Rejected, VERSION, Welcome,
+};
 use proptest::prelude::*;
 
 fn samples() -> Vec<Frame<'static>> {
@@ -18,13 +20,17 @@ fn samples() -> Vec<Frame<'static>> {
             origin: "host-a".into(),
             stream: "orders".into(),
             epoch: 9,
-            from: 16,
             released: 8,
-            records: vec![
-                DataRecord { position: 16, message_type: 3, payload: b"first" },
-                DataRecord { position: 48, message_type: 0, payload: b"" },
-                DataRecord { position: 56, message_type: u16::MAX, payload: &[0xFF; 300] },
-            ],
+            records: Records::encode(
+                13,
+                &[
+                    DataRecord { position: 16, message_type: 3, payload: b"first" },
+                    DataRecord { position: 48, message_type: 0, payload: b"" },
+                    DataRecord { position: 56, message_type: 0, payload: &[0xFF; 300] },
+                    DataRecord { position: 1 << 40, message_type: u16::MAX, payload: b"far" },
+                ],
+            )
+            .unwrap(),
         }),
         Frame::Ack(Ack { stream: "orders".into(), epoch: 9, next: 57, busy: true, rejects: vec![] }),
         Frame::Ack(Ack {
@@ -84,12 +90,31 @@ fn trailing_bytes_and_extra_or_missing_parts_are_refused() {
 }
 
 #[test]
+fn a_64_byte_record_costs_2_prefix_bytes_and_a_16_kib_one_5() {
+    // Positions as a source ring lays them out: an 8-byte header, the payload padded to 8.
+    let body = |size: usize| {
+        let payload = vec![7u8; size];
+        let mut body = DataBody::new(0, 0);
+        body.push(0, 0, &payload).unwrap();
+        let first = body.byte_len();
+        for i in 1..101u64 {
+            body.push(i * (8 + size as u64), 0, &payload).unwrap();
+        }
+        (body.byte_len() - first) / 100 - size
+    };
+    assert_eq!(body(64), 2, "step 8 (one byte with its type bit), length 64 (one byte)");
+    assert_eq!(body(16 << 10), 5, "step 2048 (two bytes), length 16384 (three bytes)");
+}
+
+#[test]
 fn wrong_version_unknown_kind_and_empty_messages_are_refused() {
     let mut parts = samples()[0].encode();
     parts[0][0] = 1;
     assert_eq!(wire::decode(&parts), Err(FrameError::UnsupportedVersion(1)), "version 1 had a part per record");
-    parts[0][0] = 3;
-    assert_eq!(wire::decode(&parts), Err(FrameError::UnsupportedVersion(3)));
+    parts[0][0] = 2;
+    assert_eq!(wire::decode(&parts), Err(FrameError::UnsupportedVersion(2)), "version 2 had a 14-byte prefix");
+    parts[0][0] = 4;
+    assert_eq!(wire::decode(&parts), Err(FrameError::UnsupportedVersion(4)));
     parts[0][0] = VERSION;
     parts[0][1] = 99;
     assert_eq!(wire::decode(&parts), Err(FrameError::UnknownKind(99)));
@@ -97,20 +122,93 @@ fn wrong_version_unknown_kind_and_empty_messages_are_refused() {
 }
 
 fn data_with(from: u64, positions: &[u64]) -> Vec<Vec<u8>> {
-    let mut body = Vec::new();
+    let mut body = DataBody::new(from, 0);
     for &p in positions {
-        wire::put_record(&mut body, p, 0, b"x");
+        body.push(p, 0, b"x").unwrap();
     }
-    vec![wire::data_header("a", "s", 1, from, 0, positions.len()), body]
+    vec![wire::data_header("a", "s", 1, from, 0, positions.len()), body.into_bytes()]
+}
+
+/// A DATA message with the given body bytes, claiming `count` records after `from`.
+fn data_body(from: u64, count: usize, body: &[u8]) -> Vec<Vec<u8>> {
+    vec![wire::data_header("a", "s", 1, from, 0, count), body.to_vec()]
+}
+
+fn positions(parts: &[Vec<u8>]) -> Vec<u64> {
+    match wire::decode(parts) {
+        Ok(Frame::Data(d)) => d.records.iter().map(|r| r.position).collect(),
+        other => panic!("expected DATA, got {other:?}"),
+    }
 }
 
 #[test]
-fn data_positions_must_be_aligned_increasing_and_not_below_from() {
-    assert!(wire::decode(&data_with(8, &[8, 16, 24])).is_ok());
-    assert_eq!(wire::decode(&data_with(8, &[8, 8])), Err(FrameError::BadPosition(8)));
-    assert_eq!(wire::decode(&data_with(8, &[16, 8])), Err(FrameError::BadPosition(8)));
-    assert_eq!(wire::decode(&data_with(8, &[12])), Err(FrameError::BadPosition(12)));
-    assert_eq!(wire::decode(&data_with(9, &[8])), Err(FrameError::BadPosition(8)));
+fn data_positions_are_steps_from_from_and_the_encoder_refuses_what_cannot_be_said() {
+    assert_eq!(positions(&data_with(8, &[8, 16, 24])), [8, 16, 24]);
+    assert_eq!(positions(&data_with(9, &[16, 4096, 1 << 50])), [16, 4096, 1 << 50]);
+    // The encoder refuses positions a body cannot express.
+    for (from, bad) in [(8, &[8u64, 8][..]), (8, &[16, 8]), (8, &[12]), (9, &[8]), (u64::MAX, &[0])] {
+        let mut body = DataBody::new(from, 0);
+        let refused = bad.iter().map(|&p| body.push(p, 0, b"x")).find_map(Result::err);
+        assert!(matches!(refused, Some(FrameError::BadPosition(_))), "{from} {bad:?}");
+    }
+    assert_eq!(Records::encode(0, &[]), Err(FrameError::CountOutOfBounds(0)));
+}
+
+#[test]
+fn malformed_v3_record_prefixes_are_refused_with_their_own_errors() {
+    let t1 = Err(FrameError::Truncated { part: 1 });
+    // Truncated prefixes: a step varint cut inside, a message type cut inside, no length.
+    assert_eq!(wire::decode(&data_body(0, 1, &[0x80])), t1);
+    assert_eq!(wire::decode(&data_body(0, 1, &[0x01, 0x05])), t1);
+    assert_eq!(wire::decode(&data_body(0, 1, &[0x00])), t1);
+    assert_eq!(wire::decode(&data_body(0, 1, &[0x00, 0x81])), t1);
+    // A length past the part, small or huge.
+    assert_eq!(wire::decode(&data_body(0, 1, &[0x00, 0x05, b'a', b'b'])), t1);
+    let mut huge = vec![0x00];
+    huge.extend_from_slice(&[0xFF; 9]);
+    huge.push(0x01);
+    assert_eq!(wire::decode(&data_body(0, 1, &huge)), t1, "a u64::MAX length");
+    // Fewer records than the header counts, and bytes after the last.
+    assert_eq!(wire::decode(&data_body(0, 2, &[0x00, 0x01, b'a'])), t1);
+    assert_eq!(wire::decode(&data_body(0, 1, &[0x00, 0x01, b'a', 0x00])), Err(FrameError::TrailingBytes { part: 1 }));
+    // Varints past 64 bits: a tenth byte above 1, or an eleventh byte.
+    let mut over = vec![0xFF; 9];
+    over.extend_from_slice(&[0x02, 0x00]);
+    assert_eq!(wire::decode(&data_body(0, 1, &over)), Err(FrameError::VarintOverflow { part: 1 }));
+    let mut long = vec![0x80; 10];
+    long.push(0x00);
+    assert_eq!(wire::decode(&data_body(0, 1, &long)), Err(FrameError::VarintOverflow { part: 1 }));
+    // Overlong varints and a message type that does not change: one encoding per message.
+    assert_eq!(wire::decode(&data_body(0, 1, &[0x80, 0x00, 0x00])), Err(FrameError::NonCanonical { part: 1 }));
+    assert_eq!(wire::decode(&data_body(0, 1, &[0x00, 0x81, 0x00])), Err(FrameError::NonCanonical { part: 1 }));
+    assert_eq!(wire::decode(&data_body(0, 1, &[0x01, 0x00, 0x00, 0x00])), Err(FrameError::NonCanonical { part: 1 }));
+    let mut retyped = vec![0x01, 0x05, 0x00, 0x00];
+    retyped.extend_from_slice(&[0x01, 0x05, 0x00, 0x00]);
+    assert_eq!(wire::decode(&data_body(0, 2, &retyped)), Err(FrameError::NonCanonical { part: 1 }));
+    assert!(wire::decode(&data_body(0, 1, &[0x01, 0x05, 0x00, 0x00])).is_ok(), "type 5 once is fine");
+}
+
+#[test]
+fn steps_that_carry_a_position_past_u64_are_refused() {
+    // Step 2^61 × 8 = 2^64: past the end from 0.
+    let mut step = Vec::new();
+    let mut v: u64 = 1 << 62;
+    while v >= 0x80 {
+        step.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    step.push(v as u8);
+    step.push(0x00);
+    assert_eq!(wire::decode(&data_body(0, 1, &step)), Err(FrameError::PositionOverflow));
+    // The largest position a record can have, then nothing may follow it.
+    let last = u64::MAX - 7;
+    let parts = data_with(last, &[last]);
+    assert_eq!(positions(&parts), [last]);
+    let mut body = parts[1].clone();
+    body.extend_from_slice(&[0x00, 0x00]);
+    assert_eq!(wire::decode(&data_body(last, 2, &body)), Err(FrameError::PositionOverflow));
+    // A `from` past the last multiple of 8 leaves no room for any record.
+    assert_eq!(wire::decode(&data_body(u64::MAX, 1, &[0x00, 0x00])), Err(FrameError::PositionOverflow));
 }
 
 #[test]
@@ -224,4 +322,22 @@ proptest! {
             prop_assert!(wire::decode(&short).is_err());
         }
     }
+}
+
+#[test]
+fn the_data_body_example_of_protocol_md_encodes_byte_for_byte() {
+    let records = Records::encode(
+        13,
+        &[
+            DataRecord { position: 16, message_type: 3, payload: b"first" },
+            DataRecord { position: 48, message_type: 3, payload: b"" },
+            DataRecord { position: 56, message_type: 0, payload: b"xy" },
+        ],
+    )
+    .unwrap();
+    let mut expected = vec![0x01, 0x03, 0x00, 0x05];
+    expected.extend_from_slice(b"first");
+    expected.extend_from_slice(&[0x06, 0x00, 0x01, 0x00, 0x00, 0x02]);
+    expected.extend_from_slice(b"xy");
+    assert_eq!(records.body(), &expected[..]);
 }

@@ -236,6 +236,14 @@ impl Status for RelayStatus {
                 &labels,
                 move || c.malformed.load(Ordering::Relaxed),
             );
+            let c = counters.clone();
+            set.add(
+                "tadpole_relay_unsupported_version_messages",
+                "Messages of another relay protocol version, refused (also counted as malformed)",
+                Kind::Counter,
+                &labels,
+                move || c.unsupported_version.load(Ordering::Relaxed),
+            );
         }
         let s = &self.security;
         let auth = [
@@ -299,6 +307,7 @@ impl Status for RelayStatus {
 /// Runs the relay described by `config` until SIGINT/SIGTERM. `state` is where the inbound
 /// side keeps what it has committed (default: next to the config file).
 pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
+    keep_freed_memory();
     init_logs();
     install_signals()?;
     let cfg = RelayConfig::load(config).map_err(|e| anyhow!("{e}"))?;
@@ -478,6 +487,24 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// Keeps memory that was freed in the process instead of handing it back to the kernel at once.
+/// Every DATA message is a fresh buffer (tens to hundreds of KiB) that ZeroMQ's I/O thread frees
+/// once it is sent, and every received one is freed by the event loop: with glibc's defaults
+/// (trim above 128 KiB of free heap top, mmap for blocks from 128 KiB, adjusted on the fly) the
+/// heap shrank and grew again around every message, and page faults with page clearing were a
+/// fifth of the sending relay's thread at 64-byte records. Idle, the heap stays at most this big.
+fn keep_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: `mallopt` only sets allocator tunables, and takes any value (it refuses
+        // out-of-range ones by returning 0, which leaves the default: harmless).
+        unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+        }
+    }
+}
+
 /// Where the inbound side keeps its checkpoint unless `--state` says otherwise: in `/dev/shm`
 /// (tmpfs) beside the rings it describes, which it must outlive no more and no less (a host
 /// crash loses both), and where rewriting it after every DATA message costs no disk writeback
@@ -550,7 +577,14 @@ fn serve(
             Ok(Received::Message { routing_id, peer, frames }) => {
                 busy = true;
                 let frames: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
-                if !origins.admits(relay, &peer, frames.first().copied().unwrap_or(&[])) {
+                let head = frames.first().copied().unwrap_or(&[]);
+                if let Some(&version) = head.first().filter(|&&v| v != wire::VERSION) {
+                    // Counted by the receiver; said once per key and version, in words.
+                    if origins.version_warned.len() < MAX_ORIGINS && origins.version_warned.insert((peer, version)) {
+                        warn!(relay, event = "unsupported_version", peer = %peer, version, ours = wire::VERSION, "a peer speaks another relay protocol version; its messages are refused: run the same release on both ends");
+                    }
+                }
+                if !origins.admits(relay, &peer, head) {
                     continue;
                 }
                 let rejected_before = rejects(receiver.counters());
@@ -601,6 +635,8 @@ fn send_acks(listener: &Listener, receiver: &mut Receiver, now: Instant, all: bo
 #[derive(Default)]
 struct Origins {
     owners: std::collections::HashMap<String, ipc_zmq::keys::PublicKey>,
+    /// Keys (and versions) already warned about speaking another protocol version.
+    version_warned: std::collections::HashSet<(ipc_zmq::keys::PublicKey, u8)>,
     refused: Arc<AtomicU64>,
     path: Option<PathBuf>,
 }

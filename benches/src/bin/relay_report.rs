@@ -5,7 +5,9 @@
 //! it costs a message nothing). Measured: a one-way stream of records in batches of the relay's
 //! default size (512 records, at most 1 MiB), which the ROUTER counts and checks, sent two ways:
 //! *packed*, one 1-byte header part plus one part holding the batch's records back to back
-//! (each behind its length) — the shape of a relay DATA message — and *a part per record*,
+//! (each behind a 4-byte length, as a user of raw libzmq would pack them) — the shape of a relay
+//! DATA message, whose prefix is 2 bytes at 64-byte records since protocol version 3 — and *a
+//! part per record*,
 //! header part plus one part per record; the relay is judged against the faster of the two. And
 //! a ping-pong of one 64-byte record (blocking receives on both sides).
 //!
@@ -43,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ipc_core::WaitStrategy;
-use tadpole_benches::relay_pair::{MAX_RECORD, Rate, RelayPair, STALL, seq_of, stamp};
+use tadpole_benches::relay_pair::{MAX_RECORD, Rate, RelayPair, STALL, seq_of, stamp, tcp_bytes_sent_to};
 use tadpole_benches::stats::{OneWay, rtt_histogram};
 use tadpole_benches::{BenchResult, MAIN_CPU, PEER_CPU, floor, peer, pin};
 
@@ -152,6 +154,8 @@ struct RawPair {
     router: Option<std::thread::JoinHandle<BenchResult<()>>>,
     /// Next record number; the ROUTER checks they arrive in order.
     next: u64,
+    /// The ROUTER's TCP port.
+    port: u16,
     _ctx: zmq::Context,
 }
 
@@ -172,7 +176,9 @@ impl RawPair {
         dealer.set_curve_secretkey(&client.secret_key)?;
         dealer.set_rcvtimeo(STALL.as_millis() as i32)?;
         dealer.connect(&endpoint)?;
-        let mut pair = RawPair { dealer, router: Some(router), next: 0, _ctx: ctx };
+        let port =
+            endpoint.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or("raw ROUTER endpoint without a port")?;
+        let mut pair = RawPair { dealer, router: Some(router), next: 0, port, _ctx: ctx };
         // The CURVE handshake happens here, outside every timed run.
         pair.ping(&mut [0; LATENCY_SIZE])?;
         Ok(pair)
@@ -381,20 +387,29 @@ fn throughput_row(settings: &Settings, raw: &mut RawPair, relay: &mut RelayPair,
     let (mut packs, mut raws, mut relays) = (Vec::new(), Vec::new(), Vec::new());
     let mut relay_time = Duration::ZERO;
     let mut relay_cpu = [Duration::ZERO; 2];
+    // Bytes on the wire per record: what the sending side's TCP connection carried during the
+    // packed raw runs and the relay runs.
+    let (mut raw_wire, mut raw_records, mut relay_wire, mut relay_records) = (0u64, 0u64, 0u64, 0u64);
     let sized = |rate: f64| ((rate * settings.per_run.as_secs_f64()) as u64).max(256);
     for _ in 0..settings.runs {
+        let sent = tcp_bytes_sent_to(raw.port)?;
         let r = raw.run(sized(packed_rate), size, true)?;
+        raw_wire += tcp_bytes_sent_to(raw.port)? - sent;
+        raw_records += r.records;
         packed_rate = r.per_sec();
         packs.push(r);
         let r = raw.run(sized(raw_rate), size, false)?;
         raw_rate = r.per_sec();
         raws.push(r);
         let before = relay.relay_cpu()?;
+        let sent = relay.sender_bytes_sent()?;
         relay.set_wait(Some(WaitStrategy::Block));
         let r = relay.run(sized(relay_rate), size, false);
         relay.set_wait(None);
         let r = r?;
         let after = relay.relay_cpu()?;
+        relay_wire += relay.sender_bytes_sent()? - sent;
+        relay_records += r.records;
         for i in 0..2 {
             relay_cpu[i] += after[i] - before[i];
         }
@@ -412,15 +427,17 @@ fn throughput_row(settings: &Settings, raw: &mut RawPair, relay: &mut RelayPair,
     Ok(Row {
         name: format!("throughput {} B, ring → relay → relay → ring ({} rec/msg)", size, batch_for(size)),
         value: format!(
-            "{relay_med} (median of {}, range {} M rec/s; relay A {:.0}%, relay B {:.0}% of a CPU)",
+            "{relay_med} (median of {}, range {} M rec/s; relay A {:.0}%, relay B {:.0}% of a CPU; {:.1} B on the wire per record)",
             settings.runs,
             range(relay_lo, relay_hi),
             busy(relay_cpu[0]),
-            busy(relay_cpu[1])
+            busy(relay_cpu[1]),
+            relay_wire as f64 / relay_records.max(1) as f64
         ),
         baseline: format!(
-            "raw CURVE packed {pack_med} (range {} M rec/s); a part per record {raw_med} (range {} M rec/s); judged against the faster",
+            "raw CURVE packed {pack_med} (range {} M rec/s; {:.1} B on the wire per record); a part per record {raw_med} (range {} M rec/s); judged against the faster",
             range(pack_lo, pack_hi),
+            raw_wire as f64 / raw_records.max(1) as f64,
             range(raw_lo, raw_hi)
         ),
         ratio,

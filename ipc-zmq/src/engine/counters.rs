@@ -65,6 +65,9 @@ pub struct Counters {
     /// decoded but contradict the protocol (an ACK beyond what was sent, a frame for another
     /// stream). Dropped; the link keeps serving.
     pub malformed: AtomicU64,
+    /// Both: messages of another protocol version than [`wire::VERSION`](crate::wire::VERSION)
+    /// (a relay of an older or newer release), refused unanswered; also counted in `malformed`.
+    pub unsupported_version: AtomicU64,
     /// Sender: time from sending a DATA message to the ACK that covers it (messages that were
     /// resent are not measured: which send an ACK answers is unknown).
     pub round_trips: RoundTrips,

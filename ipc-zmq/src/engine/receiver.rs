@@ -11,7 +11,7 @@ use ipc_core::{Producer, TrySendError};
 use super::checkpoint::{CheckpointError, Checkpoints, StreamState};
 use super::counters::Counters;
 use super::dedup::{DedupConfig, MessageIds, SeenIds};
-use crate::wire::{self, Ack, Data, Frame, RejectReason, Rejected, Welcome};
+use crate::wire::{self, Ack, Data, Frame, FrameError, RejectReason, Rejected, Welcome};
 
 /// A local ring that inbound records of one route are committed into.
 pub struct Route {
@@ -177,7 +177,10 @@ impl Receiver {
     ) -> Option<Vec<Vec<u8>>> {
         let frame = match wire::decode(parts) {
             Ok(frame) => frame,
-            Err(_) => {
+            Err(e) => {
+                if let FrameError::UnsupportedVersion(_) = e {
+                    Counters::add(&self.counters.unsupported_version, 1);
+                }
                 Counters::add(&self.counters.malformed, 1);
                 return None;
             }
@@ -202,7 +205,7 @@ impl Receiver {
         let c = Arc::clone(&self.counters);
         let local = self.routes.get(&d.stream).map_or(0, |r| r.producer.segment().epoch());
         let state = stream_state(&mut self.checkpoints, &self.config, &c, &d.origin, &d.stream, d.epoch, local)?;
-        if d.from > state.next {
+        if d.records.from() > state.next {
             // Records between were lost on the way (a DATA message dropped with a connection):
             // tell the sender where to resume.
             Counters::add(&c.gaps, 1);

@@ -11,7 +11,7 @@ use ipc_core::{Consumer, DeadLetterReason, LeasesOutstanding, Producer, ReleaseM
 use super::counters::Counters;
 use super::dead_letter::DeadLetter;
 use super::policy::{Backoff, Breaker, BreakerConfig, BreakerState, Jitter};
-use crate::wire::{self, Ack, Frame, Hello, RECORD_PREFIX_LEN, RejectReason, Welcome};
+use crate::wire::{self, Ack, DataBody, Frame, FrameError, Hello, RejectReason, Welcome};
 
 /// How a [`Sender`] batches, bounds what is in flight, and retries.
 #[derive(Clone, Debug)]
@@ -291,6 +291,10 @@ impl Sender {
         match wire::decode(parts) {
             Ok(Frame::Welcome(w)) if w.stream == self.config.stream && w.epoch == self.epoch => self.on_welcome(w),
             Ok(Frame::Ack(a)) if a.stream == self.config.stream && a.epoch == self.epoch => self.on_ack(a, now),
+            Err(FrameError::UnsupportedVersion(_)) => {
+                Counters::add(&self.counters.unsupported_version, 1);
+                Counters::add(&self.counters.malformed, 1);
+            }
             _ => Counters::add(&self.counters.malformed, 1),
         }
         self.publish_gauges();
@@ -425,74 +429,90 @@ impl Sender {
     /// records the far side already has.
     fn build(&mut self) -> Option<Vec<Vec<u8>>> {
         let max_records = self.config.max_batch_records.clamp(1, wire::MAX_RECORDS);
-        let mut body = Vec::new();
-        let (mut count, mut batch_bytes, mut release) = (0usize, 0usize, None);
         let from = self.sent_next;
-        while count < max_records {
-            let guard = match self.consumer.try_recv() {
-                Ok(guard) => guard,
+        // Usually one allocation per message: the last message's size is the best guess of this
+        // one's (a steady stream sends full batches, a trickle single records).
+        let mut body = DataBody::new(from, self.last_body_len);
+        let (mut count, mut batch_bytes, mut release) = (0usize, 0usize, None);
+        // Records are read a batch at a time (one pass over the ring's headers, delivery moved
+        // on once per batch); where the window or the batch is full, the rest of the ring batch
+        // goes back unread.
+        let mut stopped = false;
+        while count < max_records && !stopped {
+            let mut batch = match self.consumer.read_batch(max_records - count) {
+                Ok(batch) => batch,
                 Err(TryRecvError::Corrupt { .. }) => {
                     Counters::add(&self.counters.malformed, 1);
                     break;
                 }
                 Err(_) => break,
             };
-            let (pos, len) = (guard.position(), guard.len());
-            if pos < self.committed_next {
-                if let Some(&reason) = self.pending_rejects.get(&pos) {
-                    let letter = DeadLetter {
-                        reason,
-                        message_type: guard.message_type(),
-                        position: pos,
-                        epoch: self.epoch,
-                        stream: &self.config.stream,
-                        payload: &guard,
-                    };
-                    match write_dead_letter(&mut self.dead_letters, &letter) {
-                        Ok(written) => {
-                            let field =
-                                if written { &self.counters.dead_letters } else { &self.counters.dead_letters_dropped };
-                            Counters::add(field, 1);
-                            // In the source ring's segment too, for `tadpole stat`.
-                            guard.count_dead_letter(match reason {
-                                RejectReason::InvalidEnvelope => DeadLetterReason::Malformed,
-                                RejectReason::UnknownRoute | RejectReason::TooLarge => DeadLetterReason::Undeliverable,
-                            });
-                            if let Some(hook) = self.dead_letter_hook.as_mut() {
-                                hook(&letter, written);
+            let mut taken = 0;
+            for rec in &batch {
+                let (pos, len) = (rec.position, rec.payload.len());
+                if pos < self.committed_next {
+                    if let Some(&reason) = self.pending_rejects.get(&pos) {
+                        let letter = DeadLetter {
+                            reason,
+                            message_type: rec.message_type,
+                            position: pos,
+                            epoch: self.epoch,
+                            stream: &self.config.stream,
+                            payload: rec.payload,
+                        };
+                        match write_dead_letter(&mut self.dead_letters, &letter) {
+                            Ok(written) => {
+                                let field = if written {
+                                    &self.counters.dead_letters
+                                } else {
+                                    &self.counters.dead_letters_dropped
+                                };
+                                Counters::add(field, 1);
+                                // In the source ring's segment too, for `tadpole stat`.
+                                batch.count_dead_letter(match reason {
+                                    RejectReason::InvalidEnvelope => DeadLetterReason::Malformed,
+                                    RejectReason::UnknownRoute | RejectReason::TooLarge => {
+                                        DeadLetterReason::Undeliverable
+                                    }
+                                });
+                                if let Some(hook) = self.dead_letter_hook.as_mut() {
+                                    hook(&letter, written);
+                                }
+                                self.pending_rejects.remove(&pos);
                             }
-                            self.pending_rejects.remove(&pos);
-                        }
-                        Err(()) => {
-                            // The dead-letter ring is full: try again on the next poll.
-                            guard.requeue();
-                            break;
+                            Err(()) => {
+                                // The dead-letter ring is full: try again on the next poll.
+                                stopped = true;
+                                break;
+                            }
                         }
                     }
+                    taken += 1;
+                    release = Some(pos);
+                    continue;
                 }
-                drop(guard);
-                release = Some(pos);
-                continue;
+                let window_full = self.in_flight.len() >= self.config.max_in_flight_records
+                    || (!self.in_flight.is_empty() && self.in_flight_bytes + len > self.config.max_in_flight_bytes)
+                    || (count > 0 && batch_bytes + len > self.config.max_batch_bytes);
+                if window_full {
+                    stopped = true;
+                    break;
+                }
+                if body.push(pos, rec.message_type, rec.payload).is_err() {
+                    // Ring positions only grow, and every one below `from` was passed over above:
+                    // not reachable, but not worth a panic either.
+                    Counters::add(&self.counters.malformed, 1);
+                    stopped = true;
+                    break;
+                }
+                taken += 1;
+                count += 1;
+                self.in_flight.push_back((pos, len));
+                self.in_flight_bytes += len;
+                batch_bytes += len;
+                self.sent_next = pos + 1;
             }
-            let window_full = self.in_flight.len() >= self.config.max_in_flight_records
-                || (!self.in_flight.is_empty() && self.in_flight_bytes + len > self.config.max_in_flight_bytes)
-                || (count > 0 && batch_bytes + len > self.config.max_batch_bytes);
-            if window_full {
-                guard.requeue();
-                break;
-            }
-            if count == 0 {
-                // Usually one allocation per message: the last message's size is the best guess
-                // of this one's (a steady stream sends full batches, a trickle single records).
-                body.reserve(self.last_body_len.max(RECORD_PREFIX_LEN + len));
-            }
-            wire::put_record(&mut body, pos, guard.message_type(), &guard);
-            drop(guard);
-            count += 1;
-            self.in_flight.push_back((pos, len));
-            self.in_flight_bytes += len;
-            batch_bytes += len;
-            self.sent_next = pos + 1;
+            batch.truncate(taken);
         }
         if let Some(pos) = release {
             if self.consumer.release_through(pos).is_ok() {
@@ -510,8 +530,8 @@ impl Sender {
         Counters::add(&c.data_messages, 1);
         Counters::add(&c.records_sent, count as u64);
         Counters::add(&c.bytes_sent, batch_bytes as u64);
-        self.last_body_len = body.len();
-        Some(vec![header, body])
+        self.last_body_len = body.byte_len();
+        Some(vec![header, body.into_bytes()])
     }
 
     fn publish_gauges(&self) {

@@ -1,4 +1,4 @@
-"""The relay wire protocol, version 2, written from ipc-zmq/PROTOCOL.md (not from wire.rs), so
+"""The relay wire protocol, version 3, written from ipc-zmq/PROTOCOL.md (not from wire.rs), so
 that a test using it checks the document as much as the relay.
 
 Encodes what a sending relay sends (HELLO, DATA) and strictly decodes what a receiving relay
@@ -10,7 +10,7 @@ import struct
 import unicodedata
 from dataclasses import dataclass, field
 
-VERSION = 2
+VERSION = 3
 HELLO, WELCOME, DATA, ACK = 1, 2, 3, 4
 MAX_NAME_LEN = 64
 MAX_RECORDS = 4096
@@ -59,23 +59,37 @@ def encode_hello(origin, stream, epoch):
     return [struct.pack("<BBQ", VERSION, HELLO, epoch) + _name(origin) + _name(stream)]
 
 
+def varint(value):
+    """Unsigned LEB128: 7 bits a byte, least significant first, the top bit on all but the last."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def encode_data(origin, stream, epoch, from_, released, records):
     """DATA: a header frame (version, kind, epoch, from, released u64, count u32, origin,
-    stream), then one body frame holding every record back to back (position u64, message
-    type u16, payload length u32, payload)."""
+    stream), then one body frame holding every record back to back, each behind its prefix:
+    step varint (delta << 1 | t, position = floor + 8 * delta, floor = from rounded up to 8,
+    then the previous position + 8), the message type u16 when t (only when it differs from
+    the previous record's, 0 before the first), the payload length varint, the payload."""
     if not 1 <= len(records) <= MAX_RECORDS:
         raise FrameError(f"{len(records)} records; a DATA message holds 1 to {MAX_RECORDS}")
-    floor = from_
-    for i, rec in enumerate(records):
-        in_order = rec.position >= floor if i == 0 else rec.position > floor
-        if rec.position % 8 or not in_order:
-            raise FrameError(f"position {rec.position} misaligned or out of order")
-        floor = rec.position
     head = struct.pack("<BBQQQI", VERSION, DATA, epoch, from_, released, len(records)) + _name(origin) + _name(stream)
-    body = b"".join(
-        struct.pack("<QHI", r.position, r.message_type, len(r.payload)) + bytes(r.payload) for r in records
-    )
-    return [head, body]
+    body, floor, message_type = bytearray(), (from_ + 7) & ~7, 0
+    for rec in records:
+        if rec.position % 8 or rec.position < floor:
+            raise FrameError(f"position {rec.position} misaligned or out of order")
+        typed = rec.message_type != message_type
+        body += varint((rec.position - floor) // 8 << 1 | typed)
+        if typed:
+            body += struct.pack("<H", rec.message_type)
+            message_type = rec.message_type
+        body += varint(len(rec.payload)) + bytes(rec.payload)
+        floor = rec.position + 8
+    return [head, bytes(body)]
 
 
 class _Reader:

@@ -7,6 +7,7 @@ with schemas/tests/python/tadpole_ring.py, holds exactly what was sent.
 The relay binary is $TADPOLE_BIN, else target/ci/tadpole (built with cargo if missing).
 """
 
+import json
 import os
 import pathlib
 import random
@@ -276,6 +277,27 @@ def test_a_gap_in_from_is_answered_with_a_welcome_and_nothing_is_committed(zctx,
     dealer.close()
 
 
+def test_a_version_2_client_is_refused_unanswered_counted_and_logged(zctx, relay, client_keys):
+    epoch = random.getrandbits(63) | 1
+    old = curve_dealer(zctx, relay, client_keys, rcvtimeo=1500)
+    (v3_hello,) = wire.encode_hello("py-old", STREAM, epoch)
+    head, body = wire.encode_data("py-old", STREAM, epoch, 0, 0, [wire.Record(0, 0, b"v2")])
+    old.send_multipart([b"\x02" + v3_hello[1:]])
+    old.send_multipart([b"\x02" + head[1:], struct.pack("<QHI", 0, 0, 2) + b"v2"])  # version 2's DATA
+    with pytest.raises(zmq.Again):
+        old.recv_multipart()
+    assert list(RingView(relay.ring).records()) == []
+    metrics = relay.metrics()
+    assert metric(metrics, "tadpole_relay_unsupported_version_messages") == 2, metrics
+    assert metric(metrics, "tadpole_relay_malformed_messages") == 2, metrics
+    said = [json.loads(line) for line in relay.log().splitlines() if '"unsupported_version"' in line]
+    assert [(e["version"], e["ours"]) for e in said] == [(2, 3)], said  # once per key and version
+    # The same key speaking version 3 is served.
+    old.rcvtimeo = RECV_TIMEOUT_MS
+    assert hello(old, epoch, origin="py-new").next == 0
+    old.close()
+
+
 def test_a_pyzmq_client_whose_key_is_not_allowlisted_gets_no_welcome_and_delivers_nothing(zctx, relay, client_keys):
     intruder = curve_dealer(zctx, relay, zmq.curve_keypair(), rcvtimeo=2000)
     epoch = random.getrandbits(63) | 1
@@ -325,16 +347,25 @@ def test_an_allowlisted_client_cannot_speak_for_an_origin_another_key_opened(tmp
 
 def test_tadpole_wire_encodes_the_offsets_protocol_md_gives():
     (h,) = wire.encode_hello("ab", "xyz", 0x0102030405060708)
-    assert h == bytes([2, 1]) + bytes(range(8, 0, -1)) + b"\x02ab\x03xyz"
+    assert h == bytes([3, 1]) + bytes(range(8, 0, -1)) + b"\x02ab\x03xyz"
     head, rec = wire.encode_data("o", "s", 7, 16, 8, [wire.Record(24, 0x0201, b"pay")])
-    assert head[:2] == b"\x02\x03" and struct.unpack_from("<QQQI", head, 2) == (7, 16, 8, 1)
-    assert head[30:] == b"\x01o\x01s" and rec == struct.pack("<QHI", 24, 0x0201, 3) + b"pay"
-    ack = bytes([2, 4]) + struct.pack("<QQB", 7, 40, 1) + b"\x01s" + struct.pack("<HQB", 1, 32, 2)
+    assert head[:2] == b"\x03\x03" and struct.unpack_from("<QQQI", head, 2) == (7, 16, 8, 1)
+    # Step 3 = delta 1 (floor 16, 16 + 8 = 24) | t, type 0x0201, length 3.
+    assert head[30:] == b"\x01o\x01s" and rec == b"\x03\x01\x02\x03pay"
+    # PROTOCOL.md's example body, and a 64-byte record after another: 2 prefix bytes.
+    _, body = wire.encode_data(
+        "o", "s", 7, 13, 0, [wire.Record(16, 3, b"first"), wire.Record(48, 3, b""), wire.Record(56, 0, b"xy")]
+    )
+    assert body == b"\x01\x03\x00\x05first" + b"\x06\x00" + b"\x01\x00\x00\x02xy"
+    _, body = wire.encode_data("o", "s", 7, 0, 0, [wire.Record(0, 0, bytes(64)), wire.Record(72, 0, bytes(64))])
+    assert body == b"\x00\x40" + bytes(64) + b"\x10\x40" + bytes(64)
+    assert wire.varint(300) == b"\xac\x02" and wire.varint(2**64 - 1) == b"\xff" * 9 + b"\x01"
+    ack = bytes([3, 4]) + struct.pack("<QQB", 7, 40, 1) + b"\x01s" + struct.pack("<HQB", 1, 32, 2)
     assert wire.decode_reply([ack]) == wire.Ack(7, 40, True, "s", [(32, 2)])
-    welcome = bytes([2, 2]) + struct.pack("<QQ", 7, 40) + b"\x01s" + struct.pack("<H", 0)
+    welcome = bytes([3, 2]) + struct.pack("<QQ", 7, 40) + b"\x01s" + struct.pack("<H", 0)
     assert wire.decode_reply([welcome]) == wire.Welcome(7, 40, "s", [])
-    for bad in [ack + b"\x00", ack[:-1], ack.replace(b"\x02\x04", b"\x01\x04", 1), ack[:18] + b"\x02" + ack[19:]]:
+    for bad in [ack + b"\x00", ack[:-1], ack.replace(b"\x03\x04", b"\x02\x04", 1), ack[:18] + b"\x02" + ack[19:]]:
         with pytest.raises(wire.FrameError):
             wire.decode_reply([bad])
     with pytest.raises(wire.FrameError):  # a reject at or above next
-        wire.decode_reply([bytes([2, 4]) + struct.pack("<QQB", 7, 32, 0) + b"\x01s" + struct.pack("<HQB", 1, 32, 1)])
+        wire.decode_reply([bytes([3, 4]) + struct.pack("<QQB", 7, 32, 0) + b"\x01s" + struct.pack("<HQB", 1, 32, 1)])
