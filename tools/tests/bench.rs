@@ -132,6 +132,7 @@ fn bench_quick_runs_every_transport_between_two_processes() {
         "floor-2line",
         "tadpole",
         "tadpole-poll",
+        "tadpole-waitset",
         "tadpole-batched",
         "tadpole-zerocopy",
         "tadpole-envelope",

@@ -34,7 +34,7 @@ use crate::stats::OneWay;
 use crate::{BenchResult, MAIN_CPU, PEER_CPU, floor, memcpy, pin, throughput};
 use measure::{Settings, Streamed};
 use report::{Row, Scenario, format_size};
-use transports::{Arrow, Crossbeam, Envelope, Iceoryx, Kind, Pipe, Ring, Spec, Uds, Zmq};
+use transports::{Arrow, Crossbeam, Envelope, Iceoryx, Kind, Pipe, Ring, SetRing, Spec, Uds, Zmq};
 
 pub(crate) use floor2::peer_main as floor2_peer_main;
 pub use plot::histogram as plot_histogram;
@@ -268,6 +268,7 @@ impl Run {
                     Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched | Kind::TadpoleZeroCopy => {
                         measure::latency::<Ring>(spec, &s)?
                     }
+                    Kind::TadpoleWaitSet => measure::latency::<SetRing>(spec, &s)?,
                     Kind::TadpoleEnvelope => measure::latency::<Envelope>(spec, &s)?,
                     Kind::TadpoleArrow => measure::latency::<Arrow>(spec, &s)?,
                     Kind::Iceoryx2 | Kind::Iceoryx2Preloan => measure::latency::<Iceoryx>(spec, &s)?,
@@ -360,6 +361,7 @@ impl Run {
                     Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched | Kind::TadpoleZeroCopy => {
                         measure::throughput::<Ring>(spec, copy, &s)?
                     }
+                    Kind::TadpoleWaitSet => measure::throughput::<SetRing>(spec, copy, &s)?,
                     Kind::TadpoleEnvelope => measure::throughput::<Envelope>(spec, copy, &s)?,
                     Kind::TadpoleArrow => measure::throughput::<Arrow>(spec, copy, &s)?,
                     Kind::Iceoryx2 | Kind::Iceoryx2Preloan => measure::throughput::<Iceoryx>(spec, copy, &s)?,

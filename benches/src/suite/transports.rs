@@ -11,9 +11,12 @@ use std::mem::MaybeUninit;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_array::{Array, BinaryArray, RecordBatch};
-use ipc_core::{Consumer, PayloadAlign, Producer, RingBuilder, Segment, TryRecvError, TrySendError, WaitStrategy};
+use ipc_core::{
+    Consumer, PayloadAlign, Producer, RingBuilder, RingKey, Segment, TryRecvError, TrySendError, WaitSet, WaitStrategy,
+};
 use schemas::channel::{BatchReceiver, BatchSender, EnvelopeReceiver, EnvelopeSender};
 use schemas::envelope::{EnvelopeHeader, VerifyOptions};
 use schemas::fb;
@@ -31,6 +34,7 @@ pub enum Kind {
     Floor2,
     Tadpole,
     TadpolePoll,
+    TadpoleWaitSet,
     TadpoleBatched,
     TadpoleZeroCopy,
     TadpoleEnvelope,
@@ -48,11 +52,12 @@ pub enum Kind {
 
 impl Kind {
     /// All of them.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Floor,
         Kind::Floor2,
         Kind::Tadpole,
         Kind::TadpolePoll,
+        Kind::TadpoleWaitSet,
         Kind::TadpoleBatched,
         Kind::TadpoleZeroCopy,
         Kind::TadpoleEnvelope,
@@ -75,6 +80,7 @@ impl Kind {
             Kind::Floor2 => "floor-2line",
             Kind::Tadpole => "tadpole",
             Kind::TadpolePoll => "tadpole-poll",
+            Kind::TadpoleWaitSet => "tadpole-waitset",
             Kind::TadpoleBatched => "tadpole-batched",
             Kind::TadpoleZeroCopy => "tadpole-zerocopy",
             Kind::TadpoleEnvelope => "tadpole-envelope",
@@ -98,6 +104,9 @@ impl Kind {
             Kind::Floor2 => "a 64-byte payload line, then a flag line, each way: the floor of a two-line message",
             Kind::Tadpole => "ipc-core ring pair, send()/recv() with WaitStrategy::BusySpin",
             Kind::TadpolePoll => "ipc-core ring pair, try_send()/try_recv() in a tight loop (no waiter)",
+            Kind::TadpoleWaitSet => {
+                "ipc-core ring pair, each side hearing its ring through a WaitSet (BusySpin) of 8 rings, 7 of them idle"
+            }
             Kind::TadpoleBatched => {
                 "ipc-core ring, batch() + try_push + one commit per up to 256 messages, read_batch(256) (throughput only)"
             }
@@ -193,6 +202,7 @@ pub(crate) fn peer_main(role: &str, args: &[String]) -> BenchResult<u64> {
         Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched | Kind::TadpoleZeroCopy => {
             serve::<Ring>(spec, role, rest)
         }
+        Kind::TadpoleWaitSet => serve::<SetRing>(spec, role, rest),
         Kind::TadpoleEnvelope => serve::<Envelope>(spec, role, rest),
         Kind::TadpoleArrow => serve::<Arrow>(spec, role, rest),
         Kind::Iceoryx2 | Kind::Iceoryx2Preloan => serve::<Iceoryx>(spec, role, rest),
@@ -416,6 +426,73 @@ impl Transport for Ring {
     fn open(spec: Spec, args: &[String]) -> BenchResult<Ring> {
         let (inn, out) = open_ring_pair(args)?;
         Ring::new(out, inn, spec)
+    }
+}
+
+/// Rings beside the measured one in each side's `WaitSet` (`tadpole-waitset`): what one thread
+/// hearing a pipeline's agents scans.
+const IDLE_RINGS: usize = 7;
+
+/// `tadpole-waitset`: raw bytes through an ipc-core ring each way, each side waiting on its
+/// incoming ring through a [`WaitSet`] that also holds [`IDLE_RINGS`] rings with no traffic.
+pub struct SetRing {
+    producer: Producer,
+    set: WaitSet,
+    key: RingKey,
+    /// The idle rings' producers (alive, so the set does not report them gone) and segments.
+    _idle: Vec<(Producer, Segment)>,
+    _segments: (Segment, Segment),
+}
+
+impl SetRing {
+    fn new(out: Segment, inn: Segment) -> BenchResult<SetRing> {
+        let mut producer = out.producer()?;
+        producer.set_wait_strategy(WaitStrategy::BusySpin);
+        let mut set = WaitSet::new(WaitStrategy::BusySpin)?;
+        let mut idle = Vec::with_capacity(IDLE_RINGS);
+        for _ in 0..IDLE_RINGS {
+            let ring = RingBuilder::new(4096).create_anonymous()?;
+            set.insert(ring.consumer()?);
+            idle.push((ring.producer()?, ring));
+        }
+        // Inserted last, so it is not simply the first ring every scan looks at.
+        let key = set.insert(inn.consumer()?);
+        Ok(SetRing { producer, set, key, _idle: idle, _segments: (out, inn) })
+    }
+}
+
+impl Link for SetRing {
+    fn send(&mut self, msg: &[u8]) -> BenchResult<()> {
+        try_send_spin(&mut self.producer, msg)
+    }
+
+    fn recv<R>(&mut self, f: impl FnOnce(Msg<'_>) -> R) -> BenchResult<R> {
+        loop {
+            let ours = self.set.wait(Duration::from_secs(1)).contains(&self.key);
+            if !ours {
+                continue;
+            }
+            let consumer = self.set.get_mut(self.key).ok_or("tadpole-waitset: the ring left the set")?;
+            match consumer.try_recv() {
+                Ok(msg) => return Ok(f(Msg::Bytes(&msg))),
+                Err(TryRecvError::Empty) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Transport for SetRing {
+    type End = SetRing;
+
+    fn start(spec: Spec, role: Role) -> BenchResult<(SetRing, PeerHandle)> {
+        let (to_peer, from_peer, peer) = ring_pair(spec, role, PayloadAlign::Eight)?;
+        Ok((SetRing::new(to_peer, from_peer)?, peer))
+    }
+
+    fn open(_spec: Spec, args: &[String]) -> BenchResult<SetRing> {
+        let (inn, out) = open_ring_pair(args)?;
+        SetRing::new(out, inn)
     }
 }
 
