@@ -11,6 +11,8 @@
 
 mod support;
 
+use support::record;
+
 use support::relay::free_port;
 
 use std::path::{Path, PathBuf};
@@ -128,20 +130,6 @@ impl Relay {
     }
 }
 
-/// Record `seq`: its sequence number, then bytes derived from it; 8 to 200 bytes.
-fn record(seq: u64, buf: &mut Vec<u8>) {
-    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let len = 8 + (x % 193) as usize;
-    buf.clear();
-    buf.extend_from_slice(&seq.to_le_bytes());
-    while buf.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        buf.push(x as u8);
-    }
-}
-
 fn produce(segment: Segment, stop: Arc<AtomicBool>, produced: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut producer = segment.producer().unwrap();
@@ -150,7 +138,7 @@ fn produce(segment: Segment, stop: Arc<AtomicBool>, produced: Arc<AtomicU64>) ->
         let started = Instant::now();
         while seq < RECORDS && !stop.load(Ordering::Relaxed) {
             assert!(started.elapsed() < DEADLINE, "producer stuck at {seq}");
-            record(seq, &mut buf);
+            record(0, seq, &mut buf);
             match producer.try_send_typed((seq % 7) as u16, &buf) {
                 Ok(()) => {
                     seq += 1;
@@ -235,7 +223,7 @@ fn a_ring_through_a_three_node_jetstream_cluster_arrives_once_in_order_through_k
             Ok(msg) => {
                 let seq = u64::from_le_bytes(msg[..8].try_into().unwrap());
                 assert_eq!(seq, next, "record {next} expected, {seq} arrived (a loss, a repeat or a reorder)");
-                record(seq, &mut expected);
+                record(0, seq, &mut expected);
                 assert_eq!(&msg[..], &expected[..], "record {seq} damaged");
                 assert_eq!(msg.message_type(), (seq % 7) as u16, "record {seq}'s type");
                 next += 1;

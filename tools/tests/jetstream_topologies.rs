@@ -25,8 +25,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipc_core::{Consumer, RingBuilder, Segment, TryRecvError, TrySendError};
+use support::record;
 use support::relay::keygen;
-use support::topology::{Host, Proc, Topology, http_get, metric, nats_server, record};
+use support::topology::{Host, Proc, Topology, http_get, metric, nats_server};
 
 // Small rings, so that the source side still has records to send when a partition begins.
 const RING_BYTES: usize = 1 << 16;

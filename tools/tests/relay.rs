@@ -5,6 +5,7 @@
 
 mod support;
 
+use support::record;
 use support::relay::{free_port, keygen};
 
 use std::process::{Child, Command, Stdio};
@@ -53,20 +54,6 @@ impl Drop for Relay {
     }
 }
 
-/// Record `seq`: its sequence number, then bytes derived from it; 8 to 200 bytes.
-fn record(seq: u64, buf: &mut Vec<u8>) {
-    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let len = 8 + (x % 193) as usize;
-    buf.clear();
-    buf.extend_from_slice(&seq.to_le_bytes());
-    while buf.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        buf.push(x as u8);
-    }
-}
-
 fn produce(segment: Segment, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut producer = segment.producer().unwrap();
@@ -75,7 +62,7 @@ fn produce(segment: Segment, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(
         let started = Instant::now();
         while seq < RECORDS && !stop.load(Ordering::Relaxed) {
             assert!(started.elapsed() < DEADLINE, "producer stuck at {seq}");
-            record(seq, &mut buf);
+            record(0, seq, &mut buf);
             match producer.try_send_typed((seq % 7) as u16, &buf) {
                 Ok(()) => seq += 1,
                 // Backpressure: the relay holds records until the far side has them.
@@ -97,7 +84,7 @@ fn consume(segment: &Segment, what: &str, mut progress: impl FnMut(u64)) -> u64 
         match consumer.try_recv() {
             Ok(msg) => {
                 let seq = u64::from_le_bytes(msg[..8].try_into().unwrap());
-                record(seq, &mut expected);
+                record(0, seq, &mut expected);
                 assert_eq!(&msg[..], &expected[..], "{what}: record {seq} damaged");
                 assert_eq!(msg.message_type(), (seq % 7) as u16, "{what}: record {seq}'s type");
                 assert!(seq <= next, "{what}: record {next} lost (got {seq})");
@@ -291,14 +278,14 @@ fn metrics_show_the_link_round_trip_histogram_and_acks_once_records_crossed() {
     while got < 200 {
         assert!(started.elapsed() < Duration::from_secs(30), "only {got} of 200 records crossed");
         if sent < 200 {
-            record(sent, &mut buf);
+            record(0, sent, &mut buf);
             if producer.try_send(&buf).is_ok() {
                 sent += 1;
             }
         }
         match consumer.try_recv() {
             Ok(r) => {
-                record(got, &mut buf);
+                record(0, got, &mut buf);
                 assert_eq!(&r[..], &buf[..], "record {got}");
                 got += 1;
             }
