@@ -176,11 +176,14 @@ pub struct PyProducer {
     inner: ForkSafe<Mutex<Option<Producer>>>,
     /// Whether a reservation holds it (rather than `close`).
     reserved: AtomicBool,
+    /// Set by `close` before it takes the lock: a thread waiting for room in slices gives up
+    /// at its next slice instead of taking the lock again ahead of `close` until it times out.
+    closing: AtomicBool,
 }
 
 impl PyProducer {
     pub(crate) fn new(producer: Producer) -> Self {
-        Self { inner: ForkSafe::new(Mutex::new(Some(producer))), reserved: false.into() }
+        Self { inner: ForkSafe::new(Mutex::new(Some(producer))), reserved: false.into(), closing: false.into() }
     }
 
     fn missing(&self) -> PyErr {
@@ -229,6 +232,10 @@ impl PyProducer {
             py,
             deadline,
             |budget| {
+                if self.closing.load(Ordering::Acquire) {
+                    missing.store(true, Ordering::Relaxed);
+                    return Slice::Failed(SendTimeoutError::Disconnected);
+                }
                 let mut guard = lock(&self.inner);
                 let Some(p) = guard.as_mut() else {
                     missing.store(true, Ordering::Relaxed);
@@ -368,6 +375,10 @@ impl PyProducer {
                 py,
                 deadline,
                 |budget| {
+                    if me.closing.load(Ordering::Acquire) {
+                        missing.store(true, Ordering::Relaxed);
+                        return Slice::Failed(SendTimeoutError::Disconnected);
+                    }
                     let mut guard = lock(&me.inner);
                     let Some(p) = guard.as_mut() else {
                         missing.store(true, Ordering::Relaxed);
@@ -411,6 +422,7 @@ impl PyProducer {
 
     /// Detaches from the ring (also done when the object is garbage-collected).
     fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.closing.store(true, Ordering::Release);
         let reserved = &self.reserved;
         let refused = with_lock(py, &self.inner, |p| {
             let refused = p.is_none() && reserved.load(Ordering::Acquire);
