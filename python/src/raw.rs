@@ -114,7 +114,7 @@ impl PySegment {
     /// resumes at the first record no consumer released.
     fn consumer(&self) -> PyResult<PyConsumer> {
         let consumer = self.inner.consumer().map_err(|e| e.to_py())?;
-        Ok(PyConsumer { inner: ForkSafe::new(Mutex::new(Some(consumer))) })
+        Ok(PyConsumer { inner: ForkSafe::new(Mutex::new(Some(consumer))), closing: false.into() })
     }
 
     /// Keeps the name after this process's last handle goes.
@@ -422,7 +422,11 @@ impl PyProducer {
 
     /// Detaches from the ring (also done when the object is garbage-collected).
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        self.closing.store(true, Ordering::Release);
+        // Not while a reservation holds the producer: then close is refused, and a flag left set
+        // would fail later waits on a producer that was never closed.
+        if !self.reserved.load(Ordering::Acquire) {
+            self.closing.store(true, Ordering::Release);
+        }
         let reserved = &self.reserved;
         let refused = with_lock(py, &self.inner, |p| {
             let refused = p.is_none() && reserved.load(Ordering::Acquire);
@@ -640,6 +644,9 @@ pub(crate) unsafe fn fill_view(
 #[pyclass(frozen, module = "tadpole", name = "Consumer")]
 pub struct PyConsumer {
     inner: ForkSafe<Mutex<Option<Consumer>>>,
+    /// Set by `close` before it takes the lock: a thread waiting for a message in slices gives
+    /// up at its next slice instead of taking the lock again ahead of `close` until it times out.
+    closing: AtomicBool,
 }
 
 /// Why a record could not become a lease: as the receive errors say it.
@@ -689,6 +696,10 @@ impl PyConsumer {
             py,
             deadline(timeout)?,
             |budget| {
+                if self.closing.load(Ordering::Acquire) {
+                    closed_seen.store(true, Ordering::Relaxed);
+                    return Slice::Failed(RecvTimeoutError::Disconnected);
+                }
                 let mut guard = lock(&self.inner);
                 let Some(c) = guard.as_mut() else {
                     closed_seen.store(true, Ordering::Relaxed);
@@ -806,6 +817,7 @@ impl PyConsumer {
     /// Detaches from the ring (also done when the object is garbage-collected). Open views
     /// stay valid: they hold their records.
     fn close(&self, py: Python<'_>) {
+        self.closing.store(true, Ordering::Release);
         with_lock(py, &self.inner, Option::take);
     }
 

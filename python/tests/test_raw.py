@@ -305,3 +305,25 @@ print(len(views))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout) > 4096, "more views than the default limit, as many as the ring holds"
+
+
+def test_a_recv_waiting_for_a_message_raises_closed_when_another_thread_closes_the_consumer(ends):
+    seg, producer, consumer = ends
+    errors = []
+
+    def recv():
+        try:
+            consumer.recv(timeout=5)
+        except Exception as e:  # noqa: BLE001 - the error is what is checked
+            errors.append(e)
+
+    waiter = threading.Thread(target=recv)
+    waiter.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    consumer.close()
+    waiter.join(5)
+    assert time.monotonic() - started < 2, "close waited for the receiver's whole timeout"
+    assert len(errors) == 1
+    assert not isinstance(errors[0], (tadpole.Disconnected, tadpole.Timeout)), errors[0]
+    assert type(errors[0]) is tadpole.TadpoleError and str(errors[0]) == "consumer is closed"
