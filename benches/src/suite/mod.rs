@@ -578,7 +578,7 @@ fn legend() -> String {
         text.push_str(&format!("  {:<17} {}\n", k.name(), k.about()));
     }
     text.push_str(&format!(
-        "  {ARROW_RECV:<17} one validated BatchReceiver::try_recv of a 1 k-row and a 1 M-row batch (id, price, symbol), one process; ratio = / the 1 k-row receive\n  {ARROW_RECV_TRUSTED:<17} the same, trusted receiver (no array-data validation), caches flushed before each receive\n"
+        "  {ARROW_RECV:<17} one validated BatchReceiver::try_recv of a 1 k-row and a 1 M-row batch (id, price, symbol), one process; ratio = / the 1 k-row receive\n  {ARROW_RECV_TRUSTED:<17} the same, trusted receiver (no array-data validation): caches flushed, then the receive code warmed by a 1-row receive on another ring, before each receive\n"
     ));
     text.push_str(&format!(
         "  {:<17} single-thread copy of each size into a ring-sized buffer\n  {:<17} two threads (CPU {MAIN_CPU} → CPU {PEER_CPU}) copying blocks in and out of a slot ring with two counters: the ceiling for any ring\n",
