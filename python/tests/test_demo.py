@@ -147,3 +147,54 @@ def test_the_python_personality_agent_serves_the_rust_agents_metrics_and_health_
     health = json.loads(health)
     assert health["healthy"] and health["detail"]["process"] == "personality", health
     assert health["detail"]["breaker"] == "closed" and health["detail"]["handled"] >= handled + 50, health
+
+
+def scrape_in(namespace, port):
+    """GET /metrics on 127.0.0.1:port inside network namespace `namespace` (None: this one)."""
+    if namespace is None:
+        got = get(port, "/metrics")
+        return got[1] if got and got[0] == 200 else None
+    code = ("import sys, urllib.request\n"
+            f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=2).read().decode())")
+    out = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", code],
+                         capture_output=True, text=True, timeout=20)
+    return out.stdout if out.returncode == 0 else None
+
+
+def test_the_python_personality_agent_runs_on_host_b_of_a_cross_host_demo():
+    pytest.importorskip("tadpole", reason="the tadpole bindings are not installed (pip install ./python)")
+    pytest.importorskip("prometheus_client", reason="scripts/setup installs prometheus_client")
+    root = os.geteuid() == 0
+    base = free_port_range(6)
+    env = dict(os.environ, TADPOLE_PYTHON=sys.executable)
+    demo = subprocess.Popen(
+        [tadpole_binary(), "demo", "--cross-host", "--rate", "200", "--duration", "6", "--python", "personality",
+         "--metrics-port-base", str(base)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    # As root the agents after the relayed hop (personality first) run in namespace B, their
+    # metrics endpoints too; otherwise everything is on loopback.
+    namespace = f"tpc-xh{demo.pid}-b" if root else None
+    handled = 0
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and demo.poll() is None and handled < 100:
+            body = scrape_in(namespace, base + 3)
+            if body:
+                match = re.search(r'^tadpole_demo_handled_total\{process="personality"\} (\S+)', body, re.M)
+                handled = float(match.group(1)) if match else 0
+            time.sleep(0.2)
+    finally:
+        out, err = demo.communicate(timeout=120)
+    assert demo.returncode == 0, err
+    assert handled >= 100, f"the Python agent's /metrics (namespace {namespace}) never counted 100 envelopes"
+    assert "-> personality (python) ->" in out, out
+    via = "netns" if root else "loopback"
+    hop = re.search(rf"cross-host hop risk -> personality \(via relays, {via}\) \((\d+) samples\)", out)
+    assert hop and int(hop.group(1)) > 0, out
+    ticks = re.search(r"ticks: (\d+) sent, (\d+) dropped", out)
+    assert ticks and int(ticks.group(1)) > 0 and int(ticks.group(2)) == 0, out
+    if root:
+        assert re.search(r"host B \(tpc-xh\d+-b\): relay-b, personality, execution", out), out
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert f"tpc-xh{demo.pid}-" not in left, left
