@@ -383,9 +383,7 @@ impl Run {
                     Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched | Kind::TadpoleZeroCopy => {
                         measure::throughput::<Ring>(spec, copy, &s)?
                     }
-                    Kind::TadpoleWaitSet | Kind::TadpoleWaitSetBlock => {
-                        measure::throughput::<SetRing>(spec, copy, &s)?
-                    }
+                    Kind::TadpoleWaitSet | Kind::TadpoleWaitSetBlock => measure::throughput::<SetRing>(spec, copy, &s)?,
                     Kind::TadpoleEnvelope => measure::throughput::<Envelope>(spec, copy, &s)?,
                     Kind::TadpoleArrow => measure::throughput::<Arrow>(spec, copy, &s)?,
                     Kind::Iceoryx2 | Kind::Iceoryx2Preloan => measure::throughput::<Iceoryx>(spec, copy, &s)?,

@@ -835,7 +835,8 @@ impl World {
         let k = 1 + rng.below(self.agents.len() / 2 - 1);
         let (p, c) = (2 * k, 2 * k + 1);
         let ring = self.agents[p].ring;
-        let (refused0, corrupt0) = (self.agents[c].slots.get(slots::RING_CORRUPT), self.status(ring).consumed.corrupt_records);
+        let (refused0, corrupt0) =
+            (self.agents[c].slots.get(slots::RING_CORRUPT), self.status(ring).consumed.corrupt_records);
         let kind = HeaderDamage::ALL[rng.below(HeaderDamage::ALL.len())];
         self.agents[c].proc.signal(libc::SIGSTOP);
         let written = self.damage_header(ring, kind, rng);
@@ -897,7 +898,8 @@ impl World {
         use std::os::unix::fs::FileExt;
         let name = &self.rings[ring].0;
         let path = format!("/dev/shm/{}{name}", ipc_core::NAME_PREFIX);
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| format!("{path}: {e}"))?;
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| format!("{path}: {e}"))?;
         let started = Instant::now();
         loop {
             std::thread::sleep(HEADER_WINDOW);
@@ -905,7 +907,7 @@ impl World {
             let bounds = ipc_core::layout::RecordBounds {
                 capacity: status.capacity,
                 max_message_len: status.max_message_len,
-                payload_align: status.payload_align.bytes() as u64,
+                payload_align: status.payload_align.bytes(),
             };
             let limit = ipc_core::layout::producer_limit(status.head, status.capacity);
             let word_at = |pos: u64| -> Result<u64, String> {
@@ -918,7 +920,9 @@ impl World {
             if let Ok(Some(first)) = first {
                 let target = first.end;
                 let word = word_at(target)?;
-                if target < status.tail && matches!(ipc_core::layout::check_record(target, word, bounds, limit), Ok(Some(_))) {
+                if target < status.tail
+                    && matches!(ipc_core::layout::check_record(target, word, bounds, limit), Ok(Some(_)))
+                {
                     let new = kind.apply(word, status.max_message_len, rng);
                     let offset = ipc_core::layout::HEADER_LEN as u64 + (target & (status.capacity - 1));
                     file.write_all_at(&new.to_le_bytes(), offset).map_err(|e| format!("writing {path}: {e}"))?;
@@ -1080,8 +1084,15 @@ impl World {
             );
             let mut v = Vec::new();
             if lost > stranded {
-                let beyond = if stranded > 0 { format!(", {stranded} of them left in rings dead of a corrupt header") } else { String::new() };
-                v.push(("delivery", format!("{stream}: {lost} records lost (next expected {next} of {target}){beyond}")));
+                let beyond = if stranded > 0 {
+                    format!(", {stranded} of them left in rings dead of a corrupt header")
+                } else {
+                    String::new()
+                };
+                v.push((
+                    "delivery",
+                    format!("{stream}: {lost} records lost (next expected {next} of {target}){beyond}"),
+                ));
             } else if lost < stranded {
                 v.push((
                     "delivery",
