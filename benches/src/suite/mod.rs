@@ -598,7 +598,7 @@ fn legend() -> String {
          (ratio_memcpy in --json: / single-thread memcpy).\n\nTransports:\n",
     );
     for k in Kind::ALL {
-        text.push_str(&format!("  {:<17} {}\n", k.name(), k.about()));
+        text.push_str(&format!("  {:<21} {}\n", k.name(), k.about()));
     }
     text.push_str(&format!(
         "  {ARROW_RECV:<17} one validated BatchReceiver::try_recv of a 1 k-row and a 1 M-row batch (id, price, symbol), one process; ratio = / the 1 k-row receive\n  {ARROW_RECV_TRUSTED:<17} the same, trusted receiver (no array-data validation), caches flushed before each receive\n"
