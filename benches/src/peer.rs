@@ -48,6 +48,7 @@ fn run_role(role: &str, args: &[String]) -> BenchResult<u64> {
         "floor" => crate::floor::peer_main(rest),
         "echo" => crate::latency::peer_main(rest),
         "suite-floor2" => crate::suite::floor2_peer_main(rest),
+        "suite-floor-futex" => crate::suite::futex_peer_main(rest),
         "suite-echo" | "suite-sink" => crate::suite::transport_peer_main(role, rest),
         other => Err(format!("unknown peer role {other:?}").into()),
     }

@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Bytes mapped.
 pub const PAGE_LEN: usize = 4096;
@@ -91,6 +91,16 @@ impl SharedPage {
         // SAFETY: in bounds and 8-aligned (the mapping is page aligned); the mapping lives as
         // long as `self`, and the page is only ever accessed through atomics.
         unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(offset).cast()) }
+    }
+}
+
+impl SharedPage {
+    /// The 32-bit word at byte `offset` (a multiple of 4 below [`PAGE_LEN`]): a futex word.
+    pub fn word32(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset % 4 == 0 && offset < PAGE_LEN);
+        // SAFETY: in bounds and 4-aligned (the mapping is page aligned); the mapping lives as
+        // long as `self`, and the page is only ever accessed through atomics.
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast()) }
     }
 }
 

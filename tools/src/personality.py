@@ -8,11 +8,21 @@ use); refusals from risk travel on unchanged. Heartbeats go to the circuit break
 main loop, so a stalled agent falls silent. Envelopes are built with the generated FlatBuffers
 Python code and verified again by the Rust side of the bindings before they enter the ring.
 Exits when its upstream closes, telling the breaker it is leaving.
+
+With `--metrics-port PORT` it serves `/metrics` (OpenMetrics text, rendered by
+`prometheus_client`), `/health` and `/ready` on 127.0.0.1:PORT, as the Rust agents do: the same
+families and labels (`tadpole_demo_handled_total{process="personality"}`, ...,
+`tadpole_demo_hop_latency_seconds{process="personality",hop="risk -> personality"}`). Like
+theirs, the counters are plain numbers the main loop bumps and a scrape reads; the HTTP thread
+never touches a ring.
 """
 
 import argparse
+import http.server
+import json
 import signal
 import sys
+import threading
 import time
 import uuid
 
@@ -62,6 +72,7 @@ def envelope(builder, payload_type, payload, correlation_id, destination, metada
 
 
 STAMP = "t.3.personality"
+UPSTREAM_STAMP = "t.2.risk"
 
 
 def stamps(metadata):
@@ -120,6 +131,105 @@ def terminated(reason, detail, uptime_ns):
     return envelope(b, tp.Payload.AgentTerminated, payload, str(uuid.uuid4()), "breaker", {})
 
 
+PROCESS = "personality"
+HOP = "risk -> personality"
+# The Rust agents' histogram buckets (tools/src/pipeline/metrics.rs BOUNDS_NS), as they render
+# them, then +Inf.
+BOUNDS_NS = [10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+             10_000_000, 25_000_000, 50_000_000, 100_000_000, 250_000_000, 500_000_000, 1_000_000_000]
+BOUND_LABELS = ["0.00001", "0.000025", "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025",
+                "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "+Inf"]
+
+
+class Metrics:
+    """What this agent publishes: the fields of the Rust agents' `Metrics`. Only the main loop
+    writes them; a scrape reads them (an int read under the GIL is whole)."""
+
+    COUNTERS = [
+        ("handled", "tadpole_demo_handled", "Messages handled"),
+        ("refused", "tadpole_demo_refused", "Orders or signals refused"),
+        ("heartbeats", "tadpole_demo_heartbeats", "Heartbeats sent (or heard, by the breaker)"),
+        ("breaker_trips", "tadpole_demo_breaker_trips", "BreakerAgentTriggered notices"),
+        ("breaker_emergencies", "tadpole_demo_breaker_emergencies", "BreakerSystemEmergency notices"),
+        ("sla_alerts", "tadpole_demo_sla_alerts", "SLA alerts raised"),
+    ]
+
+    def __init__(self):
+        for field, _, _ in self.COUNTERS:
+            setattr(self, field, 0)
+        # The personality never holds orders back: 0 closed (risk and execution hear the breaker).
+        self.breaker_state = 0
+        self.buckets = [0] * len(BOUND_LABELS)
+        self.sum_ns = 0
+
+    def record_hop(self, ns):
+        i = next((i for i, bound in enumerate(BOUNDS_NS) if ns <= bound), len(BOUNDS_NS))
+        self.buckets[i] += 1
+        self.sum_ns += ns
+
+    def collect(self):
+        """The families, as a `prometheus_client` collector (read at scrape time)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        for field, name, help_text in self.COUNTERS:
+            family = CounterMetricFamily(name, help_text, labels=["process"])
+            family.add_metric([PROCESS], getattr(self, field))
+            yield family
+            if field == "refused":
+                # In the Rust agents' order: the breaker state follows the refusals.
+                gauge = GaugeMetricFamily("tadpole_demo_breaker_state", "0 closed, 1 open, 2 halted",
+                                          labels=["process"])
+                gauge.add_metric([PROCESS], self.breaker_state)
+                yield gauge
+        counts, cumulative, buckets = list(self.buckets), 0, []
+        for label, count in zip(BOUND_LABELS, counts):
+            cumulative += count
+            buckets.append((label, cumulative))
+        hist = HistogramMetricFamily("tadpole_demo_hop_latency_seconds", "Latency of a pipeline hop",
+                                     labels=["process", "hop"])
+        hist.add_metric([PROCESS, HOP], buckets, sum_value=self.sum_ns / 1e9)
+        yield hist
+
+    def health(self):
+        return {"healthy": True, "detail": {"process": PROCESS, "handled": self.handled, "breaker": "closed"}}
+
+
+def serve_metrics(port, metrics):
+    """Serves /metrics, /health and /ready on 127.0.0.1:`port` from a daemon thread."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self.reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/health":
+                self.reply(200, json.dumps(metrics.health()).encode(), "application/json")
+            elif path == "/ready":
+                self.reply(200, b'{"ready":true}', "application/json")
+            else:
+                self.reply(404, b"not found: try /metrics, /health or /ready\n", "text/plain")
+
+        def reply(self, code, body, content_type):
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass  # a scrape is not news
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--inbox", required=True, help="ring to read (named after this agent)")
@@ -127,7 +237,11 @@ def main():
     parser.add_argument("--heartbeat", required=True, help="ring the circuit breaker hears this agent on")
     parser.add_argument("--heartbeat-ms", type=int, default=20, help="heartbeat interval")
     parser.add_argument("--stall-ms", type=int, default=0, help="testing: sleep before each message")
+    parser.add_argument("--metrics-port", type=int, help="serve /metrics, /health and /ready on 127.0.0.1:PORT")
     args = parser.parse_args()
+    metrics = Metrics()
+    if args.metrics_port:
+        serve_metrics(args.metrics_port, metrics)
     # A Ctrl-C meant for the demo reaches this agent too: it leaves when its upstream closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     inbox = tadpole.EnvelopeReceiver(tadpole.Segment.open(args.inbox))
@@ -145,19 +259,20 @@ def main():
             try:
                 beats.send(source="personality", destination="breaker", timeout=0.0,
                            heartbeat={"sequence": state["sequence"], "interval_ns": interval_ns})
+                metrics.heartbeats += 1
             except (tadpole.Timeout, tadpole.Full):
                 pass  # a breaker that is behind misses a beat
 
     status = 1
     try:
-        status = serve(args, inbox, outbox, beat)
+        status = serve(args, inbox, outbox, beat, metrics)
     finally:
         reason = tp.TerminationReason.Completed if status == 0 else tp.TerminationReason.Crashed
         beats.send_bytes(terminated(reason, "" if status == 0 else "failed", time.monotonic_ns() - started), timeout=1.0)
     return status
 
 
-def serve(args, inbox, outbox, beat):
+def serve(args, inbox, outbox, beat, metrics):
     while True:
         beat()
         wait = max(state_wait(args.heartbeat_ms), 0.0001)
@@ -174,6 +289,11 @@ def serve(args, inbox, outbox, beat):
         env.release()
         kind, correlation = message["message_type"], message["correlation_id"]
         metadata = stamps(message.get("metadata"))
+        upstream = metadata.get(UPSTREAM_STAMP, "")
+        if upstream.isdigit() and int(upstream) != 0:
+            # As the Rust agents: from the stamp of the agent before to this one's.
+            metrics.record_hop(max(int(metadata[STAMP]) - int(upstream), 0))
+        metrics.handled += 1
         if kind == "ExecutionOrderPlaced":
             outbox.send_bytes(order(message["payload"], correlation, metadata), timeout=10.0)
         elif kind == "BreakerAgentTriggered":

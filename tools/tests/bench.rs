@@ -130,9 +130,11 @@ fn bench_quick_runs_every_transport_between_two_processes() {
     let all = [
         "floor",
         "floor-2line",
+        "floor-futex",
         "tadpole",
         "tadpole-poll",
         "tadpole-waitset",
+        "tadpole-waitset-block",
         "tadpole-batched",
         "tadpole-zerocopy",
         "tadpole-envelope",
@@ -147,7 +149,7 @@ fn bench_quick_runs_every_transport_between_two_processes() {
         "crossbeam",
         "tadpole-relay",
     ];
-    let mut want = expected(&all, &all[2..], &[64]);
+    let mut want = expected(&all, &all[3..], &[64]);
     // One message in flight cannot batch, nor skip its copy: these two stream only.
     want.remove(&("latency".to_owned(), "tadpole-batched".to_owned(), 64));
     want.remove(&("latency".to_owned(), "tadpole-zerocopy".to_owned(), 64));
@@ -159,6 +161,56 @@ fn bench_quick_runs_every_transport_between_two_processes() {
         let rows: Vec<Value> = arrow_recv.iter().filter(|r| r["transport"] == transport).cloned().collect();
         assert_arrow_receive_rows(&rows);
     }
+}
+
+#[test]
+fn the_blocking_waitset_row_is_a_ratio_to_the_futex_floor_of_the_same_run() {
+    let out = bench(&[
+        "--quick",
+        "--json",
+        "--transports",
+        "floor-futex,tadpole-waitset-block",
+        "--sizes",
+        "64,1KiB",
+        "--scenarios",
+        "latency",
+        "--row-ms",
+        "20",
+    ]);
+    let measured = rows(&out);
+    let want: BTreeSet<(String, String, u64)> = ["floor-futex", "tadpole-waitset-block"]
+        .iter()
+        .flat_map(|t| [64, 1024].map(|size| ("latency".to_owned(), (*t).to_owned(), size)))
+        .collect();
+    assert_eq!(keys(&measured), want);
+    let p50 = |r: &Value| r["p50_ns"].as_f64().unwrap();
+    for size in [64, 1024] {
+        let at = |t: &str| measured.iter().find(|r| r["transport"] == t && r["size"] == size).unwrap();
+        let (futex, block) = (at("floor-futex"), at("tadpole-waitset-block"));
+        // The futex floor is a latency-only row against the cache-line floor probe, like the others.
+        assert!(futex["baseline"].as_str().unwrap().starts_with("floor probe"), "{futex}");
+        // The blocking row divides by the futex floor measured just before it at that size.
+        let ratio = block["ratio"].as_f64().unwrap();
+        assert!((ratio - p50(block) / p50(futex)).abs() < 1e-9 * ratio, "{block} vs {futex}");
+        assert!(block["baseline"].as_str().unwrap().contains("floor-futex"), "{block}");
+        assert!(block["samples"].as_u64().unwrap() >= 50 && futex["samples"].as_u64().unwrap() >= 50);
+    }
+    // Alone, the blocking row measures its own futex floor first.
+    let out = bench(&[
+        "--quick",
+        "--json",
+        "--transports",
+        "tadpole-waitset-block",
+        "--sizes",
+        "64",
+        "--scenarios",
+        "latency",
+        "--row-ms",
+        "10",
+    ]);
+    let alone = rows(&out);
+    assert_eq!(alone.len(), 1);
+    assert!(alone[0]["baseline"].as_str().unwrap().contains("measured just before this row"), "{}", alone[0]);
 }
 
 /// The two rows of one Arrow receive transport: 1 k then 1 M rows (so the second batch is ~1000x the

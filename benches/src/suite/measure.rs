@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use super::floor2::Floor2;
+use super::futex::FutexFloor;
 use super::link::{END_OF_RUN, Link, QUIT, pattern, stamp};
 use super::transports::{Role, Spec, Transport};
 use crate::BenchResult;
@@ -104,6 +105,68 @@ fn ping_pong<L: Link>(
             return Ok(());
         }
     }
+}
+
+/// Idle time before each round trip of the blocking rows (`floor-futex`,
+/// `tadpole-waitset-block`): longer than any spin phase before a sleep (a `WaitSet` with
+/// `WaitStrategy::Block` spins and yields for a few microseconds), so the peer is asleep when
+/// the ping arrives and the row times its wake-up. Back to back, the next ping would find the
+/// peer still spinning after its last echo, and the row would time spinning.
+pub const IDLE_BEFORE_PING: Duration = Duration::from_micros(200);
+
+/// Waits `d` on the clock without sleeping (this side's own wake-up stays out of the row).
+pub fn idle_for(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+/// One blocking latency row of transport `T`: like [`latency`], but each round trip starts
+/// after [`IDLE_BEFORE_PING`] without traffic and is timed on its own (two clock reads).
+pub fn latency_after_idle<T: Transport>(spec: Spec, s: &Settings) -> BenchResult<OneWay> {
+    let (mut end, peer) = T::start(spec, Role::Echo)?;
+    let mut payload = pattern(spec.size);
+    let mut seq = 0u64;
+    let mut rtt = rtt_histogram();
+    for (phase, duration) in [(0, s.warm), (1, s.latency)] {
+        rtt.reset();
+        let start = Instant::now();
+        while start.elapsed() < duration || (phase == 1 && rtt.len() < MIN_IDLE_SAMPLES) {
+            idle_for(IDLE_BEFORE_PING);
+            seq += 1;
+            stamp(&mut payload, seq);
+            let t0 = Instant::now();
+            end.send(&payload)?;
+            let (got, len) = end.recv(|m| (m.seq(), m.len()))?;
+            rtt.saturating_record(t0.elapsed().as_nanos() as u64);
+            if got != seq || len != payload.len() {
+                return Err(format!("round trip {seq}: the echo was message {got} of {len} bytes").into());
+            }
+        }
+    }
+    stamp(&mut payload, QUIT);
+    end.send(&payload)?;
+    let echoed = peer.finish()?;
+    if echoed != seq {
+        return Err(format!("{}: the peer echoed {echoed} messages, {seq} were sent", spec.kind.name()).into());
+    }
+    Ok(OneWay::from_rtt(&rtt))
+}
+
+/// Round trips a blocking row records at least, however short the row (`--row-ms 5`).
+pub(crate) const MIN_IDLE_SAMPLES: u64 = 50;
+
+/// The blocking floor as a row: raw futex ping-pong, each round trip after the same idle time
+/// as [`latency_after_idle`]'s.
+pub fn futex_row(s: &Settings) -> BenchResult<OneWay> {
+    let mut floor = FutexFloor::start()?;
+    let mut rtt = rtt_histogram();
+    floor.record_for(s.warm, IDLE_BEFORE_PING, &mut rtt)?;
+    rtt.reset();
+    floor.record_for(s.latency, IDLE_BEFORE_PING, &mut rtt)?;
+    floor.stop()?;
+    Ok(OneWay::from_rtt(&rtt))
 }
 
 /// Messages of the warm-up run for `size`: a few MiB, at most 20 000 messages.

@@ -4,7 +4,9 @@
 //! row carries its ratio to a baseline measured in the same run:
 //!
 //! - latency rows (ping-pong, one message in flight, see [`measure`]): one-way p50 divided by
-//!   the floor probe (two processes bouncing one cache line) taken just before the row;
+//!   the floor probe (two processes bouncing one cache line) taken just before the row; the
+//!   blocking row (`tadpole-waitset-block`) by the blocking floor instead (`floor-futex`: raw
+//!   futex ping-pong, measured at the same size just before it, or right then if not selected);
 //! - throughput rows: bytes/s divided by the two-thread hardware handoff of the same size (the
 //!   fastest any ring can move those bytes between the two CPUs), and by single-thread memcpy,
 //!   both measured right before that size's rows.
@@ -16,6 +18,7 @@
 //! this command must call [`crate::peer::run_peer_if_requested`] first thing in `main`.
 
 mod floor2;
+mod futex;
 mod link;
 mod machine;
 mod measure;
@@ -37,6 +40,7 @@ use report::{Row, Scenario, format_size};
 use transports::{Arrow, Crossbeam, Envelope, Iceoryx, Kind, Pipe, Ring, SetRing, Spec, Uds, Zmq};
 
 pub(crate) use floor2::peer_main as floor2_peer_main;
+pub(crate) use futex::peer_main as futex_peer_main;
 pub use plot::histogram as plot_histogram;
 pub(crate) use transports::peer_main as transport_peer_main;
 
@@ -65,8 +69,9 @@ pub struct Args {
     /// Message sizes, comma-separated, e.g. `8,64,1KiB,16KiB,1MiB` (at least 8 bytes each).
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]
     pub sizes: Vec<usize>,
-    /// Transports to run, comma-separated (default: all): floor, floor-2line, tadpole,
-    /// tadpole-poll, tadpole-batched, tadpole-zerocopy, tadpole-envelope, tadpole-arrow, iceoryx2, iceoryx2-preloan, uds, pipe,
+    /// Transports to run, comma-separated (default: all): floor, floor-2line, floor-futex,
+    /// tadpole, tadpole-poll, tadpole-waitset, tadpole-waitset-block, tadpole-batched,
+    /// tadpole-zerocopy, tadpole-envelope, tadpole-arrow, iceoryx2, iceoryx2-preloan, uds, pipe,
     /// zmq-ipc, zmq-tcp, zmq-tcp-curve, crossbeam, tadpole-relay.
     #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
     pub transports: Vec<String>,
@@ -240,6 +245,8 @@ struct Run {
     baselines: Option<(usize, f64, f64)>,
     /// The floor-2line p50 measured at the current latency size, if it ran.
     floor2: Option<(usize, f64)>,
+    /// The floor-futex p50 measured at the current latency size, if it ran.
+    futex: Option<(usize, f64)>,
     relay: Option<RelayPair>,
 }
 
@@ -265,10 +272,12 @@ impl Run {
                 let one_way = match kind {
                     Kind::Floor => measure::floor_row(&s)?,
                     Kind::Floor2 => measure::floor2_row(&s)?,
+                    Kind::FloorFutex => measure::futex_row(&s)?,
                     Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched | Kind::TadpoleZeroCopy => {
                         measure::latency::<Ring>(spec, &s)?
                     }
                     Kind::TadpoleWaitSet => measure::latency::<SetRing>(spec, &s)?,
+                    Kind::TadpoleWaitSetBlock => measure::latency_after_idle::<SetRing>(spec, &s)?,
                     Kind::TadpoleEnvelope => measure::latency::<Envelope>(spec, &s)?,
                     Kind::TadpoleArrow => measure::latency::<Arrow>(spec, &s)?,
                     Kind::Iceoryx2 | Kind::Iceoryx2Preloan => measure::latency::<Iceoryx>(spec, &s)?,
@@ -281,9 +290,22 @@ impl Run {
                 if kind == Kind::Floor2 {
                     self.floor2 = Some((size, one_way.p50));
                 }
+                if kind == Kind::FloorFutex {
+                    self.futex = Some((size, one_way.p50));
+                }
                 let ratio_floor2 = match self.floor2 {
                     Some((at, p50)) if at == size && kind != Kind::Floor2 => Some(one_way.p50 / p50),
                     _ => None,
+                };
+                // The blocking row against the blocking floor, the others against the floor probe.
+                let (baseline, ratio) = if kind == Kind::TadpoleWaitSetBlock {
+                    let (futex, how) = match self.futex {
+                        Some((at, p50)) if at == size => (p50, "the floor-futex row above"),
+                        _ => (measure::futex_row(&s)?.p50, "measured just before this row"),
+                    };
+                    (format!("floor-futex {} ({how})", report::format_ns(futex)), one_way.p50 / futex)
+                } else {
+                    (format!("floor probe {:.0} ns", probe), one_way.p50 / probe)
                 };
                 Ok(vec![Row {
                     scenario: Scenario::Latency,
@@ -292,8 +314,8 @@ impl Run {
                     latency: Some(one_way),
                     msgs_per_s: None,
                     bytes_per_s: None,
-                    baseline: format!("floor probe {:.0} ns", probe),
-                    ratio: Some(one_way.p50 / probe),
+                    baseline,
+                    ratio: Some(ratio),
                     ratio_floor2,
                     ratio_memcpy: None,
                     floor_ns: probe,
@@ -361,7 +383,7 @@ impl Run {
                     Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched | Kind::TadpoleZeroCopy => {
                         measure::throughput::<Ring>(spec, copy, &s)?
                     }
-                    Kind::TadpoleWaitSet => measure::throughput::<SetRing>(spec, copy, &s)?,
+                    Kind::TadpoleWaitSet | Kind::TadpoleWaitSetBlock => measure::throughput::<SetRing>(spec, copy, &s)?,
                     Kind::TadpoleEnvelope => measure::throughput::<Envelope>(spec, copy, &s)?,
                     Kind::TadpoleArrow => measure::throughput::<Arrow>(spec, copy, &s)?,
                     Kind::Iceoryx2 | Kind::Iceoryx2Preloan => measure::throughput::<Iceoryx>(spec, copy, &s)?,
@@ -370,7 +392,7 @@ impl Run {
                     Kind::ZmqIpc | Kind::ZmqTcp | Kind::ZmqTcpCurve => measure::throughput::<Zmq>(spec, copy, &s)?,
                     Kind::Crossbeam => measure::throughput::<Crossbeam>(spec, copy, &s)?,
                     Kind::TadpoleRelay => measure::relay_throughput(self.relay()?, size, copy, &s)?,
-                    Kind::Floor | Kind::Floor2 => return Ok(Vec::new()),
+                    Kind::Floor | Kind::Floor2 | Kind::FloorFutex => return Ok(Vec::new()),
                 };
                 let (memcpy_bw, handoff) = match self.baselines {
                     Some((at, m, h)) if at == size => (m, h),
@@ -493,7 +515,7 @@ pub fn run(args: &Args) -> BenchResult<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut run = Run { settings, start_floor, baselines: None, floor2: None, relay: None };
+    let mut run = Run { settings, start_floor, baselines: None, floor2: None, futex: None, relay: None };
     let watchdog = Watchdog::start();
     let mut rows: Vec<Row> = Vec::new();
     for job in jobs {
@@ -570,12 +592,13 @@ fn legend() -> String {
         "How to read it: latency is one-way = round trip / 2 of a ping-pong with one message in flight; every round \
          trip is recorded (one clock read each, warm-up discarded, nothing dropped), and the next ping waits for the \
          previous echo, so there is no schedule to fall behind: no coordinated omission. Latency ratio = p50 / the \
-         floor probe taken just before the row. Throughput: median of timed runs, counted when the receiving process \
+         floor probe taken just before the row (tadpole-waitset-block: / the floor-futex p50 of the same size, \
+         both timed per round trip after 200 µs idle so the receiver sleeps). Throughput: median of timed runs, counted when the receiving process \
          has checked every sequence number; ratio = bytes/s / the two-thread hardware handoff at that size \
          (ratio_memcpy in --json: / single-thread memcpy).\n\nTransports:\n",
     );
     for k in Kind::ALL {
-        text.push_str(&format!("  {:<17} {}\n", k.name(), k.about()));
+        text.push_str(&format!("  {:<21} {}\n", k.name(), k.about()));
     }
     text.push_str(&format!(
         "  {ARROW_RECV:<17} one validated BatchReceiver::try_recv of a 1 k-row and a 1 M-row batch (id, price, symbol), one process; ratio = / the 1 k-row receive\n  {ARROW_RECV_TRUSTED:<17} the same, trusted receiver (no array-data validation): caches flushed, then the receive code warmed by a 1-row receive on another ring, before each receive\n"

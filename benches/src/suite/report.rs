@@ -80,7 +80,7 @@ impl Row {
         let ratio = self.ratio.map_or_else(|| "—".to_owned(), |r| format!("{r:.2}×"));
         let moved = if self.floor_moved { " ⚠" } else { "" };
         format!(
-            "{:<15} {:<17} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11} {:>7}  {}{moved}",
+            "{:<15} {:<21} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11} {:>7}  {}{moved}",
             self.scenario.name(),
             self.transport,
             format_size(self.size),
@@ -100,7 +100,7 @@ impl Row {
 /// The table's header line.
 pub fn table_header() -> String {
     format!(
-        "{:<15} {:<17} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11} {:>7}  {}",
+        "{:<15} {:<21} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11} {:>7}  {}",
         "scenario", "transport", "size", "p50", "p90", "p99", "p99.9", "max", "msg/s", "bytes/s", "ratio", "baseline"
     )
 }

@@ -32,9 +32,13 @@ pub enum Kind {
     Floor,
     /// A two-line message: the payload line, then a flag line (latency only).
     Floor2,
+    /// The blocking floor: raw futex ping-pong on one shared word (latency only).
+    FloorFutex,
     Tadpole,
     TadpolePoll,
     TadpoleWaitSet,
+    /// The same with `WaitStrategy::Block`, timed against [`Kind::FloorFutex`].
+    TadpoleWaitSetBlock,
     TadpoleBatched,
     TadpoleZeroCopy,
     TadpoleEnvelope,
@@ -52,12 +56,14 @@ pub enum Kind {
 
 impl Kind {
     /// All of them.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Floor,
         Kind::Floor2,
+        Kind::FloorFutex,
         Kind::Tadpole,
         Kind::TadpolePoll,
         Kind::TadpoleWaitSet,
+        Kind::TadpoleWaitSetBlock,
         Kind::TadpoleBatched,
         Kind::TadpoleZeroCopy,
         Kind::TadpoleEnvelope,
@@ -78,9 +84,11 @@ impl Kind {
         match self {
             Kind::Floor => "floor",
             Kind::Floor2 => "floor-2line",
+            Kind::FloorFutex => "floor-futex",
             Kind::Tadpole => "tadpole",
             Kind::TadpolePoll => "tadpole-poll",
             Kind::TadpoleWaitSet => "tadpole-waitset",
+            Kind::TadpoleWaitSetBlock => "tadpole-waitset-block",
             Kind::TadpoleBatched => "tadpole-batched",
             Kind::TadpoleZeroCopy => "tadpole-zerocopy",
             Kind::TadpoleEnvelope => "tadpole-envelope",
@@ -102,10 +110,16 @@ impl Kind {
         match self {
             Kind::Floor => "two processes bounce one cache line (plain loads, no pause): the hardware floor",
             Kind::Floor2 => "a 64-byte payload line, then a flag line, each way: the floor of a two-line message",
+            Kind::FloorFutex => {
+                "one shared word, store + FUTEX_WAKE, the other side asleep in FUTEX_WAIT, each way, after 200 µs idle: the blocking floor"
+            }
             Kind::Tadpole => "ipc-core ring pair, send()/recv() with WaitStrategy::BusySpin",
             Kind::TadpolePoll => "ipc-core ring pair, try_send()/try_recv() in a tight loop (no waiter)",
             Kind::TadpoleWaitSet => {
                 "ipc-core ring pair, each side hearing its ring through a WaitSet (BusySpin) of 8 rings, 7 of them idle"
+            }
+            Kind::TadpoleWaitSetBlock => {
+                "as tadpole-waitset with WaitStrategy::Block (spin, then sleep on the set's doorbell), each ping after 200 µs idle; ratio = p50 / floor-futex p50"
             }
             Kind::TadpoleBatched => {
                 "ipc-core ring, batch() + try_push + one commit per up to 256 messages, read_batch(256) (throughput only)"
@@ -136,7 +150,7 @@ impl Kind {
 
     /// Whether the kind has throughput rows (the floors are latency probes only).
     pub fn streams(self) -> bool {
-        !matches!(self, Kind::Floor | Kind::Floor2)
+        !matches!(self, Kind::Floor | Kind::Floor2 | Kind::FloorFutex)
     }
 
     /// Whether the kind has latency rows (one message in flight cannot batch).
@@ -202,7 +216,7 @@ pub(crate) fn peer_main(role: &str, args: &[String]) -> BenchResult<u64> {
         Kind::Tadpole | Kind::TadpolePoll | Kind::TadpoleBatched | Kind::TadpoleZeroCopy => {
             serve::<Ring>(spec, role, rest)
         }
-        Kind::TadpoleWaitSet => serve::<SetRing>(spec, role, rest),
+        Kind::TadpoleWaitSet | Kind::TadpoleWaitSetBlock => serve::<SetRing>(spec, role, rest),
         Kind::TadpoleEnvelope => serve::<Envelope>(spec, role, rest),
         Kind::TadpoleArrow => serve::<Arrow>(spec, role, rest),
         Kind::Iceoryx2 | Kind::Iceoryx2Preloan => serve::<Iceoryx>(spec, role, rest),
@@ -433,22 +447,26 @@ impl Transport for Ring {
 /// hearing a pipeline's agents scans.
 const IDLE_RINGS: usize = 7;
 
-/// `tadpole-waitset`: raw bytes through an ipc-core ring each way, each side waiting on its
-/// incoming ring through a [`WaitSet`] that also holds [`IDLE_RINGS`] rings with no traffic.
+/// `tadpole-waitset` and `tadpole-waitset-block`: raw bytes through an ipc-core ring each way,
+/// each side waiting on its incoming ring through a [`WaitSet`] that also holds [`IDLE_RINGS`]
+/// rings with no traffic, spinning or (`-block`) sleeping on the set's doorbell.
 pub struct SetRing {
     producer: Producer,
     set: WaitSet,
     key: RingKey,
+    /// `-block`: a full ring makes the producer sleep too, instead of spinning.
+    blocking: bool,
     /// The idle rings' producers (alive, so the set does not report them gone) and segments.
     _idle: Vec<(Producer, Segment)>,
     _segments: (Segment, Segment),
 }
 
 impl SetRing {
-    fn new(out: Segment, inn: Segment) -> BenchResult<SetRing> {
+    fn new(out: Segment, inn: Segment, kind: Kind) -> BenchResult<SetRing> {
+        let wait = if kind == Kind::TadpoleWaitSetBlock { WaitStrategy::Block } else { WaitStrategy::BusySpin };
         let mut producer = out.producer()?;
-        producer.set_wait_strategy(WaitStrategy::BusySpin);
-        let mut set = WaitSet::new(WaitStrategy::BusySpin)?;
+        producer.set_wait_strategy(wait);
+        let mut set = WaitSet::new(wait)?;
         let mut idle = Vec::with_capacity(IDLE_RINGS);
         for _ in 0..IDLE_RINGS {
             let ring = RingBuilder::new(4096).create_anonymous()?;
@@ -457,13 +475,14 @@ impl SetRing {
         }
         // Inserted last, so it is not simply the first ring every scan looks at.
         let key = set.insert(inn.consumer()?);
-        Ok(SetRing { producer, set, key, _idle: idle, _segments: (out, inn) })
+        let blocking = wait == WaitStrategy::Block;
+        Ok(SetRing { producer, set, key, blocking, _idle: idle, _segments: (out, inn) })
     }
 }
 
 impl Link for SetRing {
     fn send(&mut self, msg: &[u8]) -> BenchResult<()> {
-        try_send_spin(&mut self.producer, msg)
+        if self.blocking { Ok(self.producer.send(msg)?) } else { try_send_spin(&mut self.producer, msg) }
     }
 
     fn recv<R>(&mut self, f: impl FnOnce(Msg<'_>) -> R) -> BenchResult<R> {
@@ -487,12 +506,12 @@ impl Transport for SetRing {
 
     fn start(spec: Spec, role: Role) -> BenchResult<(SetRing, PeerHandle)> {
         let (to_peer, from_peer, peer) = ring_pair(spec, role, PayloadAlign::Eight)?;
-        Ok((SetRing::new(to_peer, from_peer)?, peer))
+        Ok((SetRing::new(to_peer, from_peer, spec.kind)?, peer))
     }
 
-    fn open(_spec: Spec, args: &[String]) -> BenchResult<SetRing> {
+    fn open(spec: Spec, args: &[String]) -> BenchResult<SetRing> {
         let (inn, out) = open_ring_pair(args)?;
-        SetRing::new(out, inn)
+        SetRing::new(out, inn, spec.kind)
     }
 }
 

@@ -7,12 +7,18 @@
 //! and counted if it is not an envelope or its checksum fails, a repeat if its number is below
 //! the one expected, a loss if it is above. Both keep their counters in a [`Slots`] file, so a
 //! restart after `kill -9` goes on where the last one stopped.
+//!
+//! A record *header* the ring refuses (`TryRecvError::Corrupt`: someone wrote the length, flags
+//! or check byte in shared memory) ends that ring for good: its records cannot be found past
+//! it. The consumer counts the refusal, says so on stderr, and waits (alive) until the harness
+//! replaces the ring and raises the generation in the slots; then both agents open the new
+//! ring under the same name, and the producer notes where it left the old one.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ipc_core::{AttachError, Consumer, Producer, Segment, TryRecvError, TrySendError};
+use ipc_core::{AttachError, Consumer, CorruptReason, Producer, Segment, TryRecvError, TrySendError};
 use schemas::envelope::{EnvelopeEncoder, EnvelopeHeader, PayloadOffset, VerifyOptions, verify_envelope};
 
 use super::slots::{self, Slots};
@@ -44,12 +50,32 @@ pub struct AgentArgs {
 /// Runs the agent until the harness sets its stop slot.
 pub fn run(args: &AgentArgs) -> Result<()> {
     let slots = Slots::open(&args.slots).with_context(|| format!("mapping {}", args.slots.display()))?;
-    let segment = Segment::open(&args.ring).with_context(|| format!("opening ring {:?}", args.ring))?;
     match args.role.as_str() {
-        "producer" => produce(args, &slots, &segment),
-        "consumer" => consume(&slots, &segment),
+        "producer" => produce(args, &slots),
+        "consumer" => consume(args, &slots),
         other => bail!("unknown chaos agent role {other:?}"),
     }
+}
+
+/// How an agent's turn on one ring ended.
+enum Ended {
+    /// The harness set the stop slot.
+    Stop,
+    /// The harness replaced the ring: open it again.
+    Replaced,
+}
+
+/// Opens ring `name` as it is now, and the generation it is (read first: a replacement landing
+/// in between is seen at the next look, and opening the new ring again is harmless).
+fn open_ring(name: &str, slots: &Slots) -> Result<(Segment, u64)> {
+    let generation = slots.get(slots::GENERATION);
+    let segment = Segment::open(name).with_context(|| format!("opening ring {name:?}"))?;
+    Ok((segment, generation))
+}
+
+/// Whether the harness replaced the ring since generation `open` was opened.
+fn replaced(slots: &Slots, open: u64) -> bool {
+    slots.get(slots::GENERATION) != open
 }
 
 /// Attaches through the window where a killed predecessor still looks alive.
@@ -127,14 +153,18 @@ impl Rng {
 }
 
 /// Commits `payload`, waiting while the ring is full or its consumer is away (a restarting
-/// consumer or relay): backpressure, never loss. Returns `false` if told to stop meanwhile.
-fn send(producer: &mut Producer, slots: &Slots, payload: &[u8]) -> Result<bool> {
+/// consumer or relay): backpressure, never loss. `Err(Ended)` (nothing committed) if told to
+/// stop, or the ring was replaced, meanwhile.
+fn send(producer: &mut Producer, slots: &Slots, generation: u64, payload: &[u8]) -> Result<Result<(), Ended>> {
     loop {
         match producer.try_send(payload) {
-            Ok(()) => return Ok(true),
+            Ok(()) => return Ok(Ok(())),
             Err(TrySendError::Full | TrySendError::Disconnected) => {
                 if slots.get(slots::STOP) != 0 {
-                    return Ok(false);
+                    return Ok(Err(Ended::Stop));
+                }
+                if replaced(slots, generation) {
+                    return Ok(Err(Ended::Replaced));
                 }
                 std::thread::sleep(Duration::from_micros(50));
             }
@@ -143,8 +173,25 @@ fn send(producer: &mut Producer, slots: &Slots, payload: &[u8]) -> Result<bool> 
     }
 }
 
-fn produce(args: &AgentArgs, slots: &Slots, segment: &Segment) -> Result<()> {
-    let mut producer = attach("producer", || segment.producer())?;
+fn produce(args: &AgentArgs, slots: &Slots) -> Result<()> {
+    loop {
+        let (segment, generation) = open_ring(&args.ring, slots)?;
+        let mut producer = attach("producer", || segment.producer())?;
+        slots.set(slots::GENERATION_OPEN, generation);
+        match produce_on(args, slots, &mut producer, generation)? {
+            Ended::Stop => return Ok(()),
+            Ended::Replaced => {
+                // Every number below it was committed into the old ring (the slot is stored after
+                // each commit, and this is not between the two).
+                let left_at = slots.get(slots::NEXT_SEQ);
+                slots.set(slots::LEFT_AT_SEQ, left_at);
+                eprintln!("chaos-agent: ring {:?} replaced; leaving it at record {left_at}", args.ring);
+            }
+        }
+    }
+}
+
+fn produce_on(args: &AgentArgs, slots: &Slots, producer: &mut Producer, generation: u64) -> Result<Ended> {
     let mut enc = EnvelopeEncoder::new();
     let mut filler = String::new();
     let mut rng = Rng(u64::from(std::process::id()) | 1 << 40);
@@ -152,20 +199,26 @@ fn produce(args: &AgentArgs, slots: &Slots, segment: &Segment) -> Result<()> {
     let mut due = Instant::now();
     let mut corrupt_made = slots.get(slots::GARBAGE_SENT) + slots.get(slots::BAD_SUM_SENT);
     while slots.get(slots::STOP) == 0 {
+        if replaced(slots, generation) {
+            return Ok(Ended::Replaced);
+        }
         if corrupt_made < slots.get(slots::CORRUPT_ASKED) {
             // Alternately random bytes (not an envelope) and an envelope with a wrong checksum.
             let sent = if corrupt_made % 2 == 0 {
                 let len = 16 + (rng.next() % 200) as usize;
                 let garbage: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-                send(&mut producer, slots, &garbage)?
+                send(producer, slots, generation, &garbage)?
             } else {
                 let seq = slots.get(slots::NEXT_SEQ);
                 let record = encode(&mut enc, &args.name, seq, true, &mut filler);
-                send(&mut producer, slots, record)?
+                send(producer, slots, generation, record)?
             };
-            if sent {
-                slots.add(if corrupt_made % 2 == 0 { slots::GARBAGE_SENT } else { slots::BAD_SUM_SENT }, 1);
-                corrupt_made += 1;
+            match sent {
+                Ok(()) => {
+                    slots.add(if corrupt_made % 2 == 0 { slots::GARBAGE_SENT } else { slots::BAD_SUM_SENT }, 1);
+                    corrupt_made += 1;
+                }
+                Err(ended) => return Ok(ended),
             }
             continue;
         }
@@ -186,8 +239,8 @@ fn produce(args: &AgentArgs, slots: &Slots, segment: &Segment) -> Result<()> {
             slots.set(slots::NEXT_SEQ, seq);
         }
         let record = encode(&mut enc, &args.name, seq, false, &mut filler);
-        if !send(&mut producer, slots, record)? {
-            break;
+        if let Err(ended) = send(producer, slots, generation, record)? {
+            return Ok(ended);
         }
         // Stored after the commit: a kill between the two sends this record again (a repeat
         // of one), never skips one.
@@ -196,12 +249,49 @@ fn produce(args: &AgentArgs, slots: &Slots, segment: &Segment) -> Result<()> {
             slots.add(slots::FLOOD_SENT, 1);
         }
     }
-    Ok(())
+    Ok(Ended::Stop)
 }
 
-fn consume(slots: &Slots, segment: &Segment) -> Result<()> {
-    let mut consumer: Consumer = attach("consumer", || segment.consumer())?;
+fn consume(args: &AgentArgs, slots: &Slots) -> Result<()> {
+    loop {
+        let (segment, generation) = open_ring(&args.ring, slots)?;
+        let mut consumer: Consumer = attach("consumer", || segment.consumer())?;
+        slots.set(slots::GENERATION_OPEN, generation);
+        match consume_on(&args.ring, slots, &mut consumer, generation)? {
+            Ended::Stop => return Ok(()),
+            Ended::Replaced => eprintln!("chaos-agent: ring {:?} replaced; opening the new one", args.ring),
+        }
+    }
+}
+
+/// Refuses the corrupt header at `position`: counted, said, and nothing more read from this
+/// ring (it cannot be: the next record starts where the bad header says). Waits, alive, for
+/// the ring to be replaced.
+fn refuse_ring(ring: &str, slots: &Slots, generation: u64, position: u64, reason: CorruptReason) -> Ended {
+    slots.set(slots::CORRUPT_POSITION, position);
+    slots.set(slots::CORRUPT_NEXT, slots.get(slots::NEXT_EXPECTED));
+    slots.add(slots::RING_CORRUPT, 1);
+    eprintln!(
+        "chaos-agent: ring {ring:?}: record header at position {position} refused ({reason}); records from {} on \
+         are behind it, waiting for the ring to be replaced",
+        slots.get(slots::NEXT_EXPECTED)
+    );
+    loop {
+        if slots.get(slots::STOP) != 0 {
+            return Ended::Stop;
+        }
+        if replaced(slots, generation) {
+            return Ended::Replaced;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn consume_on(ring: &str, slots: &Slots, consumer: &mut Consumer, generation: u64) -> Result<Ended> {
     while slots.get(slots::STOP) == 0 {
+        if replaced(slots, generation) {
+            return Ok(Ended::Replaced);
+        }
         let record = match consumer.try_recv() {
             Ok(record) => record,
             // A producer (agent or relay) being restarted: wait for the next one.
@@ -210,8 +300,7 @@ fn consume(slots: &Slots, segment: &Segment) -> Result<()> {
                 continue;
             }
             Err(TryRecvError::Corrupt { position, reason }) => {
-                slots.add(slots::RING_CORRUPT, 1);
-                bail!("ring {:?}: corrupt record at {position}: {reason}", segment.name());
+                return Ok(refuse_ring(ring, slots, generation, position, reason));
             }
             Err(e) => return Err(e).context("receiving"),
         };
@@ -227,7 +316,7 @@ fn consume(slots: &Slots, segment: &Segment) -> Result<()> {
                 } else {
                     if seq > next {
                         slots.add(slots::LOST, seq - next);
-                        eprintln!("chaos-agent: ring {:?}: records {next}..{seq} lost", segment.name().unwrap_or(""));
+                        eprintln!("chaos-agent: ring {ring:?}: records {next}..{seq} lost");
                     }
                     slots.add(slots::RECEIVED, 1);
                     slots.set(slots::NEXT_EXPECTED, seq + 1);
@@ -236,7 +325,7 @@ fn consume(slots: &Slots, segment: &Segment) -> Result<()> {
         }
         drop(record);
     }
-    Ok(())
+    Ok(Ended::Stop)
 }
 
 #[cfg(test)]

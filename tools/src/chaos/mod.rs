@@ -8,8 +8,19 @@
 //! namespaces when root) → relay `b` (envelope route) → ring `xin` → consumer `c-cross`; and
 //! producer `p-local` → ring `local` → consumer `c-local`, and with `--agents N` more such local
 //! pairs (`p-local2` → `local2` → `c-local2`, …). Every agent is a `tadpole chaos-agent`
-//! process (`agent.rs`); every relay a `tadpole relay`. Faults come one at a time, in a random
-//! order drawn from the seed, each followed by a wait for its trace in the metrics.
+//! process (`agent.rs`); every relay a `tadpole relay`. Faults come one after another, in a
+//! random order drawn from the seed (targets too), each followed by a wait for its trace in the
+//! metrics. Some are two faults at once: a kill of a relay or of an agent during a partition, a
+//! consumer stalled while another producer (or the same one) floods.
+//!
+//! `corrupt-header` writes a bad record *header* (length, flags or check byte) into a local
+//! ring's shared memory, ahead of its consumer. The ring refuses it (`TryRecvError::Corrupt`,
+//! the ring's `corrupt_records` counter) and, by design, cannot be read past it
+//! (README, threat model: the ring is dead); the consumer stays up and says so. The harness
+//! then does what an operator would: replaces the ring under the same name, and both agents
+//! move to it. The records left behind in the dead ring are the only losses the checks allow,
+//! counted exactly: from the consumer's next expected record when it refused the header to the
+//! first one the producer did not commit into the dead ring.
 
 pub mod agent;
 mod slots;
@@ -34,6 +45,8 @@ const FLOOD_RECORDS: u64 = 5000;
 /// Corrupt records per corruption fault (half random bytes, half bad checksums).
 const CORRUPT_RECORDS: u64 = 4;
 const PARTITION: Duration = Duration::from_secs(3);
+/// How long the consumer of a `corrupt-header` ring is stopped while its header is written.
+const HEADER_WINDOW: Duration = Duration::from_millis(100);
 const STALL: Duration = Duration::from_secs(2);
 /// Longest the end waits for every record to arrive.
 const DRAIN: Duration = Duration::from_secs(60);
@@ -67,7 +80,8 @@ pub struct ChaosArgs {
     #[arg(long)]
     loopback: bool,
     /// Only these faults (comma-separated: kill-agent, kill-relay, stall, flood, corrupt,
-    /// partition, kill-in-partition), or `none` (traffic and checks only).
+    /// corrupt-header, partition, kill-in-partition, kill-agent-in-partition,
+    /// stall-during-flood), or `none` (traffic and checks only).
     #[arg(long, value_delimiter = ',', value_name = "FAULTS")]
     faults: Vec<String>,
     /// Test only: a producer skips one sequence number behind the checks' back, which they must
@@ -92,18 +106,24 @@ enum Fault {
     Stall,
     Flood,
     Corrupt,
+    CorruptHeader,
     Partition,
     KillInPartition,
+    KillAgentInPartition,
+    StallDuringFlood,
 }
 
-const FAULTS: [Fault; 7] = [
+const FAULTS: [Fault; 10] = [
     Fault::KillAgent,
     Fault::KillRelay,
     Fault::Stall,
     Fault::Flood,
     Fault::Corrupt,
+    Fault::CorruptHeader,
     Fault::Partition,
     Fault::KillInPartition,
+    Fault::KillAgentInPartition,
+    Fault::StallDuringFlood,
 ];
 
 impl Fault {
@@ -114,8 +134,11 @@ impl Fault {
             Fault::Stall => "stall",
             Fault::Flood => "flood",
             Fault::Corrupt => "corrupt",
+            Fault::CorruptHeader => "corrupt-header",
             Fault::Partition => "partition",
             Fault::KillInPartition => "kill-in-partition",
+            Fault::KillAgentInPartition => "kill-agent-in-partition",
+            Fault::StallDuringFlood => "stall-during-flood",
         }
     }
 
@@ -126,8 +149,11 @@ impl Fault {
             Fault::Stall => "stalled consumer",
             Fault::Flood => "producer flood",
             Fault::Corrupt => "corrupt records",
+            Fault::CorruptHeader => "corrupt header",
             Fault::Partition => "partition",
             Fault::KillInPartition => "kill -9 in partition",
+            Fault::KillAgentInPartition => "agent kill in partition",
+            Fault::StallDuringFlood => "stall during flood",
         }
     }
 }
@@ -196,8 +222,70 @@ struct World {
     started: Instant,
     faults: Vec<(Fault, Tally)>,
     checks: Vec<(&'static str, Tally)>,
+    /// Per pair: record headers corrupted in its ring, and records left behind in rings dead of
+    /// one (the only losses the design allows).
+    headers_corrupted: Vec<u64>,
+    stranded: Vec<u64>,
     max_rss_kib: u64,
     last_sample: Instant,
+}
+
+/// An agent killed and started again (see `World::kill_and_restart`).
+struct Killed {
+    i: usize,
+    ring: usize,
+    side: Side,
+    pid: u32,
+    new: u32,
+    dead: bool,
+    /// Its ring's position on its side just before the restart.
+    before: u64,
+}
+
+impl Killed {
+    /// The position a `side` moves on.
+    fn moved(side: Side, s: &RingStatus) -> u64 {
+        if side == Side::Producer { s.tail } else { s.head }
+    }
+}
+
+/// What `corrupt-header` writes over a record header (`ipc_core::layout`: length in the low 32
+/// bits, type in the next 16, flags, the position's check byte on top). The type field is not
+/// among them: any 16-bit type is legal, so a changed type is a well-formed lie the ring cannot
+/// refuse (README, threat model).
+#[derive(Clone, Copy)]
+enum HeaderDamage {
+    /// A length far above the ring's maximum.
+    Length,
+    /// An unknown flag bit.
+    Flags,
+    /// Another position's check byte.
+    CheckByte,
+}
+
+impl HeaderDamage {
+    const ALL: [HeaderDamage; 3] = [HeaderDamage::Length, HeaderDamage::Flags, HeaderDamage::CheckByte];
+
+    fn name(self) -> &'static str {
+        match self {
+            HeaderDamage::Length => "length",
+            HeaderDamage::Flags => "flags",
+            HeaderDamage::CheckByte => "check byte",
+        }
+    }
+
+    fn apply(self, word: u64, max_message_len: u32, rng: &mut Rng) -> u64 {
+        match self {
+            HeaderDamage::Length => {
+                let room = u64::from(u32::MAX - max_message_len).max(1);
+                let len = (u64::from(max_message_len) + 1 + rng.next() % room).min(u64::from(u32::MAX));
+                (word & !0xFFFF_FFFF) | len
+            }
+            // Bits 50 to 55: no flag is defined there.
+            HeaderDamage::Flags => word | 1 << (50 + rng.below(6)),
+            HeaderDamage::CheckByte => word ^ (1 + rng.next() % 255) << 56,
+        }
+    }
 }
 
 /// Runs the chaos harness; an error (exit status 1) if any check found a violation.
@@ -300,6 +388,8 @@ impl World {
             started: Instant::now(),
             faults: FAULTS.iter().map(|&f| (f, Tally::default())).collect(),
             checks: CHECKS.iter().map(|&c| (c, Tally::default())).collect(),
+            headers_corrupted: vec![0; args.agents / 2],
+            stranded: vec![0; args.agents / 2],
             max_rss_kib: args.max_rss_mib * 1024,
             last_sample: Instant::now(),
         };
@@ -440,7 +530,10 @@ impl World {
                     Fault::Stall => self.stall(&mut rng),
                     Fault::Flood => self.flood(&mut rng),
                     Fault::Corrupt => self.corrupt(&mut rng),
+                    Fault::CorruptHeader => self.corrupt_header(&mut rng),
                     Fault::Partition => self.partition(),
+                    Fault::KillAgentInPartition => self.kill_agent_in_partition(&mut rng),
+                    Fault::StallDuringFlood => self.stall_during_flood(&mut rng),
                 };
                 let tally = &mut self.faults.iter_mut().find(|(f, _)| *f == fault).expect("a known fault").1;
                 tally.injected += 1;
@@ -469,6 +562,16 @@ impl World {
 
     fn kill_agent(&mut self, rng: &mut Rng) -> (bool, String) {
         let i = rng.below(self.agents.len());
+        let killed = match self.kill_and_restart(i) {
+            Ok(k) => k,
+            Err(e) => return (false, e),
+        };
+        let back = self.back_again(&killed, Duration::from_secs(15));
+        (killed.dead && back, self.kill_note(&killed, back))
+    }
+
+    /// `kill -9` of agent `i`, seen dead in its ring's attachments, and its restart.
+    fn kill_and_restart(&mut self, i: usize) -> Result<Killed, String> {
         let (ring, side) = (self.agents[i].ring, self.agents[i].side);
         let pid = self.agents[i].proc.pid();
         self.agents[i].proc.kill_9();
@@ -477,25 +580,71 @@ impl World {
             |w| matches!(w.side_state(ring, side), PeerState::Dead(id) if id.pid == pid),
         );
         std::thread::sleep(Duration::from_millis(200));
-        let moved = |s: &RingStatus| if side == Side::Producer { s.tail } else { s.head };
-        let before = moved(&self.status(ring));
+        let before = Killed::moved(side, &self.status(ring));
         if let Err(e) = self.agents[i].proc.start() {
-            return (false, format!("restarting {}: {e}", self.agents[i].proc.name));
+            return Err(format!("restarting {}: {e}", self.agents[i].proc.name));
         }
-        let new = self.agents[i].proc.pid();
-        let back = self.wait_until(Duration::from_secs(15), |w| {
+        Ok(Killed { i, ring, side, pid, new: self.agents[i].proc.pid(), dead, before })
+    }
+
+    /// The restarted agent holds its side of the ring and moves it on, within `timeout`.
+    fn back_again(&mut self, k: &Killed, timeout: Duration) -> bool {
+        let (ring, side, new, before) = (k.ring, k.side, k.new, k.before);
+        self.wait_until(timeout, |w| {
             matches!(w.side_state(ring, side), PeerState::Attached(id) if id.pid == new)
-                && moved(&w.status(ring)) > before
+                && Killed::moved(side, &w.status(ring)) > before
+        })
+    }
+
+    fn kill_note(&self, k: &Killed, back: bool) -> String {
+        format!(
+            "{} (pid {}) killed: ring {} {} {}; restarted as pid {}: {}",
+            self.agents[k.i].proc.name,
+            k.pid,
+            self.rings[k.ring].0,
+            if k.side == Side::Producer { "producer" } else { "consumer" },
+            if k.dead { "seen dead" } else { "never seen dead" },
+            k.new,
+            if back { "attached and moving again" } else { "not moving again" }
+        )
+    }
+
+    /// A partition, and meanwhile a `kill -9` of a random agent and its restart: the agent must
+    /// be back and the relayed stream flowing (with resends) once the partition heals.
+    fn kill_agent_in_partition(&mut self, rng: &mut Rng) -> (bool, String) {
+        let resends_before = self.metric(A, "tadpole_relay_resends_total").unwrap_or(0);
+        let cut_at = Instant::now();
+        let how = match self.cut(true) {
+            Ok(how) => how,
+            Err(e) => return (false, e),
+        };
+        self.sleep(PARTITION / 3);
+        let i = rng.below(self.agents.len());
+        let killed = self.kill_and_restart(i);
+        self.sleep(PARTITION.saturating_sub(cut_at.elapsed()));
+        if let Err(e) = self.cut(false) {
+            return (false, e);
+        }
+        let killed = match killed {
+            Ok(k) => k,
+            Err(e) => return (false, e),
+        };
+        let next_at_heal = self.agents[C_CROSS].slots.get(slots::NEXT_EXPECTED);
+        // A relayed agent cannot move its ring on before the heal (the ring fills, or nothing
+        // arrives): it is judged after it.
+        let back = self.back_again(&killed, Duration::from_secs(20));
+        let resends =
+            |w: &World| w.metric(A, "tadpole_relay_resends_total").unwrap_or(0).saturating_sub(resends_before);
+        let flowing = self.wait_until(Duration::from_secs(30), |w| {
+            resends(w) > 0 && w.agents[C_CROSS].slots.get(slots::NEXT_EXPECTED) > next_at_heal
         });
-        let name = &self.agents[i].proc.name;
-        let ring_name = &self.rings[ring].0;
         (
-            dead && back,
+            killed.dead && back && flowing,
             format!(
-                "{name} (pid {pid}) killed: ring {ring_name} {} {}; restarted as pid {new}: {}",
-                if side == Side::Producer { "producer" } else { "consumer" },
-                if dead { "seen dead" } else { "never seen dead" },
-                if back { "attached and moving again" } else { "not moving again" }
+                "{how} for {PARTITION:?}, during it {}; after it relay-a resends_total +{}, c-cross {}",
+                self.kill_note(&killed, back),
+                resends(self),
+                if flowing { "receiving again" } else { "NOT receiving again" }
             ),
         )
     }
@@ -628,6 +777,164 @@ impl World {
         )
     }
 
+    /// A consumer stopped for [`STALL`] while a producer (of any pair, its own included) floods:
+    /// the stall must show (its ring's head stands still with records waiting, then moves again)
+    /// and so must the flood (every record sent, the ring full at least once).
+    fn stall_during_flood(&mut self, rng: &mut Rng) -> (bool, String) {
+        let stalled = self.random_pair(rng).1;
+        let (p, c) = self.random_pair(rng);
+        let (stall_ring, flood_ring) = (self.agents[stalled].ring, self.agents[p].ring);
+        let full_before = self.status(flood_ring).produced.full_events;
+        // The flooded ring's consumer pauses while the flood starts, as in `flood`, unless it is
+        // the stalled consumer (then the stall is the pause).
+        let pauses_relay = p == P_CROSS;
+        let pause = |w: &mut World, signal| {
+            if pauses_relay {
+                w.link.relays[A].proc.signal(signal);
+            } else if c != stalled {
+                w.agents[c].proc.signal(signal);
+            }
+        };
+        self.agents[stalled].proc.signal(libc::SIGSTOP);
+        pause(self, libc::SIGSTOP);
+        let asked = self.agents[p].slots.get(slots::FLOOD_ASKED) + FLOOD_RECORDS;
+        self.agents[p].slots.set(slots::FLOOD_ASKED, asked);
+        self.sleep(Duration::from_millis(200));
+        let before = self.status(stall_ring);
+        self.sleep(Duration::from_millis(500));
+        pause(self, libc::SIGCONT);
+        self.sleep(STALL.saturating_sub(Duration::from_millis(500)));
+        let during = self.status(stall_ring);
+        self.agents[stalled].proc.signal(libc::SIGCONT);
+        let stood = during.head == before.head && during.tail > during.head;
+        let resumed = self.wait_until(Duration::from_secs(10), |w| w.status(stall_ring).head > during.head);
+        let sent = self.wait_until(Duration::from_secs(30), |w| w.agents[p].slots.get(slots::FLOOD_SENT) >= asked);
+        let full = self.status(flood_ring).produced.full_events - full_before;
+        (
+            stood && resumed && sent && full > 0,
+            format!(
+                "{} stopped {STALL:?} (ring {} head {}, {} bytes waiting, then {}) while {} sent {FLOOD_RECORDS} \
+                 records back to back{} (ring {} full_events +{full})",
+                self.agents[stalled].proc.name,
+                self.rings[stall_ring].0,
+                if during.head == before.head { "stood still" } else { "moved" },
+                during.used_bytes(),
+                if resumed { "moved again" } else { "never moved again" },
+                self.agents[p].proc.name,
+                if sent { "" } else { " (not all within 30 s)" },
+                self.rings[flood_ring].0
+            ),
+        )
+    }
+
+    /// Writes a bad header over a record a local consumer has not read, checks the consumer
+    /// refuses exactly that header (and stays up), then replaces the dead ring and counts the
+    /// records left in it.
+    fn corrupt_header(&mut self, rng: &mut Rng) -> (bool, String) {
+        // Local pairs only: a relay at either end of a dead ring would need restarting too.
+        let k = 1 + rng.below(self.agents.len() / 2 - 1);
+        let (p, c) = (2 * k, 2 * k + 1);
+        let ring = self.agents[p].ring;
+        let (refused0, corrupt0) =
+            (self.agents[c].slots.get(slots::RING_CORRUPT), self.status(ring).consumed.corrupt_records);
+        let kind = HeaderDamage::ALL[rng.below(HeaderDamage::ALL.len())];
+        self.agents[c].proc.signal(libc::SIGSTOP);
+        let written = self.damage_header(ring, kind, rng);
+        self.agents[c].proc.signal(libc::SIGCONT);
+        let (position, old, new) = match written {
+            Ok(w) => w,
+            Err(e) => return (false, e),
+        };
+        let refused = self.wait_until(Duration::from_secs(10), |w| {
+            w.agents[c].slots.get(slots::RING_CORRUPT) > refused0 && w.status(ring).consumed.corrupt_records > corrupt0
+        });
+        let at = self.agents[c].slots.get(slots::CORRUPT_POSITION);
+        let exact = refused && at == position;
+        let consumer_up = self.agents[c].proc.exited().is_none();
+        let first_behind = self.agents[c].slots.get(slots::CORRUPT_NEXT);
+        // An operator's repair: a new ring under the same name; both agents move to it.
+        let name = self.rings[ring].0.clone();
+        let capacity = self.rings[ring].1.capacity();
+        match make_ring(&name, capacity) {
+            Ok(segment) => self.rings[ring].1 = segment,
+            Err(e) => return (false, format!("replacing ring {name}: {e:#}")),
+        }
+        let generation = self.agents[p].slots.get(slots::GENERATION) + 1;
+        for i in [p, c] {
+            self.agents[i].slots.set(slots::GENERATION, generation);
+        }
+        let moved = self.wait_until(Duration::from_secs(15), |w| {
+            [p, c].iter().all(|&i| w.agents[i].slots.get(slots::GENERATION_OPEN) >= generation)
+                && w.status(ring).head > 0
+        });
+        let left_at = self.agents[p].slots.get(slots::LEFT_AT_SEQ);
+        let stranded = left_at.saturating_sub(first_behind);
+        self.headers_corrupted[k] += 1;
+        self.stranded[k] += stranded;
+        (
+            exact && consumer_up && moved,
+            format!(
+                "{} header at {position} of ring {name} {old:#018x} -> {new:#018x}: {} {}{}; ring replaced, {}; \
+                 records {first_behind}..{left_at} ({stranded}) left in the dead ring",
+                kind.name(),
+                self.agents[c].proc.name,
+                if !refused {
+                    "did not refuse it".to_owned()
+                } else if exact {
+                    "refused it (corrupt_records +1)".to_owned()
+                } else {
+                    format!("refused a header at {at} instead")
+                },
+                if consumer_up { " and stayed up" } else { " and EXITED" },
+                if moved { "both agents on the new one and records moving" } else { "the agents did NOT move to it" }
+            ),
+        )
+    }
+
+    /// Writes `kind` of damage over the header of a committed record the (stopped) consumer of
+    /// `ring` has not read: the record after the one at its head (it may hold that one). Waits
+    /// up to 2 s for two records to be waiting. Returns the position, old and new header word.
+    fn damage_header(&mut self, ring: usize, kind: HeaderDamage, rng: &mut Rng) -> Result<(u64, u64, u64), String> {
+        use std::os::unix::fs::FileExt;
+        let name = &self.rings[ring].0;
+        let path = format!("/dev/shm/{}{name}", ipc_core::NAME_PREFIX);
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| format!("{path}: {e}"))?;
+        let started = Instant::now();
+        loop {
+            std::thread::sleep(HEADER_WINDOW);
+            let status = self.status(ring);
+            let bounds = ipc_core::layout::RecordBounds {
+                capacity: status.capacity,
+                max_message_len: status.max_message_len,
+                payload_align: status.payload_align.bytes(),
+            };
+            let limit = ipc_core::layout::producer_limit(status.head, status.capacity);
+            let word_at = |pos: u64| -> Result<u64, String> {
+                let mut bytes = [0u8; 8];
+                let offset = ipc_core::layout::HEADER_LEN as u64 + (pos & (status.capacity - 1));
+                file.read_exact_at(&mut bytes, offset).map_err(|e| format!("reading {path}: {e}"))?;
+                Ok(u64::from_le_bytes(bytes))
+            };
+            let first = ipc_core::layout::check_record(status.head, word_at(status.head)?, bounds, limit);
+            if let Ok(Some(first)) = first {
+                let target = first.end;
+                let word = word_at(target)?;
+                if target < status.tail
+                    && matches!(ipc_core::layout::check_record(target, word, bounds, limit), Ok(Some(_)))
+                {
+                    let new = kind.apply(word, status.max_message_len, rng);
+                    let offset = ipc_core::layout::HEADER_LEN as u64 + (target & (status.capacity - 1));
+                    file.write_all_at(&new.to_le_bytes(), offset).map_err(|e| format!("writing {path}: {e}"))?;
+                    return Ok((target, word, new));
+                }
+            }
+            if started.elapsed() > Duration::from_secs(2) {
+                return Err(format!("ring {name}: no two unread records to damage within 2 s"));
+            }
+        }
+    }
+
     fn corrupt(&mut self, rng: &mut Rng) -> (bool, String) {
         let (p, c) = self.random_pair(rng);
         let made = |w: &World| (w.agents[p].slots.get(slots::GARBAGE_SENT), w.agents[p].slots.get(slots::BAD_SUM_SENT));
@@ -743,7 +1050,7 @@ impl World {
         }
 
         let receiver_kills = self.link.relays[B].proc.kills;
-        for (&(p, c), &target) in pairs.iter().zip(&targets) {
+        for (k, (&(p, c), &target)) in pairs.iter().zip(&targets).enumerate() {
             let stream = if p == P_CROSS { "cross-host".to_owned() } else { local_name("local", p / 2) };
             let (ps, cs) = (&self.agents[p].slots, &self.agents[c].slots);
             let next = cs.get(slots::NEXT_EXPECTED);
@@ -760,14 +1067,37 @@ impl World {
             let window = if relay_repeats > 0 { RECEIVER_KILL_REPEATS } else { 1 };
             // Garbage never reaches the cross-host consumer: relay b refuses it.
             let corrupt_in = if p == P_CROSS { bad } else { garbage + bad };
+            // A ring dead of a corrupt header loses what was left in it, and nothing else may go.
+            let (headers, stranded) = (self.headers_corrupted[k], self.stranded[k]);
+            let ring_refused = cs.get(slots::RING_CORRUPT);
+            let dead_rings = if headers > 0 {
+                format!(
+                    ", {ring_refused} corrupt headers refused of {headers} written ({stranded} records left in the dead rings)"
+                )
+            } else {
+                String::new()
+            };
             println!(
                 "  {stream}: {target} records produced, {} received once, {repeats} repeats (allowed {budget}, \
-                 farthest {distance} back, allowed {window}), {lost} lost, {refused} refused ({corrupt_in} corrupt committed)",
+                 farthest {distance} back, allowed {window}), {lost} lost, {refused} refused ({corrupt_in} corrupt committed){dead_rings}",
                 cs.get(slots::RECEIVED)
             );
             let mut v = Vec::new();
-            if lost > 0 {
-                v.push(("delivery", format!("{stream}: {lost} records lost (next expected {next} of {target})")));
+            if lost > stranded {
+                let beyond = if stranded > 0 {
+                    format!(", {stranded} of them left in rings dead of a corrupt header")
+                } else {
+                    String::new()
+                };
+                v.push((
+                    "delivery",
+                    format!("{stream}: {lost} records lost (next expected {next} of {target}){beyond}"),
+                ));
+            } else if lost < stranded {
+                v.push((
+                    "delivery",
+                    format!("{stream}: {stranded} records were left in rings dead of a corrupt header, but {lost} are missing"),
+                ));
             }
             if repeats > budget {
                 v.push(("repeats", format!("{stream}: {repeats} repeats, the faults allow {budget}")));
@@ -790,8 +1120,11 @@ impl World {
                     format!("{stream}: {refused} records refused, only {corrupt_in} corrupt ones committed"),
                 ));
             }
-            if cs.get(slots::RING_CORRUPT) > 0 {
-                v.push(("checksums", format!("{stream}: the ring reported a corrupt record header")));
+            if ring_refused != headers {
+                v.push((
+                    "checksums",
+                    format!("{stream}: the ring refused {ring_refused} corrupt record headers, {headers} were written"),
+                ));
             }
             for (check, note) in v {
                 self.check(check).violations.push(note);
@@ -802,14 +1135,14 @@ impl World {
     /// Prints the summary table; returns the number of violations.
     fn summary(&self) -> usize {
         println!();
-        println!("  {:<20} {:>9} {:>9} {:>11}", "fault / check", "injected", "detected", "violations");
+        println!("  {:<24} {:>9} {:>9} {:>11}", "fault / check", "injected", "detected", "violations");
         let mut all = Vec::new();
         for (fault, t) in &self.faults {
-            println!("  {:<20} {:>9} {:>9} {:>11}", fault.label(), t.injected, t.detected, t.violations.len());
+            println!("  {:<24} {:>9} {:>9} {:>11}", fault.label(), t.injected, t.detected, t.violations.len());
             all.extend(&t.violations);
         }
         for (check, t) in &self.checks {
-            println!("  {check:<20} {:>9} {:>9} {:>11}", "-", "-", t.violations.len());
+            println!("  {check:<24} {:>9} {:>9} {:>11}", "-", "-", t.violations.len());
             all.extend(&t.violations);
         }
         let peaks: Vec<String> = self

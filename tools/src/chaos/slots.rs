@@ -42,8 +42,23 @@ pub const MAX_REPEAT_DISTANCE: usize = 4;
 pub const LOST: usize = 5;
 /// Consumer: records refused: not an envelope, or a checksum that does not match.
 pub const REFUSED: usize = 6;
-/// Consumer: the ring reported a corrupt record header (the consumer stops there).
+/// Consumer: corrupt record headers the ring refused (`TryRecvError::Corrupt`; the ring cannot
+/// be read past one, so the consumer waits for the harness to replace it).
 pub const RING_CORRUPT: usize = 7;
+/// Consumer: position of the last corrupt header refused.
+pub const CORRUPT_POSITION: usize = 8;
+/// Consumer: its `NEXT_EXPECTED` when it refused the last corrupt header: the first record
+/// left behind in the dead ring.
+pub const CORRUPT_NEXT: usize = 9;
+
+/// Both roles: the ring's generation, raised by the harness each time it replaces the ring (a
+/// new segment under the same name); an agent that sees it change opens the ring again.
+pub const GENERATION: usize = 16;
+/// Both roles: the generation of the ring the agent has open.
+pub const GENERATION_OPEN: usize = 17;
+/// Producer: its `NEXT_SEQ` when it left the last replaced ring: the first record it did not
+/// commit there.
+pub const LEFT_AT_SEQ: usize = 18;
 
 /// The mapped file.
 pub struct Slots {

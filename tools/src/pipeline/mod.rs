@@ -156,7 +156,8 @@ pub struct DemoArgs {
     python: Vec<String>,
     /// Serve /metrics (Prometheus text) and /health on 127.0.0.1 from every process: this one
     /// (the collector: every hop, SLA alerts) on PORT, then market analysis, risk, personality,
-    /// execution and the breaker on the ports after it (not the Python agent).
+    /// execution and the breaker on the ports after it (a Python agent too, with
+    /// `prometheus_client` installed).
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..=65_000))]
     metrics_port_base: Option<u16>,
     /// Write an SVG and a PNG latency histogram per hop into this directory.

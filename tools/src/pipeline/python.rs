@@ -12,7 +12,9 @@ const PERSONALITY_PY: &str = include_str!("../personality.py");
 const ENVELOPE_GENERATED_PY: &str = include_str!("../../../schemas/tests/python/generated/envelope_generated.py");
 
 /// Starts the Python version of `agent`: `python3` (or `$TADPOLE_PYTHON`) with the `tadpole`
-/// bindings installed (`pip install ./python`), in network namespace `namespace` if given.
+/// bindings installed (`pip install ./python`), in network namespace `namespace` if given. With
+/// a metrics port it serves `/metrics` and `/health` there as the Rust agents do, which needs
+/// `prometheus_client` too.
 pub fn spawn(
     agent: &str,
     run: &str,
@@ -24,11 +26,16 @@ pub fn spawn(
         bail!("no Python implementation of the {agent} agent (there is one of: {})", PYTHON_AGENTS.join(", "));
     }
     let python = std::env::var("TADPOLE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let probe = Command::new(&python).args(["-c", "import tadpole, flatbuffers"]).output();
+    let (imports, install) = if settings.metrics_port.is_some() {
+        ("import tadpole, flatbuffers, prometheus_client", "pip install ./python flatbuffers prometheus_client")
+    } else {
+        ("import tadpole, flatbuffers", "pip install ./python flatbuffers")
+    };
+    let probe = Command::new(&python).args(["-c", imports]).output();
     match probe {
         Ok(out) if out.status.success() => {}
         Ok(out) => bail!(
-            "{python} cannot import the tadpole bindings or flatbuffers ({}): install them with `pip install ./python flatbuffers`",
+            "{python} cannot import what the Python {agent} agent needs ({}): install it with `{install}`",
             String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("")
         ),
         Err(e) => bail!("cannot run {python} ({e}): set TADPOLE_PYTHON to a Python 3.11+ with the bindings installed"),
@@ -50,6 +57,9 @@ pub fn spawn(
         "--stall-ms",
         &settings.stall_ms.to_string(),
     ]));
+    if let Some(port) = settings.metrics_port {
+        args.extend(crate::hosts::os(&["--metrics-port", &port.to_string()]));
+    }
     let (program, args) = crate::hosts::in_namespace(namespace, Path::new(&python), args);
     Command::new(program).args(args).spawn().with_context(|| format!("starting the Python {agent} agent"))
 }
