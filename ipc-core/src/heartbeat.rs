@@ -49,6 +49,8 @@ pub(crate) enum Target {
 struct Entry {
     id: u64,
     header: NonNull<SegmentHeader>,
+    /// The mapping `header` lies in, for its truncation state.
+    map: Arc<Mapping>,
     target: Target,
     period: Duration,
 }
@@ -132,7 +134,7 @@ pub(crate) fn register(segment: &Segment, target: Target) -> Beat {
     let mut reg = owner.lock();
     let id = reg.next_id;
     reg.next_id += 1;
-    reg.entries.push(Entry { id, header: NonNull::from(segment.header()), target, period });
+    reg.entries.push(Entry { id, header: NonNull::from(segment.header()), map: segment.map.clone(), target, period });
     // Under Miri (threads of one process, judged without heartbeats) no thread is started: Miri
     // requires every thread to end before the test does.
     if !reg.running && !cfg!(miri) {
@@ -154,6 +156,12 @@ fn run(owner: &'static Heartbeats) {
         }
         let now = now_ns();
         for entry in &reg.entries {
+            // A ring whose file another process truncated is zeros in this process now (see
+            // `sigbus`): nobody can read a heartbeat there. The probe touches the mapping's end,
+            // so a truncation this process has not met yet is found here, within a period.
+            if entry.map.probe_truncated() {
+                continue;
+            }
             // SAFETY: see `Entry`: the mapping stays alive while the entry is registered.
             let header = unsafe { entry.header.as_ref() };
             refresh(header, entry.target, now);

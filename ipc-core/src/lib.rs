@@ -53,6 +53,8 @@ mod segment;
 #[cfg(not(loom))]
 mod shm;
 #[cfg(not(loom))]
+mod sigbus;
+#[cfg(not(loom))]
 mod stats;
 #[cfg(not(loom))]
 mod wait;
@@ -153,6 +155,10 @@ mod api {
     /// Claims `side` for `me`: free if never attached, detached, or held by a process judged
     /// dead (see `liveness`). Records `me`'s identity and starts its heartbeat.
     pub(crate) fn attach_side(segment: &Segment, side: Side, me: ProcessId) -> Result<SideClaim, AttachError> {
+        // A truncated ring reads as zeros here, which would look free: refuse it.
+        if segment.probe_truncated() {
+            return Err(AttachError::Corrupt(SegmentFault::Truncated));
+        }
         let block = attach_block(segment, side);
         let identity = Identity::of(me);
         let word = liveness::claim_word(&identity);
