@@ -8,7 +8,7 @@
 //! survive a client truncating a `wl_shm` pool (libwayland-server's `wl_shm.c`):
 //!
 //! - Every mapping of a file that this crate makes is registered here: its address range and a
-//!   truncation state, in a slot of a lock-free registry (see [`Registry`] below).
+//!   truncation state, in a slot of a lock-free registry (see [`FIRST`] below).
 //! - A process-wide `SIGBUS` handler, installed once, on the first registration, looks up the
 //!   faulting address (`si_addr`, for a fault the kernel raised past a file's end:
 //!   `BUS_ADRERR`). Inside a registered mapping, it maps zero-filled anonymous memory over the
