@@ -208,7 +208,10 @@ pub enum CorruptReason {
     /// Not a record header at all: the ring's file was truncated by another process, and this
     /// process's mapping of it now reads as zeros (see `Segment::was_truncated`). Nothing at or
     /// after the position can be read any more; recreate the ring.
-    #[cfg_attr(not(loom), error("the ring's file was truncated by another process; its mapping here now reads as zeros"))]
+    #[cfg_attr(
+        not(loom),
+        error("the ring's file was truncated by another process; its mapping here now reads as zeros")
+    )]
     Truncated,
 }
 

@@ -321,7 +321,9 @@ fn remap(slot: &Slot) -> bool {
             // thread faults in it) with private zeros of the same size and protection. Every
             // Rust view of it is of atomics or of bytes valid as zeros; the values change, as
             // shared memory's may at any time.
-            let got = unsafe { libc::mmap(start as *mut libc::c_void, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+            let got = unsafe {
+                libc::mmap(start as *mut libc::c_void, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0)
+            };
             let ok = got as usize == start;
             slot.truncation.store(if ok { REMAPPED } else { REMAP_FAILED }, SeqCst);
             ok
@@ -397,7 +399,8 @@ mod tests {
         assert!(guards.iter().all(|g| g.slot.state.load(Relaxed) == LIVE && !g.truncated()));
         drop(guards);
         let chunks = Chunk::iter().count();
-        let again: Vec<Guard> = (0..CHUNK_SLOTS).map(|i| register((0x1000 * (i + 1)) as *mut u8, 0x1000).unwrap()).collect();
+        let again: Vec<Guard> =
+            (0..CHUNK_SLOTS).map(|i| register((0x1000 * (i + 1)) as *mut u8, 0x1000).unwrap()).collect();
         assert_eq!(Chunk::iter().count(), chunks, "freed slots are reused before the registry grows");
         assert!(!remap_if_ours(0x10), "an address in no registered mapping is not ours");
         drop(again);

@@ -115,16 +115,12 @@ impl Actor {
         Actor { child, events }
     }
 
-    /// The next event starting with `what`, within `timeout`.
+    /// The next event, which must start with `what`, within `timeout`.
     fn expect(&self, what: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(event) if event.starts_with(what) => return event,
-                Ok(event) => panic!("expected {what:?}, the child said {event:?}"),
-                Err(_) => panic!("no {what:?} from the child within {timeout:?}"),
-            }
+        match self.events.recv_timeout(timeout) {
+            Ok(event) if event.starts_with(what) => event,
+            Ok(event) => panic!("expected {what:?}, the child said {event:?}"),
+            Err(_) => panic!("no {what:?} from the child within {timeout:?}"),
         }
     }
 
@@ -166,11 +162,9 @@ fn stream_then_truncate(len: impl Fn(u64) -> u64) {
     let full_len = (HEADER_LEN + created.capacity()) as u64;
     drop(created);
 
-    let consumer = Actor::spawn("consume", &name);
+    let mut consumer = Actor::spawn("consume", &name);
     consumer.expect("attached", Duration::from_secs(10));
-    let producer = Actor::spawn("produce", &name);
-    let mut producer = producer;
-    let mut consumer = consumer;
+    let mut producer = Actor::spawn("produce", &name);
     // Streaming: the consumer has verified records the producer sent, a ring's worth at least.
     consumer.expect("streaming", Duration::from_secs(10));
     producer.expect("streaming", Duration::from_secs(10));
@@ -201,8 +195,7 @@ fn a_creator_process_survives_its_ring_file_truncated_under_its_heartbeat() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let name = unique("creator");
     let _unlink = Unlink(name.clone());
-    let creator = Actor::spawn("create", &name);
-    let mut creator = creator;
+    let mut creator = Actor::spawn("create", &name);
     creator.expect("created", Duration::from_secs(10));
     truncate(&name, 0);
     // Found by the heartbeat thread's next write (a quarter of the 2 s default timeout).
@@ -217,8 +210,7 @@ fn opening_or_attaching_to_a_truncated_ring_is_refused_with_an_error() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let name = unique("attach");
     let _unlink = Unlink(name.clone());
-    let creator = Actor::spawn("create-and-wait", &name);
-    let mut creator = creator;
+    let mut creator = Actor::spawn("create-and-wait", &name);
     creator.expect("created", Duration::from_secs(10));
     let opened = Segment::open(&name).unwrap();
     truncate(&name, 0);
@@ -233,6 +225,64 @@ fn opening_or_attaching_to_a_truncated_ring_is_refused_with_an_error() {
     assert_eq!(tap.try_observe(&mut Vec::new()), Err(ipc_core::ObserveError::Truncated));
     drop(opened);
     assert_survived(creator.wait_exit(Duration::from_secs(10)), "creator");
+}
+
+/// A `SIGBUS` that is not a ring's (a fault in a file mapping ipc-core did not make) goes to the
+/// action installed before ipc-core's: Rust's runtime handler, which restores the default, so the
+/// process dies of it exactly as without ipc-core.
+#[test]
+fn a_fault_outside_every_ring_still_kills_by_sigbus() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let name = unique("foreign");
+    let _unlink = Unlink(name.clone());
+    let mut child = Actor::spawn("foreign-fault", &name);
+    child.expect("faulting", Duration::from_secs(10));
+    let status = child.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}");
+}
+
+/// A program's own `SIGBUS` handler, installed before its first ring, still gets every fault that
+/// is not a ring's; a ring's truncation never reaches it.
+#[test]
+fn a_handler_installed_before_the_first_ring_gets_the_faults_that_are_not_a_rings() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let name = unique("chained");
+    let _unlink = Unlink(name.clone());
+    let mut child = Actor::spawn("foreign-fault-own-handler", &name);
+    child.expect("ring truncated, caught", Duration::from_secs(10));
+    child.expect("faulting", Duration::from_secs(10));
+    let status = child.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.signal(), None, "{status:?}");
+    assert_eq!(status.code(), Some(OWN_HANDLER_EXIT), "the program's own handler did not run");
+}
+
+/// The exit status of the program's own handler in the test above.
+const OWN_HANDLER_EXIT: i32 = 42;
+
+extern "C" fn own_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel's siginfo for an SA_SIGINFO handler; `_exit` is async-signal-safe.
+    unsafe {
+        let code = if (*info).si_code == libc::BUS_ADRERR { OWN_HANDLER_EXIT } else { 43 };
+        libc::_exit(code);
+    }
+}
+
+/// Maps a fresh file of `/dev/shm` that no ring owns, cuts it to nothing and reads it: a fault
+/// that is not ipc-core's.
+fn fault_outside_every_ring(tag: &str) -> ! {
+    let path = format!("/dev/shm/trunc-not-a-ring-{tag}");
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    file.set_len(8192).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh shared mapping of a file we hold, at an address the kernel picks.
+    let ptr = unsafe { libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+    assert_ne!(ptr, libc::MAP_FAILED);
+    file.set_len(0).unwrap();
+    event("faulting");
+    // SAFETY: in bounds of the mapping; past the file's end, which is the point: SIGBUS.
+    let byte = unsafe { std::ptr::read_volatile(ptr.cast::<u8>()) };
+    panic!("read {byte} past the end of a truncated file without a fault");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -267,6 +317,27 @@ fn child_process_entry_point() {
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
+        }
+        "foreign-fault" => {
+            // A ring first, so ipc-core's handler is installed.
+            let segment = RingBuilder::new(RING).create_named(&name).unwrap();
+            assert!(!segment.was_truncated());
+            fault_outside_every_ring(&name);
+        }
+        "foreign-fault-own-handler" => {
+            // SAFETY: all-zero is a valid sigaction; the handler is async-signal-safe.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = own_handler as *const () as usize;
+                action.sa_flags = libc::SA_SIGINFO;
+                assert_eq!(libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()), 0);
+            }
+            let segment = RingBuilder::new(RING).create_named(&name).unwrap();
+            truncate(&name, 0);
+            // The probe faults in the ring: ipc-core's, not the program's handler.
+            assert!(segment.was_truncated());
+            event("ring truncated, caught");
+            fault_outside_every_ring(&name);
         }
         other => panic!("unknown role {other}"),
     }
@@ -326,5 +397,7 @@ fn consume(segment: &Segment, deadline: Instant) {
         }
     }
     assert!(matches!(consumer.try_recv(), Err(TryRecvError::Corrupt { reason: CorruptReason::Truncated, .. })));
-    event(&format!("truncated after {delivered} delivered intact, {discarded} discarded as read during the truncation"));
+    event(&format!(
+        "truncated after {delivered} delivered intact, {discarded} discarded as read during the truncation"
+    ));
 }

@@ -16,8 +16,8 @@ use anyhow::{Context, Result};
 use ipc_core::{PeerState, RingStatus};
 use ipc_zmq::http::{CounterSet, HttpEndpoint, Kind, Status};
 
-use crate::stat::{Rings, Row, depth_messages};
 use crate::exit;
+use crate::stat::{Rings, Row, depth_messages};
 
 const AFTER_HELP: &str = "\
 Examples:
