@@ -441,10 +441,12 @@ impl Segment {
     }
 
     /// Whether the file behind this segment is now shorter than its mapping: another process
-    /// truncated it (only a named segment, or an unsealed descriptor, can be), and touching the
-    /// part past the new end would fault with `SIGBUS`. Always `false` for sealed and private
-    /// rings. Tools call it before reading a ring they do not own; it is a syscall, so it stays off
-    /// the fast path.
+    /// truncated it (only a named segment, or an unsealed descriptor, can be). Touching the part
+    /// past the new end faults with `SIGBUS`, which this crate catches (see
+    /// [`was_truncated`](Self::was_truncated)); this asks the file itself, so it also sees a
+    /// shrink that faults nowhere (by less than the last page). Always `false` for sealed and
+    /// private rings. Tools call it before reading a ring they do not own; it is a syscall
+    /// (`fstat`), so it stays off the fast path.
     pub fn is_truncated(&self) -> io::Result<bool> {
         match self.map.fd() {
             Some(fd) => Ok(Mapping::file_size(fd)?.len < HEADER_LEN as u64 + self.params.capacity),

@@ -172,7 +172,9 @@ impl Guard {
         // mapped while the guard (owned by the mapping) lives; an atomic load of shared memory
         // another process may write is a race on the value only. A fault here is ours to handle:
         // the guard exists only while our handler is installed.
-        unsafe { std::sync::atomic::AtomicU8::from_ptr(last as *mut u8) }.load(Relaxed);
+        let byte = unsafe { std::sync::atomic::AtomicU8::from_ptr(last as *mut u8) }.load(Relaxed);
+        // The value is unused: this keeps the load from being optimised away.
+        std::hint::black_box(byte);
         self.truncated()
     }
 }
