@@ -153,6 +153,12 @@ fn assert_survived(status: ExitStatus, who: &str) {
 /// A producer and a consumer stream through a named ring, each in its own process; the file is
 /// cut to `len` bytes under them.
 fn stream_then_truncate(len: impl Fn(u64) -> u64) {
+    stream_then_truncate_with("consume", Duration::ZERO, len);
+}
+
+/// [`stream_then_truncate`] with the consumer role `consumer_role`, `after` more streaming
+/// before the cut.
+fn stream_then_truncate_with(consumer_role: &str, after: Duration, len: impl Fn(u64) -> u64) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let name = unique("stream");
     let _unlink = Unlink(name.clone());
@@ -162,12 +168,13 @@ fn stream_then_truncate(len: impl Fn(u64) -> u64) {
     let full_len = (HEADER_LEN + created.capacity()) as u64;
     drop(created);
 
-    let mut consumer = Actor::spawn("consume", &name);
+    let mut consumer = Actor::spawn(consumer_role, &name);
     consumer.expect("attached", Duration::from_secs(10));
     let mut producer = Actor::spawn("produce", &name);
     // Streaming: the consumer has verified records the producer sent, a ring's worth at least.
     consumer.expect("streaming", Duration::from_secs(10));
     producer.expect("streaming", Duration::from_secs(10));
+    std::thread::sleep(after);
 
     let cut_at = Instant::now();
     truncate(&name, len(full_len));
@@ -188,6 +195,21 @@ fn producer_and_consumer_processes_survive_their_ring_file_truncated_to_nothing(
 #[test]
 fn producer_and_consumer_processes_survive_their_ring_file_truncated_to_half() {
     stream_then_truncate(|full| full / 2);
+}
+
+/// The cut at other moments of the stream (so inside other copies, commits and waits), with a
+/// consumer reading batches too.
+#[test]
+fn streaming_processes_survive_truncations_at_any_moment_with_single_and_batch_receives() {
+    for i in 0..8u64 {
+        let role = if i % 2 == 0 { "consume" } else { "consume-batches" };
+        let after = Duration::from_micros(mix(i) % 40_000);
+        stream_then_truncate_with(
+            role,
+            after,
+            move |full| if i % 4 < 2 { 0 } else { full / 2 + i * 4096 % (full / 2) },
+        );
+    }
 }
 
 #[test]
@@ -301,6 +323,7 @@ fn child_process_entry_point() {
     match role.as_str() {
         "produce" => produce(&Segment::open(&name).unwrap(), deadline),
         "consume" => consume(&Segment::open(&name).unwrap(), deadline),
+        "consume-batches" => consume_batches(&Segment::open(&name).unwrap(), deadline),
         "create" | "create-and-wait" => {
             let segment = RingBuilder::new(RING).create_named(&name).unwrap();
             event("created");
@@ -397,6 +420,45 @@ fn consume(segment: &Segment, deadline: Instant) {
         }
     }
     assert!(matches!(consumer.try_recv(), Err(TryRecvError::Corrupt { reason: CorruptReason::Truncated, .. })));
+    event(&format!(
+        "truncated after {delivered} delivered intact, {discarded} discarded as read during the truncation"
+    ));
+}
+
+/// [`consume`] with `read_batch_timeout`: every record of a batch is copied, then the batch is
+/// judged intact or not as a whole.
+fn consume_batches(segment: &Segment, deadline: Instant) {
+    let mut consumer = segment.consumer().unwrap();
+    event("attached");
+    let (mut delivered, mut discarded) = (0u64, 0u64);
+    let mut said_streaming = false;
+    loop {
+        assert!(Instant::now() < deadline, "the consumer never met the truncation ({delivered} delivered)");
+        match consumer.read_batch_timeout(64, Duration::from_millis(50)) {
+            Ok(batch) => {
+                let copies: Vec<Vec<u8>> = batch.iter().map(|r| r.payload.to_vec()).collect();
+                drop(batch);
+                if segment.was_truncated() {
+                    discarded += copies.len() as u64;
+                    continue;
+                }
+                for copy in copies {
+                    let seq =
+                        intact(&copy).unwrap_or_else(|| panic!("record {delivered} fails its checksum: {copy:02x?}"));
+                    assert_eq!(seq, delivered, "records out of order or lost");
+                    delivered += 1;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Corrupt { reason: CorruptReason::Truncated, .. }) => break,
+            Err(e) => panic!("the consumer failed otherwise: {e} ({delivered} delivered)"),
+        }
+        if !said_streaming && delivered > (4 * RING / 64) as u64 {
+            said_streaming = true;
+            event("streaming");
+        }
+    }
+    assert!(matches!(consumer.read_batch(8), Err(TryRecvError::Corrupt { reason: CorruptReason::Truncated, .. })));
     event(&format!(
         "truncated after {delivered} delivered intact, {discarded} discarded as read during the truncation"
     ));
