@@ -785,14 +785,29 @@ impl Consumer {
     /// there is. The next record if any, else `Disconnected`.
     #[cold]
     fn drain_or_disconnected(&mut self) -> Result<Found, TryRecvError> {
+        if self.segment.map.truncated() {
+            return Err(self.truncated());
+        }
         match self.checked_peek(self.read_pos)? {
             Some(found) => self.reserve_release_slot(found),
             None => Err(TryRecvError::Disconnected),
         }
     }
 
+    /// Whether the producer is closed or dead, or the ring's file was truncated (found by the
+    /// probe, see `sigbus`): either way nothing more will come, and `drain_or_disconnected` tells
+    /// which.
     fn producer_gone(&self) -> bool {
-        matches!(self.producer_state(), PeerState::Dead(_) | PeerState::Closed)
+        self.segment.probe_truncated() || matches!(self.producer_state(), PeerState::Dead(_) | PeerState::Closed)
+    }
+
+    /// The ring's file was truncated: the mapping is zeros now, so the ring ends here for good.
+    /// Not counted as a corrupt record: the counters are zeros of this process alone too.
+    #[cold]
+    fn truncated(&mut self) -> TryRecvError {
+        let (position, reason) = (self.read_pos, CorruptReason::Truncated);
+        self.poisoned = Some((position, reason));
+        TryRecvError::Corrupt { position, reason }
     }
 
     /// Receives the next message without waiting. The guard borrows the payload in shared

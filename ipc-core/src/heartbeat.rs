@@ -49,11 +49,14 @@ pub(crate) enum Target {
 struct Entry {
     id: u64,
     header: NonNull<SegmentHeader>,
+    /// The mapping `header` lies in, for its truncation state (kept alive like `header`; not an
+    /// `Arc`: a forked child never removes its parent's entries, and must still unmap on drop).
+    map: NonNull<Mapping>,
     target: Target,
     period: Duration,
 }
 
-// SAFETY: `header` points into a mapping that the entry's `Beat` keeps alive (it holds an
+// SAFETY: `header` points into (and `map` at) a mapping that the entry's `Beat` keeps alive (it holds an
 // `Arc<Mapping>`) and that outlives the entry: `Beat::drop` removes the entry under the registry
 // lock before the `Arc` drops. The header holds only atomics.
 unsafe impl Send for Entry {}
@@ -132,7 +135,13 @@ pub(crate) fn register(segment: &Segment, target: Target) -> Beat {
     let mut reg = owner.lock();
     let id = reg.next_id;
     reg.next_id += 1;
-    reg.entries.push(Entry { id, header: NonNull::from(segment.header()), target, period });
+    reg.entries.push(Entry {
+        id,
+        header: NonNull::from(segment.header()),
+        map: NonNull::from(&*segment.map),
+        target,
+        period,
+    });
     // Under Miri (threads of one process, judged without heartbeats) no thread is started: Miri
     // requires every thread to end before the test does.
     if !reg.running && !cfg!(miri) {
@@ -154,6 +163,13 @@ fn run(owner: &'static Heartbeats) {
         }
         let now = now_ns();
         for entry in &reg.entries {
+            // A ring whose file another process truncated is zeros in this process now (see
+            // `sigbus`): nobody can read a heartbeat there. The probe touches the mapping's end,
+            // so a truncation this process has not met yet is found here, within a period.
+            // SAFETY: see `Entry`: the mapping stays alive while the entry is registered.
+            if unsafe { entry.map.as_ref() }.probe_truncated() {
+                continue;
+            }
             // SAFETY: see `Entry`: the mapping stays alive while the entry is registered.
             let header = unsafe { entry.header.as_ref() };
             refresh(header, entry.target, now);

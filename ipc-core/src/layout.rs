@@ -205,6 +205,14 @@ pub enum CorruptReason {
     /// A payload not aligned as the ring promises.
     #[cfg_attr(not(loom), error("misaligned payload"))]
     Misaligned,
+    /// Not a record header at all: the ring's file was truncated by another process, and this
+    /// process's mapping of it now reads as zeros (see `Segment::was_truncated`). Nothing at or
+    /// after the position can be read any more; recreate the ring.
+    #[cfg_attr(
+        not(loom),
+        error("the ring's file was truncated by another process; its mapping here now reads as zeros")
+    )]
+    Truncated,
 }
 
 /// A record that passed [`check_record`]: its header and where the next record starts.

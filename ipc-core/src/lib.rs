@@ -23,6 +23,22 @@
 //! ```
 //!
 //! This crate knows nothing of message formats or networks; `schemas` and `ipc-zmq` build on it.
+//!
+//! # Truncated named rings
+//!
+//! Any process that can open a named ring's file (`/dev/shm/tadpole.<name>`) can shrink it, and
+//! touching a mapping past a file's end raises `SIGBUS`, which kills by default. This crate
+//! installs a process-wide `SIGBUS` handler with its first mapping of a file: a fault inside one
+//! of its mappings maps zero-filled memory over that whole ring, in this process, and the access
+//! runs again on the zeros (what Wayland compositors do for `wl_shm` pools); any other `SIGBUS`
+//! goes to the action installed before. The ring is then dead, and every handle says so at its
+//! next liveness check: [`SegmentFault::Truncated`] (producer, attach),
+//! [`CorruptReason::Truncated`] (consumer), [`ObserveError::Truncated`], and
+//! [`Segment::was_truncated`]. A consumer never hands out zeros as a record; a payload being
+//! read when it happens may read as zeros, which `was_truncated` after the copy tells. A program
+//! that installs a `SIGBUS` handler of its own after this crate mapped a named ring must chain
+//! to the one it replaces. Sealed rings ([`RingBuilder::create_anonymous`]) cannot shrink. The
+//! mechanism and its limits are described in the source of the `sigbus` module.
 
 // Under `--cfg loom` only the pieces with a loom model are built: the record format and the
 // lease queue, over loom's atomics (see `loom_tests`).
@@ -52,6 +68,8 @@ mod producer;
 mod segment;
 #[cfg(not(loom))]
 mod shm;
+#[cfg(not(loom))]
+mod sigbus;
 #[cfg(not(loom))]
 mod stats;
 #[cfg(not(loom))]
@@ -153,6 +171,10 @@ mod api {
     /// Claims `side` for `me`: free if never attached, detached, or held by a process judged
     /// dead (see `liveness`). Records `me`'s identity and starts its heartbeat.
     pub(crate) fn attach_side(segment: &Segment, side: Side, me: ProcessId) -> Result<SideClaim, AttachError> {
+        // A truncated ring reads as zeros here, which would look free: refuse it.
+        if segment.probe_truncated() {
+            return Err(AttachError::Corrupt(SegmentFault::Truncated));
+        }
         let block = attach_block(segment, side);
         let identity = Identity::of(me);
         let word = liveness::claim_word(&identity);

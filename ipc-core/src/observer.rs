@@ -46,6 +46,11 @@ pub enum ObserveError {
         /// The consumer position read.
         head: u64,
     },
+    /// The ring's file was truncated by another process, and its mapping here reads as zeros
+    /// now (see [`Segment::was_truncated`](crate::Segment::was_truncated)): nothing more can be
+    /// observed. A copy read while it happened is never returned.
+    #[error("the ring's file was truncated by another process; its mapping here now reads as zeros")]
+    Truncated,
 }
 
 /// A record copied out by [`Observer::try_observe`].
@@ -188,6 +193,13 @@ impl Observer {
     /// at least one byte, and each other outcome either returns a record or leaves the observer
     /// where it is.
     pub fn try_observe(&mut self, out: &mut Vec<u8>) -> Result<Observed, ObserveError> {
+        // A copy that read the zeros of a truncation's remap fails `check_lap` (the bounds read
+        // after it are zeros too), so the truncation is looked for only when nothing is returned:
+        // no cost per record. The probe finds a truncation this process has not met yet.
+        self.observe(out).map_err(|e| if self.segment.probe_truncated() { ObserveError::Truncated } else { e })
+    }
+
+    fn observe(&mut self, out: &mut Vec<u8>) -> Result<Observed, ObserveError> {
         loop {
             let pos = self.pos;
             // Acquire: a published header carries the payload writes before it.

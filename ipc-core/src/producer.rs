@@ -591,20 +591,23 @@ impl Producer {
     #[inline(never)]
     fn check_consumer(&mut self) -> Result<(), Refusal> {
         self.claims_to_peer_check = CLAIMS_PER_PEER_CHECK;
+        if self.segment.map.truncated() {
+            return Err(self.refuse_truncated());
+        }
         self.publish_counters();
         let owner = self.header().consumer_attach.owner.load(Acquire);
         if let Some(gone) = self.gone_consumer {
             // Still the consumer found gone: every claim says so, at the cost of one load,
             // until another consumer attaches, or the same one is judged alive again on the
             // schedule (a consumer judged by a late heartbeat may have been only stalled).
-            let alive_again = owner & OWNER_DETACHED == 0 && self.peer_check.due_by_clock() && !self.consumer_gone();
+            let alive_again = owner & OWNER_DETACHED == 0 && self.peer_check.due_by_clock() && !self.consumer_gone()?;
             if owner == gone && !alive_again {
                 self.claims_to_peer_check = 1;
                 return Err(Refusal::Disconnected);
             }
             self.gone_consumer = None;
         }
-        if owner & OWNER_DETACHED != 0 || (self.peer_check.due_by_clock() && self.consumer_gone()) {
+        if owner & OWNER_DETACHED != 0 || (self.peer_check.due_by_clock() && self.consumer_gone()?) {
             self.gone_consumer = Some(owner);
             self.claims_to_peer_check = 1;
             return Err(Refusal::Disconnected);
@@ -616,8 +619,22 @@ impl Producer {
         self.header().consumer_attach.owner.load(Acquire) & OWNER_DETACHED != 0
     }
 
-    fn consumer_gone(&self) -> bool {
-        matches!(self.consumer_state(), PeerState::Dead(_) | PeerState::Closed)
+    /// Whether the consumer is closed or dead; refused as `Corrupt` when the ring's file was
+    /// found truncated (the probe touches the mapping's end, see `sigbus`).
+    fn consumer_gone(&mut self) -> Result<bool, Refusal> {
+        if self.segment.probe_truncated() {
+            return Err(self.refuse_truncated());
+        }
+        Ok(matches!(self.consumer_state(), PeerState::Dead(_) | PeerState::Closed))
+    }
+
+    /// The ring's file was truncated by another process: everything here reads as zeros now, and
+    /// every claim says so (one load each, in `check_consumer`).
+    #[cold]
+    fn refuse_truncated(&mut self) -> Refusal {
+        self.fault = Some(SegmentFault::Truncated);
+        self.claims_to_peer_check = 1;
+        Refusal::Corrupt
     }
 
     /// Copies the process-local tallies into the segment's counters (for `tadpole stat`): every
@@ -698,6 +715,10 @@ impl Producer {
     fn refresh_head(&mut self) -> Result<(), Refusal> {
         let head = self.header().consumer_position.position.load(Acquire);
         if let Err(fault) = check_head_behind(head, self.tail, self.capacity) {
+            // A head of zero, read after a truncation mapped zeros over the ring, is that.
+            if self.segment.map.truncated() {
+                return Err(self.refuse_truncated());
+            }
             self.fault = Some(fault);
             return Err(Refusal::Corrupt);
         }
@@ -713,7 +734,7 @@ impl Producer {
         let h = self.header();
         h.producer_counters.full_events.store(self.counters.full_events, Relaxed);
         self.publish_counters();
-        let gone = self.consumer_detached() || (self.peer_check.due() && self.consumer_gone());
+        let gone = self.consumer_detached() || (self.peer_check.due() && self.consumer_gone()?);
         if gone { Err(Refusal::Disconnected) } else { Ok(()) }
     }
 
@@ -734,13 +755,13 @@ impl Producer {
                 WaitStep::Retry => {}
                 WaitStep::TimedOut => {
                     // Short timeouts in a loop must learn of a death too (on the schedule).
-                    if self.peer_check.due_by_clock() && self.consumer_gone() {
+                    if self.peer_check.due_by_clock() && self.consumer_gone()? {
                         return self.last_claim(len);
                     }
                     return Err(Refusal::Timeout);
                 }
                 WaitStep::CheckPeer => {
-                    if self.consumer_gone() {
+                    if self.consumer_gone()? {
                         return self.last_claim(len);
                     }
                 }

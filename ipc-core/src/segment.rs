@@ -134,6 +134,11 @@ pub enum SegmentFault {
         /// Its value.
         value: u64,
     },
+    /// The segment's file was truncated by another process while this one had it mapped: the
+    /// mapping now reads as zeros in this process (see [`Segment::was_truncated`]), and nothing
+    /// more can pass through this ring here. Recreate the ring.
+    #[error("the ring's file was truncated by another process; its mapping here now reads as zeros")]
+    Truncated,
     /// Head and tail contradict each other (head past tail, more than a ring apart, unaligned).
     #[error("inconsistent positions: head {head}, tail {tail}, capacity {capacity}")]
     Positions {
@@ -343,11 +348,20 @@ impl Segment {
         let probe = Mapping::map_prefix(&fd, HEADER_LEN).map_err(OpenError::Io)?;
         // SAFETY: the probe maps HEADER_LEN page-aligned bytes; SegmentHeader is made only of
         // atomics and padding, valid for any bit pattern.
-        validate_header(unsafe { probe.ptr().cast::<SegmentHeader>().as_ref() }, actual)?;
+        let checked = validate_header(unsafe { probe.ptr().cast::<SegmentHeader>().as_ref() }, actual);
+        // A file truncated since its size was read faulted, and reads as zeros (see `sigbus`).
+        if probe.truncated_after_reads() {
+            return Err(SegmentFault::Truncated.into());
+        }
+        checked?;
         drop(probe);
         let map = Arc::new(Mapping::map_existing(fd, actual as usize).map_err(OpenError::Io)?);
         // SAFETY: as above, on the full mapping of at least HEADER_LEN bytes.
-        let params = validate_header(unsafe { map.ptr().cast::<SegmentHeader>().as_ref() }, actual)?;
+        let checked = validate_header(unsafe { map.ptr().cast::<SegmentHeader>().as_ref() }, actual);
+        if map.probe_truncated() {
+            return Err(SegmentFault::Truncated.into());
+        }
+        let params = checked?;
         Ok(Segment { creator_beat: None, map, params, name })
     }
 
@@ -427,15 +441,51 @@ impl Segment {
     }
 
     /// Whether the file behind this segment is now shorter than its mapping: another process
-    /// truncated it (only a named segment, or an unsealed descriptor, can be), and touching the
-    /// part past the new end would fault with `SIGBUS`. Always `false` for sealed and private
-    /// rings. Tools call it before reading a ring they do not own; it is a syscall, so it stays off
-    /// the fast path.
+    /// truncated it (only a named segment, or an unsealed descriptor, can be). Touching the part
+    /// past the new end faults with `SIGBUS`, which this crate catches (see
+    /// [`was_truncated`](Self::was_truncated)); this asks the file itself, so it also sees a
+    /// shrink that faults nowhere (by less than the last page). Always `false` for sealed and
+    /// private rings. Tools call it before reading a ring they do not own; it is a syscall
+    /// (`fstat`), so it stays off the fast path.
     pub fn is_truncated(&self) -> io::Result<bool> {
         match self.map.fd() {
             Some(fd) => Ok(Mapping::file_size(fd)?.len < HEADER_LEN as u64 + self.params.capacity),
             None => Ok(false),
         }
+    }
+
+    /// Whether the segment's file was truncated under this process's mapping (another process
+    /// shrank it), which this process survived: the `SIGBUS` of touching the part that is gone
+    /// was caught, and the whole mapping replaced with zeros here, so that nothing faults again.
+    /// Producers, consumers, observers and attaches on this segment then return
+    /// [`SegmentFault::Truncated`] or [`CorruptReason::Truncated`](crate::CorruptReason::Truncated)
+    /// at their next liveness check.
+    ///
+    /// It first touches the mapping's last byte, so a truncation nothing here has met yet is
+    /// found now; and it is ordered after this thread's earlier reads of the ring: `false` means
+    /// every byte this thread read from it before the call came from the file, none from zeros a
+    /// truncation left. Call it after copying a payload that must be intact. No syscall: one
+    /// load of the mapping and one of a flag, behind a fence.
+    ///
+    /// Unlike [`is_truncated`](Self::is_truncated) (an `fstat`), it says what happened to this
+    /// process's mapping, not what the file's size is now; a file shrunk by less than its last
+    /// page (which zeroes the end of that page and faults nowhere) is seen only by
+    /// `is_truncated`. Always `false` for sealed and private rings, which cannot be truncated.
+    /// How it works, and its limits: [the crate docs](crate#truncated-named-rings).
+    ///
+    /// ```
+    /// let segment = ipc_core::RingBuilder::new(4096).create_anonymous()?;
+    /// assert!(!segment.was_truncated());
+    /// # Ok::<(), ipc_core::CreateError>(())
+    /// ```
+    pub fn was_truncated(&self) -> bool {
+        self.map.truncated_after_reads()
+    }
+
+    /// Whether the segment is known truncated, after touching the mapping's last byte so that a
+    /// file shrunk below it is found now: for the liveness checks.
+    pub(crate) fn probe_truncated(&self) -> bool {
+        self.map.probe_truncated()
     }
 
     /// Removes the named segment `name`; processes that mapped it keep their mapping.

@@ -15,6 +15,8 @@ use nix::sys::mman::{self, MapFlags, ProtFlags};
 use nix::sys::stat::{Mode, fstat};
 use nix::unistd::ftruncate;
 
+use crate::sigbus;
+
 /// Prefix of every segment name in `/dev/shm`, so tools can find ours and nothing else.
 pub const NAME_PREFIX: &str = "tadpole.";
 
@@ -52,6 +54,9 @@ pub(crate) struct Mapping {
     /// Set for the creator of a named segment: the name is unlinked when the mapping drops.
     unlink_on_drop: Option<CString>,
     keep: AtomicBool,
+    /// The registration with the `SIGBUS` handler of a mapping of a file (see `sigbus`); `None`
+    /// for the heap, and where no handler could be installed (under Miri).
+    guard: Option<sigbus::Guard>,
 }
 
 // SAFETY: the mapping is plain shared memory; all cross-thread access to it goes through atomics
@@ -145,6 +150,7 @@ impl Mapping {
                 fd: Some(fd),
                 unlink_on_drop: None,
                 keep: AtomicBool::new(false),
+                guard: None,
             });
         };
         let flags = if populate { MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE } else { MapFlags::MAP_SHARED };
@@ -152,7 +158,9 @@ impl Mapping {
         // aliases no Rust object; the pointer is used only through `Mapping`, which unmaps it.
         let ptr = unsafe { mman::mmap(None, length, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, flags, &fd, 0) }
             .map_err(|e| os_error("mmap", e))?;
-        Ok(Mapping { ptr: ptr.cast(), len, fd: Some(fd), unlink_on_drop: None, keep: AtomicBool::new(false) })
+        // Every mapping of a file, sealed or not: `from_fd` may be handed a file that can shrink.
+        let guard = sigbus::register(ptr.as_ptr().cast(), len);
+        Ok(Mapping { ptr: ptr.cast(), len, fd: Some(fd), unlink_on_drop: None, keep: AtomicBool::new(false), guard })
     }
 
     /// A zeroed, page-aligned heap allocation of `len` bytes, private to this process.
@@ -161,7 +169,7 @@ impl Mapping {
         // SAFETY: `len` is at least one header page, so the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(ptr).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        Ok(Mapping { ptr, len, fd: None, unlink_on_drop: None, keep: AtomicBool::new(false) })
+        Ok(Mapping { ptr, len, fd: None, unlink_on_drop: None, keep: AtomicBool::new(false), guard: None })
     }
 
     pub(crate) fn ptr(&self) -> NonNull<u8> {
@@ -170,6 +178,24 @@ impl Mapping {
 
     pub(crate) fn fd(&self) -> Option<&OwnedFd> {
         self.fd.as_ref()
+    }
+
+    /// Whether the `SIGBUS` handler found this mapping's file truncated and mapped zeros over it
+    /// (see `sigbus`): one relaxed load.
+    pub(crate) fn truncated(&self) -> bool {
+        self.guard.as_ref().is_some_and(sigbus::Guard::truncated)
+    }
+
+    /// [`probe_truncated`](Self::probe_truncated), ordered after this thread's earlier loads of
+    /// the mapping: `false` means none of them read zeros a truncation left (see `sigbus`).
+    pub(crate) fn truncated_after_reads(&self) -> bool {
+        self.guard.as_ref().is_some_and(sigbus::Guard::truncated_after_reads)
+    }
+
+    /// [`truncated`](Self::truncated), after touching the mapping's last byte so that a file
+    /// shrunk below it is found now (see `sigbus::Guard::probe`). For liveness checks.
+    pub(crate) fn probe_truncated(&self) -> bool {
+        self.guard.as_ref().is_some_and(sigbus::Guard::probe)
     }
 
     /// Keeps the name after the creator's last handle drops.
@@ -186,6 +212,8 @@ impl Drop for Mapping {
             // holds an `Arc<Mapping>`, so none outlives this drop.
             unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
         } else if self.len != 0 {
+            // Unregistered first: once unmapped, the range may be another mapping's.
+            drop(self.guard.take());
             // SAFETY: `ptr`/`len` are exactly what mmap returned; every borrow of the mapping
             // holds an `Arc<Mapping>`, so none outlives this drop.
             let _ = unsafe { mman::munmap(self.ptr.cast(), self.len) };

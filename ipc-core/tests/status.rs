@@ -39,11 +39,8 @@ fn status_from_file_of_a_ring_truncated_under_its_reader_is_an_error_not_a_sigbu
     let segment = RingBuilder::new(1 << 14).create_named(&name).unwrap();
     let reader = Segment::open(&name).unwrap();
     let file = std::fs::OpenOptions::new().write(true).open(format!("/dev/shm/tadpole.{name}")).unwrap();
-    // The creator goes first (it unlinks the name; `file` and the reader keep the inode): its
-    // heartbeat thread writes into the header page every 500 ms, and that write faults once the
-    // file is cut to 0 bytes (the reader, attached to no side, writes nothing). A creator or
-    // peer whose ring is truncated under it is not protected yet.
-    drop(segment);
+    // The creator stays: its heartbeat thread meets the truncation (a SIGBUS, caught by the
+    // library, see `Segment::was_truncated`) and stops refreshing.
     file.set_len(100).unwrap();
     // `reader.status()` would now fault: its header page lies past the end of the file.
     match reader.status_from_file() {
@@ -52,6 +49,8 @@ fn status_from_file_of_a_ring_truncated_under_its_reader_is_an_error_not_a_sigbu
     }
     file.set_len(0).unwrap();
     assert!(matches!(reader.status_from_file(), Err(StatusReadError::Truncated { len: 0 })));
+    assert!(segment.was_truncated() && reader.was_truncated());
+    drop(segment);
 }
 
 #[test]

@@ -11,6 +11,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ipc_core::OpenError;
+
+use crate::sigbus::{EXIT_TRUNCATED, RingTruncated};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
 /// The exit statuses, for every command's `--help` (the README has the same table).
@@ -82,6 +84,9 @@ pub fn report(outcome: anyhow::Result<()>) -> ExitCode {
     if let Some(hint) = hint(&error) {
         eprintln!("  hint: {hint}");
     }
+    if error.chain().any(|e| e.is::<RingTruncated>()) {
+        return ExitCode::from(EXIT_TRUNCATED);
+    }
     ExitCode::FAILURE
 }
 
@@ -108,6 +113,9 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// What the user can do about an error, when the error itself does not say.
 fn hint(error: &anyhow::Error) -> Option<&'static str> {
     for cause in error.chain() {
+        if cause.is::<RingTruncated>() {
+            return Some("recreate the ring; sealed rings (served with --socket) cannot be truncated");
+        }
         if let Some(e) = cause.downcast_ref::<OpenError>() {
             return match e {
                 OpenError::NotFound(_) => {

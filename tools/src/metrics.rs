@@ -16,8 +16,8 @@ use anyhow::{Context, Result};
 use ipc_core::{PeerState, RingStatus};
 use ipc_zmq::http::{CounterSet, HttpEndpoint, Kind, Status};
 
+use crate::exit;
 use crate::stat::{Rings, Row, depth_messages};
-use crate::{exit, sigbus};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -48,7 +48,6 @@ pub struct MetricsArgs {
 
 /// Runs `tadpole metrics` until interrupted.
 pub fn run(args: &MetricsArgs) -> Result<()> {
-    sigbus::confine().context("installing the SIGBUS handler")?;
     exit::stop_on_interrupt().context("installing the Ctrl-C handler")?;
     let exporter = Arc::new(Exporter::default());
     let endpoint = HttpEndpoint::start(&args.listen, exporter).context("starting the metrics endpoint")?;

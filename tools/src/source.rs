@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ipc_core::Segment;
 
 use crate::sigbus;
@@ -42,7 +42,7 @@ impl RingSource {
 /// Stops before reading a ring whose file another process truncated (see `sigbus`).
 pub fn ensure_intact(segment: &Segment) -> Result<()> {
     if sigbus::check_sizes() && segment.is_truncated().context("checking the ring's size")? {
-        bail!("the ring's file was truncated by another process; stopping before reading it");
+        return Err(sigbus::RingTruncated { how: "found shrunk before a read" }.into());
     }
     Ok(())
 }

@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 
 use crate::exit;
 use crate::json::safe_integers;
-use crate::sigbus;
 use crate::source::{RingSource, ensure_intact};
 
 /// What the counters' freshness is, shown under every view and in the JSON document.
@@ -77,7 +76,6 @@ pub struct StatArgs {
 
 /// Runs `tadpole stat`.
 pub fn run(args: &StatArgs) -> Result<()> {
-    sigbus::confine().context("installing the SIGBUS handler")?;
     let single = match (&args.socket, &args.name) {
         (Some(path), _) => Some(RingSource::Socket(path.clone())),
         (None, Some(name)) => Some(RingSource::Named(name.clone())),

@@ -138,7 +138,6 @@ fn parse_message_type(s: &str) -> Result<u16, String> {
 
 /// Runs `tadpole tap`.
 pub fn run(args: &TapArgs) -> Result<()> {
-    sigbus::confine().context("installing the SIGBUS handler")?;
     let source = match (&args.socket, &args.name) {
         (Some(path), _) => RingSource::Socket(path.clone()),
         (None, Some(name)) => RingSource::Named(name.clone()),
@@ -203,6 +202,11 @@ pub fn run(args: &TapArgs) -> Result<()> {
                     Format::Json => writeln!(out, "{}", json!({"kind": "lagged", "skipped_bytes": skipped}))?,
                     Format::Hex => writeln!(out, "-- lagged: skipped {skipped} bytes of traffic")?,
                 },
+                // ipc-core caught the SIGBUS of a read past the file's new end.
+                Err(ObserveError::Truncated) => {
+                    return Err(anyhow::Error::new(sigbus::RingTruncated { how: "SIGBUS caught" }))
+                        .with_context(|| format!("tapping ring {name:?}"));
+                }
                 Err(e @ (ObserveError::Corrupt(_) | ObserveError::ImpossibleBounds { .. })) => bail!(
                     "ring {name:?}: {e}; the segment is corrupt or a writer is misbehaving \
                      (`tadpole stat {name}` shows who is attached)"

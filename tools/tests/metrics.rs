@@ -162,9 +162,9 @@ fn metrics_skips_and_counts_a_hostile_file_and_a_ring_truncated_under_it_and_kee
     // A real ring, mapped by the exporter at one scrape, then truncated to nothing.
     let name = unique("trunc");
     let _unlink = Unlink(name.clone());
-    // Left in /dev/shm and unmapped here: this process's heartbeat thread would write into the
-    // creator's header page, which faults once the file is cut to nothing.
-    RingBuilder::new(1 << 14).create_named(&name).unwrap().keep();
+    // The creator stays mapped here: its heartbeat thread meets the truncation, a SIGBUS the
+    // library catches.
+    let segment = RingBuilder::new(1 << 14).create_named(&name).unwrap();
     let m = exporter.scrape();
     assert_eq!(ring_sample(&m, "tadpole_ring_capacity_bytes", &name), Some(16384.0), "{m}");
     assert!(skipped(&m) >= before + 1.0, "the junk file is counted:\n{m}");
@@ -178,6 +178,7 @@ fn metrics_skips_and_counts_a_hostile_file_and_a_ring_truncated_under_it_and_kee
     let (code, health) = http_get(&exporter.addr, "/health").unwrap();
     assert_eq!(code, 200);
     assert!(health.contains(&name) && health.contains("truncated"), "{health}");
+    assert!(segment.was_truncated());
 }
 
 /// Every `tadpole_*` name in a PromQL expression.
@@ -212,15 +213,16 @@ fn metrics_outlives_a_ring_truncated_to_nothing_even_without_its_size_check() {
     let mut exporter = Exporter { child, addr };
     let name = unique("sigbus");
     let _unlink = Unlink(name.clone());
-    // Left in /dev/shm and unmapped here: this process's heartbeat thread would write into the
-    // creator's header page, which faults once the file is cut to nothing.
-    RingBuilder::new(1 << 14).create_named(&name).unwrap().keep();
+    // The creator stays mapped here: its heartbeat thread meets the truncation, a SIGBUS the
+    // library catches.
+    let segment = RingBuilder::new(1 << 14).create_named(&name).unwrap();
     assert_eq!(ring_sample(&exporter.scrape(), "tadpole_ring_capacity_bytes", &name), Some(16384.0));
     std::fs::OpenOptions::new().write(true).open(format!("/dev/shm/tadpole.{name}")).unwrap().set_len(0).unwrap();
     let m = exporter.scrape();
     assert_eq!(ring_sample(&m, "tadpole_ring_capacity_bytes", &name), None, "{m}");
     let (_, health) = http_get(&exporter.addr, "/health").unwrap();
     assert!(health.contains(&name) && health.contains("truncated by another process"), "{health}");
+    assert!(segment.was_truncated());
 }
 
 /// Every PromQL expression of a Grafana dashboard: each panel's (and row's) target `expr`s, and
