@@ -161,7 +161,7 @@ class EnvelopeSender:
         *,
         source: str,
         destination: str = "",
-        heartbeat: dict[str, int] | None = None,
+        heartbeat: dict[str, int | str] | None = None,
         correlation_id: str | None = None,
         metadata: dict[str, str] | None = None,
         timeout: float | None = None,

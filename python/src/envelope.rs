@@ -36,6 +36,25 @@ fn parse_id(id: &str) -> PyResult<MessageId> {
         .map_err(|e| PyValueError::new_err(format!("correlation_id {id:?}: {e}")))
 }
 
+/// The fields `EnvelopeSender.send(heartbeat={...})` takes.
+const HEARTBEAT_KEYS: [&str; 3] = ["sequence", "interval_ns", "status"];
+
+/// A heartbeat's `status`: a `HealthStatus` name or its number.
+fn health_status(value: &Bound<'_, PyAny>) -> PyResult<fb::HealthStatus> {
+    if let Ok(name) = value.extract::<String>() {
+        return fb::HealthStatus::ENUM_VALUES
+            .iter()
+            .copied()
+            .find(|s| s.variant_name() == Some(name.as_str()))
+            .ok_or_else(|| {
+                let names: Vec<&str> = fb::HealthStatus::ENUM_VALUES.iter().filter_map(|s| s.variant_name()).collect();
+                PyValueError::new_err(format!("heartbeat status {name:?} is none of {}", names.join(", ")))
+            });
+    }
+    let number: i8 = value.extract()?;
+    Ok(fb::HealthStatus(number))
+}
+
 #[pymethods]
 impl PyEnvelopeSender {
     /// Attaches as `segment`'s producer.
@@ -48,8 +67,10 @@ impl PyEnvelopeSender {
     /// Builds an envelope from keyword arguments and sends it, waiting for space up to
     /// `timeout` seconds. The header gets a fresh message id and the current time;
     /// `correlation_id` (a UUID string) marks a reply. The payload: `heartbeat={"sequence": n,
-    /// "interval_ns": t}` (the one event buildable from keywords so far; build any other with
-    /// the generated FlatBuffers code and `send_bytes`).
+    /// "interval_ns": t, "status": "Healthy"}` (each field optional; `status` is a
+    /// `HealthStatus` name, `"Healthy"`, `"Degraded"`, `"Unhealthy"` or `"Unspecified"`, or its
+    /// number; any other key raises `ValueError`). Heartbeat is the one event buildable from
+    /// keywords so far; build any other with the generated FlatBuffers code and `send_bytes`.
     #[pyo3(signature = (*, source, destination="", heartbeat=None, correlation_id=None, metadata=None, timeout=None))]
     #[allow(clippy::too_many_arguments)]
     fn send(
@@ -65,8 +86,18 @@ impl PyEnvelopeSender {
         let Some(hb) = heartbeat else {
             return Err(PyValueError::new_err("a payload is needed: heartbeat={...}, or build it and use send_bytes"));
         };
+        for key in hb.keys() {
+            let key: String = key.extract()?;
+            if !HEARTBEAT_KEYS.contains(&key.as_str()) {
+                return Err(PyValueError::new_err(format!(
+                    "heartbeat has no field {key:?}; its fields are {}",
+                    HEARTBEAT_KEYS.join(", ")
+                )));
+            }
+        }
         let field = |name: &str| -> PyResult<u64> { hb.get_item(name)?.map_or(Ok(0), |v| v.extract()) };
         let (sequence, interval_ns) = (field("sequence")?, field("interval_ns")?);
+        let status = hb.get_item("status")?.map_or(Ok(fb::HealthStatus::Unspecified), |v| health_status(&v))?;
         let pairs: Vec<(String, String)> = match metadata {
             None => Vec::new(),
             Some(m) => m.iter().map(|(k, v)| Ok((k.extract()?, v.extract()?))).collect::<PyResult<_>>()?,
@@ -79,9 +110,7 @@ impl PyEnvelopeSender {
         // Encoded under the encoder's lock, sent after it: a send may wait without the GIL, and
         // another thread must never hold the GIL while waiting for this lock.
         let bytes = lock(&self.encoder)
-            .encode(&header, |fbb| {
-                fb::Heartbeat::create(fbb, &fb::HeartbeatArgs { sequence, interval_ns, ..Default::default() })
-            })
+            .encode(&header, |fbb| fb::Heartbeat::create(fbb, &fb::HeartbeatArgs { sequence, interval_ns, status }))
             .to_vec();
         let kind = u16::from(fb::Payload::Heartbeat.0);
         self.producer.send_from(py, SendPtr(bytes.as_ptr()), bytes.len(), kind, timeout, true)

@@ -40,6 +40,28 @@ def test_the_demo_runs_its_personality_agent_in_python_and_every_signal_comes_ba
     assert total == 200 and filled + refused == 200 and filled > 0 and refused > 0, out.stdout
 
 
+def test_the_python_personality_fed_bad_records_logs_them_reports_itself_degraded_and_the_breaker_trips_it():
+    # As the Rust agent does (tools/tests/demo_breaker.rs): risk commits three records that are
+    # no envelope into personality's ring; the Python agent refuses each (a JSON log line, a
+    # dead letter), keeps serving, and its next heartbeat says Degraded.
+    env = dict(os.environ, TADPOLE_PYTHON=sys.executable)
+    out = subprocess.run(
+        [tadpole_binary(), "demo", "--rate", "300", "--duration", "3", "--corrupt-agent", "risk",
+         "--python", "personality"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert out.returncode == 0, f"bad records are not fatal: {out.stdout}\n{out.stderr}"
+    assert "BreakerAgentTriggered personality misbehaving: it reports itself Degraded" in out.stdout, out.stdout
+    events = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    refused = [e for e in events if e.get("message") == "envelope refused" and e.get("agent") == "personality"]
+    assert len(refused) == 3, out.stderr
+    assert all(e["level"] == "WARN" and "rejected" in e["error"] for e in refused), refused
+    ring = re.search(r"^ +personality +\d+ msgs.* (\d+) dead$", out.stdout, re.M)
+    assert ring and int(ring.group(1)) == 3, out.stdout
+    ticks = re.search(r"ticks: (\d+) sent, (\d+) dropped", out.stdout)
+    assert ticks and ticks.groups() == ("900", "0"), out.stdout
+
+
 def test_the_demo_refuses_an_agent_without_a_python_implementation():
     out = subprocess.run(
         [tadpole_binary(), "demo", "--signals", "10", "--python", "risk"], capture_output=True, text=True, timeout=60

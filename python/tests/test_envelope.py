@@ -70,6 +70,27 @@ def test_an_envelope_from_keywords_arrives_verified_with_its_fields_and_dict(cha
         env.source
 
 
+def test_a_heartbeat_from_keywords_carries_its_status_by_name_or_number(channel):
+    seg, tx, rx = channel
+    tx.send(source="agent", heartbeat={"sequence": 1, "status": "Degraded"})
+    tx.send(source="agent", heartbeat={"sequence": 2, "status": 3})
+    tx.send(source="agent", heartbeat={"sequence": 3})
+    statuses = []
+    for _ in range(3):
+        with rx.recv(timeout=1) as env:
+            statuses.append(env.payload.get("status"))
+    assert statuses == ["Degraded", "Unhealthy", "Unspecified"]
+
+
+def test_a_heartbeat_with_an_unknown_field_or_status_is_refused_and_nothing_is_sent(channel):
+    seg, tx, rx = channel
+    with pytest.raises(ValueError, match='heartbeat has no field "state"; its fields are sequence, interval_ns, status'):
+        tx.send(source="agent", heartbeat={"sequence": 1, "state": "Degraded"})
+    with pytest.raises(ValueError, match='heartbeat status "Sick" is none of Unspecified, Healthy, Degraded, Unhealthy'):
+        tx.send(source="agent", heartbeat={"status": "Sick"})
+    assert seg.positions() == (0, 0), "nothing was written"
+
+
 def test_an_envelope_built_with_the_generated_python_code_is_verified_and_delivered(channel):
     seg, tx, rx = channel
     tx.send_bytes(mesh_formed_envelope())

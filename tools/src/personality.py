@@ -7,7 +7,13 @@ before it (adding its own, `t.3.personality`, from the same monotonic clock the 
 use); refusals from risk travel on unchanged. Heartbeats go to the circuit breaker from the
 main loop, so a stalled agent falls silent. Envelopes are built with the generated FlatBuffers
 Python code and verified again by the Rust side of the bindings before they enter the ring.
-Exits when its upstream closes, telling the breaker it is leaving.
+Exits when its upstream closes, telling the breaker it is leaving. A record that is no valid
+envelope is refused (the bindings count it as a dead letter), logged, and reported as Degraded
+in the next heartbeat, as the Rust agents do; it does not stop the agent.
+
+Logs are JSON lines on stderr in the shape of the Rust agents' (`tracing` JSON, flattened):
+`timestamp`, `level`, `message`, `target`, then the event's fields (`agent`, `error`,
+`correlation_id`, ...). Warnings and errors only, like the Rust agents' default.
 
 With `--metrics-port PORT` it serves `/metrics` (OpenMetrics text, rendered by
 `prometheus_client`), `/health` and `/ready` on 127.0.0.1:PORT, as the Rust agents do: the same
@@ -18,6 +24,7 @@ never touches a ring.
 """
 
 import argparse
+import datetime
 import http.server
 import json
 import signal
@@ -32,6 +39,14 @@ import envelope_generated as tp
 import tadpole
 
 MASK64 = (1 << 64) - 1
+
+
+def log(level, message, **fields):
+    """One JSON log line on stderr, as `tracing_subscriber`'s flattened JSON format writes them."""
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+    line = {"timestamp": now.replace("+00:00", "Z"), "level": level, "message": message,
+            "target": "tadpole::demo::personality", **fields}
+    print(json.dumps(line), file=sys.stderr, flush=True)
 
 
 def wire_id(builder, text):
@@ -249,30 +264,34 @@ def main():
     beats = tadpole.EnvelopeSender(tadpole.Segment.open(args.heartbeat))
     interval_ns = args.heartbeat_ms * 1_000_000
     started = time.monotonic_ns()
-    state = {"sequence": 0, "next": 0}
+    # "refused": an input record was refused since the last heartbeat (the next one says Degraded).
+    state = {"sequence": 0, "next": 0, "refused": False}
 
     def beat():
         now = time.monotonic_ns()
         if now >= state["next"]:
             state["sequence"] += 1
             state["next"] = now + interval_ns
+            status = "Degraded" if state["refused"] else "Healthy"
             try:
                 beats.send(source="personality", destination="breaker", timeout=0.0,
-                           heartbeat={"sequence": state["sequence"], "interval_ns": interval_ns})
+                           heartbeat={"sequence": state["sequence"], "interval_ns": interval_ns,
+                                      "status": status})
                 metrics.heartbeats += 1
+                state["refused"] = False
             except (tadpole.Timeout, tadpole.Full):
                 pass  # a breaker that is behind misses a beat
 
     status = 1
     try:
-        status = serve(args, inbox, outbox, beat, metrics)
+        status = serve(args, inbox, outbox, beat, metrics, state)
     finally:
         reason = tp.TerminationReason.Completed if status == 0 else tp.TerminationReason.Crashed
         beats.send_bytes(terminated(reason, "" if status == 0 else "failed", time.monotonic_ns() - started), timeout=1.0)
     return status
 
 
-def serve(args, inbox, outbox, beat, metrics):
+def serve(args, inbox, outbox, beat, metrics, state):
     while True:
         beat()
         wait = max(state_wait(args.heartbeat_ms), 0.0001)
@@ -282,6 +301,11 @@ def serve(args, inbox, outbox, beat, metrics):
             continue
         except tadpole.Disconnected:
             return 0
+        except tadpole.Rejected as e:
+            # Not an envelope: counted as a dead letter by the receiver; the next record is read.
+            log("WARN", "envelope refused", agent=PROCESS, error=str(e))
+            state["refused"] = True
+            continue
         if args.stall_ms:
             time.sleep(args.stall_ms / 1000)
             beat()
@@ -299,7 +323,7 @@ def serve(args, inbox, outbox, beat, metrics):
         elif kind == "BreakerAgentTriggered":
             outbox.send_bytes(refusal(message["payload"], correlation, metadata), timeout=10.0)
         else:
-            print(f"personality (python): unexpected {kind}", file=sys.stderr)
+            log("ERROR", "unexpected message", agent=PROCESS, message_type=kind, correlation_id=correlation)
             return 1
 
 
