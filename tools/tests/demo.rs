@@ -212,13 +212,19 @@ fn every_process_serves_metrics_with_per_hop_histograms_and_health() {
 fn ctrl_c_ends_the_run_early_with_its_report_and_no_breaker_alarm() {
     let _one = demo_support::one_at_a_time();
     use std::os::unix::process::CommandExt;
-    let mut c = demo_support::command(&["--rate", "200", "--duration", "600"]);
+    let base = demo_support::metrics_base();
+    let mut c =
+        demo_support::command(&["--rate", "200", "--duration", "600", "--metrics-port-base", &base.to_string()]);
     // Its own process group, as a shell's job: Ctrl-C reaches the demo and every agent.
     c.process_group(0);
     let child = demo_support::spawn(c);
     let demo = child.id();
     demo_support::agent_pid(demo, "breaker");
-    std::thread::sleep(Duration::from_secs(3));
+    // Past the warm-up (2,000 ticks one in flight for this run's length; on a loaded machine
+    // that outlasted a fixed 3 s wait, and the report then had no timed tick) and into the
+    // open-loop phase.
+    demo_support::wait_for_outcomes(base, 2_100);
+    std::thread::sleep(Duration::from_millis(500));
     nix::sys::signal::killpg(nix::unistd::Pid::from_raw(demo as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let run = demo_support::wait(child);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
