@@ -326,10 +326,14 @@ fn plain(
             } else {
                 // As long as the relay's ids: its name, the ring's epoch (a random u64) and the
                 // record's position in the ring (a byte offset).
-                let id = format!("bench-pub/{RELAY_LIKE_EPOCH}/{}", seq * (size as u64 + 16));
+                let id = if headers == Headers::ChainedShort {
+                    format!("b/{seq}")
+                } else {
+                    format!("bench-pub/{RELAY_LIKE_EPOCH}/{}", seq * (size as u64 + 16))
+                };
                 // As the relay publishes a raw record (type 0: no type header).
                 let mut message = jetstream::message::PublishMessage::build().payload(payload).message_id(&id);
-                if let (Headers::Chained, Some(prev)) = (headers, &last_id) {
+                if let (Headers::Chained | Headers::ChainedShort, Some(prev)) = (headers, &last_id) {
                     message = message.expected_last_message_id(prev);
                 }
                 last_id = Some(id);
@@ -357,6 +361,9 @@ enum Headers {
     MsgId,
     /// Those and `Nats-Expected-Last-Msg-Id`, as the relay by default.
     Chained,
+    /// As `Chained`, with ids of a few characters (`b/<n>`) instead of the relay's ~38: what
+    /// the length of the ids costs.
+    ChainedShort,
 }
 
 /// The relay path's options: the publisher's `ordered`, and whether this process's ring ends
@@ -554,7 +561,7 @@ fn main() -> BenchResult<()> {
     for (size, n) in [(64usize, s.n_small), (16 << 10, s.n_large)] {
         for _ in 0..s.runs {
             let names: Vec<String> =
-                ["PLAIN", "RELAY", "MSGID", "CHAINED", "UNORDERED"].iter().map(|w| name(w)).collect();
+                ["PLAIN", "RELAY", "MSGID", "CHAINED", "UNORDERED", "SHORTIDS"].iter().map(|w| name(w)).collect();
             // Each row's stream is deleted after it, so that no row starts with the files (and
             // the dirty pages) of the rows before it.
             let plain_out = plain((pid, &url), &names[0], size, n, Pace::Flat, Headers::None)?;
@@ -568,6 +575,8 @@ fn main() -> BenchResult<()> {
             let unordered = Variant { ordered: false, ..RELAY };
             let unordered_out = relay((pid, &url), (&tadpole, &dir), &names[4], size, n, Pace::Flat, unordered)?;
             delete_stream(&url, &names[4]);
+            let short_out = plain((pid, &url), &names[5], size, n, Pace::Flat, Headers::ChainedShort)?;
+            delete_stream(&url, &names[5]);
             let rate = |o: &Outcome| n as f64 / o.elapsed.as_secs_f64();
             let (pr, rr) = (rate(&plain_out), rate(&relay_out));
             let mb = |r: f64| r * size as f64 / 1e6;
@@ -582,6 +591,7 @@ fn main() -> BenchResult<()> {
                 ("plain client with Nats-Msg-Id", &msgid_out),
                 ("plain client with Nats-Msg-Id and Expected-Last-Msg-Id (the relay's headers)", &chained_out),
                 ("relay with ordered = false (no Expected-Last-Msg-Id)", &unordered_out),
+                ("plain client with the relay's headers, ids of a few characters (b/<n>)", &short_out),
             ] {
                 println!(
                     "| context: {what} | {size} B | {n} | {pr:.0}/s | {:.0}/s (CPU {}) | {:.2} |",
