@@ -21,6 +21,9 @@ pub struct Counters {
     /// Publisher: envelope records whose `message_id` could not be read (published with the
     /// position id instead).
     pub invalid_envelopes: AtomicU64,
+    /// Publisher: replies on the acknowledgement subscription that name no record awaiting
+    /// one (a reply subject that does not parse, an unknown record, a second reply): ignored.
+    pub stray_acks: AtomicU64,
     /// Publisher: gauge, messages published and not acknowledged.
     pub in_flight: AtomicU64,
     /// Feeder: records committed into the local ring.

@@ -1,11 +1,13 @@
 //! JetStream → ring: commit each message of a durable pull consumer, then acknowledge it.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
+use async_nats::header::{HeaderName, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, Message, consumer};
 use futures_util::{FutureExt, StreamExt};
 use ipc_core::{Producer, TrySendError};
@@ -57,22 +59,62 @@ impl FeederConfig {
     }
 }
 
-/// The message ids of the last records committed, oldest first, bounded by count.
+/// The message ids of the last records committed, oldest first, bounded by count. An id is kept
+/// as 128 bits of two keyed hashes (random keys per process), not as a string: no allocation
+/// per record, and a false match (a record dropped as a duplicate it is not) needs two ids to
+/// collide in both hashes, about 1 in 10^33 per lookup with a full window, and cannot be aimed
+/// at without the keys.
 struct SeenIds {
     max: usize,
-    ids: HashSet<String>,
-    order: VecDeque<String>,
+    keys: (RandomState, RandomState),
+    ids: HashSet<u128, BuildHasherDefault<FoldHasher>>,
+    order: VecDeque<u128>,
 }
 
 impl SeenIds {
-    fn insert(&mut self, id: String) {
+    fn new(max: usize) -> SeenIds {
+        SeenIds { max, keys: (RandomState::new(), RandomState::new()), ids: HashSet::default(), order: VecDeque::new() }
+    }
+
+    fn key(&self, id: &str) -> u128 {
+        let (a, b) = (self.keys.0.hash_one(id), self.keys.1.hash_one(id));
+        (u128::from(a) << 64) | u128::from(b)
+    }
+
+    fn contains(&self, key: u128) -> bool {
+        self.ids.contains(&key)
+    }
+
+    fn insert(&mut self, key: u128) {
         while self.ids.len() >= self.max.max(1) {
             let Some(old) = self.order.pop_front() else { break };
             self.ids.remove(&old);
         }
-        if self.ids.insert(id.clone()) {
-            self.order.push_back(id);
+        if self.ids.insert(key) {
+            self.order.push_back(key);
         }
+    }
+}
+
+/// The hasher of [`SeenIds`]' set: its keys are keyed hashes already, so it only folds them.
+#[derive(Default)]
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= (n as u64) ^ ((n >> 64) as u64);
     }
 }
 
@@ -92,6 +134,8 @@ pub struct Feeder {
     /// `config.checkpoint`, open.
     checkpoint_file: Option<Checkpoint>,
     seen: SeenIds,
+    /// The ids of the batch being committed (reused).
+    batch_ids: HashSet<u128, BuildHasherDefault<FoldHasher>>,
     counters: Arc<Counters>,
 }
 
@@ -111,8 +155,16 @@ impl Feeder {
         };
         let state =
             recorded.unwrap_or(State { epoch, ..State::default() }).resolve(epoch, producer.frontier().position);
-        let seen = SeenIds { max: config.dedup_max_ids, ids: HashSet::new(), order: VecDeque::new() };
-        Ok(Feeder { config, producer, state, checkpoint_file, seen, counters: Arc::new(Counters::default()) })
+        let seen = SeenIds::new(config.dedup_max_ids);
+        Ok(Feeder {
+            config,
+            producer,
+            state,
+            checkpoint_file,
+            seen,
+            batch_ids: HashSet::default(),
+            counters: Arc::new(Counters::default()),
+        })
     }
 
     /// The counters (shared: clone the `Arc` to read them elsewhere).
@@ -227,8 +279,10 @@ impl Feeder {
     /// Commits `batch` (after dropping what is done already), then acknowledges it.
     async fn deliver(&mut self, batch: Vec<Message>, last_delivery: &mut u64, stop: &AtomicBool) -> Result<(), Gap> {
         let c = self.counters.clone();
-        // (index in `batch`, stream sequence, message type, message id) of what goes in the ring.
-        let mut keep: Vec<(usize, u64, u16, Option<String>)> = Vec::with_capacity(batch.len());
+        // (index in `batch`, stream sequence, message type, message id key) of what goes in the
+        // ring.
+        let mut keep: Vec<(usize, u64, u16, Option<u128>)> = Vec::with_capacity(batch.len());
+        self.batch_ids.clear();
         let mut done_through = self.state.committed;
         // The latest delivery: acknowledging it acknowledges the whole batch.
         let mut newest: Option<(u64, usize)> = None;
@@ -255,14 +309,13 @@ impl Feeder {
             }
             done_through = sequence;
             let headers = message.headers.as_ref();
-            let id = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)).map(|v| v.as_str().to_owned());
+            let id = headers.and_then(|h| h.get(NATS_MESSAGE_ID)).map(|v| self.seen.key(v.as_str()));
             // Seen in an earlier batch, or earlier in this one.
-            let seen = |id: &String| self.seen.ids.contains(id) || keep.iter().any(|k| k.3.as_ref() == Some(id));
-            if id.as_ref().is_some_and(seen) {
+            if id.is_some_and(|id| self.seen.contains(id) || self.batch_ids.contains(&id)) {
                 Counters::add(&c.duplicates_dropped, 1);
                 continue;
             }
-            let message_type = match headers.and_then(|h| h.get(MESSAGE_TYPE_HEADER)) {
+            let message_type = match headers.and_then(|h| h.get(HeaderName::from_static(MESSAGE_TYPE_HEADER))) {
                 None => Some(0),
                 Some(v) => v.as_str().parse::<u16>().ok(),
             };
@@ -272,6 +325,9 @@ impl Feeder {
                 tracing::warn!(event = "jetstream_malformed", stream = %self.config.stream, sequence, len = message.payload.len(), "message dropped: bad type header or too large for the ring");
                 continue;
             };
+            if let Some(id) = id {
+                self.batch_ids.insert(id);
+            }
             keep.push((index, sequence, message_type, id));
         }
         let mut next = 0;

@@ -14,8 +14,8 @@
 //! - [`Bridge`] runs a set of routes on a thread and tokio runtime of their own, beside
 //!   whatever else the process does (the relay's ZeroMQ loop).
 //!
-//! The message type of a record travels in the [`MESSAGE_TYPE_HEADER`] header; the payload is
-//! carried unchanged.
+//! The message type of a record travels in the [`MESSAGE_TYPE_HEADER`] header (left out for
+//! type 0, which is what a message without it is read as); the payload is carried unchanged.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -54,5 +54,5 @@ pub use feeder::{Feeder, FeederConfig};
 pub use publisher::{MessageIdFn, Publisher, PublisherConfig};
 pub use settings::{ConnectError, NatsSettings, StreamSettings, connect, ensure_stream};
 
-/// Header carrying a record's ring message type (decimal `u16`).
+/// Header carrying a record's ring message type (decimal `u16`); absent means type 0.
 pub const MESSAGE_TYPE_HEADER: &str = "Tadpole-Type";

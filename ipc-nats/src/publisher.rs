@@ -1,16 +1,16 @@
 //! Ring → JetStream: publish every record, release it from the ring once JetStream stored it.
 
 use std::collections::VecDeque;
-use std::future::{Future, IntoFuture};
 use std::os::fd::RawFd;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, context::PublishError, message::PublishMessage, publish::PublishAck};
+use async_nats::StatusCode;
+use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_EXPECTED_LAST_MESSAGE_ID, NATS_MESSAGE_ID};
+use async_nats::jetstream;
 use bytes::Bytes;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use ipc_core::{Consumer, LeasesOutstanding, ReleaseMode, TryRecvError};
 use tokio::io::unix::AsyncFd;
 
@@ -42,7 +42,13 @@ pub struct PublisherConfig {
     pub retry_min: Duration,
     /// Longest wait between attempts.
     pub retry_max: Duration,
+    /// How long an acknowledgement may take before the publisher gives up on it and publishes
+    /// again from that record (default 5 s).
+    pub ack_timeout: Duration,
 }
+
+/// Longest wait for an acknowledgement or a record before `stop` is looked at again.
+const IDLE: Duration = Duration::from_millis(100);
 
 impl PublisherConfig {
     /// The defaults for `origin`, `subject` and `stream`.
@@ -55,15 +61,78 @@ impl PublisherConfig {
             ordered: true,
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(5),
         }
     }
 }
 
-type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
-
+/// One published record awaiting its acknowledgement.
 struct InFlight {
     position: u64,
-    ack: AckFuture,
+    /// When it was published: the acknowledgement is given up on `ack_timeout` later.
+    sent: Instant,
+    /// Acknowledged (`Some(duplicate)`), possibly ahead of an older record still waiting.
+    acked: Option<bool>,
+}
+
+/// What an acknowledgement said about the record it names.
+enum AckReply {
+    /// Stored (`duplicate`: it was stored already).
+    Stored { duplicate: bool },
+    /// Refused (a JetStream error, no responders, or a reply that is not an acknowledgement).
+    Refused(String),
+}
+
+/// The part of a JetStream publish acknowledgement the publisher reads.
+#[derive(serde::Deserialize)]
+struct AckBody {
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+impl AckReply {
+    fn parse(message: &async_nats::Message) -> AckReply {
+        if let Some(status) = message.status {
+            if status != StatusCode::OK {
+                return AckReply::Refused(format!("status {status}"));
+            }
+        }
+        match serde_json::from_slice::<AckBody>(&message.payload) {
+            // Stored messages have a stream sequence; anything else is not an acknowledgement.
+            Ok(AckBody { error: None, seq, duplicate }) if seq > 0 => AckReply::Stored { duplicate },
+            _ => AckReply::Refused(String::from_utf8_lossy(&message.payload[..message.payload.len().min(512)]).into()),
+        }
+    }
+}
+
+/// Reads `<prefix><generation>.<position>`, the reply subject of a publish.
+fn parse_reply(subject: &str, prefix: &str) -> Option<(u64, u64)> {
+    let (generation, position) = subject.strip_prefix(prefix)?.split_once('.')?;
+    let number = |s: &str| {
+        let digits = !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+        if digits { s.parse::<u64>().ok() } else { None }
+    };
+    Some((number(generation)?, number(position)?))
+}
+
+/// Appends `n` in decimal to `out`, without the formatting machinery.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // The slice holds ASCII digits only.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
 }
 
 /// Drains a local ring into a JetStream subject, at least once, in order.
@@ -74,6 +143,11 @@ struct InFlight {
 /// the same message ids, which the stream's duplicate window drops). After a failure the
 /// publisher rewinds to the first unacknowledged record and publishes one record at a time
 /// until JetStream stores one it did not have; then it pipelines again.
+///
+/// Acknowledgements come to one subscription of the publisher's own: each publish's reply
+/// subject names the record (`<inbox>.<generation>.<position>`), so a reply is matched to its
+/// record without a pending-request table, a channel or a timer per message, and replies to
+/// publishes made before a rewind (an older generation) are told apart and ignored.
 pub struct Publisher {
     // Before `consumer`: deregistered before the descriptor it watches closes.
     doorbell: Option<AsyncFd<RawFd>>,
@@ -107,14 +181,21 @@ impl Publisher {
         self.counters = counters;
     }
 
-    fn message_id(&self, position: u64, payload: &[u8]) -> String {
+    /// The record's message id: the envelope's, or `<id_prefix><position>` (`origin/epoch/`).
+    fn message_id(&self, id_prefix: &str, position: u64, payload: &[u8]) -> HeaderValue {
         if let Some(ids) = &self.ids {
-            if let Some(id) = ids(payload) {
+            // An id that cannot be a header value (CR or LF in it) is refused like one that
+            // cannot be read.
+            if let Some(id) = ids(payload).and_then(|id| id.parse::<HeaderValue>().ok()) {
                 return id;
             }
             Counters::add(&self.counters.invalid_envelopes, 1);
         }
-        format!("{}/{}/{}", self.config.origin, self.consumer.epoch(), position)
+        let mut id = String::with_capacity(id_prefix.len() + 20);
+        id.push_str(id_prefix);
+        push_decimal(&mut id, position);
+        // Digits after a prefix checked in `run`.
+        id.parse::<HeaderValue>().unwrap_or_default()
     }
 
     /// Publishes until `stop` is set. Errors are counted, logged and retried: it only returns
@@ -122,6 +203,7 @@ impl Publisher {
     pub async fn run(mut self, js: jetstream::Context, stop: Arc<AtomicBool>) {
         let c = self.counters.clone();
         let stream = self.config.stream.name.clone();
+        let client = js.client();
         let mut backoff = self.config.retry_min;
         while !stop.load(Relaxed) {
             match ensure_stream(&js, &self.config.stream).await {
@@ -134,6 +216,29 @@ impl Publisher {
                 }
             }
         }
+        // The acknowledgements' subscription, made once: the client subscribes again by itself
+        // after a reconnect.
+        let inbox = client.new_inbox();
+        let mut acks = loop {
+            if stop.load(Relaxed) {
+                return;
+            }
+            match client.subscribe(format!("{inbox}.>")).await {
+                Ok(acks) => break acks,
+                Err(e) => {
+                    Counters::add(&c.errors, 1);
+                    tracing::warn!(event = "jetstream_ack_subscribe", stream = %stream, error = %e, "cannot subscribe to publish acknowledgements; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.retry_max);
+                }
+            }
+        };
+        let reply_prefix = format!("{inbox}.");
+        let subject = async_nats::Subject::from(self.config.subject.as_str());
+        // The origin goes into every message id, a header value: no CR or LF.
+        let origin: String =
+            self.config.origin.chars().map(|ch| if ch == '\r' || ch == '\n' { '_' } else { ch }).collect();
+        let id_prefix = format!("{origin}/{}/", self.consumer.epoch());
         tracing::info!(event = "jetstream_publishing", stream = %stream, subject = %self.config.subject, "publishing ring");
         self.doorbell = self.consumer.pollable_doorbell().ok().and_then(|fd| {
             // SAFETY: `fd` is the consumer's pollable doorbell, owned by `self.consumer` and the
@@ -143,10 +248,13 @@ impl Publisher {
         });
         backoff = self.config.retry_min;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-        let mut last_id: Option<String> = None;
+        let mut last_id: Option<HeaderValue> = None;
+        // Bumped at every rewind: replies to what was published before it are ignored.
+        let mut generation = 0u64;
         // One at a time, unchained, until JetStream stores a record it did not have: after a
         // (re)start or a failure, the records at the front may be stored already.
         let mut careful = true;
+        let mut reply_to = String::with_capacity(reply_prefix.len() + 42);
         while !stop.load(Relaxed) {
             let window = if careful { 1 } else { self.config.max_in_flight.max(1) };
             let mut failed: Option<String> = None;
@@ -161,24 +269,48 @@ impl Publisher {
                     }
                     Err(_) => break,
                 };
-                let id = self.message_id(position, &payload);
+                let id = self.message_id(&id_prefix, position, &payload);
                 let len = payload.len() as u64;
-                let mut message = PublishMessage::build()
-                    .payload(payload)
-                    .message_id(&id)
-                    .header(MESSAGE_TYPE_HEADER, message_type.to_string().as_str());
-                if let (true, false, Some(prev)) = (self.config.ordered, careful, &last_id) {
-                    message = message.expected_last_message_id(prev);
+                let mut headers = HeaderMap::new();
+                // Type 0 (raw records) travels as no header at all: the feeder reads a missing
+                // type as 0, and every header costs the server and the feeder a parse.
+                if message_type != 0 {
+                    headers.insert(HeaderName::from_static(MESSAGE_TYPE_HEADER), HeaderValue::from(message_type));
                 }
-                match js.send_publish(self.config.subject.clone(), message).await {
-                    Ok(ack) => {
+                if self.config.ordered && !careful {
+                    if let Some(prev) = last_id.take() {
+                        headers.insert(NATS_EXPECTED_LAST_MESSAGE_ID, prev);
+                    }
+                }
+                if self.config.ordered {
+                    last_id = Some(id.clone());
+                }
+                headers.insert(NATS_MESSAGE_ID, id);
+                reply_to.clear();
+                reply_to.push_str(&reply_prefix);
+                push_decimal(&mut reply_to, generation);
+                reply_to.push('.');
+                push_decimal(&mut reply_to, position);
+                let to = async_nats::Subject::from(reply_to.as_str());
+                let publish = client.publish_with_reply_and_headers(subject.clone(), to, headers, payload);
+                let mut publish = std::pin::pin!(publish);
+                // Queued at once unless the client's queue is full (NATS slow or down): only
+                // then is a timer set, so that a stop is not held up.
+                let published = match publish.as_mut().now_or_never() {
+                    Some(result) => result.map_err(|e| e.to_string()),
+                    None => match tokio::time::timeout(self.config.ack_timeout, publish).await {
+                        Ok(result) => result.map_err(|e| e.to_string()),
+                        Err(_) => Err("publish timed out (the client's queue stayed full)".into()),
+                    },
+                };
+                match published {
+                    Ok(()) => {
                         Counters::add(&c.published, 1);
                         Counters::add(&c.bytes_published, len);
-                        in_flight.push_back(InFlight { position, ack: ack.into_future() });
-                        last_id = Some(id);
+                        in_flight.push_back(InFlight { position, sent: Instant::now(), acked: None });
                     }
                     Err(e) => {
-                        failed = Some(e.to_string());
+                        failed = Some(e);
                         break;
                     }
                 }
@@ -189,32 +321,41 @@ impl Publisher {
                     self.wait_for_records().await;
                     continue;
                 }
-                let mut acked_through = None;
-                let mut first = true;
-                while let Some(front) = in_flight.front_mut() {
-                    let result = if first { Some(front.ack.as_mut().await) } else { front.ack.as_mut().now_or_never() };
-                    first = false;
-                    match result {
-                        None => break,
-                        Some(Ok(ack)) => {
-                            Counters::add(&c.acked, 1);
-                            if ack.duplicate {
-                                Counters::add(&c.acked_duplicates, 1);
-                            } else {
-                                careful = false;
-                            }
-                            acked_through = Some(front.position);
-                            in_flight.pop_front();
-                        }
-                        Some(Err(e)) => {
-                            failed = Some(e.to_string());
+                // Wait for an acknowledgement (or, with room in the window, for a record), at
+                // most until the oldest record's acknowledgement is overdue.
+                let overdue = in_flight.front().map(|f| f.sent + self.config.ack_timeout);
+                let until = overdue.map_or(Instant::now(), |t| t.min(Instant::now() + IDLE));
+                let room = in_flight.len() < window;
+                let mut reply = self.next_reply(&mut acks, room, until).await;
+                // Then everything that is already there.
+                while let Some(message) = reply {
+                    match message {
+                        None => {
+                            failed = Some("the acknowledgement subscription ended".into());
                             break;
                         }
+                        Some(message) => {
+                            if let Err(e) =
+                                self.take_reply(&message, &reply_prefix, generation, &mut in_flight, &mut careful)
+                            {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
                     }
+                    reply = acks.next().now_or_never();
+                }
+                let mut acked_through = None;
+                while let Some(InFlight { position, acked: Some(_), .. }) = in_flight.front() {
+                    acked_through = Some(*position);
+                    in_flight.pop_front();
                 }
                 if let Some(position) = acked_through {
                     let _ = self.consumer.release_through(position);
                     backoff = self.config.retry_min;
+                }
+                if failed.is_none() && in_flight.front().is_some_and(|f| f.sent.elapsed() >= self.config.ack_timeout) {
+                    failed = Some("publish acknowledgement timed out".into());
                 }
                 c.in_flight.store(in_flight.len() as u64, Relaxed);
             }
@@ -236,15 +377,104 @@ impl Publisher {
                 self.consumer.rewind();
                 careful = true;
                 last_id = None;
+                generation += 1;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(self.config.retry_max);
             }
         }
     }
 
+    /// Waits until `until` for a reply on `acks` (`Some(None)`: the subscription ended); with
+    /// `room`, a record arriving in the ring ends the wait too (`None`).
+    async fn next_reply(
+        &mut self,
+        acks: &mut async_nats::Subscriber,
+        room: bool,
+        until: Instant,
+    ) -> Option<Option<async_nats::Message>> {
+        let mut until = until;
+        let armed = match (room, &self.doorbell) {
+            (true, Some(_)) => match self.consumer.arm_doorbell() {
+                Ok(true) => true,
+                // A record is there already: publish it first.
+                Ok(false) => return acks.next().now_or_never(),
+                Err(_) => false,
+            },
+            _ => false,
+        };
+        if room && !armed {
+            // No doorbell to sleep on: look at the ring again in a millisecond.
+            until = until.min(Instant::now() + Duration::from_millis(1));
+        }
+        let deadline = tokio::time::Instant::from_std(until);
+        let reply = {
+            let doorbell = async {
+                match (&self.doorbell, armed) {
+                    (Some(bell), true) => {
+                        if let Ok(mut ready) = bell.readable().await {
+                            ready.clear_ready();
+                        }
+                    }
+                    _ => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                reply = acks.next() => Some(reply),
+                () = doorbell => None,
+                () = tokio::time::sleep_until(deadline) => None,
+            }
+        };
+        if armed {
+            self.consumer.disarm_doorbell();
+        }
+        reply
+    }
+
+    /// Marks the record a reply names as acknowledged; `Err` when JetStream refused it.
+    fn take_reply(
+        &self,
+        message: &async_nats::Message,
+        reply_prefix: &str,
+        generation: u64,
+        in_flight: &mut VecDeque<InFlight>,
+        careful: &mut bool,
+    ) -> Result<(), String> {
+        let c = &self.counters;
+        let Some((of, position)) = parse_reply(message.subject.as_str(), reply_prefix) else {
+            Counters::add(&c.stray_acks, 1);
+            return Ok(());
+        };
+        if of != generation {
+            // For a publish made before the last rewind: that record is published again.
+            return Ok(());
+        }
+        let Ok(index) = in_flight.binary_search_by_key(&position, |f| f.position) else {
+            Counters::add(&c.stray_acks, 1);
+            return Ok(());
+        };
+        let slot = &mut in_flight[index];
+        if slot.acked.is_some() {
+            Counters::add(&c.stray_acks, 1);
+            return Ok(());
+        }
+        match AckReply::parse(message) {
+            AckReply::Stored { duplicate } => {
+                Counters::add(&c.acked, 1);
+                if duplicate {
+                    Counters::add(&c.acked_duplicates, 1);
+                } else {
+                    *careful = false;
+                }
+                slot.acked = Some(duplicate);
+                Ok(())
+            }
+            AckReply::Refused(why) => Err(why),
+        }
+    }
+
     /// Sleeps until the ring has a record (its pollable doorbell rings) or 100 ms pass.
     async fn wait_for_records(&mut self) {
-        const IDLE: Duration = Duration::from_millis(100);
         let Some(doorbell) = &self.doorbell else {
             tokio::time::sleep(Duration::from_millis(1)).await;
             return;
@@ -259,5 +489,78 @@ impl Publisher {
             Ok(false) => {}
             Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_are_written_as_format_writes_them() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX - 1, u64::MAX] {
+            let mut out = String::from("x/");
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x/{n}"));
+        }
+    }
+
+    #[test]
+    fn a_reply_subject_names_a_generation_and_a_position_or_nothing() {
+        let prefix = "_INBOX.abc.";
+        assert_eq!(parse_reply("_INBOX.abc.3.4096", prefix), Some((3, 4096)));
+        assert_eq!(parse_reply(&format!("_INBOX.abc.0.{}", u64::MAX), prefix), Some((0, u64::MAX)));
+        for bad in [
+            "_INBOX.abd.3.4096",
+            "_INBOX.abc.3",
+            "_INBOX.abc.3.",
+            "_INBOX.abc..4096",
+            "_INBOX.abc.3.40x6",
+            "_INBOX.abc.3.4096.1",
+            "_INBOX.abc.-3.4096",
+            "_INBOX.abc.+3.4096",
+            "_INBOX.abc.3.18446744073709551616",
+            "_INBOX.abc.3.000000000000000000004096",
+            "",
+        ] {
+            assert_eq!(parse_reply(bad, prefix), None, "{bad:?}");
+        }
+    }
+
+    fn reply(payload: &'static str, status: Option<StatusCode>) -> async_nats::Message {
+        async_nats::Message {
+            subject: "_INBOX.abc.0.1".into(),
+            reply: None,
+            payload: Bytes::from_static(payload.as_bytes()),
+            headers: None,
+            status,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    #[test]
+    fn only_a_stored_acknowledgement_releases_a_record() {
+        let stored = |payload, status| matches!(AckReply::parse(&reply(payload, status)), AckReply::Stored { .. });
+        assert!(stored(r#"{"stream":"S","seq":7}"#, None));
+        assert!(matches!(
+            AckReply::parse(&reply(r#"{"stream":"S","seq":7,"duplicate":true}"#, None)),
+            AckReply::Stored { duplicate: true }
+        ));
+        assert!(stored(r#"{"stream":"S","seq":7}"#, Some(StatusCode::OK)));
+        for refused in [
+            r#"{"error":{"code":400,"err_code":10071,"description":"wrong last msg ID"},"stream":"S","seq":0}"#,
+            r#"{"error":{"code":503},"stream":"S","seq":9}"#,
+            r#"{"stream":"S"}"#,
+            r#"{"stream":"S","seq":0}"#,
+            r#"{"stream":"S","seq":-1}"#,
+            "",
+            "not json",
+            "[]",
+        ] {
+            assert!(!stored(refused, None), "{refused:?}");
+        }
+        assert!(!stored("", Some(StatusCode::NO_RESPONDERS)));
+        assert!(!stored(r#"{"stream":"S","seq":7}"#, Some(StatusCode::NO_RESPONDERS)));
     }
 }

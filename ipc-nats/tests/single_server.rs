@@ -179,3 +179,82 @@ fn while_nats_is_down_the_source_ring_fills_and_keeps_every_record_then_all_are_
         }
     });
 }
+
+#[test]
+fn replies_that_name_no_record_awaiting_one_are_counted_and_ignored_and_every_record_is_stored_once() {
+    let Some(binary) = nats_server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = Server::start(&binary, port, dir.path());
+    let url = format!("nats://127.0.0.1:{port}");
+    let rt = runtime();
+    // A second client that hears every reply on the inbox subjects, the publisher's included.
+    let (spy, mut replies) = rt.block_on(async {
+        let client = async_nats::ConnectOptions::new().retry_on_initial_connect().connect(url.as_str()).await.unwrap();
+        let replies = client.subscribe("_INBOX.>").await.unwrap();
+        client.flush().await.unwrap();
+        (client, replies)
+    });
+    let ring = RingBuilder::new(1 << 16).create_anonymous().unwrap();
+    let mut producer = ring.producer().unwrap();
+    let config = PublisherConfig::new("host-a", "t.STRAY", stream("STRAY", Duration::from_secs(120)));
+    let publisher = Publisher::new(config, ring.consumer().unwrap(), None).unwrap();
+    let route = Route::Publish { name: "stray".into(), stream: "STRAY".into(), publisher };
+    let bridge = Bridge::start(NatsSettings::new(vec![url.clone()], "test"), vec![route]).unwrap();
+    let counters: Arc<Counters> = bridge.routes()[0].counters.clone();
+    producer.try_send(&0u32.to_le_bytes()).unwrap();
+    wait_for(
+        "the first acknowledgement",
+        Duration::from_secs(20),
+        || Counters::get(&counters.acked) == 1,
+        || format!("{counters:?}"),
+    );
+    // The publisher's acknowledgement: `_INBOX.<id>.<generation>.<position>` (the client's own
+    // requests, such as the stream's creation, have one token less).
+    let first = rt.block_on(async {
+        use futures_util::StreamExt;
+        loop {
+            let reply = tokio::time::timeout(Duration::from_secs(5), replies.next()).await.unwrap().unwrap();
+            if reply.subject.split('.').count() == 4 {
+                break reply;
+            }
+        }
+    });
+    let tokens: Vec<&str> = first.subject.as_str().split('.').collect();
+    let inbox = format!("{}.{}", tokens[0], tokens[1]);
+    rt.block_on(async {
+        for (subject, payload) in [
+            (format!("{inbox}.junk"), first.payload.clone()),
+            (format!("{inbox}.0.123456789"), first.payload.clone()),
+            // The same reply again: its record is released already.
+            (first.subject.to_string(), first.payload.clone()),
+            (format!("{inbox}.0.x"), bytes::Bytes::from_static(b"{\"error\":{\"code\":500}}")),
+        ] {
+            spy.publish(subject, payload).await.unwrap();
+        }
+        spy.flush().await.unwrap();
+    });
+    // Read (and counted) while the publisher waits for its next acknowledgements.
+    for i in 1..100u32 {
+        producer.try_send(&i.to_le_bytes()).unwrap();
+    }
+    wait_for(
+        "every record acknowledged",
+        Duration::from_secs(20),
+        || Counters::get(&counters.acked) == 100,
+        || format!("{counters:?}"),
+    );
+    assert_eq!(Counters::get(&counters.stray_acks), 4, "{counters:?}");
+    assert_eq!(Counters::get(&counters.republishes), 0, "{counters:?}");
+    assert_eq!(Counters::get(&counters.errors), 0, "{counters:?}");
+    drop(bridge);
+    rt.block_on(async {
+        let js = jetstream::new(spy);
+        let mut stream = js.get_stream("STRAY").await.unwrap();
+        assert_eq!(stream.info().await.unwrap().state.messages, 100);
+        for seq in [1u64, 100] {
+            let message = stream.get_raw_message(seq).await.unwrap();
+            assert_eq!(&message.payload[..], &((seq - 1) as u32).to_le_bytes());
+        }
+    });
+}

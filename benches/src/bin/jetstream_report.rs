@@ -6,9 +6,9 @@
 //! publisher's `max_in_flight`), and another client, on a thread and connection of its own,
 //! reads them from a durable pull consumer with the relay feeder's settings (batches of 256,
 //! `AckPolicy::All`, `max_ack_pending` 256, the newest message of each batch acknowledged).
-//! Context rows do the same with the headers the relay adds (`Nats-Msg-Id` and the message
-//! type; then `Nats-Expected-Last-Msg-Id` too), run the relay with `ordered = false`, and show
-//! the CPU time each process used.
+//! Context rows do the same with the headers the relay adds to a raw record (`Nats-Msg-Id`;
+//! then `Nats-Expected-Last-Msg-Id` too), run the relay with `ordered = false`, and show the
+//! CPU time each process used. Each row's stream is deleted when the row is done.
 //!
 //! Relay: two `tadpole relay` processes, one publishing a ring (`[[jetstream]] publish`), one
 //! feeding another ring (`[[jetstream]] feed`) from the stream; this process writes numbered
@@ -58,6 +58,9 @@ const RING_BYTES: usize = 64 << 20;
 const LATENCY_RATE: u64 = 1000;
 /// The relays' state and checkpoint files: `/dev/shm/<prefix>...`, removed at the end.
 const STATE_PREFIX: &str = "tadpole-jetstream-bench-";
+/// The epoch part of the baseline's message ids when it sends the relay's headers: 20 digits,
+/// as a ring's random epoch mostly has.
+const RELAY_LIKE_EPOCH: u64 = 16_045_690_984_833_335_023;
 
 struct Settings {
     n_small: u64,
@@ -321,12 +324,16 @@ fn plain(
             let ack = if headers == Headers::None {
                 js.publish(subject.clone(), payload).await?
             } else {
-                let id = format!("bench/1/{seq}");
-                let mut message = jetstream::message::PublishMessage::build()
-                    .payload(payload)
-                    .message_id(&id)
-                    .header("Tadpole-Type", "0");
-                if let (Headers::Chained, Some(prev)) = (headers, &last_id) {
+                // As long as the relay's ids: its name, the ring's epoch (a random u64) and the
+                // record's position in the ring (a byte offset).
+                let id = if headers == Headers::ChainedShort {
+                    format!("b/{seq}")
+                } else {
+                    format!("bench-pub/{RELAY_LIKE_EPOCH}/{}", seq * (size as u64 + 16))
+                };
+                // As the relay publishes a raw record (type 0: no type header).
+                let mut message = jetstream::message::PublishMessage::build().payload(payload).message_id(&id);
+                if let (Headers::Chained | Headers::ChainedShort, Some(prev)) = (headers, &last_id) {
                     message = message.expected_last_message_id(prev);
                 }
                 last_id = Some(id);
@@ -349,10 +356,14 @@ fn plain(
 enum Headers {
     /// Nothing (`nats bench --js`).
     None,
-    /// `Nats-Msg-Id` and the message type, as the relay with `ordered = false`.
+    /// `Nats-Msg-Id`, as the relay with `ordered = false` sends a raw record (type 0 has no
+    /// type header).
     MsgId,
     /// Those and `Nats-Expected-Last-Msg-Id`, as the relay by default.
     Chained,
+    /// As `Chained`, with ids of a few characters (`b/<n>`) instead of the relay's ~38: what
+    /// the length of the ids costs.
+    ChainedShort,
 }
 
 /// The relay path's options: the publisher's `ordered`, and whether this process's ring ends
@@ -550,16 +561,22 @@ fn main() -> BenchResult<()> {
     for (size, n) in [(64usize, s.n_small), (16 << 10, s.n_large)] {
         for _ in 0..s.runs {
             let names: Vec<String> =
-                ["PLAIN", "RELAY", "MSGID", "CHAINED", "UNORDERED"].iter().map(|w| name(w)).collect();
+                ["PLAIN", "RELAY", "MSGID", "CHAINED", "UNORDERED", "SHORTIDS"].iter().map(|w| name(w)).collect();
+            // Each row's stream is deleted after it, so that no row starts with the files (and
+            // the dirty pages) of the rows before it.
             let plain_out = plain((pid, &url), &names[0], size, n, Pace::Flat, Headers::None)?;
+            delete_stream(&url, &names[0]);
             let relay_out = relay((pid, &url), (&tadpole, &dir), &names[1], size, n, Pace::Flat, RELAY)?;
+            delete_stream(&url, &names[1]);
             let msgid_out = plain((pid, &url), &names[2], size, n, Pace::Flat, Headers::MsgId)?;
+            delete_stream(&url, &names[2]);
             let chained_out = plain((pid, &url), &names[3], size, n, Pace::Flat, Headers::Chained)?;
+            delete_stream(&url, &names[3]);
             let unordered = Variant { ordered: false, ..RELAY };
             let unordered_out = relay((pid, &url), (&tadpole, &dir), &names[4], size, n, Pace::Flat, unordered)?;
-            for stream in &names {
-                delete_stream(&url, stream);
-            }
+            delete_stream(&url, &names[4]);
+            let short_out = plain((pid, &url), &names[5], size, n, Pace::Flat, Headers::ChainedShort)?;
+            delete_stream(&url, &names[5]);
             let rate = |o: &Outcome| n as f64 / o.elapsed.as_secs_f64();
             let (pr, rr) = (rate(&plain_out), rate(&relay_out));
             let mb = |r: f64| r * size as f64 / 1e6;
@@ -574,8 +591,14 @@ fn main() -> BenchResult<()> {
                 ("plain client with Nats-Msg-Id", &msgid_out),
                 ("plain client with Nats-Msg-Id and Expected-Last-Msg-Id (the relay's headers)", &chained_out),
                 ("relay with ordered = false (no Expected-Last-Msg-Id)", &unordered_out),
+                ("plain client with the relay's headers, ids of a few characters (b/<n>)", &short_out),
             ] {
-                println!("| context: {what} | {size} B | {n} | {pr:.0}/s | {:.0}/s | {:.2} |", rate(o), rate(o) / pr);
+                println!(
+                    "| context: {what} | {size} B | {n} | {pr:.0}/s | {:.0}/s (CPU {}) | {:.2} |",
+                    rate(o),
+                    cpu(o),
+                    rate(o) / pr
+                );
             }
             println!(
                 "| context: CPU s while timed (nats-server / relays / this process) | {size} B | {n} | {} | {} | |",
@@ -588,12 +611,12 @@ fn main() -> BenchResult<()> {
     for _ in 0..s.runs {
         let names: Vec<String> = ["PLAINLAT", "RELAYLAT", "SPINLAT"].iter().map(|w| name(w)).collect();
         let plain_out = plain((pid, &url), &names[0], 64, n, Pace::Steady, Headers::None)?;
+        delete_stream(&url, &names[0]);
         let relay_out = relay((pid, &url), (&tadpole, &dir), &names[1], 64, n, Pace::Steady, RELAY)?;
+        delete_stream(&url, &names[1]);
         let spin = Variant { spin: true, ..RELAY };
         let spin_out = relay((pid, &url), (&tadpole, &dir), &names[2], 64, n, Pace::Steady, spin)?;
-        for stream in &names {
-            delete_stream(&url, stream);
-        }
+        delete_stream(&url, &names[2]);
         let histogram = |o: Outcome| o.latency.ok_or("no histogram");
         let (ph, rh, sh) = (histogram(plain_out)?, histogram(relay_out)?, histogram(spin_out)?);
         let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;

@@ -45,6 +45,7 @@ pub(super) fn start(cfg: &RelayConfig, state: &Path) -> Result<Option<Bridge>> {
                 config.ordered = route.ordered;
                 config.retry_min = settings.reconnect_min;
                 config.retry_max = settings.reconnect_max;
+                config.ack_timeout = settings.request_timeout;
                 let ids: Option<ipc_nats::MessageIdFn> = route.envelopes.then(|| {
                     Box::new(|payload: &[u8]| {
                         let envelope = verify_envelope(payload, &VerifyOptions::default()).ok()?;
@@ -88,7 +89,7 @@ fn checkpoint_path(state: &Path, ring: &str) -> PathBuf {
 pub(super) fn add_metrics(set: &mut CounterSet, relay: &str, routes: &[RouteStatus]) {
     use ipc_nats::Counters as C;
     type Field = fn(&C) -> &std::sync::atomic::AtomicU64;
-    let series: [(&str, &str, Kind, Field); 12] = [
+    let series: [(&str, &str, Kind, Field); 13] = [
         (
             "tadpole_relay_jetstream_published",
             "Messages published to JetStream (republished ones included)",
@@ -107,6 +108,12 @@ pub(super) fn add_metrics(set: &mut CounterSet, relay: &str, routes: &[RouteStat
             "Rewinds to publish again what was not acknowledged",
             Kind::Counter,
             |c| &c.republishes,
+        ),
+        (
+            "tadpole_relay_jetstream_stray_acks",
+            "Replies on the acknowledgement subscription naming no record that awaits one (ignored)",
+            Kind::Counter,
+            |c| &c.stray_acks,
         ),
         ("tadpole_relay_jetstream_in_flight", "Messages published and not acknowledged", Kind::Gauge, |c| &c.in_flight),
         (
