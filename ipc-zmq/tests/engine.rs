@@ -624,6 +624,41 @@ fn one_lost_message_costs_one_resend_however_many_messages_were_in_flight_behind
 }
 
 #[test]
+fn an_ack_naming_the_middle_of_a_data_message_releases_what_it_names_and_keeps_the_rest_in_flight() {
+    let (source, dest) = (ring(1 << 16), ring(1 << 16));
+    let mut producer = source.producer().unwrap();
+    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    let mut receiver = receiver_into(&dest, None);
+    let mut out = dest.consumer().unwrap();
+    let now = Instant::now();
+    let epoch = source.epoch();
+    let (mut next, mut seen) = (0, Vec::new());
+    fill(&mut producer, &mut next, 10);
+    let hello = sender.poll(now).unwrap();
+    sender.handle(&receiver.handle(&hello, now).unwrap(), now);
+    let data = sender.poll(now).unwrap();
+    let Ok(Frame::Data(d)) = wire::decode(&data) else { panic!("not a DATA message") };
+    let positions: Vec<u64> = d.records.iter().map(|r| r.position).collect();
+    assert_eq!((positions.len(), sender.in_flight()), (10, 10));
+    let ack = |next: u64| Frame::Ack(wire::Ack { stream: ROUTE.into(), epoch, next, busy: false, rejects: vec![] });
+    // The first four records done: released in the source ring; the message stays in flight.
+    sender.handle(&ack(positions[3] + 1).encode(), now);
+    assert_eq!(sender.acknowledged(), positions[3] + 1);
+    assert_eq!(sender.consumer().release_position(), positions[4], "the first four records released");
+    assert_eq!(sender.in_flight(), 10, "a message in flight counts whole until it is all acknowledged");
+    // A position inside a record releases nothing more.
+    sender.handle(&ack(positions[5] + 3).encode(), now);
+    assert_eq!(sender.consumer().release_position(), positions[4]);
+    // The rest.
+    sender.handle(&receiver.handle(&data, now).unwrap(), now);
+    assert_eq!((sender.in_flight(), sender.acknowledged()), (0, positions[9] + 1));
+    assert!(sender.consumer().release_position() > positions[9], "all ten released");
+    drain(&mut out, &mut seen);
+    assert_once_in_order(&seen, 10);
+    assert_eq!(load(&sender.counters().malformed), 0);
+}
+
+#[test]
 fn acks_and_welcomes_naming_positions_never_sent_are_ignored_and_counted() {
     let (source, dest) = (ring(1 << 16), ring(1 << 16));
     let mut producer = source.producer().unwrap();
