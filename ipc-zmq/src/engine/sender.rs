@@ -537,7 +537,7 @@ impl Sender {
                 self.released_next = pos + 1;
             }
         }
-        let Some(first) = first else { return None };
+        let first = first?;
         self.in_flight.push_back(InFlight { first, last: self.sent_next - 1, records: count, bytes: batch_bytes });
         self.in_flight_records += count;
         self.in_flight_bytes += batch_bytes;
