@@ -176,6 +176,47 @@ impl<'a> Records<'a> {
     pub fn iter(&self) -> RecordIter<'_> {
         RecordIter { cursor: BodyCursor::new(&self.body, self.from), left: self.count }
     }
+
+    /// Checks the body as [`decode`] does: exactly [`len`](Self::len) well-formed records and
+    /// nothing after them.
+    pub(crate) fn validate(&self) -> Result<(), FrameError> {
+        let mut checked = self.checked();
+        while checked.next_checked()?.is_some() {}
+        Ok(())
+    }
+
+    /// The records, each checked as it is read (the receiver's single pass over a body
+    /// [`decode_deferred`] left unchecked).
+    pub(crate) fn checked(&self) -> CheckedRecords<'_> {
+        CheckedRecords { cursor: BodyCursor::new(&self.body, self.from), left: self.count }
+    }
+}
+
+/// The records of a body not checked yet, each checked as it is read: what [`decode`] refuses,
+/// this refuses with the same error, at the record where it is found.
+pub(crate) struct CheckedRecords<'r> {
+    cursor: BodyCursor<'r>,
+    left: usize,
+}
+
+impl<'r> CheckedRecords<'r> {
+    /// The next record; `Ok(None)` once all of them were read and nothing follows them.
+    #[inline(always)]
+    pub(crate) fn next_checked(&mut self) -> Result<Option<DataRecord<'r>>, FrameError> {
+        if self.left == 0 {
+            self.cursor.r.end()?;
+            return Ok(None);
+        }
+        let record = self.cursor.next_record()?;
+        self.left -= 1;
+        Ok(Some(record))
+    }
+
+    /// Checks the records not read yet (and that nothing follows them).
+    pub(crate) fn finish(&mut self) -> Result<(), FrameError> {
+        while self.next_checked()?.is_some() {}
+        Ok(())
+    }
 }
 
 impl<'r> IntoIterator for &'r Records<'_> {
@@ -518,6 +559,19 @@ pub enum FrameError {
 
 /// Decodes one message (its parts, in order). Borrows DATA payloads from `parts`.
 pub fn decode<P: AsRef<[u8]>>(parts: &[P]) -> Result<Frame<'_>, FrameError> {
+    decode_parts(parts, true)
+}
+
+/// [`decode`], except that a DATA message's body (its records) is left unchecked: everything
+/// else is checked as strictly. The receiver's path: it checks the body in the same pass that
+/// commits the records ([`Records::checked`]) and throws the pass away on the first error, so a
+/// DATA body is read once instead of twice. [`Records::iter`] must not be used on such a body
+/// before [`Records::validate`] or a whole [`CheckedRecords`] pass succeeded.
+pub(crate) fn decode_deferred<P: AsRef<[u8]>>(parts: &[P]) -> Result<Frame<'_>, FrameError> {
+    decode_parts(parts, false)
+}
+
+fn decode_parts<P: AsRef<[u8]>>(parts: &[P], check_body: bool) -> Result<Frame<'_>, FrameError> {
     let head = parts.first().ok_or(FrameError::Empty)?.as_ref();
     let mut r = Reader { buf: head, at: 0, part: 0 };
     let version = r.u8()?;
@@ -554,13 +608,11 @@ pub fn decode<P: AsRef<[u8]>>(parts: &[P]) -> Result<Frame<'_>, FrameError> {
                 return Err(FrameError::PartCount { expected: 2, got: parts.len() });
             }
             let body = parts[1].as_ref();
-            // Checked here once; `Records::iter` reads it again without allocating.
-            let mut cursor = BodyCursor::new(body, from);
-            for _ in 0..count {
-                cursor.next_record()?;
-            }
-            cursor.r.end()?;
             let records = Records { body: Cow::Borrowed(body), count, from };
+            if check_body {
+                // Checked here once; `Records::iter` reads it again without allocating.
+                records.validate()?;
+            }
             return Ok(Frame::Data(Data { origin, stream, epoch, released, records }));
         }
         KIND_ACK => {

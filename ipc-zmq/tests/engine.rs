@@ -343,6 +343,65 @@ fn version_2_peers_and_malformed_v3_bodies_are_refused_counted_and_unanswered() 
 }
 
 #[test]
+fn a_data_message_of_a_known_stream_with_a_bad_record_after_good_ones_commits_none_of_them() {
+    // Once the stream is known, the receiver checks a DATA body in the pass that commits it:
+    // a bad record anywhere (even behind good ones, or behind a full local ring) must still
+    // refuse the whole message, commit nothing, save nothing and answer nothing.
+    let (source, dest) = (ring(1 << 16), ring(1 << 12));
+    let mut producer = source.producer().unwrap();
+    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    let mut receiver = receiver_into(&dest, None);
+    let mut out = dest.consumer().unwrap();
+    let now = Instant::now();
+    let epoch = source.epoch();
+    let (mut next, mut seen) = (0, Vec::new());
+    fill(&mut producer, &mut next, 10);
+    exchange(&mut sender, &mut receiver, now);
+    drain(&mut out, &mut seen);
+    assert_once_in_order(&seen, 10);
+    let (_, expected) = receiver.next_expected("host-a", ROUTE).unwrap();
+    // Good records at the positions that follow, then a bad tail.
+    let first = expected.next_multiple_of(8);
+    let good = |records: usize| {
+        let mut body = wire::DataBody::new(expected, 0);
+        for i in 0..records as u64 {
+            body.push(first + 64 * i, 1, &[0x5a; 56]).unwrap();
+        }
+        body.into_bytes()
+    };
+    let data = |count: usize, body: Vec<u8>| vec![wire::data_header("host-a", ROUTE, epoch, expected, 0, count), body];
+    let with = |records: usize, tail: &[u8]| {
+        let mut body = good(records);
+        body.extend_from_slice(tail);
+        body
+    };
+    let bad = [
+        data(3, with(2, &[0x00, 0x09, b'x'])),       // third record's length past the part
+        data(3, with(2, &[0x80])),                   // third record's step cut short
+        data(2, with(2, &[0x00])),                   // a byte after the last record
+        data(3, good(2)),                            // fewer records than counted
+        data(4, with(3, &[0x80, 0x80, 0x80, 0x00])), // overlong varint
+        data(200, with(100, &[0x00, 0x40])),         // the ring fills before the bad record
+    ];
+    for message in &bad {
+        assert!(receiver.handle(message, now).is_none(), "{:?} was answered", &message[1][..8]);
+        assert!(out.try_recv().is_err(), "a record of a refused message was committed");
+        assert_eq!(receiver.next_expected("host-a", ROUTE), Some((epoch, expected)));
+    }
+    let r = receiver.counters();
+    assert_eq!(load(&r.malformed), bad.len() as u64);
+    assert_eq!((load(&r.records_committed), load(&r.duplicates_dropped), load(&r.busy)), (10, 0, 0));
+    // The stream goes on as if none of them had come.
+    // (The small local ring holds less than a batch: the sender backs off and resumes.)
+    fill(&mut producer, &mut next, 300);
+    for round in 1..200 {
+        exchange(&mut sender, &mut receiver, now + Duration::from_millis(100) * round);
+        drain(&mut out, &mut seen);
+    }
+    assert_once_in_order(&seen, 300);
+}
+
+#[test]
 fn a_full_local_ring_holds_the_window_back_to_the_source_producer_and_loses_nothing() {
     let (source, dest) = (ring(1 << 14), ring(1 << 12));
     let mut producer = source.producer().unwrap();
@@ -562,6 +621,41 @@ fn one_lost_message_costs_one_resend_however_many_messages_were_in_flight_behind
     drain(&mut out, &mut seen);
     assert_once_in_order(&seen, 256);
     assert_eq!(load(&sender.counters().records_sent), 512, "the window went twice, not sixteen times");
+}
+
+#[test]
+fn an_ack_naming_the_middle_of_a_data_message_releases_what_it_names_and_keeps_the_rest_in_flight() {
+    let (source, dest) = (ring(1 << 16), ring(1 << 16));
+    let mut producer = source.producer().unwrap();
+    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    let mut receiver = receiver_into(&dest, None);
+    let mut out = dest.consumer().unwrap();
+    let now = Instant::now();
+    let epoch = source.epoch();
+    let (mut next, mut seen) = (0, Vec::new());
+    fill(&mut producer, &mut next, 10);
+    let hello = sender.poll(now).unwrap();
+    sender.handle(&receiver.handle(&hello, now).unwrap(), now);
+    let data = sender.poll(now).unwrap();
+    let Ok(Frame::Data(d)) = wire::decode(&data) else { panic!("not a DATA message") };
+    let positions: Vec<u64> = d.records.iter().map(|r| r.position).collect();
+    assert_eq!((positions.len(), sender.in_flight()), (10, 10));
+    let ack = |next: u64| Frame::Ack(wire::Ack { stream: ROUTE.into(), epoch, next, busy: false, rejects: vec![] });
+    // The first four records done: released in the source ring; the message stays in flight.
+    sender.handle(&ack(positions[3] + 1).encode(), now);
+    assert_eq!(sender.acknowledged(), positions[3] + 1);
+    assert_eq!(sender.consumer().release_position(), positions[4], "the first four records released");
+    assert_eq!(sender.in_flight(), 10, "a message in flight counts whole until it is all acknowledged");
+    // A position inside a record releases nothing more.
+    sender.handle(&ack(positions[5] + 3).encode(), now);
+    assert_eq!(sender.consumer().release_position(), positions[4]);
+    // The rest.
+    sender.handle(&receiver.handle(&data, now).unwrap(), now);
+    assert_eq!((sender.in_flight(), sender.acknowledged()), (0, positions[9] + 1));
+    assert!(sender.consumer().release_position() > positions[9], "all ten released");
+    drain(&mut out, &mut seen);
+    assert_once_in_order(&seen, 10);
+    assert_eq!(load(&sender.counters().malformed), 0);
 }
 
 #[test]

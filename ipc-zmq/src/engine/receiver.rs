@@ -175,7 +175,8 @@ impl Receiver {
         parts: &[P],
         now: Instant,
     ) -> Option<Vec<Vec<u8>>> {
-        let frame = match wire::decode(parts) {
+        // A DATA body is checked by `on_data`, in the pass that commits it where it can be.
+        let frame = match wire::decode_deferred(parts) {
             Ok(frame) => frame,
             Err(e) => {
                 if let FrameError::UnsupportedVersion(_) = e {
@@ -203,113 +204,156 @@ impl Receiver {
 
     fn on_data(&mut self, d: Data<'_>, peer: Option<&[u8]>, now: Instant) -> Option<Vec<Vec<u8>>> {
         let c = Arc::clone(&self.counters);
-        let local = self.routes.get(&d.stream).map_or(0, |r| r.producer.segment().epoch());
-        let state = stream_state(&mut self.checkpoints, &self.config, &c, &d.origin, &d.stream, d.epoch, local)?;
-        if d.records.from() > state.next {
+        let Data { origin, stream, epoch, released, records } = d;
+        let key = (origin, stream);
+        // The body came unchecked (`decode_deferred`). In the common case — a known stream of
+        // this epoch, records that follow on, no reject to forget, a plain route — it is
+        // checked in the pass that commits its records, and a malformed one undoes that pass
+        // (nothing published, nothing saved, nothing counted but `malformed`). Anything else
+        // could change state before the records are read (a new stream saved, a WELCOME for a
+        // gap, rejects forgotten), so there the body is checked first, as `decode` does.
+        let checked_in_pass = self.routes.get(&key.1).is_some_and(|r| r.ids.is_none())
+            && self.checkpoints.streams.get(&key).is_some_and(|state| {
+                state.epoch == epoch
+                    && records.from() <= state.next
+                    && state.rejects.front().is_none_or(|r| r.position >= released)
+            });
+        if !checked_in_pass && records.validate().is_err() {
+            Counters::add(&c.malformed, 1);
+            return None;
+        }
+        let local = self.routes.get(&key.1).map_or(0, |r| r.producer.segment().epoch());
+        let state = stream_state(&mut self.checkpoints, &self.config, &c, &key, epoch, local)?;
+        if records.from() > state.next {
             // Records between were lost on the way (a DATA message dropped with a connection):
             // tell the sender where to resume.
             Counters::add(&c.gaps, 1);
-            return Some(Frame::Welcome(welcome(&d.stream, d.epoch, state)).encode());
+            return Some(Frame::Welcome(welcome(&key.1, epoch, state)).encode());
         }
         let before = (state.next, state.rejects.len());
-        while state.rejects.front().is_some_and(|r| r.position < d.released) {
+        while state.rejects.front().is_some_and(|r| r.position < released) {
             state.rejects.pop_front();
         }
         let pruned = state.rejects.len() != before.1;
         let rejects_kept = state.rejects.len();
+        let next_kept = state.next;
         let mut busy = false;
-        let (mut committed, mut bytes) = (0u64, 0u64);
-        let route = self.routes.get_mut(&d.stream);
-        let reject = |state: &mut StreamState, position: u64, reason: RejectReason| -> bool {
+        let (mut committed, mut bytes, mut duplicates) = (0u64, 0u64, 0u64);
+        let mut rejected_by = [0u64; 3];
+        let mut id_duplicates = 0u64;
+        let route = self.routes.get_mut(&key.1);
+        let reject = |state: &mut StreamState, counts: &mut [u64; 3], position: u64, reason: RejectReason| -> bool {
             if state.rejects.len() >= wire::MAX_REJECTS {
                 return false;
             }
-            Counters::add(&c.rejects[reason.index()], 1);
+            counts[reason.index()] += 1;
             state.rejects.push_back(Rejected { position, reason });
             state.next = position + 1;
             true
         };
-        match route {
-            None => {
-                for rec in &d.records {
-                    if rec.position < state.next {
-                        Counters::add(&c.duplicates_dropped, 1);
-                    } else if !reject(state, rec.position, RejectReason::UnknownRoute) {
-                        busy = true;
-                        break;
-                    }
-                }
-            }
-            Some(route) => {
-                let max = route.producer.max_message_len();
-                let mut batch = route.producer.batch();
-                for rec in &d.records {
-                    if rec.position < state.next {
-                        Counters::add(&c.duplicates_dropped, 1);
-                        continue;
-                    }
-                    if rec.payload.len() > max {
-                        if !reject(state, rec.position, RejectReason::TooLarge) {
+        let mut body = records.checked();
+        // Where the pass ends: the body read to its end, or the first malformed record.
+        let read: Result<(), wire::FrameError> = (|| {
+            match route {
+                None => {
+                    while let Some(rec) = body.next_checked()? {
+                        if rec.position < state.next {
+                            duplicates += 1;
+                        } else if !reject(state, &mut rejected_by, rec.position, RejectReason::UnknownRoute) {
                             busy = true;
                             break;
                         }
-                        continue;
                     }
-                    let mut id = None;
-                    if let Some((ids, seen)) = &mut route.ids {
-                        match ids.message_id(rec.payload) {
-                            Err(_) => {
-                                if !reject(state, rec.position, RejectReason::InvalidEnvelope) {
+                    body.finish()
+                }
+                Some(route) => {
+                    let max = route.producer.max_message_len();
+                    let mut batch = route.producer.batch();
+                    while let Some(rec) = body.next_checked()? {
+                        if rec.position < state.next {
+                            duplicates += 1;
+                            continue;
+                        }
+                        if rec.payload.len() > max {
+                            if !reject(state, &mut rejected_by, rec.position, RejectReason::TooLarge) {
+                                busy = true;
+                                break;
+                            }
+                            continue;
+                        }
+                        let mut id = None;
+                        if let Some((ids, seen)) = &mut route.ids {
+                            match ids.message_id(rec.payload) {
+                                Err(_) => {
+                                    if !reject(state, &mut rejected_by, rec.position, RejectReason::InvalidEnvelope) {
+                                        busy = true;
+                                        break;
+                                    }
+                                    continue;
+                                }
+                                Ok(found) if seen.contains(&found, now) => {
+                                    id_duplicates += 1;
+                                    state.next = rec.position + 1;
+                                    continue;
+                                }
+                                Ok(found) => id = Some(found),
+                            }
+                        }
+                        match batch.try_reserve(rec.payload.len(), rec.message_type) {
+                            Ok(space) => {
+                                space.copy_from_slice(rec.payload);
+                                if let (Some(found), Some((_, seen))) = (id, &mut route.ids) {
+                                    seen.insert(found, now);
+                                }
+                                state.next = rec.position + 1;
+                                committed += 1;
+                                bytes += rec.payload.len() as u64;
+                            }
+                            Err(TrySendError::TooLarge { .. }) => {
+                                if !reject(state, &mut rejected_by, rec.position, RejectReason::TooLarge) {
                                     busy = true;
                                     break;
                                 }
-                                continue;
                             }
-                            Ok(found) if seen.contains(&found, now) => {
-                                Counters::add(&c.id_duplicates_dropped, 1);
-                                state.next = rec.position + 1;
-                                continue;
-                            }
-                            Ok(found) => id = Some(found),
-                        }
-                    }
-                    match batch.try_reserve(rec.payload.len(), rec.message_type) {
-                        Ok(space) => {
-                            space.copy_from_slice(rec.payload);
-                            if let (Some(found), Some((_, seen))) = (id, &mut route.ids) {
-                                seen.insert(found, now);
-                            }
-                            state.next = rec.position + 1;
-                            committed += 1;
-                            bytes += rec.payload.len() as u64;
-                        }
-                        Err(TrySendError::TooLarge { .. }) => {
-                            if !reject(state, rec.position, RejectReason::TooLarge) {
+                            Err(TrySendError::Full | TrySendError::Disconnected | TrySendError::Corrupt(_)) => {
                                 busy = true;
                                 break;
                             }
                         }
-                        Err(TrySendError::Full | TrySendError::Disconnected | TrySendError::Corrupt(_)) => {
-                            busy = true;
-                            break;
-                        }
                     }
-                }
-                batch.commit();
-                if let Some((_, seen)) = &route.ids {
-                    c.ids_expired.store(seen.expired(), Relaxed);
-                    c.ids_evicted.store(seen.evicted(), Relaxed);
+                    // The records not taken must be well formed too before any is published:
+                    // dropping the batch publishes nothing.
+                    body.finish()?;
+                    batch.commit();
+                    if let Some((_, seen)) = &route.ids {
+                        c.ids_expired.store(seen.expired(), Relaxed);
+                        c.ids_evicted.store(seen.evicted(), Relaxed);
+                    }
+                    Ok(())
                 }
             }
+        })();
+        if read.is_err() {
+            // Only a body left to this pass can fail here (one checked before cannot): nothing
+            // of it was published, and the stream is put back as it was.
+            state.next = next_kept;
+            state.rejects.truncate(rejects_kept);
+            Counters::add(&c.malformed, 1);
+            return None;
         }
         Counters::add(&c.records_committed, committed);
         Counters::add(&c.bytes_committed, bytes);
+        Counters::add(&c.duplicates_dropped, duplicates);
+        Counters::add(&c.id_duplicates_dropped, id_duplicates);
+        for (counter, &n) in c.rejects.iter().zip(&rejected_by) {
+            Counters::add(counter, n);
+        }
         if busy {
             Counters::add(&c.busy, 1);
         }
         let ack = Ack {
-            stream: d.stream.clone(),
-            epoch: d.epoch,
+            stream: key.1.clone(),
+            epoch,
             next: state.next,
             busy,
             rejects: state.rejects.iter().copied().collect(),
@@ -326,7 +370,6 @@ impl Receiver {
                 return None;
             }
         }
-        let key = (d.origin, d.stream);
         let held = self.held.remove(&key);
         // Only plain progress waits; a refusal, a full ring, or a resend the receiver already
         // had is answered at once, so the sender can act on it.
@@ -349,7 +392,8 @@ impl Receiver {
     fn stream(&mut self, origin: &str, stream: &str, epoch: u64) -> Option<&mut StreamState> {
         let local = self.routes.get(stream).map_or(0, |r| r.producer.segment().epoch());
         let c = Arc::clone(&self.counters);
-        let state = stream_state(&mut self.checkpoints, &self.config, &c, origin, stream, epoch, local)?;
+        let key = (origin.to_owned(), stream.to_owned());
+        let state = stream_state(&mut self.checkpoints, &self.config, &c, &key, epoch, local)?;
         Some(state)
     }
 }
@@ -364,14 +408,12 @@ fn stream_state<'a>(
     checkpoints: &'a mut Checkpoints,
     config: &ReceiverConfig,
     c: &Counters,
-    origin: &str,
-    stream: &str,
+    key: &(String, String),
     epoch: u64,
     local_epoch: u64,
 ) -> Option<&'a mut StreamState> {
-    let key = (origin.to_owned(), stream.to_owned());
     let known = checkpoints.streams.len();
-    let changed = match checkpoints.streams.get_mut(&key) {
+    let changed = match checkpoints.streams.get_mut(key) {
         Some(state) if state.epoch == epoch => false,
         Some(state) if state.retired.contains(&epoch) => {
             Counters::add(&c.stale_epochs, 1);
@@ -401,5 +443,5 @@ fn stream_state<'a>(
     if changed && checkpoints.store().is_err() {
         Counters::add(&c.checkpoint_failures, 1);
     }
-    checkpoints.streams.get_mut(&key)
+    checkpoints.streams.get_mut(key)
 }

@@ -96,7 +96,12 @@ pub struct Sender {
     sent_next: u64,
     /// Past the highest record ever sent: no ACK may name more.
     sent_high: u64,
-    in_flight: VecDeque<(u64, usize)>,
+    /// Each DATA message sent and not wholly acknowledged since the last rewind, oldest first:
+    /// one entry a message, not a record (at 64-byte records a window of 65536 records kept a
+    /// megabyte of entries moving through the cache, the size of the CPU's L2).
+    in_flight: VecDeque<InFlight>,
+    /// Records and payload bytes of `in_flight`.
+    in_flight_records: usize,
     in_flight_bytes: usize,
     /// Each DATA message sent since the last rewind: the position past its last record, and
     /// when it went (for the round-trip histogram).
@@ -152,6 +157,7 @@ impl Sender {
             sent_next: head,
             sent_high: head,
             in_flight: VecDeque::new(),
+            in_flight_records: 0,
             in_flight_bytes: 0,
             sent_at: VecDeque::new(),
             pending_rejects: BTreeMap::new(),
@@ -190,9 +196,10 @@ impl Sender {
         self.welcomed
     }
 
-    /// Records sent and not acknowledged.
+    /// Records sent and not acknowledged (those of a DATA message acknowledged only in part
+    /// count until the whole message is, or it is resent).
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight_records
     }
 
     /// Every source-ring record below this position is acknowledged by the far side.
@@ -222,7 +229,7 @@ impl Sender {
     /// after the sleep.
     pub fn arm_doorbell(&mut self, now: Instant) -> std::io::Result<bool> {
         let paused = self.paused_until.is_some_and(|until| now < until);
-        let window_full = self.in_flight.len() >= self.config.max_in_flight_records
+        let window_full = self.in_flight_records >= self.config.max_in_flight_records
             || self.in_flight_bytes >= self.config.max_in_flight_bytes;
         if !self.welcomed || paused || window_full || self.breaker.state() == BreakerState::Open {
             return Ok(true);
@@ -342,10 +349,19 @@ impl Sender {
                 self.counters.round_trips.observe(now.saturating_duration_since(sent));
             }
             let mut last = None;
-            while let Some(&(pos, len)) = self.in_flight.front().filter(|(pos, _)| *pos < a.next) {
+            while let Some(&sent) = self.in_flight.front().filter(|m| m.last < a.next) {
                 self.in_flight.pop_front();
-                self.in_flight_bytes -= len;
-                last = Some(pos);
+                self.in_flight_records -= sent.records;
+                self.in_flight_bytes -= sent.bytes;
+                last = Some(sent.last);
+            }
+            if self.in_flight.front().is_some_and(|m| m.first < a.next) {
+                // A message acknowledged in part (the far ring filled, or a reject list ran
+                // out): the ACK names the position just past the last record done, so what is
+                // done is released (a position that is no record is refused below and
+                // changes nothing); the message stays counted in flight, whole, until the
+                // rest is acknowledged or resent.
+                last = Some(a.next - 1);
             }
             if !self.sweep_needed() {
                 if let Some(pos) = last {
@@ -418,6 +434,7 @@ impl Sender {
         self.sent_since_rewind = 0;
         self.consumer.rewind();
         self.in_flight.clear();
+        self.in_flight_records = 0;
         self.in_flight_bytes = 0;
         // Karn: an ACK after a resend may answer either send; neither is measured.
         self.sent_at.clear();
@@ -433,7 +450,7 @@ impl Sender {
         // Usually one allocation per message: the last message's size is the best guess of this
         // one's (a steady stream sends full batches, a trickle single records).
         let mut body = DataBody::new(from, self.last_body_len);
-        let (mut count, mut batch_bytes, mut release) = (0usize, 0usize, None);
+        let (mut count, mut batch_bytes, mut release, mut first) = (0usize, 0usize, None, None);
         // Records are read a batch at a time (one pass over the ring's headers, delivery moved
         // on once per batch); where the window or the batch is full, the rest of the ring batch
         // goes back unread.
@@ -491,8 +508,10 @@ impl Sender {
                     release = Some(pos);
                     continue;
                 }
-                let window_full = self.in_flight.len() >= self.config.max_in_flight_records
-                    || (!self.in_flight.is_empty() && self.in_flight_bytes + len > self.config.max_in_flight_bytes)
+                let records_in_flight = self.in_flight_records + count;
+                let window_full = records_in_flight >= self.config.max_in_flight_records
+                    || (records_in_flight > 0
+                        && self.in_flight_bytes + batch_bytes + len > self.config.max_in_flight_bytes)
                     || (count > 0 && batch_bytes + len > self.config.max_batch_bytes);
                 if window_full {
                     stopped = true;
@@ -507,8 +526,7 @@ impl Sender {
                 }
                 taken += 1;
                 count += 1;
-                self.in_flight.push_back((pos, len));
-                self.in_flight_bytes += len;
+                first.get_or_insert(pos);
                 batch_bytes += len;
                 self.sent_next = pos + 1;
             }
@@ -519,9 +537,10 @@ impl Sender {
                 self.released_next = pos + 1;
             }
         }
-        if count == 0 {
-            return None;
-        }
+        let first = first?;
+        self.in_flight.push_back(InFlight { first, last: self.sent_next - 1, records: count, bytes: batch_bytes });
+        self.in_flight_records += count;
+        self.in_flight_bytes += batch_bytes;
         self.sent_high = self.sent_high.max(self.sent_next);
         let header =
             wire::data_header(&self.config.origin, &self.config.stream, self.epoch, from, self.released_next, count);
@@ -536,10 +555,20 @@ impl Sender {
 
     fn publish_gauges(&self) {
         let c = &self.counters;
-        c.in_flight_records.store(self.in_flight.len() as u64, Relaxed);
+        c.in_flight_records.store(self.in_flight_records as u64, Relaxed);
         c.in_flight_bytes.store(self.in_flight_bytes as u64, Relaxed);
         c.breaker_state.store(self.breaker.state() as u64, Relaxed);
     }
+}
+
+/// A DATA message in flight: the positions of its first and last records, how many records
+/// and payload bytes it holds.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    first: u64,
+    last: u64,
+    records: usize,
+    bytes: usize,
 }
 
 /// Writes `letter` into the dead-letter ring: `Ok(true)` written, `Ok(false)` dropped (no ring,
