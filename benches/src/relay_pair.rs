@@ -80,6 +80,16 @@ impl Drop for RelayProcess {
     }
 }
 
+/// Removes the relays' checkpoint files (`state` and `state.origins`), if there are any.
+fn remove_states(states: &[PathBuf]) {
+    for state in states {
+        let _ = std::fs::remove_file(state);
+        let mut origins = state.clone().into_os_string();
+        origins.push(".origins");
+        let _ = std::fs::remove_file(origins);
+    }
+}
+
 /// The four rings of the relay pair, the two relays, and this process's ends of the rings.
 pub struct RelayPair {
     /// Into relay A: forward records (producer side, this process).
@@ -98,6 +108,8 @@ pub struct RelayPair {
     /// then sleep 20 µs at a time (the default).
     ring_wait: bool,
     relays: Vec<RelayProcess>,
+    /// The relays' checkpoint files, removed by [`stop`](Self::stop).
+    states: Vec<PathBuf>,
     /// Where relay B listens (relay A's link connects there).
     b_port: u16,
     _rings: Vec<Segment>,
@@ -181,13 +193,17 @@ fn keygen(bin: &Path, dir: &Path, name: &str) -> BenchResult<String> {
 
 /// Spawns `tadpole relay` from a thread pinned to `cpu`, so the relay and all its threads
 /// inherit that CPU.
-fn spawn_relay(bin: &Path, config: &Path, cpu: usize) -> BenchResult<RelayProcess> {
-    let (bin, config) = (bin.to_path_buf(), config.to_path_buf());
+/// Its checkpoint goes to `state` (and `<state>.origins`), which [`RelayPair::stop`] removes
+/// (the relay's default state path is per config path, so every run would leave its own).
+fn spawn_relay(bin: &Path, config: &Path, state: &Path, cpu: usize) -> BenchResult<RelayProcess> {
+    let (bin, config, state) = (bin.to_path_buf(), config.to_path_buf(), state.to_path_buf());
     let child = std::thread::spawn(move || -> BenchResult<Child> {
         pin::pin_to_cpu(cpu)?;
         Ok(Command::new(bin)
             .args(["relay", "--config"])
             .arg(config)
+            .arg("--state")
+            .arg(state)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -345,7 +361,14 @@ impl RelayPair {
             &b_config,
             config("b", b_port, a_port, &a_pub, &ring("back-in"), "back", &ring("fwd-out"), "fwd"),
         )?;
-        let relays = vec![spawn_relay(&bin, &a_config, MAIN_CPU)?, spawn_relay(&bin, &b_config, PEER_CPU)?];
+        // In shared memory, as the relay's default (checkpoints are written per ACK).
+        let state = |me: &str| Path::new("/dev/shm").join(format!("tadpole-relay-report-{tag}-{me}.state"));
+        let states = vec![state("a"), state("b")];
+        remove_states(&states);
+        let relays = vec![
+            spawn_relay(&bin, &a_config, &states[0], MAIN_CPU)?,
+            spawn_relay(&bin, &b_config, &states[1], PEER_CPU)?,
+        ];
         let ring_wait = false;
         let mut pair = RelayPair {
             fwd_in: rings[0].producer()?,
@@ -357,6 +380,7 @@ impl RelayPair {
             repeats: 0,
             ring_wait,
             relays,
+            states,
             _rings: rings,
             dir,
         };
@@ -523,6 +547,7 @@ impl RelayPair {
     pub fn stop(self) -> BenchResult<u64> {
         let repeats = self.repeats;
         drop(self.relays);
+        remove_states(&self.states);
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(repeats)
     }
