@@ -825,3 +825,56 @@ fn link_round_trips_are_measured_per_acknowledged_data_message_and_not_for_resen
     assert_eq!(rtt.count(), 3, "only the resend's own round trip is added");
     assert!((rtt.sum_secs() - 0.033).abs() < 1e-6, "the lost message's 3 s wait is not a round trip");
 }
+
+#[test]
+fn a_corrupt_record_header_in_the_source_ring_stops_the_route_there_counted_once_and_flagged() {
+    use std::os::unix::fs::FileExt;
+    let name = format!("engine-corrupt-{}", std::process::id());
+    let _ = Segment::unlink(&name);
+    let source = RingBuilder::new(1 << 16).create_named(&name).unwrap();
+    let dest = ring(1 << 16);
+    let mut producer = source.producer().unwrap();
+    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    let mut receiver = receiver_into(&dest, None);
+    let mut out = dest.consumer().unwrap();
+    let mut next = 0;
+    fill(&mut producer, &mut next, 10);
+    // Flip the check byte of the 6th record's header, as a hostile producer could.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/dev/shm/{}{name}", ipc_core::NAME_PREFIX))
+        .unwrap();
+    let status = source.status();
+    let bounds = ipc_core::layout::RecordBounds {
+        capacity: status.capacity,
+        max_message_len: status.max_message_len,
+        payload_align: status.payload_align.bytes(),
+    };
+    let offset = |pos: u64| ipc_core::layout::HEADER_LEN as u64 + (pos & (status.capacity - 1));
+    let word_at = |pos: u64| {
+        let mut bytes = [0u8; 8];
+        file.read_exact_at(&mut bytes, offset(pos)).unwrap();
+        u64::from_le_bytes(bytes)
+    };
+    let mut pos = 0;
+    for _ in 0..5 {
+        pos = ipc_core::layout::check_record(pos, word_at(pos), bounds, u64::MAX).unwrap().unwrap().end;
+    }
+    file.write_all_at(&(word_at(pos) ^ 0x5a << 56).to_le_bytes(), offset(pos)).unwrap();
+
+    let now = Instant::now();
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        exchange(&mut sender, &mut receiver, now);
+        drain(&mut out, &mut seen);
+    }
+    assert_eq!(seen, [0, 1, 2, 3, 4], "the records before the corrupt one, once, in order");
+    let c = sender.counters();
+    assert_eq!(load(&c.source_corrupt), 1, "met on every poll, counted once");
+    assert_eq!(load(&c.source_blocked), 1);
+    assert_eq!(load(&c.malformed), 0, "nothing from the network was malformed");
+    assert_eq!(sender.consumer().release_position(), pos, "released up to the corrupt record");
+    drop((producer, sender, source));
+    let _ = Segment::unlink(&name);
+}

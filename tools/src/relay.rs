@@ -188,6 +188,22 @@ impl Status for RelayStatus {
             );
             let c = counters.clone();
             set.add(
+                "tadpole_relay_source_corrupt_records",
+                "Corrupt records met in the source ring (bad header, or the ring's file truncated), each once",
+                Kind::Counter,
+                &labels,
+                move || c.source_corrupt.load(Ordering::Relaxed),
+            );
+            let c = counters.clone();
+            set.add(
+                "tadpole_relay_source_blocked",
+                "1 while the route is stopped at a corrupt record of its source ring",
+                Kind::Gauge,
+                &labels,
+                move || c.source_blocked.load(Ordering::Relaxed),
+            );
+            let c = counters.clone();
+            set.add(
                 "tadpole_relay_breaker_state",
                 "Circuit breaker: 0 closed, 1 open, 2 half open",
                 Kind::Gauge,
@@ -290,10 +306,13 @@ impl Status for RelayStatus {
                     "handshake_failures": status.total_failures(),
                     "breaker": counters.breaker_state.load(Ordering::Relaxed),
                     "in_flight": counters.in_flight_records.load(Ordering::Relaxed),
+                    "source_blocked": counters.source_blocked.load(Ordering::Relaxed) != 0,
                 })
             })
             .collect();
-        let failing = self.links.iter().any(|(_, _, _, status)| matches!(status.state(), LinkState::Failing { .. }));
+        let failing = self.links.iter().any(|(_, _, counters, status)| {
+            matches!(status.state(), LinkState::Failing { .. }) || counters.source_blocked.load(Ordering::Relaxed) != 0
+        });
         let (jetstream_ok, jetstream) = jetstream::health(&self.jetstream);
         let body = serde_json::json!({ "relay": self.name, "listening": self.listening, "links": links, "jetstream": jetstream });
         (!failing && jetstream_ok, body)

@@ -36,6 +36,13 @@ pub struct Counters {
     pub breaker_state: AtomicU64,
     /// Sender: times the breaker opened.
     pub breaker_opened: AtomicU64,
+    /// Sender: corrupt records met in the source ring (a record header that fails the ring's
+    /// checks, or a ring whose file was truncated), each counted once. The ring cannot be read
+    /// past one: the route stops there, and `source_blocked` says so.
+    pub source_corrupt: AtomicU64,
+    /// Sender: gauge, 1 while the route is stopped at a corrupt record of its source ring (it
+    /// stays so: only a new ring, and a new sender on it, goes on), else 0.
+    pub source_blocked: AtomicU64,
     /// Receiver: records committed into a local ring.
     pub records_committed: AtomicU64,
     /// Receiver: payload bytes committed.

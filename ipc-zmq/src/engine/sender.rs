@@ -123,6 +123,8 @@ pub struct Sender {
     jitter: Jitter,
     counters: Arc<Counters>,
     dead_letter_hook: Option<DeadLetterHook>,
+    /// The position of the corrupt source record the sender is stopped at, once met.
+    corrupt_at: Option<u64>,
 }
 
 /// Called with each record the far side rejected, once it is dead-lettered: the letter, and
@@ -172,6 +174,7 @@ impl Sender {
             jitter: Jitter::new(),
             counters: Arc::new(Counters::default()),
             dead_letter_hook: None,
+            corrupt_at: None,
         })
     }
 
@@ -458,8 +461,13 @@ impl Sender {
         while count < max_records && !stopped {
             let mut batch = match self.consumer.read_batch(max_records - count) {
                 Ok(batch) => batch,
-                Err(TryRecvError::Corrupt { .. }) => {
-                    Counters::add(&self.counters.malformed, 1);
+                Err(TryRecvError::Corrupt { position, .. }) => {
+                    // Met again on every poll: counted once, and the route reports itself stopped.
+                    if self.corrupt_at != Some(position) {
+                        self.corrupt_at = Some(position);
+                        Counters::add(&self.counters.source_corrupt, 1);
+                        self.counters.source_blocked.store(1, Relaxed);
+                    }
                     break;
                 }
                 Err(_) => break,
