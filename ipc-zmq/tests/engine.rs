@@ -878,3 +878,41 @@ fn a_corrupt_record_header_in_the_source_ring_stops_the_route_there_counted_once
     drop((producer, sender, source));
     let _ = Segment::unlink(&name);
 }
+
+#[test]
+fn a_source_ring_truncated_under_the_sender_stops_the_route_with_nothing_sent_from_the_zeros() {
+    let name = format!("engine-truncated-{}", std::process::id());
+    let _ = Segment::unlink(&name);
+    let source = RingBuilder::new(1 << 16).create_named(&name).unwrap();
+    let dest = ring(1 << 16);
+    let mut producer = source.producer().unwrap();
+    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    let mut receiver = receiver_into(&dest, None);
+    let mut out = dest.consumer().unwrap();
+    let (mut next, mut seen) = (0, Vec::new());
+    fill(&mut producer, &mut next, 5);
+    exchange(&mut sender, &mut receiver, Instant::now());
+    drain(&mut out, &mut seen);
+    assert_eq!(seen, [0, 1, 2, 3, 4]);
+    fill(&mut producer, &mut next, 10);
+    // Another process with write access cuts the file: this process's mapping faults, and
+    // ipc-core maps zeros over it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/{}{name}", ipc_core::NAME_PREFIX))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while load(&sender.counters().source_blocked) == 0 && Instant::now() < deadline {
+        exchange(&mut sender, &mut receiver, Instant::now());
+        drain(&mut out, &mut seen);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(seen, [0, 1, 2, 3, 4], "nothing read from the zeros was delivered");
+    assert_eq!(load(&sender.counters().source_blocked), 1, "the route says it stopped");
+    assert_eq!(load(&sender.counters().source_corrupt), 1);
+    assert!(source.was_truncated());
+    drop((producer, sender, source));
+    let _ = Segment::unlink(&name);
+}

@@ -123,8 +123,8 @@ pub struct Sender {
     jitter: Jitter,
     counters: Arc<Counters>,
     dead_letter_hook: Option<DeadLetterHook>,
-    /// The position of the corrupt source record the sender is stopped at, once met.
-    corrupt_at: Option<u64>,
+    /// Whether the source ring was found corrupt or truncated: the route has stopped.
+    source_stopped: bool,
 }
 
 /// Called with each record the far side rejected, once it is dead-lettered: the letter, and
@@ -174,7 +174,7 @@ impl Sender {
             jitter: Jitter::new(),
             counters: Arc::new(Counters::default()),
             dead_letter_hook: None,
-            corrupt_at: None,
+            source_stopped: false,
         })
     }
 
@@ -457,17 +457,13 @@ impl Sender {
         // Records are read a batch at a time (one pass over the ring's headers, delivery moved
         // on once per batch); where the window or the batch is full, the rest of the ring batch
         // goes back unread.
-        let mut stopped = false;
+        let (mut stopped, mut corrupt) = (false, false);
         while count < max_records && !stopped {
             let mut batch = match self.consumer.read_batch(max_records - count) {
                 Ok(batch) => batch,
-                Err(TryRecvError::Corrupt { position, .. }) => {
-                    // Met again on every poll: counted once, and the route reports itself stopped.
-                    if self.corrupt_at != Some(position) {
-                        self.corrupt_at = Some(position);
-                        Counters::add(&self.counters.source_corrupt, 1);
-                        self.counters.source_blocked.store(1, Relaxed);
-                    }
+                Err(TryRecvError::Corrupt { .. }) => {
+                    // Met again on every poll: counted once.
+                    corrupt = true;
                     break;
                 }
                 Err(_) => break,
@@ -545,7 +541,19 @@ impl Sender {
                 self.released_next = pos + 1;
             }
         }
+        if corrupt {
+            self.stop_at_corrupt_source();
+        }
         let first = first?;
+        // The payloads are copied into the body: if a truncation of the source ring's file put
+        // zeros under them meanwhile, none of them is sent (they are lost with the ring). One
+        // fence and two loads a DATA message.
+        if self.consumer.segment().was_truncated() {
+            self.stop_at_corrupt_source();
+            let from = self.committed_next;
+            self.rewind_to(from);
+            return None;
+        }
         self.in_flight.push_back(InFlight { first, last: self.sent_next - 1, records: count, bytes: batch_bytes });
         self.in_flight_records += count;
         self.in_flight_bytes += batch_bytes;
@@ -559,6 +567,16 @@ impl Sender {
         Counters::add(&c.bytes_sent, batch_bytes as u64);
         self.last_body_len = body.byte_len();
         Some(vec![header, body.into_bytes()])
+    }
+
+    /// The source ring cannot be read on (a corrupt record header, or its file truncated): the
+    /// route stops there, counted once and flagged for `/health`.
+    fn stop_at_corrupt_source(&mut self) {
+        if !self.source_stopped {
+            self.source_stopped = true;
+            Counters::add(&self.counters.source_corrupt, 1);
+            self.counters.source_blocked.store(1, Relaxed);
+        }
     }
 
     fn publish_gauges(&self) {
