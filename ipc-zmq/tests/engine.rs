@@ -826,17 +826,27 @@ fn link_round_trips_are_measured_per_acknowledged_data_message_and_not_for_resen
     assert!((rtt.sum_secs() - 0.033).abs() < 1e-6, "the lost message's 3 s wait is not a round trip");
 }
 
+/// A named source ring (a file in /dev/shm another process could damage), fresh.
+fn named_source(tag: &str) -> (String, Segment) {
+    let name = format!("engine-{tag}-{}", std::process::id());
+    let _ = Segment::unlink(&name);
+    let source = RingBuilder::new(1 << 16).create_named(&name).unwrap();
+    (name, source)
+}
+
+/// The source's producer, a sender draining it into a receiver that commits into a new ring,
+/// and that ring's consumer.
+fn route_from(source: &Segment) -> (ipc_core::Producer, Sender, Receiver, ipc_core::Consumer) {
+    let dest = ring(1 << 16);
+    let sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    (source.producer().unwrap(), sender, receiver_into(&dest, None), dest.consumer().unwrap())
+}
+
 #[test]
 fn a_corrupt_record_header_in_the_source_ring_stops_the_route_there_counted_once_and_flagged() {
     use std::os::unix::fs::FileExt;
-    let name = format!("engine-corrupt-{}", std::process::id());
-    let _ = Segment::unlink(&name);
-    let source = RingBuilder::new(1 << 16).create_named(&name).unwrap();
-    let dest = ring(1 << 16);
-    let mut producer = source.producer().unwrap();
-    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
-    let mut receiver = receiver_into(&dest, None);
-    let mut out = dest.consumer().unwrap();
+    let (name, source) = named_source("corrupt");
+    let (mut producer, mut sender, mut receiver, mut out) = route_from(&source);
     let mut next = 0;
     fill(&mut producer, &mut next, 10);
     // Flip the check byte of the 6th record's header, as a hostile producer could.
@@ -881,14 +891,8 @@ fn a_corrupt_record_header_in_the_source_ring_stops_the_route_there_counted_once
 
 #[test]
 fn a_source_ring_truncated_under_the_sender_stops_the_route_with_nothing_sent_from_the_zeros() {
-    let name = format!("engine-truncated-{}", std::process::id());
-    let _ = Segment::unlink(&name);
-    let source = RingBuilder::new(1 << 16).create_named(&name).unwrap();
-    let dest = ring(1 << 16);
-    let mut producer = source.producer().unwrap();
-    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
-    let mut receiver = receiver_into(&dest, None);
-    let mut out = dest.consumer().unwrap();
+    let (name, source) = named_source("truncated");
+    let (mut producer, mut sender, mut receiver, mut out) = route_from(&source);
     let (mut next, mut seen) = (0, Vec::new());
     fill(&mut producer, &mut next, 5);
     exchange(&mut sender, &mut receiver, Instant::now());
