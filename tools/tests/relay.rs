@@ -472,15 +472,7 @@ fn a_route_stopped_at_a_corrupt_source_ring_goes_on_once_the_ring_is_replaced_wi
     let pair = LoopbackPair::new("replaced", false);
     let b = spawn_relay(pair.dir.path(), "b.toml", None);
     let a_log = pair.dir.path().join("a.log");
-    let a = Command::new(env!("CARGO_BIN_EXE_tadpole"))
-        .args(["relay", "--config"])
-        .arg(pair.dir.path().join("a.toml"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&a_log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut relays = [b, a];
+    let relays = KilledOnDrop([b, spawn_relay_logged(&pair.dir.path().join("a.toml"), &a_log)]);
     let addr = pair.health.clone();
     let source = Segment::open(&pair.out_ring).unwrap();
     let mut producer = source.producer().unwrap();
@@ -548,33 +540,9 @@ fn a_route_stopped_at_a_corrupt_source_ring_goes_on_once_the_ring_is_replaced_wi
     // The operator's repair: the name unlinked (for a moment there is no ring), then a new ring
     // under it, with the same capacity; its records go on, without restarting either relay.
     drop(producer);
-    Segment::unlink(&pair.out_ring).unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    let replacement = RingBuilder::new(1 << 16).create_named(&pair.out_ring).unwrap();
-    assert_ne!(replacement.epoch(), source.epoch());
-    let mut producer = replacement.producer().unwrap();
     const SECOND: u64 = 300;
-    let sender = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let mut seq = 0;
-        let started = Instant::now();
-        while seq < SECOND {
-            assert!(started.elapsed() < Duration::from_secs(20), "the new ring stayed full at {seq}");
-            record(1, seq, &mut buf);
-            match producer.try_send(&buf) {
-                Ok(()) => seq += 1,
-                Err(TrySendError::Full | TrySendError::Disconnected) => std::thread::sleep(Duration::from_millis(1)),
-                Err(e) => panic!("{e}"),
-            }
-        }
-        producer
-    });
-    assert_eq!(
-        receive_in_order(&mut consumer, 1, SECOND, Duration::from_secs(20)),
-        SECOND,
-        "the new ring's records crossed"
-    );
-    let _producer = sender.join().unwrap();
+    let replacement = replace_and_stream(&pair.out_ring, &mut consumer, SECOND);
+    assert_ne!(replacement.epoch(), source.epoch());
     let metrics = await_sample(&addr, "tadpole_relay_source_blocked", 0);
     assert_eq!(sample(&metrics, "tadpole_relay_source_corrupt_records_total"), Some(1), "a total: {metrics}");
     assert!(sample(&metrics, "tadpole_relay_records_sent_total").unwrap() >= sent_before + SECOND, "{metrics}");
@@ -583,10 +551,7 @@ fn a_route_stopped_at_a_corrupt_source_ring_goes_on_once_the_ring_is_replaced_wi
     assert!(health.contains("\"source_blocked\":false"), "{health}");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Empty), "nothing more, nothing twice");
-    for child in &mut relays {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(relays);
     let log = std::fs::read_to_string(&a_log).unwrap();
     let events = |event: &str| log.lines().filter(|l| l.contains(&format!("\"event\":\"{event}\""))).count();
     assert_eq!(events("source_ring_corrupt"), 1, "{log}");
@@ -595,4 +560,116 @@ fn a_route_stopped_at_a_corrupt_source_ring_goes_on_once_the_ring_is_replaced_wi
     assert!(replaced.contains(&format!("{:016x}", replacement.epoch())), "{replaced}");
     assert!(replaced.contains(&format!("{:016x}", source.epoch())), "{replaced}");
     drop(replacement);
+}
+
+/// Relays killed (and reaped) when the test ends, a failing one included.
+struct KilledOnDrop<const N: usize>([Child; N]);
+
+impl<const N: usize> Drop for KilledOnDrop<N> {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `tadpole relay --config <config>`, its log (JSON lines) into `log`.
+fn spawn_relay_logged(config: &std::path::Path, log: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tadpole"))
+        .args(["relay", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// The operator's repair of ring `name`: unlinked (for a moment there is no ring under the
+/// name), then created anew with the same capacity; `count` records of route 1 produced into it
+/// must cross to `consumer` once, in order, intact, without either relay restarted. Returns the
+/// new ring.
+fn replace_and_stream(name: &str, consumer: &mut ipc_core::Consumer, count: u64) -> Segment {
+    Segment::unlink(name).unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let replacement = RingBuilder::new(1 << 16).create_named(name).unwrap();
+    let mut producer = replacement.producer().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut seq = 0;
+        let started = Instant::now();
+        while seq < count {
+            assert!(started.elapsed() < Duration::from_secs(20), "the new ring stayed full at {seq}");
+            record(1, seq, &mut buf);
+            match producer.try_send(&buf) {
+                Ok(()) => seq += 1,
+                Err(TrySendError::Full | TrySendError::Disconnected) => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+    assert_eq!(receive_in_order(consumer, 1, count, Duration::from_secs(20)), count, "the new ring's records crossed");
+    sender.join().unwrap();
+    replacement
+}
+
+#[test]
+fn a_route_stopped_by_its_source_rings_file_truncated_goes_on_once_the_ring_is_replaced() {
+    let pair = LoopbackPair::new("truncated", false);
+    let b = spawn_relay(pair.dir.path(), "b.toml", None);
+    let a_log = pair.dir.path().join("a.log");
+    let relays = KilledOnDrop([b, spawn_relay_logged(&pair.dir.path().join("a.toml"), &a_log)]);
+    let addr = pair.health.clone();
+    let source = Segment::open(&pair.out_ring).unwrap();
+    let mut producer = source.producer().unwrap();
+    let mut consumer = Segment::open(&pair.in_ring).unwrap().consumer().unwrap();
+    let mut buf = Vec::new();
+    for seq in 0..20 {
+        record(0, seq, &mut buf);
+        producer.try_send(&buf).unwrap();
+    }
+    assert_eq!(receive_in_order(&mut consumer, 0, 20, Duration::from_secs(20)), 20, "the first records crossed");
+    // Relay A stopped, 10 more records committed, and the ring's file cut to nothing by another
+    // process: relay A reads zeros where the records were, and must send none of them.
+    let stop = |signal| {
+        // SAFETY: kill has no memory preconditions; the pid is our unreaped child's.
+        unsafe { libc::kill(relays.0[1].id() as libc::pid_t, signal) };
+    };
+    stop(libc::SIGSTOP);
+    let stopped = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", relays.0[1].id())).unwrap_or_default();
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("T")
+    };
+    let started = Instant::now();
+    while !stopped() {
+        assert!(started.elapsed() < Duration::from_secs(5), "relay A did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for seq in 20..30 {
+        record(0, seq, &mut buf);
+        producer.try_send(&buf).unwrap();
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/{}{}", ipc_core::NAME_PREFIX, pair.out_ring))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    stop(libc::SIGCONT);
+    let metrics = await_sample(&addr, "tadpole_relay_source_blocked", 1);
+    assert_eq!(sample(&metrics, "tadpole_relay_source_corrupt_records_total"), Some(1), "{metrics}");
+    assert_eq!(http_get(&addr, "/health").unwrap().0, 503);
+    assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Empty), "nothing read from the zeros crossed");
+    // The test's own handles of the cut ring go too (ipc-core survives the fault here as well).
+    drop((producer, source));
+
+    let _replacement = replace_and_stream(&pair.out_ring, &mut consumer, 200);
+    let metrics = await_sample(&addr, "tadpole_relay_source_blocked", 0);
+    assert_eq!(sample(&metrics, "tadpole_relay_source_corrupt_records_total"), Some(1), "a total: {metrics}");
+    assert_eq!(http_get(&addr, "/health").unwrap().0, 200);
+    drop(relays);
+    let log = std::fs::read_to_string(&a_log).unwrap();
+    let events = |event: &str| log.lines().filter(|l| l.contains(&format!("\"event\":\"{event}\""))).count();
+    assert_eq!((events("source_ring_corrupt"), events("source_ring_replaced")), (1, 1), "{log}");
 }

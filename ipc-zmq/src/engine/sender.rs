@@ -519,13 +519,17 @@ impl Sender {
         // Records are read a batch at a time (one pass over the ring's headers, delivery moved
         // on once per batch); where the window or the batch is full, the rest of the ring batch
         // goes back unread.
-        let (mut stopped, mut corrupt) = (false, false);
+        let (mut stopped, mut corrupt, mut empty) = (false, false, false);
         while count < max_records && !stopped {
             let mut batch = match self.consumer.read_batch(max_records - count) {
                 Ok(batch) => batch,
                 Err(TryRecvError::Corrupt { .. }) => {
                     // Met again on every poll: counted once.
                     corrupt = true;
+                    break;
+                }
+                Err(TryRecvError::Empty) => {
+                    empty = true;
                     break;
                 }
                 Err(_) => break,
@@ -603,7 +607,10 @@ impl Sender {
                 self.released_next = pos + 1;
             }
         }
-        if corrupt {
+        // A ring whose file was cut reads as zeros, which is "empty": found here at once (the
+        // consumer itself says so only after 64 empty polls and a clock tick, seconds for an idle
+        // relay). One fence and two loads an empty poll; no syscall.
+        if corrupt || (empty && self.consumer.segment().was_truncated()) {
             self.stop_at_corrupt_source();
         }
         let first = first?;
