@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use ipc_core::{CreateError, OpenError, RingBuilder, Segment};
+use ipc_core::{CreateError, OpenError, RingBuilder, Segment, SegmentFault};
 use ipc_zmq::config::RelayConfig;
 use ipc_zmq::engine::BreakerState;
 use ipc_zmq::engine::{
@@ -797,10 +797,11 @@ fn reattach_if_replaced(relay: &str, link: &mut Link) -> bool {
     let old_epoch = link.sender.epoch();
     let segment = match Segment::open(&link.ring) {
         Ok(segment) if segment.epoch() != old_epoch => segment,
-        // Not replaced yet; or the name is gone until the new ring is created; or the file
-        // under it is not (yet) a ring (its creator is writing the header, or it is the old
-        // one truncated): looked at again later.
-        Ok(_) | Err(OpenError::NotFound(_) | OpenError::Invalid(_)) => return false,
+        // Not replaced yet; or the name is gone until the new ring is created, or its creator
+        // is still writing the header: looked at again later.
+        Ok(_) | Err(OpenError::NotFound(_) | OpenError::Invalid(SegmentFault::NotInitialized)) => return false,
+        // Something under the name that is no ring (the old one's file truncated, another
+        // layout version): said once, and looked at again later.
         Err(e) => {
             refuse_once(relay, link, None, &e.to_string());
             return false;
@@ -842,8 +843,8 @@ fn reattach_if_replaced(relay: &str, link: &mut Link) -> bool {
     true
 }
 
-/// Says once per replacement ring (or once while the name cannot be opened) why the stopped
-/// route could not re-attach.
+/// Says once per replacement ring (or once while what is under the name cannot be opened as a
+/// ring) why the stopped route could not re-attach.
 fn refuse_once(relay: &str, link: &mut Link, epoch: Option<u64>, error: &str) {
     let key = epoch.unwrap_or(0);
     if link.refused_epoch != Some(key) {
