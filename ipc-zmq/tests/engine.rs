@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{check, drain, exchange, fill, message_type, record};
@@ -918,5 +919,80 @@ fn a_source_ring_truncated_under_the_sender_stops_the_route_with_nothing_sent_fr
     assert_eq!(load(&sender.counters().source_corrupt), 1);
     assert!(source.was_truncated());
     drop((producer, sender, source));
+    let _ = Segment::unlink(&name);
+}
+
+#[test]
+fn a_route_stopped_at_a_corrupt_source_ring_goes_on_from_a_replacement_ring_under_a_new_epoch() {
+    use std::os::unix::fs::FileExt;
+    let name = format!("engine-replaced-{}", std::process::id());
+    let _ = Segment::unlink(&name);
+    let source = RingBuilder::new(1 << 16).create_named(&name).unwrap();
+    let dest = ring(1 << 16);
+    let mut producer = source.producer().unwrap();
+    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    let counters = sender.counters().clone();
+    let mut receiver = receiver_into(&dest, None);
+    let mut out = dest.consumer().unwrap();
+    let (mut next, mut seen) = (0, Vec::new());
+    fill(&mut producer, &mut next, 5);
+    exchange(&mut sender, &mut receiver, Instant::now());
+    drain(&mut out, &mut seen);
+    fill(&mut producer, &mut next, 10);
+    // The 6th record's check byte flipped in the file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/dev/shm/{}{name}", ipc_core::NAME_PREFIX))
+        .unwrap();
+    let status = source.status();
+    let bounds = ipc_core::layout::RecordBounds {
+        capacity: status.capacity,
+        max_message_len: status.max_message_len,
+        payload_align: status.payload_align.bytes(),
+    };
+    let offset = |pos: u64| ipc_core::layout::HEADER_LEN as u64 + (pos & (status.capacity - 1));
+    let word_at = |pos: u64| {
+        let mut bytes = [0u8; 8];
+        file.read_exact_at(&mut bytes, offset(pos)).unwrap();
+        u64::from_le_bytes(bytes)
+    };
+    let mut pos = 0;
+    for _ in 0..5 {
+        pos = ipc_core::layout::check_record(pos, word_at(pos), bounds, u64::MAX).unwrap().unwrap().end;
+    }
+    file.write_all_at(&(word_at(pos) ^ 0x5a << 56).to_le_bytes(), offset(pos)).unwrap();
+    for _ in 0..5 {
+        exchange(&mut sender, &mut receiver, Instant::now());
+    }
+    assert!(sender.is_source_stopped());
+    assert_eq!(seen, [0, 1, 2, 3, 4]);
+    let sent_before = load(&counters.records_sent);
+    let old_epoch = sender.epoch();
+
+    // The operator's repair: a new ring under the name.
+    drop(producer);
+    Segment::unlink(&name).unwrap();
+    let replacement = RingBuilder::new(1 << 16).create_named(&name).unwrap();
+    assert_ne!(replacement.epoch(), old_epoch);
+    sender.replace_source(Segment::open(&name).unwrap().consumer().unwrap()).unwrap();
+    assert_eq!(sender.epoch(), replacement.epoch());
+    assert!(!sender.is_source_stopped());
+    assert!(Arc::ptr_eq(sender.counters(), &counters), "the same counters go on");
+    assert_eq!(load(&counters.source_blocked), 0);
+    assert_eq!(load(&counters.source_corrupt), 1, "a total, kept");
+    let mut producer = replacement.producer().unwrap();
+    let mut next = 0;
+    fill(&mut producer, &mut next, 20);
+    for _ in 0..5 {
+        exchange(&mut sender, &mut receiver, Instant::now());
+        drain(&mut out, &mut seen);
+    }
+    let expected: Vec<u64> = (0..5).chain(0..20).collect();
+    assert_eq!(seen, expected, "the new ring's records, once, in order, after the old ring's first 5");
+    assert_eq!(receiver.next_expected("host-a", ROUTE).map(|(epoch, _)| epoch), Some(replacement.epoch()));
+    assert_eq!(load(&counters.records_sent), sent_before + 20, "counters go on from their totals");
+    assert_eq!(sender.consumer().release_position(), producer.frontier().position, "the new ring is released");
+    drop((producer, sender, source, replacement));
     let _ = Segment::unlink(&name);
 }

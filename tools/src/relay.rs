@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use ipc_core::{CreateError, RingBuilder, Segment};
+use ipc_core::{CreateError, OpenError, RingBuilder, Segment, SegmentFault};
 use ipc_zmq::config::RelayConfig;
 use ipc_zmq::engine::BreakerState;
 use ipc_zmq::engine::{
@@ -48,6 +48,9 @@ const SPIN_AFTER_ACTIVITY: Duration = Duration::from_millis(2);
 /// millisecond (or per 8192 records or 4 MiB) instead of one each. Far below the request
 /// timeout (5 s).
 const ACK_DELAY: Duration = Duration::from_millis(1);
+/// How often a route stopped at a corrupt source ring looks whether the ring was replaced (a
+/// new segment under its name): one open of the name, for stopped routes only.
+const SOURCE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static RELOAD: AtomicBool = AtomicBool::new(false);
@@ -125,10 +128,16 @@ struct Link {
     /// The source ring's pollable doorbell, polled beside the socket (`None`: it could not be
     /// made; the ring is then looked at every millisecond).
     doorbell: Option<std::os::fd::RawFd>,
-    /// What was last logged: the link's state, the breaker's, and the dead letters written.
+    /// What was last logged: the link's state, the breaker's, the dead letters written, and
+    /// whether the route was stopped at a corrupt source ring.
     logged_state: LinkState,
     logged_breaker: BreakerState,
     logged_dead_letters: u64,
+    logged_source_stopped: bool,
+    /// While the route is stopped at a corrupt source ring: when to look next whether the ring
+    /// was replaced, and the epoch of a replacement that could not be attached to (said once).
+    next_source_check: Instant,
+    refused_epoch: Option<u64>,
 }
 
 /// What the HTTP endpoint reads: shared counters plus a snapshot the loop refreshes.
@@ -434,6 +443,9 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
             logged_state: LinkState::Connecting,
             logged_breaker: BreakerState::Closed,
             logged_dead_letters: 0,
+            logged_source_stopped: false,
+            next_source_check: Instant::now(),
+            refused_epoch: None,
         });
     }
 
@@ -479,6 +491,10 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         for link in &mut links {
             busy |= drive_link(link, now)?;
             log_link_changes(relay, link);
+            if link.sender.is_source_stopped() && now >= link.next_source_check {
+                link.next_source_check = now + SOURCE_CHECK_INTERVAL;
+                busy |= reattach_if_replaced(relay, link);
+            }
         }
         if now.duration_since(last_back_off) >= Duration::from_secs(1) {
             last_back_off = now;
@@ -772,7 +788,81 @@ fn correlation_id(payload: &[u8]) -> Option<MessageId> {
     envelope.correlation_id().map(MessageId::from_wire)
 }
 
-/// Logs what changed on `link` since the last turn: its connection, its breaker, dead letters.
+/// For a route stopped at a corrupt source ring: if the ring's name now holds another segment
+/// (a new epoch: the operator replaced the ring), the sender starts over on it, with its
+/// counters, dead-letter ring and socket kept, and its doorbell re-armed. A name unlinked and
+/// not yet recreated, a segment still being made or refused, or the same (corrupt) ring: it
+/// keeps waiting. Returns whether it re-attached.
+fn reattach_if_replaced(relay: &str, link: &mut Link) -> bool {
+    let old_epoch = link.sender.epoch();
+    let segment = match Segment::open(&link.ring) {
+        Ok(segment) if segment.epoch() != old_epoch => segment,
+        // Not replaced yet; or the name is gone until the new ring is created, or its creator
+        // is still writing the header: looked at again later.
+        Ok(_) | Err(OpenError::NotFound(_) | OpenError::Invalid(SegmentFault::NotInitialized)) => return false,
+        // Something under the name that is no ring (the old one's file truncated, another
+        // layout version): said once, and looked at again later.
+        Err(e) => {
+            refuse_once(relay, link, None, &e.to_string());
+            return false;
+        }
+    };
+    let new_epoch = segment.epoch();
+    let replaced = match segment.consumer() {
+        Ok(consumer) => link.sender.replace_source(consumer).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = replaced {
+        refuse_once(relay, link, Some(new_epoch), &e);
+        return false;
+    }
+    link.refused_epoch = None;
+    link.logged_source_stopped = false;
+    if link.doorbell.is_some() {
+        // The old consumer's doorbell closed with it.
+        link.doorbell = match link.sender.doorbell_fd() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warn!(relay, event = "no_doorbell", ring = %link.ring, error = %e, "cannot make the new ring's pollable doorbell; polling it every millisecond");
+                None
+            }
+        };
+    }
+    let c = link.sender.counters();
+    info!(
+        relay,
+        event = "source_ring_replaced",
+        ring = %link.ring,
+        stream = %link.stream,
+        peer = %link.endpoint,
+        old_epoch = format_args!("{old_epoch:016x}"),
+        new_epoch = format_args!("{new_epoch:016x}"),
+        source_corrupt_records = c.source_corrupt.load(Ordering::Relaxed),
+        "the source ring was replaced: the route goes on from the new ring's first record"
+    );
+    true
+}
+
+/// Says once per replacement ring (or once while what is under the name cannot be opened as a
+/// ring) why the stopped route could not re-attach.
+fn refuse_once(relay: &str, link: &mut Link, epoch: Option<u64>, error: &str) {
+    let key = epoch.unwrap_or(0);
+    if link.refused_epoch != Some(key) {
+        link.refused_epoch = Some(key);
+        warn!(
+            relay,
+            event = "source_ring_not_attached",
+            ring = %link.ring,
+            stream = %link.stream,
+            new_epoch = epoch.map(|e| tracing::field::display(format!("{e:016x}"))),
+            error,
+            "the route's source ring cannot be attached to yet; trying again"
+        );
+    }
+}
+
+/// Logs what changed on `link` since the last turn: its connection, its breaker, dead letters,
+/// a stop at a corrupt source ring.
 fn log_link_changes(relay: &str, link: &mut Link) {
     let state = link.status.state();
     if state != link.logged_state {
@@ -824,6 +914,21 @@ fn log_link_changes(relay: &str, link: &mut Link) {
         );
         link.logged_dead_letters = dead;
     }
+    let stopped = link.sender.is_source_stopped();
+    if stopped && !link.logged_source_stopped {
+        tracing::error!(
+            relay,
+            event = "source_ring_corrupt",
+            ring = %link.ring,
+            stream = %link.stream,
+            peer = %link.endpoint,
+            epoch = format_args!("{:016x}", link.sender.epoch()),
+            acknowledged = link.sender.acknowledged(),
+            source_corrupt_records = c.source_corrupt.load(Ordering::Relaxed),
+            "the source ring has a corrupt record (or its file was truncated): the route is stopped; replace the ring (a new one under the same name) and the relay goes on from it"
+        );
+    }
+    link.logged_source_stopped = stopped;
 }
 
 /// JSON lines on stderr, one per event; `RUST_LOG` sets the level (default `info`).

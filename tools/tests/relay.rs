@@ -425,3 +425,251 @@ fn a_damaged_origins_file_stops_the_relay_at_start_with_the_line_and_what_to_do(
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("b.state.origins line 2") && stderr.contains("remove the file"), "{stderr}");
 }
+
+/// Receives from `consumer` until `want` records or `within` passes, checking each against
+/// `record(route, seq)` for the next `seq` (once, in order, intact); returns how many came.
+fn receive_in_order(consumer: &mut ipc_core::Consumer, route: u64, want: u64, within: Duration) -> u64 {
+    let (mut next, mut expected) = (0, Vec::new());
+    let started = Instant::now();
+    while next < want && started.elapsed() < within {
+        match consumer.try_recv() {
+            Ok(r) => {
+                record(route, next, &mut expected);
+                assert_eq!(&r[..], &expected[..], "route {route}: record {next} expected (a repeat, a loss or damage)");
+                next += 1;
+            }
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    next
+}
+
+/// The value of the first sample of `name` (with or without labels) on a `/metrics` page.
+fn sample(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Polls `addr`'s `/metrics` until `name` reads `want` (within 10 s); returns the page.
+fn await_sample(addr: &str, name: &str, want: u64) -> String {
+    let started = Instant::now();
+    loop {
+        let metrics = http_get(addr, "/metrics").map(|(_, m)| m).unwrap_or_default();
+        if sample(&metrics, name) == Some(want) {
+            return metrics;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{name} never read {want}:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_route_stopped_at_a_corrupt_source_ring_goes_on_once_the_ring_is_replaced_without_a_restart() {
+    use std::os::unix::fs::FileExt;
+    let pair = LoopbackPair::new("replaced", false);
+    let b = spawn_relay(pair.dir.path(), "b.toml", None);
+    let a_log = pair.dir.path().join("a.log");
+    let relays = KilledOnDrop([b, spawn_relay_logged(&pair.dir.path().join("a.toml"), &a_log)]);
+    let addr = pair.health.clone();
+    let source = Segment::open(&pair.out_ring).unwrap();
+    let mut producer = source.producer().unwrap();
+    let mut consumer = Segment::open(&pair.in_ring).unwrap().consumer().unwrap();
+    let mut buf = Vec::new();
+    const FIRST: u64 = 50;
+    for seq in 0..FIRST {
+        record(0, seq, &mut buf);
+        producer.try_send(&buf).unwrap();
+    }
+    assert_eq!(receive_in_order(&mut consumer, 0, FIRST, Duration::from_secs(20)), FIRST, "the first records crossed");
+    // Once they are acknowledged and released, relay A polls the (zero) header slot at the
+    // ring's tail. A hostile producer writes a header there that fails the check for that
+    // position: the last record's, its check byte changed.
+    let started = Instant::now();
+    while source.status().head != source.status().tail {
+        assert!(started.elapsed() < Duration::from_secs(10), "relay A never released the records");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = source.status();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/dev/shm/{}{}", ipc_core::NAME_PREFIX, pair.out_ring))
+        .unwrap();
+    let bounds = ipc_core::layout::RecordBounds {
+        capacity: status.capacity,
+        max_message_len: status.max_message_len,
+        payload_align: status.payload_align.bytes(),
+    };
+    let offset = |pos: u64| ipc_core::layout::HEADER_LEN as u64 + (pos & (status.capacity - 1));
+    let word_at = |pos: u64| {
+        let mut bytes = [0u8; 8];
+        file.read_exact_at(&mut bytes, offset(pos)).unwrap();
+        u64::from_le_bytes(bytes)
+    };
+    let (mut pos, mut last) = (0, 0);
+    while pos < status.tail {
+        last = pos;
+        pos = ipc_core::layout::check_record(pos, word_at(pos), bounds, u64::MAX).unwrap().unwrap().end;
+    }
+    assert_eq!(word_at(status.tail), 0, "nothing published at the tail");
+    let corrupt = (1..=255u64)
+        .map(|k| word_at(last) ^ k << 56)
+        .find(|&w| ipc_core::layout::check_record(status.tail, w, bounds, u64::MAX).is_err())
+        .unwrap();
+    file.write_all_at(&corrupt.to_le_bytes(), offset(status.tail)).unwrap();
+
+    let metrics = await_sample(&addr, "tadpole_relay_source_blocked", 1);
+    assert_eq!(sample(&metrics, "tadpole_relay_source_corrupt_records_total"), Some(1), "{metrics}");
+    let (code, health) = http_get(&addr, "/health").unwrap();
+    assert_eq!(code, 503, "{health}");
+    assert!(health.contains("\"source_blocked\":true"), "{health}");
+    // Stays stopped (the ring is the same one), counts the record once, and sleeps: the corrupt
+    // header is no news to wake the loop for (it would turn hundreds of thousands of times).
+    let turns = sample(&metrics, "tadpole_relay_loop_turns_total").unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let metrics = http_get(&addr, "/metrics").unwrap().1;
+    let idle_turns = sample(&metrics, "tadpole_relay_loop_turns_total").unwrap() - turns;
+    assert!(idle_turns < 2000, "relay A's loop turned {idle_turns} times in 1.2 s stopped");
+    assert_eq!(sample(&metrics, "tadpole_relay_source_blocked"), Some(1), "{metrics}");
+    assert_eq!(sample(&metrics, "tadpole_relay_source_corrupt_records_total"), Some(1), "{metrics}");
+    let sent_before = sample(&metrics, "tadpole_relay_records_sent_total").unwrap();
+
+    // The operator's repair: the name unlinked (for a moment there is no ring), then a new ring
+    // under it, with the same capacity; its records go on, without restarting either relay.
+    drop(producer);
+    const SECOND: u64 = 300;
+    let replacement = replace_and_stream(&pair.out_ring, &mut consumer, SECOND);
+    assert_ne!(replacement.epoch(), source.epoch());
+    let metrics = await_sample(&addr, "tadpole_relay_source_blocked", 0);
+    assert_eq!(sample(&metrics, "tadpole_relay_source_corrupt_records_total"), Some(1), "a total: {metrics}");
+    assert!(sample(&metrics, "tadpole_relay_records_sent_total").unwrap() >= sent_before + SECOND, "{metrics}");
+    let (code, health) = http_get(&addr, "/health").unwrap();
+    assert_eq!(code, 200, "{health}");
+    assert!(health.contains("\"source_blocked\":false"), "{health}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Empty), "nothing more, nothing twice");
+    drop(relays);
+    let log = std::fs::read_to_string(&a_log).unwrap();
+    let events = |event: &str| log.lines().filter(|l| l.contains(&format!("\"event\":\"{event}\""))).count();
+    assert_eq!(events("source_ring_corrupt"), 1, "{log}");
+    assert_eq!(events("source_ring_replaced"), 1, "{log}");
+    let replaced = log.lines().find(|l| l.contains("\"event\":\"source_ring_replaced\"")).unwrap();
+    assert!(replaced.contains(&format!("{:016x}", replacement.epoch())), "{replaced}");
+    assert!(replaced.contains(&format!("{:016x}", source.epoch())), "{replaced}");
+    drop(replacement);
+}
+
+/// Relays killed (and reaped) when the test ends, a failing one included.
+struct KilledOnDrop<const N: usize>([Child; N]);
+
+impl<const N: usize> Drop for KilledOnDrop<N> {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `tadpole relay --config <config>`, its log (JSON lines) into `log`.
+fn spawn_relay_logged(config: &std::path::Path, log: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tadpole"))
+        .args(["relay", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// The operator's repair of ring `name`: unlinked (for a moment there is no ring under the
+/// name), then created anew with the same capacity; `count` records of route 1 produced into it
+/// must cross to `consumer` once, in order, intact, without either relay restarted. Returns the
+/// new ring.
+fn replace_and_stream(name: &str, consumer: &mut ipc_core::Consumer, count: u64) -> Segment {
+    Segment::unlink(name).unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let replacement = RingBuilder::new(1 << 16).create_named(name).unwrap();
+    let mut producer = replacement.producer().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut seq = 0;
+        let started = Instant::now();
+        while seq < count {
+            assert!(started.elapsed() < Duration::from_secs(20), "the new ring stayed full at {seq}");
+            record(1, seq, &mut buf);
+            match producer.try_send(&buf) {
+                Ok(()) => seq += 1,
+                Err(TrySendError::Full | TrySendError::Disconnected) => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+    assert_eq!(receive_in_order(consumer, 1, count, Duration::from_secs(20)), count, "the new ring's records crossed");
+    sender.join().unwrap();
+    replacement
+}
+
+#[test]
+fn a_route_stopped_by_its_source_rings_file_truncated_goes_on_once_the_ring_is_replaced() {
+    let pair = LoopbackPair::new("truncated", false);
+    let b = spawn_relay(pair.dir.path(), "b.toml", None);
+    let a_log = pair.dir.path().join("a.log");
+    let relays = KilledOnDrop([b, spawn_relay_logged(&pair.dir.path().join("a.toml"), &a_log)]);
+    let addr = pair.health.clone();
+    let source = Segment::open(&pair.out_ring).unwrap();
+    let mut producer = source.producer().unwrap();
+    let mut consumer = Segment::open(&pair.in_ring).unwrap().consumer().unwrap();
+    let mut buf = Vec::new();
+    for seq in 0..20 {
+        record(0, seq, &mut buf);
+        producer.try_send(&buf).unwrap();
+    }
+    assert_eq!(receive_in_order(&mut consumer, 0, 20, Duration::from_secs(20)), 20, "the first records crossed");
+    // Relay A stopped, 10 more records committed, and the ring's file cut to nothing by another
+    // process: relay A reads zeros where the records were, and must send none of them.
+    let stop = |signal| {
+        // SAFETY: kill has no memory preconditions; the pid is our unreaped child's.
+        unsafe { libc::kill(relays.0[1].id() as libc::pid_t, signal) };
+    };
+    stop(libc::SIGSTOP);
+    let stopped = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", relays.0[1].id())).unwrap_or_default();
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("T")
+    };
+    let started = Instant::now();
+    while !stopped() {
+        assert!(started.elapsed() < Duration::from_secs(5), "relay A did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for seq in 20..30 {
+        record(0, seq, &mut buf);
+        producer.try_send(&buf).unwrap();
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/{}{}", ipc_core::NAME_PREFIX, pair.out_ring))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    stop(libc::SIGCONT);
+    let metrics = await_sample(&addr, "tadpole_relay_source_blocked", 1);
+    assert_eq!(sample(&metrics, "tadpole_relay_source_corrupt_records_total"), Some(1), "{metrics}");
+    assert_eq!(http_get(&addr, "/health").unwrap().0, 503);
+    assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Empty), "nothing read from the zeros crossed");
+    // The test's own handles of the cut ring go too (ipc-core survives the fault here as well).
+    drop((producer, source));
+
+    let _replacement = replace_and_stream(&pair.out_ring, &mut consumer, 200);
+    let metrics = await_sample(&addr, "tadpole_relay_source_blocked", 0);
+    assert_eq!(sample(&metrics, "tadpole_relay_source_corrupt_records_total"), Some(1), "a total: {metrics}");
+    assert_eq!(http_get(&addr, "/health").unwrap().0, 200);
+    drop(relays);
+    let log = std::fs::read_to_string(&a_log).unwrap();
+    let events = |event: &str| log.lines().filter(|l| l.contains(&format!("\"event\":\"{event}\""))).count();
+    assert_eq!((events("source_ring_corrupt"), events("source_ring_replaced")), (1, 1), "{log}");
+}

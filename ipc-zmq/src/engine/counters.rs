@@ -41,7 +41,7 @@ pub struct Counters {
     /// past one: the route stops there, and `source_blocked` says so.
     pub source_corrupt: AtomicU64,
     /// Sender: gauge, 1 while the route is stopped at a corrupt record of its source ring (it
-    /// stays so: only a new ring, and a new sender on it, goes on), else 0.
+    /// stays so until a new ring replaces it: [`Sender::replace_source`](super::Sender::replace_source)), else 0.
     pub source_blocked: AtomicU64,
     /// Receiver: records committed into a local ring.
     pub records_committed: AtomicU64,

@@ -144,10 +144,22 @@ impl Sender {
             return Err(SenderError::BadName);
         }
         consumer.set_release_mode(ReleaseMode::Explicit)?;
+        Ok(Sender::draining(config, consumer, dead_letters, Arc::new(Counters::default()), None))
+    }
+
+    /// A fresh sender on `consumer` (already in [`ReleaseMode::Explicit`]), rewound to its first
+    /// unreleased record, counting into `counters`.
+    fn draining(
+        config: SenderConfig,
+        mut consumer: Consumer,
+        dead_letters: Option<Producer>,
+        counters: Arc<Counters>,
+        dead_letter_hook: Option<DeadLetterHook>,
+    ) -> Sender {
         let head = consumer.rewind();
         let epoch = consumer.epoch();
         let breaker = Breaker::new(config.breaker);
-        Ok(Sender {
+        Sender {
             config,
             consumer,
             dead_letters,
@@ -172,10 +184,57 @@ impl Sender {
             attempts: 0,
             breaker,
             jitter: Jitter::new(),
-            counters: Arc::new(Counters::default()),
-            dead_letter_hook: None,
+            counters,
+            dead_letter_hook,
             source_stopped: false,
-        })
+        }
+    }
+
+    /// Starts the route over on `consumer`, a new source ring (the operator replaced one found
+    /// corrupt or truncated: a new segment under the same name, with a new epoch): the stream is
+    /// reopened with a HELLO announcing the new epoch, and the far side starts it afresh (see
+    /// `PROTOCOL.md`). Whatever the old ring held unacknowledged is lost with it. The config,
+    /// the dead-letter ring, the dead-letter hook and the counters are kept (the monotonic ones
+    /// go on from their totals; `source_blocked` and the in-flight gauges go back to 0). On an
+    /// error the sender is left as it was.
+    ///
+    /// ```
+    /// use ipc_core::RingBuilder;
+    /// use ipc_zmq::engine::{Sender, SenderConfig};
+    ///
+    /// let old = RingBuilder::new(4096).create_anonymous()?;
+    /// let mut sender = Sender::new(SenderConfig::new("host-a", "orders"), old.consumer()?, None)?;
+    /// let new = RingBuilder::new(4096).create_anonymous()?;
+    /// sender.replace_source(new.consumer()?)?;
+    /// assert_eq!(sender.epoch(), new.epoch());
+    /// assert!(!sender.is_source_stopped());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn replace_source(&mut self, mut consumer: Consumer) -> Result<(), SenderError> {
+        consumer.set_release_mode(ReleaseMode::Explicit)?;
+        let fresh = Sender::draining(
+            self.config.clone(),
+            consumer,
+            self.dead_letters.take(),
+            self.counters.clone(),
+            self.dead_letter_hook.take(),
+        );
+        *self = fresh;
+        self.counters.source_blocked.store(0, Relaxed);
+        self.publish_gauges();
+        Ok(())
+    }
+
+    /// The source ring's epoch, which the HELLO and every DATA message name.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether the route has stopped at a corrupt record (or a truncation) of its source ring:
+    /// nothing more is read from it, and only [`replace_source`](Self::replace_source) goes on.
+    /// Counters' `source_blocked` says the same to other threads.
+    pub fn is_source_stopped(&self) -> bool {
+        self.source_stopped
     }
 
     /// Calls `hook` for every record dead-lettered from now on (e.g. to log it with the
@@ -228,13 +287,16 @@ impl Sender {
     /// instead. While it cannot send (no WELCOME yet, a backoff, the breaker open, the window
     /// full) the doorbell stays unarmed: new records would only wake the loop for nothing, and
     /// what unblocks the sender is a message on the socket or
-    /// [`next_deadline`](Self::next_deadline). Call [`disarm_doorbell`](Self::disarm_doorbell)
-    /// after the sleep.
+    /// [`next_deadline`](Self::next_deadline); so does a route stopped at a corrupt source
+    /// ring. Call [`disarm_doorbell`](Self::disarm_doorbell) after the sleep.
     pub fn arm_doorbell(&mut self, now: Instant) -> std::io::Result<bool> {
         let paused = self.paused_until.is_some_and(|until| now < until);
         let window_full = self.in_flight_records >= self.config.max_in_flight_records
             || self.in_flight_bytes >= self.config.max_in_flight_bytes;
-        if !self.welcomed || paused || window_full || self.breaker.state() == BreakerState::Open {
+        // A stopped route reads nothing more from its ring, whose corrupt record would otherwise
+        // look like news on every arm: the loop would spin.
+        if !self.welcomed || paused || window_full || self.breaker.state() == BreakerState::Open || self.source_stopped
+        {
             return Ok(true);
         }
         self.consumer.arm_doorbell()
@@ -457,13 +519,17 @@ impl Sender {
         // Records are read a batch at a time (one pass over the ring's headers, delivery moved
         // on once per batch); where the window or the batch is full, the rest of the ring batch
         // goes back unread.
-        let (mut stopped, mut corrupt) = (false, false);
+        let (mut stopped, mut corrupt, mut empty) = (false, false, false);
         while count < max_records && !stopped {
             let mut batch = match self.consumer.read_batch(max_records - count) {
                 Ok(batch) => batch,
                 Err(TryRecvError::Corrupt { .. }) => {
                     // Met again on every poll: counted once.
                     corrupt = true;
+                    break;
+                }
+                Err(TryRecvError::Empty) => {
+                    empty = true;
                     break;
                 }
                 Err(_) => break,
@@ -541,7 +607,10 @@ impl Sender {
                 self.released_next = pos + 1;
             }
         }
-        if corrupt {
+        // A ring whose file was cut reads as zeros, which is "empty": found here at once (the
+        // consumer itself says so only after 64 empty polls and a clock tick, seconds for an idle
+        // relay). One fence and two loads an empty poll; no syscall.
+        if corrupt || (empty && self.consumer.segment().was_truncated()) {
             self.stop_at_corrupt_source();
         }
         let first = first?;

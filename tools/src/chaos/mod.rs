@@ -21,6 +21,13 @@
 //! move to it. The records left behind in the dead ring are the only losses the checks allow,
 //! counted exactly: from the consumer's next expected record when it refused the header to the
 //! first one the producer did not commit into the dead ring.
+//!
+//! `corrupt-header-relayed` does the same to the ring relay `a` reads (`xout`), ahead of what
+//! the relay has read: relay `a` counts it once (`tadpole_relay_source_corrupt_records`) and
+//! stops the route (`tadpole_relay_source_blocked` 1); once the harness has replaced the ring
+//! and moved the producer to it, the relay re-attaches by itself (no restart) and records flow
+//! through both relays again. The loss is counted as in the local case, from the damaged
+//! record's own sequence number.
 
 pub mod agent;
 mod slots;
@@ -80,7 +87,7 @@ pub struct ChaosArgs {
     #[arg(long)]
     loopback: bool,
     /// Only these faults (comma-separated: kill-agent, kill-relay, stall, flood, corrupt,
-    /// corrupt-header, partition, kill-in-partition, kill-agent-in-partition,
+    /// corrupt-header, corrupt-header-relayed, partition, kill-in-partition, kill-agent-in-partition,
     /// stall-during-flood), or `none` (traffic and checks only).
     #[arg(long, value_delimiter = ',', value_name = "FAULTS")]
     faults: Vec<String>,
@@ -107,19 +114,21 @@ enum Fault {
     Flood,
     Corrupt,
     CorruptHeader,
+    CorruptRelayedHeader,
     Partition,
     KillInPartition,
     KillAgentInPartition,
     StallDuringFlood,
 }
 
-const FAULTS: [Fault; 10] = [
+const FAULTS: [Fault; 11] = [
     Fault::KillAgent,
     Fault::KillRelay,
     Fault::Stall,
     Fault::Flood,
     Fault::Corrupt,
     Fault::CorruptHeader,
+    Fault::CorruptRelayedHeader,
     Fault::Partition,
     Fault::KillInPartition,
     Fault::KillAgentInPartition,
@@ -135,6 +144,7 @@ impl Fault {
             Fault::Flood => "flood",
             Fault::Corrupt => "corrupt",
             Fault::CorruptHeader => "corrupt-header",
+            Fault::CorruptRelayedHeader => "corrupt-header-relayed",
             Fault::Partition => "partition",
             Fault::KillInPartition => "kill-in-partition",
             Fault::KillAgentInPartition => "kill-agent-in-partition",
@@ -150,6 +160,7 @@ impl Fault {
             Fault::Flood => "producer flood",
             Fault::Corrupt => "corrupt records",
             Fault::CorruptHeader => "corrupt header",
+            Fault::CorruptRelayedHeader => "corrupt relayed header",
             Fault::Partition => "partition",
             Fault::KillInPartition => "kill -9 in partition",
             Fault::KillAgentInPartition => "agent kill in partition",
@@ -226,6 +237,8 @@ struct World {
     /// one (the only losses the design allows).
     headers_corrupted: Vec<u64>,
     stranded: Vec<u64>,
+    /// Corrupt headers in ring `xout` that relay `a` counted (each exactly once).
+    relay_refused_headers: u64,
     max_rss_kib: u64,
     last_sample: Instant,
 }
@@ -390,6 +403,7 @@ impl World {
             checks: CHECKS.iter().map(|&c| (c, Tally::default())).collect(),
             headers_corrupted: vec![0; args.agents / 2],
             stranded: vec![0; args.agents / 2],
+            relay_refused_headers: 0,
             max_rss_kib: args.max_rss_mib * 1024,
             last_sample: Instant::now(),
         };
@@ -531,6 +545,7 @@ impl World {
                     Fault::Flood => self.flood(&mut rng),
                     Fault::Corrupt => self.corrupt(&mut rng),
                     Fault::CorruptHeader => self.corrupt_header(&mut rng),
+                    Fault::CorruptRelayedHeader => self.corrupt_relayed_header(&mut rng),
                     Fault::Partition => self.partition(),
                     Fault::KillAgentInPartition => self.kill_agent_in_partition(&mut rng),
                     Fault::StallDuringFlood => self.stall_during_flood(&mut rng),
@@ -839,9 +854,9 @@ impl World {
             (self.agents[c].slots.get(slots::RING_CORRUPT), self.status(ring).consumed.corrupt_records);
         let kind = HeaderDamage::ALL[rng.below(HeaderDamage::ALL.len())];
         self.agents[c].proc.signal(libc::SIGSTOP);
-        let written = self.damage_header(ring, kind, rng);
+        let written = self.damage_header(ring, kind, rng, None);
         self.agents[c].proc.signal(libc::SIGCONT);
-        let (position, old, new) = match written {
+        let (position, old, new, _) = match written {
             Ok(w) => w,
             Err(e) => return (false, e),
         };
@@ -891,10 +906,97 @@ impl World {
         )
     }
 
+    /// Writes a bad header over a record of ring `xout` that relay `a` has not read, checks the
+    /// relay counts it once and stops the route, then replaces the ring as an operator would and
+    /// checks the relay goes on from the new ring by itself, records flowing through both relays
+    /// again; counts the records left in the dead ring.
+    fn corrupt_relayed_header(&mut self, rng: &mut Rng) -> (bool, String) {
+        let (p, c, ring) = (P_CROSS, C_CROSS, XOUT);
+        let corrupt_metric = "tadpole_relay_source_corrupt_records_total";
+        let blocked_metric = "tadpole_relay_source_blocked";
+        let Some(corrupt0) = self.metric(A, corrupt_metric) else {
+            return (false, "relay-a's /metrics did not answer".to_owned());
+        };
+        let kind = HeaderDamage::ALL[rng.below(HeaderDamage::ALL.len())];
+        // Stopped, relay a reads nothing: every record committed from now on is unread by it.
+        let relay = self.link.relays[A].proc.pid();
+        self.link.relays[A].proc.signal(libc::SIGSTOP);
+        let stopped = self.wait_until(Duration::from_secs(2), |_| process_stopped(relay));
+        let from = self.status(ring).tail;
+        let written = if stopped {
+            self.damage_header(ring, kind, rng, Some(from))
+        } else {
+            Err("relay-a did not stop on SIGSTOP".to_owned())
+        };
+        self.link.relays[A].proc.signal(libc::SIGCONT);
+        let (position, old, new, seq) = match written {
+            Ok(w) => w,
+            Err(e) => return (false, e),
+        };
+        let Some(first_behind) = seq else {
+            return (false, format!("the record damaged at {position} is no envelope of p-cross"));
+        };
+        let refused = self.wait_until(Duration::from_secs(10), |w| {
+            w.metric(A, blocked_metric) == Some(1) && w.metric(A, corrupt_metric).is_some_and(|n| n > corrupt0)
+        });
+        let counted = self.metric(A, corrupt_metric).unwrap_or(0).saturating_sub(corrupt0);
+        let exact = refused && counted == 1;
+        // The operator's repair: a new ring under the same name; the producer moves to it, and
+        // relay a finds it by itself.
+        let name = self.rings[ring].0.clone();
+        let capacity = self.rings[ring].1.capacity();
+        match make_ring(&name, capacity) {
+            Ok(segment) => self.rings[ring].1 = segment,
+            Err(e) => return (false, format!("replacing ring {name}: {e:#}")),
+        }
+        let generation = self.agents[p].slots.get(slots::GENERATION) + 1;
+        self.agents[p].slots.set(slots::GENERATION, generation);
+        let moved = self.wait_until(Duration::from_secs(15), |w| {
+            w.agents[p].slots.get(slots::GENERATION_OPEN) >= generation
+                && w.metric(A, blocked_metric) == Some(0)
+                && w.agents[c].slots.get(slots::NEXT_EXPECTED) > w.agents[p].slots.get(slots::LEFT_AT_SEQ)
+        });
+        let left_at = self.agents[p].slots.get(slots::LEFT_AT_SEQ);
+        let stranded = left_at.saturating_sub(first_behind);
+        self.headers_corrupted[0] += 1;
+        self.stranded[0] += stranded;
+        if exact {
+            self.relay_refused_headers += 1;
+        }
+        (
+            exact && moved,
+            format!(
+                "{} header at {position} of ring {name} {old:#018x} -> {new:#018x} (record {first_behind}): relay-a {}; \
+                 ring replaced, {}; records {first_behind}..{left_at} ({stranded}) left in the dead ring",
+                kind.name(),
+                if !refused {
+                    "did not stop the route".to_owned()
+                } else if exact {
+                    "source_corrupt_records +1, source_blocked 1".to_owned()
+                } else {
+                    format!("source_corrupt_records +{counted}")
+                },
+                if moved {
+                    "relay-a on the new one (source_blocked 0) and c-cross receiving again"
+                } else {
+                    "relay-a or p-cross did NOT move to it, or nothing crossed"
+                }
+            ),
+        )
+    }
+
     /// Writes `kind` of damage over the header of a committed record the (stopped) consumer of
-    /// `ring` has not read: the record after the one at its head (it may hold that one). Waits
-    /// up to 2 s for two records to be waiting. Returns the position, old and new header word.
-    fn damage_header(&mut self, ring: usize, kind: HeaderDamage, rng: &mut Rng) -> Result<(u64, u64, u64), String> {
+    /// `ring` has not read: with `from` `None`, the record after the one at its head (it may hold
+    /// that one); with `Some(position)`, the first record at or after it that is a valid
+    /// envelope. Waits up to 2 s for such a record. Returns the position, the old and new header
+    /// word, and the sequence number of the damaged record when it is a valid envelope.
+    fn damage_header(
+        &mut self,
+        ring: usize,
+        kind: HeaderDamage,
+        rng: &mut Rng,
+        from: Option<u64>,
+    ) -> Result<(u64, u64, u64, Option<u64>), String> {
         use std::os::unix::fs::FileExt;
         let name = &self.rings[ring].0;
         let path = format!("/dev/shm/{}{name}", ipc_core::NAME_PREFIX);
@@ -916,21 +1018,49 @@ impl World {
                 file.read_exact_at(&mut bytes, offset).map_err(|e| format!("reading {path}: {e}"))?;
                 Ok(u64::from_le_bytes(bytes))
             };
-            let first = ipc_core::layout::check_record(status.head, word_at(status.head)?, bounds, limit);
-            if let Ok(Some(first)) = first {
-                let target = first.end;
+            let seq_at = |pos: u64, header: &ipc_core::layout::RecordHeader| -> Result<Option<u64>, String> {
+                let mut payload = vec![0u8; header.payload_len as usize];
+                let offset = ipc_core::layout::HEADER_LEN as u64
+                    + ((pos + ipc_core::layout::RECORD_HEADER_LEN) & (status.capacity - 1));
+                file.read_exact_at(&mut payload, offset).map_err(|e| format!("reading {path}: {e}"))?;
+                Ok(agent::check(&payload))
+            };
+            let target = match from {
+                None => match ipc_core::layout::check_record(status.head, word_at(status.head)?, bounds, limit) {
+                    Ok(Some(first)) => Some(first.end),
+                    _ => None,
+                },
+                // The committed records from the head on, up to the first valid envelope at or
+                // after `from` (the ring's producer writes them in order; nothing here is hostile).
+                Some(from) => {
+                    let (mut pos, mut found) = (status.head, None);
+                    while pos < status.tail {
+                        match ipc_core::layout::check_record(pos, word_at(pos)?, bounds, limit) {
+                            Ok(Some(r)) if pos >= from && !r.header.padding && seq_at(pos, &r.header)?.is_some() => {
+                                found = Some(pos);
+                                break;
+                            }
+                            Ok(Some(r)) => pos = r.end,
+                            _ => break,
+                        }
+                    }
+                    found
+                }
+            };
+            if let Some(target) = target {
                 let word = word_at(target)?;
-                if target < status.tail
-                    && matches!(ipc_core::layout::check_record(target, word, bounds, limit), Ok(Some(_)))
+                if let (true, Ok(Some(record))) =
+                    (target < status.tail, ipc_core::layout::check_record(target, word, bounds, limit))
                 {
+                    let seq = if record.header.padding { None } else { seq_at(target, &record.header)? };
                     let new = kind.apply(word, status.max_message_len, rng);
                     let offset = ipc_core::layout::HEADER_LEN as u64 + (target & (status.capacity - 1));
                     file.write_all_at(&new.to_le_bytes(), offset).map_err(|e| format!("writing {path}: {e}"))?;
-                    return Ok((target, word, new));
+                    return Ok((target, word, new, seq));
                 }
             }
             if started.elapsed() > Duration::from_secs(2) {
-                return Err(format!("ring {name}: no two unread records to damage within 2 s"));
+                return Err(format!("ring {name}: no unread record to damage within 2 s"));
             }
         }
     }
@@ -1069,7 +1199,8 @@ impl World {
             let corrupt_in = if p == P_CROSS { bad } else { garbage + bad };
             // A ring dead of a corrupt header loses what was left in it, and nothing else may go.
             let (headers, stranded) = (self.headers_corrupted[k], self.stranded[k]);
-            let ring_refused = cs.get(slots::RING_CORRUPT);
+            // The cross-host pair's ring is read by relay a, which counts what it refuses.
+            let ring_refused = if p == P_CROSS { self.relay_refused_headers } else { cs.get(slots::RING_CORRUPT) };
             let dead_rings = if headers > 0 {
                 format!(
                     ", {ring_refused} corrupt headers refused of {headers} written ({stranded} records left in the dead rings)"
@@ -1177,6 +1308,13 @@ impl Drop for World {
 /// The `k`th local pair's name for `base`: `base` for the first, `base2`, `base3`, … after it.
 fn local_name(base: &str, k: usize) -> String {
     if k == 1 { base.to_owned() } else { format!("{base}{k}") }
+}
+
+/// Whether `pid` is stopped (by a signal), from /proc.
+fn process_stopped(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("T")
 }
 
 /// Resident memory of `pid`, from /proc.
