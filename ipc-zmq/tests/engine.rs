@@ -843,14 +843,10 @@ fn route_from(source: &Segment) -> (ipc_core::Producer, Sender, Receiver, ipc_co
     (source.producer().unwrap(), sender, receiver_into(&dest, None), dest.consumer().unwrap())
 }
 
-#[test]
-fn a_corrupt_record_header_in_the_source_ring_stops_the_route_there_counted_once_and_flagged() {
+/// Flips the check byte of the header of the record after the first `skip` in the named ring
+/// `name` (`source`), through its file, as a hostile process could; returns its position.
+fn flip_check_byte(name: &str, source: &Segment, skip: usize) -> u64 {
     use std::os::unix::fs::FileExt;
-    let (name, source) = named_source("corrupt");
-    let (mut producer, mut sender, mut receiver, mut out) = route_from(&source);
-    let mut next = 0;
-    fill(&mut producer, &mut next, 10);
-    // Flip the check byte of the 6th record's header, as a hostile producer could.
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -869,10 +865,21 @@ fn a_corrupt_record_header_in_the_source_ring_stops_the_route_there_counted_once
         u64::from_le_bytes(bytes)
     };
     let mut pos = 0;
-    for _ in 0..5 {
+    for _ in 0..skip {
         pos = ipc_core::layout::check_record(pos, word_at(pos), bounds, u64::MAX).unwrap().unwrap().end;
     }
     file.write_all_at(&(word_at(pos) ^ 0x5a << 56).to_le_bytes(), offset(pos)).unwrap();
+    pos
+}
+
+#[test]
+fn a_corrupt_record_header_in_the_source_ring_stops_the_route_there_counted_once_and_flagged() {
+    let (name, source) = named_source("corrupt");
+    let (mut producer, mut sender, mut receiver, mut out) = route_from(&source);
+    let mut next = 0;
+    fill(&mut producer, &mut next, 10);
+    // Flip the check byte of the 6th record's header, as a hostile producer could.
+    let pos = flip_check_byte(&name, &source, 5);
 
     let now = Instant::now();
     let mut seen = Vec::new();
@@ -924,44 +931,16 @@ fn a_source_ring_truncated_under_the_sender_stops_the_route_with_nothing_sent_fr
 
 #[test]
 fn a_route_stopped_at_a_corrupt_source_ring_goes_on_from_a_replacement_ring_under_a_new_epoch() {
-    use std::os::unix::fs::FileExt;
-    let name = format!("engine-replaced-{}", std::process::id());
-    let _ = Segment::unlink(&name);
-    let source = RingBuilder::new(1 << 16).create_named(&name).unwrap();
-    let dest = ring(1 << 16);
-    let mut producer = source.producer().unwrap();
-    let mut sender = Sender::new(config(), source.consumer().unwrap(), None).unwrap();
+    let (name, source) = named_source("replaced");
+    let (mut producer, mut sender, mut receiver, mut out) = route_from(&source);
     let counters = sender.counters().clone();
-    let mut receiver = receiver_into(&dest, None);
-    let mut out = dest.consumer().unwrap();
     let (mut next, mut seen) = (0, Vec::new());
     fill(&mut producer, &mut next, 5);
     exchange(&mut sender, &mut receiver, Instant::now());
     drain(&mut out, &mut seen);
     fill(&mut producer, &mut next, 10);
     // The 6th record's check byte flipped in the file.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/dev/shm/{}{name}", ipc_core::NAME_PREFIX))
-        .unwrap();
-    let status = source.status();
-    let bounds = ipc_core::layout::RecordBounds {
-        capacity: status.capacity,
-        max_message_len: status.max_message_len,
-        payload_align: status.payload_align.bytes(),
-    };
-    let offset = |pos: u64| ipc_core::layout::HEADER_LEN as u64 + (pos & (status.capacity - 1));
-    let word_at = |pos: u64| {
-        let mut bytes = [0u8; 8];
-        file.read_exact_at(&mut bytes, offset(pos)).unwrap();
-        u64::from_le_bytes(bytes)
-    };
-    let mut pos = 0;
-    for _ in 0..5 {
-        pos = ipc_core::layout::check_record(pos, word_at(pos), bounds, u64::MAX).unwrap().unwrap().end;
-    }
-    file.write_all_at(&(word_at(pos) ^ 0x5a << 56).to_le_bytes(), offset(pos)).unwrap();
+    flip_check_byte(&name, &source, 5);
     for _ in 0..5 {
         exchange(&mut sender, &mut receiver, Instant::now());
     }
