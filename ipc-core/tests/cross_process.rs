@@ -637,7 +637,8 @@ fn consumer_drains_committed_messages_after_producer_killed_and_a_new_producer_c
         // states), and the verifier proves nothing was lost or repeated.
         let st = segment.status();
         assert!(st.head >= st.tail, "round {round}: delivered short of the tail: {st:?}");
-        assert!(verifier.next > kill_at, "round {round}");
+        // (Equal when the producer was descheduled with the ring drained at the kill.)
+        assert!(verifier.next >= kill_at, "round {round}");
     }
 
     // A last producer takes over from the dead one and finishes cleanly; its messages follow.
