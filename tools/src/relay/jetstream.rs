@@ -89,7 +89,7 @@ fn checkpoint_path(state: &Path, ring: &str) -> PathBuf {
 pub(super) fn add_metrics(set: &mut CounterSet, relay: &str, routes: &[RouteStatus]) {
     use ipc_nats::Counters as C;
     type Field = fn(&C) -> &std::sync::atomic::AtomicU64;
-    let series: [(&str, &str, Kind, Field); 13] = [
+    let series: [(&str, &str, Kind, Field); 15] = [
         (
             "tadpole_relay_jetstream_published",
             "Messages published to JetStream (republished ones included)",
@@ -133,6 +133,18 @@ pub(super) fn add_metrics(set: &mut CounterSet, relay: &str, routes: &[RouteStat
             "Messages dropped: bad type header or too large for the ring",
             Kind::Counter,
             |c| &c.malformed,
+        ),
+        (
+            "tadpole_relay_jetstream_pull_restarts",
+            "Pulls started again from the checkpoint because deliveries stopped (heartbeats missed, or messages waiting and none delivered)",
+            Kind::Counter,
+            |c| &c.pull_restarts,
+        ),
+        (
+            "tadpole_relay_jetstream_leader_stepdowns",
+            "Consumer leaderships handed to another replica because the leader had fallen behind the stream",
+            Kind::Counter,
+            |c| &c.leader_stepdowns,
         ),
         ("tadpole_relay_jetstream_reconnects", "Connections to NATS made again after a loss", Kind::Counter, |c| {
             &c.reconnects
