@@ -60,6 +60,9 @@ class Segment:
     def epoch(self) -> int: ...
     def positions(self) -> tuple[int, int]:
         """(head, tail): released and committed positions."""
+    def status(self) -> dict[str, Any]:
+        """Positions, attachments and counters, read from shared memory without disturbing the
+        producer or consumer: the fields of `tadpole stat --json` (no rates)."""
 
 class Producer:
     """The producer of a ring.

@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipc_core::{
-    BatchLease, Consumer, Lease, OwnedWriteGrant, PayloadAlign, Producer, ReadGuard, RecvTimeoutError, RingBuilder,
-    Segment, SendTimeoutError, TryRecvError, TrySendError, WaitStrategy,
+    BatchLease, Consumer, Lease, OwnedWriteGrant, PayloadAlign, PeerState, Producer, ReadGuard, RecvTimeoutError,
+    RingBuilder, Segment, SendTimeoutError, TryRecvError, TrySendError, WaitStrategy,
 };
 use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyMemoryView};
+use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::errors::{self, ToPyErr};
@@ -150,6 +150,81 @@ impl PySegment {
     fn positions(&self) -> (u64, u64) {
         let s = self.inner.status();
         (s.head, s.tail)
+    }
+
+    /// A snapshot of the ring's positions, attachments and counters, read from shared memory
+    /// without disturbing its producer or consumer: the fields of `tadpole stat --json` (without
+    /// the rates). `producer` and `consumer` are `{"state": "alive" | "dead" | "detached" |
+    /// "never_attached", "pid": int | None}`.
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.status();
+        let dict = |pairs: &[(&str, u64)]| -> PyResult<Bound<'py, PyDict>> {
+            let d = PyDict::new(py);
+            for (k, v) in pairs {
+                d.set_item(k, v)?;
+            }
+            Ok(d)
+        };
+        let side = |state: PeerState| -> PyResult<Bound<'py, PyDict>> {
+            let (name, pid) = match state {
+                PeerState::NeverAttached => ("never_attached", None),
+                PeerState::Attached(id) => ("alive", Some(id.pid)),
+                PeerState::Closed => ("detached", None),
+                PeerState::Dead(id) => ("dead", Some(id.pid)),
+            };
+            let d = PyDict::new(py);
+            d.set_item("state", name)?;
+            d.set_item("pid", pid)?;
+            Ok(d)
+        };
+        let (p, c) = (&s.produced, &s.consumed);
+        let out = dict(&[
+            ("capacity", s.capacity),
+            ("max_message_len", u64::from(s.max_message_len)),
+            ("payload_align", s.payload_align.bytes()),
+            ("epoch", self.inner.epoch()),
+            ("head", s.head),
+            ("tail", s.tail),
+            ("depth_bytes", s.used_bytes()),
+            ("depth_messages", p.messages.saturating_sub(c.messages)),
+            ("leases_held", c.leases_held),
+            ("lease_capacity", c.lease_capacity),
+            ("dead_letters", c.dead_letters()),
+        ])?;
+        let creator = PyDict::new(py);
+        creator.set_item("pid", s.creator.pid)?;
+        creator.set_item("alive", s.creator_alive)?;
+        out.set_item("creator", creator)?;
+        out.set_item("producer", side(s.producer)?)?;
+        out.set_item("consumer", side(s.consumer)?)?;
+        out.set_item(
+            "produced",
+            dict(&[
+                ("messages", p.messages),
+                ("bytes", p.bytes),
+                ("commits", p.commits),
+                ("full_ring_waits", p.full_events),
+                ("wakes", p.wakes),
+                ("padding_bytes", p.padding_bytes),
+                ("oversize_rejects", p.oversize_rejects),
+            ])?,
+        )?;
+        out.set_item(
+            "consumed",
+            dict(&[
+                ("messages", c.messages),
+                ("bytes", c.bytes),
+                ("releases", c.releases),
+                ("empty_polls", c.empty_polls),
+                ("wakes", c.wakes),
+                ("corrupt_records", c.corrupt_records),
+            ])?,
+        )?;
+        out.set_item(
+            "dead_letters_by_reason",
+            dict(&[("malformed", c.dead_letters_malformed), ("undeliverable", c.dead_letters_undeliverable)])?,
+        )?;
+        Ok(out)
     }
 
     fn __repr__(&self) -> String {

@@ -165,6 +165,16 @@ def test_the_python_personality_agent_serves_the_rust_agents_metrics_and_health_
     assert count >= handled + 50 and hop[("tadpole_demo_hop_latency_seconds_sum", hop_label)] > 0, hop
     inf = tuple(sorted(hop_label + (("le", "+Inf"),)))
     assert hop[("tadpole_demo_hop_latency_seconds_bucket", inf)] == count, hop
+    # The series of its rings, read from shared memory (Segment.status()): what it received from
+    # its inbox and sent into execution's ring moved, and it is its inbox's live consumer.
+    run = f"pipeline-{demo.pid}"
+    inbox, outbox = (("ring", f"{run}-personality"),), (("ring", f"{run}-execution"),)
+    consumed = second["tadpole_ring_consumed_messages"][1]
+    assert consumed[("tadpole_ring_consumed_messages_total", inbox)] >= handled + 50, consumed
+    produced = second["tadpole_ring_produced_messages"][1]
+    assert produced[("tadpole_ring_produced_messages_total", outbox)] >= handled + 50, produced
+    alive = second["tadpole_ring_alive"][1]
+    assert alive[("tadpole_ring_alive", tuple(sorted(inbox + (("side", "consumer"),))))] == 1, alive
     assert code == 200, health
     health = json.loads(health)
     assert health["healthy"] and health["detail"]["process"] == "personality", health

@@ -1,5 +1,6 @@
 """Raw bytes in one process: views, release rules, reservations, errors, threads, signals."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -28,6 +29,25 @@ def test_a_received_view_reads_shared_memory_and_releases_its_space_when_release
     assert head < tail, "the open view holds its record"
     view.release()
     assert seg.positions()[0] == tail
+
+
+def test_status_reads_the_rings_counters_and_attachments_as_tadpole_stat_shows_them(ends):
+    seg, producer, consumer = ends
+    for payload in (b"a" * 10, b"b" * 20, b"c" * 30):
+        producer.send(payload)
+    with consumer.recv(timeout=1):
+        pass
+    producer.close()
+    status = seg.status()
+    assert status["capacity"] == 1 << 16 and status["epoch"] == seg.epoch
+    assert status["produced"]["messages"] == 3 and status["produced"]["bytes"] == 60, status
+    assert status["depth_messages"] == status["produced"]["messages"] - status["consumed"]["messages"], status
+    assert (status["head"], status["tail"]) == seg.positions()
+    assert status["creator"] == {"pid": os.getpid(), "alive": True}
+    assert status["producer"] == {"state": "detached", "pid": None}, status
+    assert status["consumer"] == {"state": "alive", "pid": os.getpid()}, status
+    assert status["dead_letters"] == 0 and status["dead_letters_by_reason"] == {"malformed": 0, "undeliverable": 0}
+    assert status["consumed"]["corrupt_records"] == 0 and status["leases_held"] == 0
 
 
 def test_views_used_after_release_raise_instead_of_reading_freed_space(ends):

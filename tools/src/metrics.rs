@@ -58,9 +58,60 @@ pub fn run(args: &MetricsArgs) -> Result<()> {
     Ok(())
 }
 
+/// The per-ring series of a set of rings, read from shared memory at each scrape: what
+/// `tadpole metrics` serves for every ring on the host, and what each agent and relay serves for
+/// the rings it uses (same families, same labels).
+pub(crate) struct RingSeries {
+    rings: Mutex<Rings>,
+}
+
+/// What one scrape of a [`RingSeries`] found.
+pub(crate) struct RingsRead {
+    pub(crate) readable: u64,
+    pub(crate) unreadable: u64,
+}
+
+impl RingSeries {
+    /// Every ring in /dev/shm, as many as there are at each scrape.
+    fn all() -> RingSeries {
+        RingSeries { rings: Mutex::new(Rings::all()) }
+    }
+
+    /// The rings of these names (a process's own); one not there at a scrape has no series.
+    pub(crate) fn named<S: Into<String>>(names: impl IntoIterator<Item = S>) -> RingSeries {
+        RingSeries { rings: Mutex::new(Rings::named(names.into_iter().map(Into::into).collect())) }
+    }
+
+    /// Adds the ring `name` to those read (a ring [`RingSeries::named`] reads).
+    pub(crate) fn watch(&self, name: &str) {
+        self.rings.lock().unwrap_or_else(PoisonError::into_inner).watch(name);
+    }
+
+    fn read(&self) -> Result<Vec<Row>> {
+        // A panic of an earlier scrape left nothing half-updated that matters: the map of
+        // mapped rings is refreshed by every reading.
+        self.rings.lock().unwrap_or_else(PoisonError::into_inner).read()
+    }
+
+    /// Adds every readable ring's series to `set`.
+    pub(crate) fn add_to(&self, set: &mut CounterSet) -> Result<RingsRead> {
+        let (mut readable, mut unreadable) = (0u64, 0u64);
+        for row in &self.read()? {
+            match &row.reading {
+                Ok(reading) => {
+                    readable += 1;
+                    add_ring(set, &row.name, &reading.status);
+                }
+                Err(_) => unreadable += 1,
+            }
+        }
+        Ok(RingsRead { readable, unreadable })
+    }
+}
+
 /// What the endpoint reads at each scrape.
 struct Exporter {
-    rings: Mutex<Rings>,
+    rings: RingSeries,
     scrapes: AtomicU64,
     /// Rings skipped as unreadable, summed over every scrape.
     skipped: AtomicU64,
@@ -68,15 +119,7 @@ struct Exporter {
 
 impl Default for Exporter {
     fn default() -> Self {
-        Exporter { rings: Mutex::new(Rings::all()), scrapes: AtomicU64::new(0), skipped: AtomicU64::new(0) }
-    }
-}
-
-impl Exporter {
-    fn read(&self) -> Result<Vec<Row>> {
-        // A panic of an earlier scrape left nothing half-updated that matters: the map of
-        // mapped rings is refreshed by every reading.
-        self.rings.lock().unwrap_or_else(PoisonError::into_inner).read()
+        Exporter { rings: RingSeries::all(), scrapes: AtomicU64::new(0), skipped: AtomicU64::new(0) }
     }
 }
 
@@ -84,18 +127,8 @@ impl Status for Exporter {
     fn metrics(&self) -> CounterSet {
         let mut set = CounterSet::default();
         let scrapes = self.scrapes.fetch_add(1, Relaxed) + 1;
-        let (mut readable, mut unreadable) = (0u64, 0u64);
-        if let Ok(rows) = self.read() {
-            for row in &rows {
-                match &row.reading {
-                    Ok(reading) => {
-                        readable += 1;
-                        add_ring(&mut set, &row.name, &reading.status);
-                    }
-                    Err(_) => unreadable += 1,
-                }
-            }
-        }
+        let RingsRead { readable, unreadable } =
+            self.rings.add_to(&mut set).unwrap_or(RingsRead { readable: 0, unreadable: 0 });
         let skipped = self.skipped.fetch_add(unreadable, Relaxed) + unreadable;
         let own: [(&str, &str, Kind, u64); 4] = [
             ("tadpole_metrics_rings", "Rings read at this scrape", Kind::Gauge, readable),
@@ -115,7 +148,7 @@ impl Status for Exporter {
     }
 
     fn health(&self) -> (bool, serde_json::Value) {
-        match self.read() {
+        match self.rings.read() {
             Ok(rows) => {
                 let unreadable: Vec<serde_json::Value> = rows
                     .iter()

@@ -18,9 +18,10 @@ Logs are JSON lines on stderr in the shape of the Rust agents' (`tracing` JSON, 
 With `--metrics-port PORT` it serves `/metrics` (OpenMetrics text, rendered by
 `prometheus_client`), `/health` and `/ready` on 127.0.0.1:PORT, as the Rust agents do: the same
 families and labels (`tadpole_demo_handled_total{process="personality"}`, ...,
-`tadpole_demo_hop_latency_seconds{process="personality",hop="risk -> personality"}`). Like
-theirs, the counters are plain numbers the main loop bumps and a scrape reads; the HTTP thread
-never touches a ring.
+`tadpole_demo_hop_latency_seconds{process="personality",hop="risk -> personality"}`, and the
+`tadpole_ring_*{ring=...}` series of its three rings). Like theirs, the counters are plain numbers
+the main loop bumps and a scrape reads; the ring series come from `Segment.status()`, which reads
+the rings' counters in shared memory and never a record.
 """
 
 import argparse
@@ -169,7 +170,32 @@ class Metrics:
         ("sla_alerts", "tadpole_demo_sla_alerts", "SLA alerts raised"),
     ]
 
+    # The Rust agents' per-ring families (tools/src/metrics.rs add_ring): (name, help, kind,
+    # reading from `Segment.status()`).
+    RING_VALUES = [
+        ("tadpole_ring_capacity_bytes", "Bytes in the ring's data region", "gauge", lambda s: s["capacity"]),
+        ("tadpole_ring_depth_bytes", "Bytes committed and not yet released", "gauge", lambda s: s["depth_bytes"]),
+        ("tadpole_ring_depth_messages", "Messages committed and not yet received", "gauge",
+         lambda s: s["depth_messages"]),
+        ("tadpole_ring_produced_messages", "Messages the producer committed", "counter",
+         lambda s: s["produced"]["messages"]),
+        ("tadpole_ring_produced_bytes", "Payload bytes the producer committed", "counter",
+         lambda s: s["produced"]["bytes"]),
+        ("tadpole_ring_consumed_messages", "Messages the consumer received", "counter",
+         lambda s: s["consumed"]["messages"]),
+        ("tadpole_ring_consumed_bytes", "Payload bytes the consumer received", "counter",
+         lambda s: s["consumed"]["bytes"]),
+        ("tadpole_ring_full_ring_waits", "Reservation attempts that found the ring full", "counter",
+         lambda s: s["produced"]["full_ring_waits"]),
+        ("tadpole_ring_corrupt_records", "Records the consumer refused as corrupt", "counter",
+         lambda s: s["consumed"]["corrupt_records"]),
+        ("tadpole_ring_leases_held", "Records the consumer holds as leases", "gauge", lambda s: s["leases_held"]),
+        ("tadpole_ring_lease_capacity", "Most leases the consumer may hold", "gauge", lambda s: s["lease_capacity"]),
+    ]
+
     def __init__(self):
+        # (name, tadpole.Segment) of the rings this agent uses: their series are served too.
+        self.rings = []
         for field, _, _ in self.COUNTERS:
             setattr(self, field, 0)
         # The personality never holds orders back: 0 closed (risk and execution hear the breaker).
@@ -204,6 +230,40 @@ class Metrics:
                                      labels=["process", "hop"])
         hist.add_metric([PROCESS, HOP], buckets, sum_value=self.sum_ns / 1e9)
         yield hist
+        yield from self.ring_families()
+
+    def ring_families(self):
+        """The series of this agent's rings, read from shared memory now."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+        statuses = [(name, segment.status()) for name, segment in self.rings]
+        for name, help_text, kind, read in self.RING_VALUES:
+            family = kinds[kind](name, help_text, labels=["ring"])
+            for ring, status in statuses:
+                family.add_metric([ring], read(status))
+            yield family
+        letters = CounterMetricFamily("tadpole_ring_dead_letters",
+                                      "Records a receiver refused: malformed (not a valid message) or undeliverable",
+                                      labels=["ring", "reason"])
+        for ring, status in statuses:
+            for reason in ("malformed", "undeliverable"):
+                letters.add_metric([ring, reason], status["dead_letters_by_reason"][reason])
+        yield letters
+        alive = GaugeMetricFamily("tadpole_ring_alive", "1 while the side's process runs", labels=["ring", "side"])
+        dead = GaugeMetricFamily("tadpole_ring_dead",
+                                 "1 when the side's process is gone without detaching (crashed or killed)",
+                                 labels=["ring", "side"])
+        pid = GaugeMetricFamily("tadpole_ring_pid", "The side's process id (0: none)", labels=["ring", "side"])
+        for ring, status in statuses:
+            creator = status["creator"]
+            sides = [("creator", "alive" if creator["alive"] else "detached", creator["pid"])]
+            sides += [(side, status[side]["state"], status[side]["pid"]) for side in ("producer", "consumer")]
+            for side, state, side_pid in sides:
+                alive.add_metric([ring, side], int(state == "alive"))
+                dead.add_metric([ring, side], int(state == "dead"))
+                pid.add_metric([ring, side], side_pid if state in ("alive", "dead") else 0)
+        yield from (alive, dead, pid)
 
     def health(self):
         return {"healthy": True, "detail": {"process": PROCESS, "handled": self.handled, "breaker": "closed"}}
@@ -259,9 +319,10 @@ def main():
         serve_metrics(args.metrics_port, metrics)
     # A Ctrl-C meant for the demo reaches this agent too: it leaves when its upstream closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    inbox = tadpole.EnvelopeReceiver(tadpole.Segment.open(args.inbox))
-    outbox = tadpole.EnvelopeSender(tadpole.Segment.open(args.outbox))
-    beats = tadpole.EnvelopeSender(tadpole.Segment.open(args.heartbeat))
+    segments = [(name, tadpole.Segment.open(name)) for name in (args.heartbeat, args.inbox, args.outbox)]
+    metrics.rings = segments
+    beats, inbox, outbox = (tadpole.EnvelopeSender(segments[0][1]), tadpole.EnvelopeReceiver(segments[1][1]),
+                            tadpole.EnvelopeSender(segments[2][1]))
     interval_ns = args.heartbeat_ms * 1_000_000
     started = time.monotonic_ns()
     # "refused": an input record was refused since the last heartbeat (the next one says Degraded).

@@ -24,6 +24,8 @@ use ipc_zmq::wire::{self, Frame};
 use schemas::envelope::{MessageId, VerifyOptions, verify_envelope};
 use tracing::{info, warn};
 
+use crate::metrics::RingSeries;
+
 mod jetstream;
 
 /// The ZAP domain the listener sets and the handler answers for.
@@ -151,11 +153,17 @@ struct RelayStatus {
     loop_turns: AtomicU64,
     origins_refused: Arc<AtomicU64>,
     jetstream: Vec<ipc_nats::RouteStatus>,
+    /// The local rings of every route (and dead-letter ring): their series, read from shared
+    /// memory at each scrape, as `tadpole metrics` serves them.
+    rings: RingSeries,
 }
 
 impl Status for RelayStatus {
     fn metrics(&self) -> CounterSet {
         let mut set = CounterSet::default();
+        // A ring that cannot be read now (removed, cut, not made yet) has no series at this
+        // scrape; the route's own counters say why.
+        let _ = self.rings.add_to(&mut set);
         let relay = self.name.as_str();
         for (ring, stream, counters, status) in &self.links {
             let labels = [("relay", relay), ("ring", ring.as_str()), ("stream", stream.as_str())];
@@ -465,6 +473,14 @@ pub fn run(config: &Path, state: Option<PathBuf>) -> Result<()> {
         loop_turns: AtomicU64::new(0),
         origins_refused: origins.refused.clone(),
         jetstream: bridge.as_ref().map(|b| b.routes().to_vec()).unwrap_or_default(),
+        rings: RingSeries::named(
+            cfg.routes_out
+                .iter()
+                .flat_map(|r| std::iter::once(&r.ring).chain(&r.dead_letters))
+                .chain(cfg.routes_in.iter().map(|r| &r.ring))
+                .chain(cfg.jetstream.iter().map(|r| &r.ring))
+                .cloned(),
+        ),
     });
     let _http = match cfg.health {
         Some(addr) => Some(HttpEndpoint::start(&addr.to_string(), status.clone()).map_err(|e| anyhow!("{e}"))?),

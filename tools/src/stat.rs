@@ -81,7 +81,7 @@ pub fn run(args: &StatArgs) -> Result<()> {
         (None, Some(name)) => Some(RingSource::Named(name.clone())),
         (None, None) => None,
     };
-    let mut rings = Rings { single, tracked: HashMap::new() };
+    let mut rings = Rings { single, names: None, tracked: HashMap::new() };
     let mut out = io::stdout().lock();
     if args.watch {
         return watch(&mut rings, Duration::from_millis(args.interval_ms), &mut out);
@@ -154,8 +154,11 @@ fn watch(rings: &mut Rings, interval: Duration, out: &mut impl Write) -> Result<
 /// The rings being shown, kept mapped between readings so rates compare like with like. Also
 /// what `tadpole metrics` reads at each scrape.
 pub(crate) struct Rings {
-    /// The one ring asked for, or `None` for every ring in /dev/shm.
+    /// The one ring asked for, or `None` for several.
     single: Option<RingSource>,
+    /// With `single` `None`: the rings of these names (a process's own), or `None` for every
+    /// ring in /dev/shm.
+    names: Option<Vec<String>>,
     tracked: HashMap<String, Tracked>,
 }
 
@@ -189,7 +192,21 @@ struct Rates {
 impl Rings {
     /// Every ring in /dev/shm, as many as there are at each reading.
     pub(crate) fn all() -> Rings {
-        Rings { single: None, tracked: HashMap::new() }
+        Rings { single: None, names: None, tracked: HashMap::new() }
+    }
+
+    /// The rings of these names, those that exist at each reading.
+    pub(crate) fn named(names: Vec<String>) -> Rings {
+        Rings { single: None, names: Some(names), tracked: HashMap::new() }
+    }
+
+    /// Adds `name` to the rings of [`Rings::named`] (nothing for the other kinds).
+    pub(crate) fn watch(&mut self, name: &str) {
+        if let Some(names) = &mut self.names {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
+            }
+        }
     }
 
     /// Reads every ring once. Asked about one ring, failing to read it is the command failing;
@@ -197,9 +214,14 @@ impl Rings {
     pub(crate) fn read(&mut self) -> Result<Vec<Row>> {
         let sources = match &self.single {
             Some(source) => vec![source.clone()],
-            None => {
-                Segment::list().context("listing the rings in /dev/shm")?.into_iter().map(RingSource::Named).collect()
-            }
+            None => match &self.names {
+                Some(names) => names.iter().cloned().map(RingSource::Named).collect(),
+                None => Segment::list()
+                    .context("listing the rings in /dev/shm")?
+                    .into_iter()
+                    .map(RingSource::Named)
+                    .collect(),
+            },
         };
         let labels: Vec<String> = sources.iter().map(RingSource::label).collect();
         self.tracked.retain(|label, _| labels.contains(label));

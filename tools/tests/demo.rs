@@ -197,8 +197,44 @@ fn every_process_serves_metrics_with_per_hop_histograms_and_health() {
         assert!(body.contains(&series), "{series} missing:\n{body}");
         assert!(body.contains(&format!("tadpole_demo_handled_total{{process=\"{agent}\"}}")), "{body}");
     }
+    // Every process serves the series of the rings it uses, read from shared memory: an agent
+    // its inbox (received from), its heartbeat ring (sent into), with their sides' processes.
+    let run = format!("pipeline-{}", child.id());
+    let value = |body: &str, series: &str| -> u64 {
+        let line = body.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series} missing:\n{body}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    for (port, agent, inbox) in [(base + 2, "risk", "risk"), (base + 4, "execution", "execution")] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (inbox, beats) = (format!("{run}-{inbox}"), format!("{run}-hb-{agent}"));
+        loop {
+            let body = scrape(port);
+            let received = value(&body, &format!("tadpole_ring_consumed_messages_total{{ring=\"{inbox}\"}}"));
+            let sent = value(&body, &format!("tadpole_ring_produced_messages_total{{ring=\"{beats}\"}}"));
+            if received > 0 && sent > 0 {
+                let consumer = format!("tadpole_ring_alive{{ring=\"{inbox}\",side=\"consumer\"}}");
+                assert_eq!(value(&body, &consumer), 1, "{body}");
+                let ring = format!("ring=\"{inbox}\"");
+                for family in [
+                    "tadpole_ring_depth_messages",
+                    "tadpole_ring_full_ring_waits_total",
+                    "tadpole_ring_dead_letters_total",
+                ] {
+                    assert!(
+                        body.lines().any(|l| l.starts_with(family) && l.contains(&ring)),
+                        "{family} {ring}:\n{body}"
+                    );
+                }
+                break;
+            }
+            assert!(Instant::now() < deadline, "{agent}: ring series never moved:\n{body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let breaker = scrape(base + 5);
     assert!(breaker.contains("tadpole_demo_heartbeats_total{process=\"breaker\"}"), "{breaker}");
+    let heard = format!("tadpole_ring_consumed_messages_total{{ring=\"{run}-hb-risk\"}}");
+    assert!(breaker.contains(&heard), "{heard} missing:\n{breaker}");
     let (code, health) = demo_support::http_get(base + 2, "/health").unwrap();
     assert_eq!(code, 200, "{health}");
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();

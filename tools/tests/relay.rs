@@ -266,7 +266,7 @@ fn a_wrong_server_key_shows_in_health_and_metrics_and_delivers_nothing() {
 }
 
 #[test]
-fn metrics_show_the_link_round_trip_histogram_and_acks_once_records_crossed() {
+fn metrics_show_the_link_round_trip_histogram_acks_and_the_source_rings_series_once_records_crossed() {
     let pair = LoopbackPair::new("rtt", false);
     let [mut b, mut a] = pair.start();
     let (out_ring, in_ring) = (pair.out_ring.clone(), pair.in_ring.clone());
@@ -311,6 +311,13 @@ fn metrics_show_the_link_round_trip_histogram_and_acks_once_records_crossed() {
     assert!(value(&metrics, "tadpole_relay_acks_total").is_some_and(|n| n >= 1.0), "{metrics}");
     let inf = metrics.lines().find(|l| l.starts_with("tadpole_relay_round_trip_seconds_bucket{le=\"+Inf\""));
     assert!(inf.is_some(), "{metrics}");
+    // The relay serves its source ring's series too, read from shared memory: every record
+    // produced was received by the relay, its live consumer.
+    let ring = |family: &str, extra: &str| format!("{family}{{ring=\"{out_ring}\"{extra}}}");
+    assert_eq!(value(&metrics, &ring("tadpole_ring_produced_messages_total", "")), Some(200.0), "{metrics}");
+    assert_eq!(value(&metrics, &ring("tadpole_ring_consumed_messages_total", "")), Some(200.0), "{metrics}");
+    assert_eq!(value(&metrics, &ring("tadpole_ring_alive", ",side=\"consumer\"")), Some(1.0), "{metrics}");
+    assert!(value(&metrics, &ring("tadpole_ring_full_ring_waits_total", "")).is_some(), "{metrics}");
     let _ = a.kill();
     let _ = b.kill();
     let _ = (a.wait(), b.wait());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use arrow_array::{Array, Int64Array, RecordBatch, StringArray, UInt64Array};
-use ipc_core::{Segment, WaitStrategy};
+use ipc_core::WaitStrategy;
 use schemas::channel::{
     BatchReceiver, BatchRecvError, EnvelopeReceiver, EnvelopeRecvError, EnvelopeSendError, EnvelopeSender,
 };
@@ -39,7 +39,7 @@ pub struct Beat<'a> {
 
 impl<'a> Beat<'a> {
     pub fn open(role: &'a str, run: &str, interval_ms: u64, metrics: Arc<Metrics>) -> Result<Beat<'a>> {
-        let tx = EnvelopeSender::new(Segment::open(&heartbeat_ring(run, role))?.producer()?);
+        let tx = EnvelopeSender::new(metrics.open_ring(&heartbeat_ring(run, role))?.producer()?);
         let now = Instant::now();
         let interval = Duration::from_millis(interval_ms);
         Ok(Beat { tx, metrics, role, sequence: 0, interval, next: now, started: now, refused_input: false })
@@ -120,8 +120,8 @@ struct Gate {
 }
 
 impl Gate {
-    fn open_ring(run: &str, role: &str) -> Result<Gate> {
-        let rx = EnvelopeReceiver::new(Segment::open(&breaker_ring(run, role))?.consumer()?);
+    fn open_ring(run: &str, role: &str, metrics: &Metrics) -> Result<Gate> {
+        let rx = EnvelopeReceiver::new(metrics.open_ring(&breaker_ring(run, role))?.consumer()?);
         Ok(Gate { rx, open_until: None, cause: String::new(), halted: None })
     }
 
@@ -194,12 +194,12 @@ fn work(
     let hop = &metrics.hops[0].1;
     let position = AGENTS.iter().position(|a| *a == role).context("not a trading agent")?;
     let next = AGENTS.get(position + 1).copied().unwrap_or(OUTCOMES);
-    let mut producer = Segment::open(&outbox(run, next, settings))?.producer()?;
+    let mut producer = metrics.open_ring(&outbox(run, next, settings))?.producer()?;
     producer.set_wait_strategy(wait);
     let mut out = EnvelopeSender::new(producer);
     let stall = Duration::from_millis(settings.stall_ms);
     if role == "market-analysis" {
-        let mut consumer = Segment::open(&ring_name(run, TICKS))?.consumer()?;
+        let mut consumer = metrics.open_ring(&ring_name(run, TICKS))?.consumer()?;
         consumer.set_wait_strategy(wait);
         let mut rx = BatchReceiver::new(consumer)?;
         loop {
@@ -216,10 +216,10 @@ fn work(
             }
         }
     }
-    let mut consumer = Segment::open(&ring_name(run, role))?.consumer()?;
+    let mut consumer = metrics.open_ring(&ring_name(run, role))?.consumer()?;
     consumer.set_wait_strategy(wait);
     let mut inbox = EnvelopeReceiver::new(consumer);
-    let mut gate = if matches!(role, "risk" | "execution") { Some(Gate::open_ring(run, role)?) } else { None };
+    let mut gate = if matches!(role, "risk" | "execution") { Some(Gate::open_ring(run, role, metrics)?) } else { None };
     loop {
         beat.tick()?;
         if let Some(g) = &mut gate {

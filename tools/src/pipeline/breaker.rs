@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use ipc_core::{DeadLetterReason, RingKey, Segment, TryRecvError, WaitSet, WaitStrategy};
+use ipc_core::{DeadLetterReason, RingKey, TryRecvError, WaitSet, WaitStrategy};
 use schemas::channel::EnvelopeSender;
 use schemas::envelope::{EnvelopeHeader, Event, VerifyOptions, verify_envelope};
 use schemas::fb;
@@ -42,7 +42,7 @@ pub fn run(run: &str, settings: &AgentSettings) -> Result<()> {
     let mut set = WaitSet::new(WaitStrategy::Block)?;
     let mut watched = Vec::new();
     for agent in AGENTS {
-        let consumer = Segment::open(&heartbeat_ring(run, agent))?.consumer()?;
+        let consumer = metrics.open_ring(&heartbeat_ring(run, agent))?.consumer()?;
         let key = set.insert(consumer);
         watched.push(Watched {
             agent,
@@ -56,7 +56,7 @@ pub fn run(run: &str, settings: &AgentSettings) -> Result<()> {
     }
     let mut listeners = BREAKER_LISTENERS
         .iter()
-        .map(|l| Ok(EnvelopeSender::new(Segment::open(&breaker_ring(run, l))?.producer()?)))
+        .map(|l| Ok(EnvelopeSender::new(metrics.open_ring(&breaker_ring(run, l))?.producer()?)))
         .collect::<Result<Vec<_>>>()?;
     let started = Instant::now();
     let mut halted = false;

@@ -1,13 +1,18 @@
 //! `--metrics-port-base PORT`: every Rust agent, and the collector, serve `/metrics`
 //! (Prometheus text) and `/health` (JSON) with the relay's endpoint (`ipc_zmq::http`). The
 //! collector is on PORT, then the agents in pipeline order, the breaker last. Counters are plain
-//! atomics the agents bump as they work, read at scrape time.
+//! atomics the agents bump as they work, read at scrape time; each process also serves the
+//! series of the rings it uses (`tadpole_ring_*`, as `tadpole metrics` does), read from shared
+//! memory at scrape time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use anyhow::{Context, Result};
+use ipc_core::Segment;
 use ipc_zmq::http::{CounterSet, HistogramReading, HttpEndpoint, Kind, Status};
+
+use crate::metrics::RingSeries;
 
 /// Bucket upper bounds of the latency histograms, in ns (then +Inf).
 const BOUNDS_NS: [u64; 16] = [
@@ -65,6 +70,9 @@ pub struct Metrics {
     pub sla_alerts: AtomicU64,
     /// Per hop: (name, histogram).
     pub hops: Vec<(&'static str, LatencyBuckets)>,
+    /// The rings this process uses: their series (depth, messages, bytes, full-ring waits, dead
+    /// letters, ...) are served with the process's own, as `tadpole metrics` serves them.
+    rings: RingSeries,
 }
 
 impl Metrics {
@@ -79,7 +87,20 @@ impl Metrics {
             breaker_emergencies: AtomicU64::new(0),
             sla_alerts: AtomicU64::new(0),
             hops: hops.iter().map(|h| (*h, LatencyBuckets::default())).collect(),
+            rings: RingSeries::named(Vec::<String>::new()),
         })
+    }
+
+    /// Opens the ring `name`, whose series this process serves from now on.
+    pub fn open_ring(&self, name: &str) -> Result<Segment> {
+        let segment = Segment::open(name)?;
+        self.watch_ring(name);
+        Ok(segment)
+    }
+
+    /// Serves the series of the ring `name` from now on.
+    pub fn watch_ring(&self, name: &str) {
+        self.rings.watch(name);
     }
 }
 
@@ -114,6 +135,8 @@ impl Status for Published {
                 m.hops[i].1.reading()
             });
         }
+        // A ring that cannot be read now (removed, cut) has no series at this scrape.
+        let _ = self.0.rings.add_to(&mut set);
         set
     }
 

@@ -157,7 +157,8 @@ pub struct DemoArgs {
     /// Serve /metrics (Prometheus text) and /health on 127.0.0.1 from every process: this one
     /// (the collector: every hop, SLA alerts) on PORT, then market analysis, risk, personality,
     /// execution and the breaker on the ports after it (a Python agent too, with
-    /// `prometheus_client` installed).
+    /// `prometheus_client` installed). Each also serves the `tadpole_ring_*` series (depth,
+    /// messages, bytes, full-ring waits, dead letters, sides) of the rings it uses.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..=65_000))]
     metrics_port_base: Option<u16>,
     /// Write an SVG and a PNG latency histogram per hop into this directory.
@@ -420,6 +421,9 @@ fn drive(
         agents.0.push(((*agent).to_owned(), child));
     }
 
+    for segment in [&rings.ticks, &rings.outcomes, &rings.notices] {
+        collector.watch_ring(segment.name().context("the demo's rings are named")?);
+    }
     let mut producer = rings.ticks.producer()?;
     producer.set_wait_strategy(wait.strategy());
     let mut feed = feed::Feed::new(BatchSender::new(producer)?, &config.market);
