@@ -224,17 +224,17 @@ impl LoopbackPair {
         LoopbackPair { dir, out_ring, in_ring, health: format!("127.0.0.1:{health_port}"), _rings }
     }
 
-    /// Starts B, then A.
-    fn start(&self) -> [Child; 2] {
+    /// Starts B, then A; both are killed when the result is dropped (a failing test too).
+    fn start(&self) -> KilledOnDrop<2> {
         let b = spawn_relay(self.dir.path(), "b.toml", None);
-        [b, spawn_relay(self.dir.path(), "a.toml", None)]
+        KilledOnDrop([b, spawn_relay(self.dir.path(), "a.toml", None)])
     }
 }
 
 #[test]
 fn a_wrong_server_key_shows_in_health_and_metrics_and_delivers_nothing() {
     let pair = LoopbackPair::new("wrongkey", true);
-    let [mut b, mut a] = pair.start();
+    let relays = pair.start();
     let (out_ring, in_ring) = (pair.out_ring.clone(), pair.in_ring.clone());
     let mut producer = Segment::open(&out_ring).unwrap().producer().unwrap();
     producer.try_send(b"never delivered").unwrap();
@@ -260,15 +260,13 @@ fn a_wrong_server_key_shows_in_health_and_metrics_and_delivers_nothing() {
     assert!(failures >= 1, "{metrics}");
     let mut consumer = Segment::open(&in_ring).unwrap().consumer().unwrap();
     assert_eq!(consumer.try_recv().err(), Some(TryRecvError::Empty), "nothing crossed");
-    let _ = a.kill();
-    let _ = b.kill();
-    let _ = (a.wait(), b.wait());
+    drop(relays);
 }
 
 #[test]
 fn metrics_show_the_link_round_trip_histogram_acks_and_the_source_rings_series_once_records_crossed() {
     let pair = LoopbackPair::new("rtt", false);
-    let [mut b, mut a] = pair.start();
+    let relays = pair.start();
     let (out_ring, in_ring) = (pair.out_ring.clone(), pair.in_ring.clone());
     let mut producer = Segment::open(&out_ring).unwrap().producer().unwrap();
     let mut consumer = Segment::open(&in_ring).unwrap().consumer().unwrap();
@@ -318,9 +316,7 @@ fn metrics_show_the_link_round_trip_histogram_acks_and_the_source_rings_series_o
     assert_eq!(value(&metrics, &ring("tadpole_ring_consumed_messages_total", "")), Some(200.0), "{metrics}");
     assert_eq!(value(&metrics, &ring("tadpole_ring_alive", ",side=\"consumer\"")), Some(1.0), "{metrics}");
     assert!(value(&metrics, &ring("tadpole_ring_full_ring_waits_total", "")).is_some(), "{metrics}");
-    let _ = a.kill();
-    let _ = b.kill();
-    let _ = (a.wait(), b.wait());
+    drop(relays);
 }
 
 /// Starts `tadpole relay --config <dir>/<config> [--state <state>]`, output discarded.
@@ -476,21 +472,9 @@ fn await_sample(addr: &str, name: &str, want: u64) -> String {
 #[test]
 fn a_route_stopped_at_a_corrupt_source_ring_goes_on_once_the_ring_is_replaced_without_a_restart() {
     use std::os::unix::fs::FileExt;
-    let pair = LoopbackPair::new("replaced", false);
-    let b = spawn_relay(pair.dir.path(), "b.toml", None);
-    let a_log = pair.dir.path().join("a.log");
-    let relays = KilledOnDrop([b, spawn_relay_logged(&pair.dir.path().join("a.toml"), &a_log)]);
-    let addr = pair.health.clone();
-    let source = Segment::open(&pair.out_ring).unwrap();
-    let mut producer = source.producer().unwrap();
-    let mut consumer = Segment::open(&pair.in_ring).unwrap().consumer().unwrap();
-    let mut buf = Vec::new();
     const FIRST: u64 = 50;
-    for seq in 0..FIRST {
-        record(0, seq, &mut buf);
-        producer.try_send(&buf).unwrap();
-    }
-    assert_eq!(receive_in_order(&mut consumer, 0, FIRST, Duration::from_secs(20)), FIRST, "the first records crossed");
+    let RunningPair { pair, relays, a_log, source, producer, mut consumer } = running_pair("replaced", FIRST);
+    let addr = pair.health.clone();
     // Once they are acknowledged and released, relay A polls the (zero) header slot at the
     // ring's tail. A hostile producer writes a header there that fails the check for that
     // position: the last record's, its check byte changed.
@@ -581,6 +565,35 @@ impl<const N: usize> Drop for KilledOnDrop<N> {
     }
 }
 
+/// A relay pair on loopback (relay A logging into `a_log`), the producer of A's source ring and
+/// the consumer of B's destination ring.
+struct RunningPair {
+    pair: LoopbackPair,
+    relays: KilledOnDrop<2>,
+    a_log: std::path::PathBuf,
+    source: Segment,
+    producer: ipc_core::Producer,
+    consumer: ipc_core::Consumer,
+}
+
+/// Starts a [`RunningPair`] and sends `first` records of route 0 across it, received in order.
+fn running_pair(tag: &str, first: u64) -> RunningPair {
+    let pair = LoopbackPair::new(tag, false);
+    let b = spawn_relay(pair.dir.path(), "b.toml", None);
+    let a_log = pair.dir.path().join("a.log");
+    let relays = KilledOnDrop([b, spawn_relay_logged(&pair.dir.path().join("a.toml"), &a_log)]);
+    let source = Segment::open(&pair.out_ring).unwrap();
+    let mut producer = source.producer().unwrap();
+    let mut consumer = Segment::open(&pair.in_ring).unwrap().consumer().unwrap();
+    let mut buf = Vec::new();
+    for seq in 0..first {
+        record(0, seq, &mut buf);
+        producer.try_send(&buf).unwrap();
+    }
+    assert_eq!(receive_in_order(&mut consumer, 0, first, Duration::from_secs(20)), first, "the first records crossed");
+    RunningPair { pair, relays, a_log, source, producer, consumer }
+}
+
 /// Starts `tadpole relay --config <config>`, its log (JSON lines) into `log`.
 fn spawn_relay_logged(config: &std::path::Path, log: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tadpole"))
@@ -623,20 +636,9 @@ fn replace_and_stream(name: &str, consumer: &mut ipc_core::Consumer, count: u64)
 
 #[test]
 fn a_route_stopped_by_its_source_rings_file_truncated_goes_on_once_the_ring_is_replaced() {
-    let pair = LoopbackPair::new("truncated", false);
-    let b = spawn_relay(pair.dir.path(), "b.toml", None);
-    let a_log = pair.dir.path().join("a.log");
-    let relays = KilledOnDrop([b, spawn_relay_logged(&pair.dir.path().join("a.toml"), &a_log)]);
+    let RunningPair { pair, relays, a_log, source, mut producer, mut consumer } = running_pair("truncated", 20);
     let addr = pair.health.clone();
-    let source = Segment::open(&pair.out_ring).unwrap();
-    let mut producer = source.producer().unwrap();
-    let mut consumer = Segment::open(&pair.in_ring).unwrap().consumer().unwrap();
     let mut buf = Vec::new();
-    for seq in 0..20 {
-        record(0, seq, &mut buf);
-        producer.try_send(&buf).unwrap();
-    }
-    assert_eq!(receive_in_order(&mut consumer, 0, 20, Duration::from_secs(20)), 20, "the first records crossed");
     // Relay A stopped, 10 more records committed, and the ring's file cut to nothing by another
     // process: relay A reads zeros where the records were, and must send none of them.
     let stop = |signal| {

@@ -512,6 +512,20 @@ impl World {
         }
     }
 
+    /// The operator's repair of ring `ring`: a new ring under the same name, and the next
+    /// generation (one past the first agent's) told to the `agents` that move to it. Returns
+    /// that generation.
+    fn replace_ring(&mut self, ring: usize, agents: &[usize]) -> Result<u64, String> {
+        let name = self.rings[ring].0.clone();
+        let capacity = self.rings[ring].1.capacity();
+        self.rings[ring].1 = make_ring(&name, capacity).map_err(|e| format!("replacing ring {name}: {e:#}"))?;
+        let generation = self.agents[agents[0]].slots.get(slots::GENERATION) + 1;
+        for &i in agents {
+            self.agents[i].slots.set(slots::GENERATION, generation);
+        }
+        Ok(generation)
+    }
+
     fn wait_until(&mut self, timeout: Duration, mut done: impl FnMut(&mut World) -> bool) -> bool {
         let started = Instant::now();
         loop {
@@ -869,15 +883,10 @@ impl World {
         let first_behind = self.agents[c].slots.get(slots::CORRUPT_NEXT);
         // An operator's repair: a new ring under the same name; both agents move to it.
         let name = self.rings[ring].0.clone();
-        let capacity = self.rings[ring].1.capacity();
-        match make_ring(&name, capacity) {
-            Ok(segment) => self.rings[ring].1 = segment,
-            Err(e) => return (false, format!("replacing ring {name}: {e:#}")),
-        }
-        let generation = self.agents[p].slots.get(slots::GENERATION) + 1;
-        for i in [p, c] {
-            self.agents[i].slots.set(slots::GENERATION, generation);
-        }
+        let generation = match self.replace_ring(ring, &[p, c]) {
+            Ok(generation) => generation,
+            Err(e) => return (false, e),
+        };
         let moved = self.wait_until(Duration::from_secs(15), |w| {
             [p, c].iter().all(|&i| w.agents[i].slots.get(slots::GENERATION_OPEN) >= generation)
                 && w.status(ring).head > 0
@@ -944,13 +953,10 @@ impl World {
         // The operator's repair: a new ring under the same name; the producer moves to it, and
         // relay a finds it by itself.
         let name = self.rings[ring].0.clone();
-        let capacity = self.rings[ring].1.capacity();
-        match make_ring(&name, capacity) {
-            Ok(segment) => self.rings[ring].1 = segment,
-            Err(e) => return (false, format!("replacing ring {name}: {e:#}")),
-        }
-        let generation = self.agents[p].slots.get(slots::GENERATION) + 1;
-        self.agents[p].slots.set(slots::GENERATION, generation);
+        let generation = match self.replace_ring(ring, &[p]) {
+            Ok(generation) => generation,
+            Err(e) => return (false, e),
+        };
         let moved = self.wait_until(Duration::from_secs(15), |w| {
             w.agents[p].slots.get(slots::GENERATION_OPEN) >= generation
                 && w.metric(A, blocked_metric) == Some(0)
