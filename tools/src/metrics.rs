@@ -77,9 +77,14 @@ impl RingSeries {
         RingSeries { rings: Mutex::new(Rings::all()) }
     }
 
-    /// The rings of these names (a process's own); one not there at a scrape has no series.
-    pub(crate) fn named<S: Into<String>>(names: impl IntoIterator<Item = S>) -> RingSeries {
-        RingSeries { rings: Mutex::new(Rings::named(names.into_iter().map(Into::into).collect())) }
+    /// The rings of these names (a process's own), each once however often it is named; one
+    /// not there at a scrape has no series.
+    pub(crate) fn named<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> RingSeries {
+        let mut rings = Rings::named(Vec::new());
+        for name in names {
+            rings.watch(name.as_ref());
+        }
+        RingSeries { rings: Mutex::new(rings) }
     }
 
     /// Adds the ring `name` to those read (a ring [`RingSeries::named`] reads).
