@@ -258,10 +258,12 @@ impl Feeder {
         if last <= delivered.max(self.state.committed) {
             return None;
         }
-        Counters::add(&self.counters.leader_stepdowns, 1);
         let subject = format!("CONSUMER.LEADER.STEPDOWN.{}.{}", self.config.stream, self.config.durable);
         let answer = js.request::<_, (), serde_json::Value>(subject, &()).await;
         let handed = answer.as_ref().is_ok_and(|v| v.get("success").and_then(serde_json::Value::as_bool) == Some(true));
+        if handed {
+            Counters::add(&self.counters.leader_stepdowns, 1);
+        }
         let why = format!(
             "the consumer's leader ({}) has delivered through stream sequence {delivered} and sees nothing pending, while the stream holds {last}: {}",
             info.cluster.as_ref().and_then(|c| c.leader.clone()).unwrap_or_default(),
@@ -317,10 +319,11 @@ impl Feeder {
             // lost with a server killed or a consumer leader moved, after which the client
             // only asks again `expires` + 5 s later; or a consumer whose leader is a replica
             // that fell behind the stream and delivers nothing more. So the pull is started
-            // again, with the consumer made anew from the checkpoint, after two idle heartbeats
-            // missed in a row (as the NATS clients' ordered consumers do), or when the consumer
-            // has messages for this feeder (pending or unacknowledged) and none came for
-            // `STALLED`; a leader fallen behind hands its leadership on (see `stalled`).
+            // again after two idle heartbeats missed in a row (as the NATS clients' ordered
+            // consumers do), or when the consumer has messages for this feeder (pending or
+            // unacknowledged) and none came for `STALLED`; a leader fallen behind hands its
+            // leadership on (see `stalled`). The consumer is made anew from the checkpoint,
+            // unless nothing of it is unacknowledged: then it is pulled from again as it is.
             let mut missed_heartbeats = 0u32;
             let mut last_message = Instant::now();
             let mut last_check = Instant::now();
