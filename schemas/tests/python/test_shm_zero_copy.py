@@ -13,12 +13,11 @@ REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
 def write_ring(name, batches):
-    subprocess.run(
-        ["cargo", "run", "--profile", "ci", "--quiet", "-p", "tadpole-examples", "--bin", "arrow_to_shm", "--", name, str(batches)],
-        check=True,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-    )
+    """Runs the `arrow_to_shm` example: `$TADPOLE_ARROW_TO_SHM` (scripts/test points it at the
+    workspace build), or built and run here with cargo."""
+    binary = os.environ.get("TADPOLE_ARROW_TO_SHM")
+    command = [binary] if binary else ["cargo", "run", "--profile", "ci", "--quiet", "-p", "tadpole-examples", "--bin", "arrow_to_shm", "--"]
+    subprocess.run(command + [name, str(batches)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
 def test_pyarrow_reads_batches_in_place_from_a_tadpole_ring():
