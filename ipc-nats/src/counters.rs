@@ -6,15 +6,21 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// monotonic except the gauges `in_flight` and `connected`.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Publisher: messages published (republished ones included).
+    /// Publisher: records published (republished ones included; a pack counts its records).
     pub published: AtomicU64,
+    /// Publisher: messages published that carry more than one record (packs).
+    pub packs_published: AtomicU64,
     /// Publisher: payload bytes published.
     pub bytes_published: AtomicU64,
-    /// Publisher: publish acknowledgements received (records JetStream stored, or knew).
+    /// Publisher: records whose publish JetStream acknowledged (stored, or knew; a pack's
+    /// acknowledgement counts its records).
     pub acked: AtomicU64,
-    /// Publisher: acknowledgements that said the message was a duplicate (already stored: a
-    /// republish after a lost acknowledgement or a relay restart).
+    /// Publisher: records acknowledged as duplicates (already stored: a republish after a lost
+    /// acknowledgement or a relay restart).
     pub acked_duplicates: AtomicU64,
+    /// Publisher: records a resume found stored already (their acknowledgements lost with a
+    /// failure or a restart) and released without publishing them again (packing only).
+    pub found_stored: AtomicU64,
     /// Publisher: rewinds to publish again everything not acknowledged (an acknowledgement
     /// timed out or failed).
     pub republishes: AtomicU64,

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use async_nats::header::{HeaderName, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, Message, consumer};
 use futures_util::{FutureExt, StreamExt};
-use ipc_core::{Producer, TrySendError};
+use ipc_core::{Producer, TrySendError, WriteBatch};
 
-use crate::MESSAGE_TYPE_HEADER;
 use crate::checkpoint::{Checkpoint, CheckpointError, State};
 use crate::counters::Counters;
+use crate::{MESSAGE_TYPE_HEADER, PACK_HEADER};
 
 /// Which consumer a [`Feeder`] reads and how.
 #[derive(Clone, Debug)]
@@ -138,6 +138,108 @@ pub struct Feeder {
     batch_ids: HashSet<u128, BuildHasherDefault<FoldHasher>>,
     counters: Arc<Counters>,
 }
+
+/// A message of a delivered batch that goes into the ring.
+struct Kept {
+    /// Its index in the batch.
+    index: usize,
+    /// Its stream sequence.
+    sequence: u64,
+    /// Its message id's key, if it has one.
+    id: Option<u128>,
+    /// Its records, in the batch's `parts`.
+    parts: std::ops::Range<usize>,
+}
+
+/// One record of a message: where its bytes are in the payload, and its type.
+struct Part {
+    start: usize,
+    len: usize,
+    message_type: u16,
+}
+
+/// What [`reserve`] reserved.
+#[derive(Default)]
+struct Reserved {
+    /// Whole messages.
+    messages: usize,
+    /// Their records.
+    records: u64,
+    /// Their payload bytes.
+    bytes: u64,
+    /// Some records of the next message were reserved, not all: the batch must not commit.
+    partial: bool,
+    /// Why the next message's (next) record could not be reserved.
+    held_by: Option<TrySendError>,
+}
+
+/// Reserves and fills, in `ring`, the records of `keep`'s messages, in order, until one does
+/// not fit.
+fn reserve(ring: &mut WriteBatch<'_>, keep: &[Kept], parts: &[Part], batch: &[Message]) -> Reserved {
+    let mut done = Reserved::default();
+    for kept in keep {
+        let payload = &batch[kept.index].payload;
+        let (mut records, mut bytes) = (0u64, 0u64);
+        for part in &parts[kept.parts.clone()] {
+            match ring.try_reserve(part.len, part.message_type) {
+                Ok(space) => {
+                    space.copy_from_slice(&payload[part.start..part.start + part.len]);
+                    records += 1;
+                    bytes += part.len as u64;
+                }
+                // Full (or no consumer yet): backpressure. Corrupt: nothing can be written.
+                // Too large cannot happen (checked when unpacked) but would wait the same way.
+                Err(e) => {
+                    done.partial = records > 0;
+                    done.held_by = Some(e);
+                    return done;
+                }
+            }
+        }
+        done.messages += 1;
+        done.records += records;
+        done.bytes += bytes;
+    }
+    done
+}
+
+/// Reads a pack ([`PACK_HEADER`]) of `count` records into `parts`, refusing one that does not
+/// parse exactly or that `producer`'s ring could not take whole (a record larger than its
+/// largest, or records filling more than half of it: a pack goes in whole).
+fn unpack(count: &str, payload: &[u8], producer: &Producer, parts: &mut Vec<Part>) -> Result<(), &'static str> {
+    let count = count.parse::<usize>().map_err(|_| "bad pack header")?;
+    // Every record takes at least its entry header: a count the payload cannot hold is a lie.
+    if count < 2 || count > payload.len() / PACK_ENTRY_HEADER {
+        return Err("bad pack header");
+    }
+    let (max_len, mut footprint) = (producer.max_message_len(), 0u64);
+    let mut at = 0usize;
+    for _ in 0..count {
+        let Some(entry) = payload.get(at..at + PACK_ENTRY_HEADER) else { return Err("truncated pack") };
+        let len = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]) as usize;
+        let message_type = u16::from_le_bytes([entry[4], entry[5]]);
+        let start = at + PACK_ENTRY_HEADER;
+        if len > payload.len() - start {
+            return Err("truncated pack");
+        }
+        if len > max_len {
+            return Err("a packed record larger than the ring's largest");
+        }
+        footprint += ipc_core::layout::record_len(len as u64);
+        parts.push(Part { start, len, message_type });
+        at = start + len;
+    }
+    if at != payload.len() {
+        return Err("bytes after the pack's last record");
+    }
+    if footprint > producer.segment().capacity() as u64 / 2 {
+        return Err("a pack larger than half the ring");
+    }
+    Ok(())
+}
+
+/// Bytes before each record of a pack: its length (`u32`) and message type (`u16`).
+const PACK_ENTRY_HEADER: usize = 6;
 
 /// Why the consumer must be made again from the checkpoint.
 struct Gap;
@@ -397,9 +499,9 @@ impl Feeder {
     /// Commits `batch` (after dropping what is done already), then acknowledges it.
     async fn deliver(&mut self, batch: Vec<Message>, last_delivery: &mut u64, stop: &AtomicBool) -> Result<(), Gap> {
         let c = self.counters.clone();
-        // (index in `batch`, stream sequence, message type, message id key) of what goes in the
-        // ring.
-        let mut keep: Vec<(usize, u64, u16, Option<u128>)> = Vec::with_capacity(batch.len());
+        // What goes in the ring: per message, its records (ranges of its payload) in `parts`.
+        let mut keep: Vec<Kept> = Vec::with_capacity(batch.len());
+        let mut parts: Vec<Part> = Vec::with_capacity(batch.len());
         self.batch_ids.clear();
         let mut done_through = self.state.committed;
         // The latest delivery: acknowledging it acknowledges the whole batch.
@@ -433,20 +535,34 @@ impl Feeder {
                 Counters::add(&c.duplicates_dropped, 1);
                 continue;
             }
-            let message_type = match headers.and_then(|h| h.get(HeaderName::from_static(MESSAGE_TYPE_HEADER))) {
-                None => Some(0),
-                Some(v) => v.as_str().parse::<u16>().ok(),
+            let first = parts.len();
+            let pack = headers.and_then(|h| h.get(HeaderName::from_static(PACK_HEADER)));
+            let parsed = match pack {
+                Some(count) => unpack(count.as_str(), &message.payload, &self.producer, &mut parts),
+                None => {
+                    let message_type = match headers.and_then(|h| h.get(HeaderName::from_static(MESSAGE_TYPE_HEADER))) {
+                        None => Ok(0),
+                        Some(v) => v.as_str().parse::<u16>().map_err(|_| "bad type header"),
+                    };
+                    message_type.and_then(|message_type| {
+                        if message.payload.len() > self.producer.max_message_len() {
+                            return Err("larger than the ring's largest record");
+                        }
+                        parts.push(Part { start: 0, len: message.payload.len(), message_type });
+                        Ok(())
+                    })
+                }
             };
-            let Some(message_type) = message_type.filter(|_| message.payload.len() <= self.producer.max_message_len())
-            else {
+            if let Err(why) = parsed {
+                parts.truncate(first);
                 Counters::add(&c.malformed, 1);
-                tracing::warn!(event = "jetstream_malformed", stream = %self.config.stream, sequence, len = message.payload.len(), "message dropped: bad type header or too large for the ring");
+                tracing::warn!(event = "jetstream_malformed", stream = %self.config.stream, sequence, len = message.payload.len(), reason = why, "message dropped: it cannot go into the ring");
                 continue;
-            };
+            }
             if let Some(id) = id {
                 self.batch_ids.insert(id);
             }
-            keep.push((index, sequence, message_type, id));
+            keep.push(Kept { index, sequence, id, parts: first..parts.len() });
         }
         let mut next = 0;
         let mut waits = 0u32;
@@ -456,25 +572,21 @@ impl Feeder {
             }
             let from = self.producer.frontier().position;
             let mut ring = self.producer.batch();
-            let mut reserved = 0;
-            let mut bytes = 0u64;
-            let mut held_by = None;
-            for &(index, _, message_type, _) in &keep[next..] {
-                let message = &batch[index];
-                match ring.try_reserve(message.payload.len(), message_type) {
-                    Ok(space) => {
-                        space.copy_from_slice(&message.payload);
-                        reserved += 1;
-                        bytes += message.payload.len() as u64;
-                    }
-                    // Full (or no consumer yet): backpressure. Corrupt: nothing can be written.
-                    // Too large cannot happen (checked above) but would wait the same way.
-                    Err(e) => {
-                        held_by = Some(e);
-                        break;
-                    }
+            let mut reserved = reserve(&mut ring, &keep[next..], &parts, &batch);
+            if reserved.partial {
+                // A pack only partly reserved: none of it may be committed. The batch is made
+                // again with the whole messages before it, which fit as they did (a batch
+                // replaced uncommitted publishes nothing).
+                ring = self.producer.batch();
+                let whole = reserved.messages;
+                reserved = reserve(&mut ring, &keep[next..next + whole], &parts, &batch);
+                if reserved.partial || reserved.messages < whole {
+                    // Cannot happen (the consumer only frees space); wait as for a full ring.
+                    ring = self.producer.batch();
+                    reserved = Reserved::default();
                 }
             }
+            let Reserved { messages: reserved, records, bytes, held_by, .. } = reserved;
             if reserved == 0 {
                 waits += 1;
                 if waits == 1000 {
@@ -486,14 +598,14 @@ impl Feeder {
                 if waits % 1000 == 0 {
                     // Held back by a full ring for a while: tell JetStream the batch is being
                     // worked on, so it does not deliver it again meanwhile.
-                    let _ = batch[keep[next].0].ack_with(jetstream::AckKind::Progress).await;
+                    let _ = batch[keep[next].index].ack_with(jetstream::AckKind::Progress).await;
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
             let last = next + reserved - 1;
             // A message dropped after the last one reserved is done only once that one is.
-            let pending = if last + 1 == keep.len() { done_through } else { keep[last].1 };
+            let pending = if last + 1 == keep.len() { done_through } else { keep[last].sequence };
             let intent = State { epoch: self.state.epoch, committed: self.state.committed, pending, from };
             if let Some(file) = &mut self.checkpoint_file {
                 if let Err(e) = file.store(&intent) {
@@ -505,10 +617,10 @@ impl Feeder {
             }
             ring.commit();
             self.state.committed = pending;
-            Counters::add(&c.committed, reserved as u64);
+            Counters::add(&c.committed, records);
             Counters::add(&c.bytes_committed, bytes);
-            for (_, _, _, id) in &mut keep[next..=last] {
-                if let Some(id) = id.take() {
+            for kept in &mut keep[next..=last] {
+                if let Some(id) = kept.id.take() {
                     self.seen.insert(id);
                 }
             }
@@ -529,5 +641,58 @@ impl Feeder {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_core::RingBuilder;
+
+    fn pack(records: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (message_type, bytes) in records {
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&message_type.to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
+    #[test]
+    fn a_pack_reads_as_its_records_and_anything_else_is_refused_whole() {
+        let ring = RingBuilder::new(1 << 12).create_anonymous().unwrap();
+        let producer = ring.producer().unwrap();
+        let good = pack(&[(7, b"first"), (0, b""), (65535, b"third!")]);
+        let mut parts = Vec::new();
+        unpack("3", &good, &producer, &mut parts).unwrap();
+        let read: Vec<(u16, &[u8])> = parts.iter().map(|p| (p.message_type, &good[p.start..p.start + p.len])).collect();
+        assert_eq!(read, [(7, &b"first"[..]), (0, &b""[..]), (65535, &b"third!"[..])]);
+
+        let too_long = pack(&[(1, &[0u8; 2048]), (1, b"x")]);
+        let half = pack(&[(1, &[0u8; 1000]), (1, &[0u8; 1000]), (1, &[0u8; 1000])]);
+        let mut lying = pack(&[(1, b"ab"), (2, b"cd")]);
+        lying[0] = 200; // the first record claims more bytes than there are
+        let mut trailing = good.clone();
+        trailing.push(0);
+        for (count, payload, why) in [
+            ("2", &good[..], "bytes after the pack's last record"),
+            ("4", &good[..], "truncated pack"),
+            ("3", &good[..good.len() - 1], "truncated pack"),
+            ("3", &trailing[..], "bytes after the pack's last record"),
+            ("1", &good[..], "bad pack header"),
+            ("0", &good[..], "bad pack header"),
+            ("-3", &good[..], "bad pack header"),
+            ("three", &good[..], "bad pack header"),
+            ("99999999999999999999999", &good[..], "bad pack header"),
+            ("1000000", &good[..], "bad pack header"),
+            ("2", &[][..], "bad pack header"),
+            ("2", &lying[..], "truncated pack"),
+            ("2", &too_long[..], "a packed record larger than the ring's largest"),
+            ("3", &half[..], "a pack larger than half the ring"),
+        ] {
+            let mut parts = Vec::new();
+            assert_eq!(unpack(count, payload, &producer, &mut parts).err(), Some(why), "{count} {payload:?}");
+        }
     }
 }

@@ -18,6 +18,7 @@
 //!
 //! The message type of a record travels in the [`MESSAGE_TYPE_HEADER`] header (left out for
 //! type 0, which is what a message without it is read as); the payload is carried unchanged.
+//! Under load, a raw ring's records travel several to a message ([`PACK_HEADER`]).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -58,3 +59,10 @@ pub use settings::{ConnectError, NatsSettings, StreamSettings, connect, ensure_s
 
 /// Header carrying a record's ring message type (decimal `u16`); absent means type 0.
 pub const MESSAGE_TYPE_HEADER: &str = "Tadpole-Type";
+
+/// Header of a message that carries several records (a pack): their number, decimal, at least
+/// 2. The payload is the records one after another, each as its length (`u32`, little
+/// endian), its message type (`u16`, little endian) and its bytes; nothing else. A pack's
+/// `Nats-Msg-Id` names its last record. The feeder commits a pack's records together, or none
+/// of them.
+pub const PACK_HEADER: &str = "Tadpole-Pack";

@@ -7,16 +7,20 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use async_nats::StatusCode;
-use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_EXPECTED_LAST_MESSAGE_ID, NATS_MESSAGE_ID};
+use async_nats::header::{
+    HeaderMap, HeaderName, HeaderValue, NATS_EXPECTED_LAST_MESSAGE_ID, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+    NATS_MESSAGE_ID,
+};
 use async_nats::jetstream;
-use bytes::Bytes;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use ipc_core::{Consumer, LeasesOutstanding, ReleaseMode, TryRecvError};
 use tokio::io::unix::AsyncFd;
 
-use crate::MESSAGE_TYPE_HEADER;
 use crate::counters::Counters;
 use crate::settings::{StreamSettings, ensure_stream};
+use crate::{MESSAGE_TYPE_HEADER, PACK_HEADER};
 
 /// Reads the message id of an envelope record (`None`: not a valid envelope). The relay plugs
 /// `schemas` envelope verification in, so this crate does not depend on it.
@@ -45,6 +49,17 @@ pub struct PublisherConfig {
     /// How long an acknowledgement may take before the publisher gives up on it and publishes
     /// again from that record (default 5 s).
     pub ack_timeout: Duration,
+    /// Most records carried by one JetStream message (default 128; 1 turns packing off).
+    /// Packing applies to raw rings (no envelope ids) with `ordered` on: the records the ring
+    /// holds when the publisher looks, up to this many and `pack_max_bytes`, go out as one
+    /// message (see [`PACK_HEADER`](crate::PACK_HEADER)), so JetStream's work per message
+    /// (its id, its chain link, its acknowledgement) is shared by the records. A record alone
+    /// goes out as a plain message, so at low rates nothing changes and nothing waits.
+    pub pack_max_records: usize,
+    /// A pack is closed once its payload reaches this many bytes (default 64 KiB): a pack is
+    /// at most this plus one record. The feeding ring must hold a pack: one larger than half
+    /// of it is dropped there as malformed.
+    pub pack_max_bytes: usize,
 }
 
 /// Longest wait for an acknowledgement or a record before `stop` is looked at again.
@@ -62,18 +77,44 @@ impl PublisherConfig {
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(5),
+            pack_max_records: 128,
+            pack_max_bytes: 64 << 10,
         }
     }
 }
 
-/// One published record awaiting its acknowledgement.
+/// One published message awaiting its acknowledgement.
 struct InFlight {
+    /// The position of its (last) record.
     position: u64,
+    /// Records in it.
+    records: u32,
     /// When it was published: the acknowledgement is given up on `ack_timeout` later.
     sent: Instant,
     /// Acknowledged (`Some(duplicate)`), possibly ahead of an older record still waiting.
     acked: Option<bool>,
 }
+
+/// The next message to publish: one record, or a pack of them.
+struct Outgoing {
+    /// The position of its (last) record.
+    position: u64,
+    /// A lone record's message type (a pack carries its records' inside).
+    message_type: u16,
+    /// Records in it.
+    records: u32,
+    /// The message's payload: the record's bytes, or the pack.
+    payload: Bytes,
+    /// The records' payload bytes.
+    record_bytes: u64,
+}
+
+/// A corrupt record in the source ring: its position and why.
+type RingFault = (u64, ipc_core::CorruptReason);
+
+/// Bytes before each record of a pack: its length (`u32`) and message type (`u16`), little
+/// endian.
+const PACK_ENTRY_HEADER: usize = 6;
 
 /// What an acknowledgement said about the record it names.
 enum AckReply {
@@ -144,6 +185,16 @@ fn push_decimal(out: &mut String, mut n: u64) {
 /// publisher rewinds to the first unacknowledged record and publishes one record at a time
 /// until JetStream stores one it did not have; then it pipelines again.
 ///
+/// When it packs records (see [`PublisherConfig::pack_max_records`]), a pack published again
+/// could hold other records than the one stored, so it does not lean on the duplicate window:
+/// at start and after every failure it reads the subject's last message from the stream's
+/// leader, releases every record through the position its id names (with `ordered`, what the
+/// stream holds of this ring is exactly the records up to there), and publishes from the next
+/// one, the first message sent with `Nats-Expected-Last-Subject-Sequence` set to that
+/// message's sequence, so that anything stored in between (a write the client sent again
+/// after a reconnect) fails it and the publisher looks again. The subject must be this
+/// publisher's alone.
+///
 /// Acknowledgements come to one subscription of the publisher's own: each publish's reply
 /// subject names the record (`<inbox>.<generation>.<position>`), so a reply is matched to its
 /// record without a pending-request table, a channel or a timer per message, and replies to
@@ -181,6 +232,141 @@ impl Publisher {
         self.counters = counters;
     }
 
+    /// Whether records are packed (see [`PublisherConfig::pack_max_records`]).
+    fn packs(&self) -> bool {
+        self.ids.is_none() && self.config.ordered && self.config.pack_max_records > 1
+    }
+
+    /// The next record as a message of its own (`Ok(None)`: the ring has none now).
+    fn next_record(&mut self) -> Result<Option<Outgoing>, RingFault> {
+        match self.consumer.try_recv() {
+            Ok(record) => Ok(Some(Outgoing {
+                position: record.position(),
+                message_type: record.message_type(),
+                records: 1,
+                payload: Bytes::copy_from_slice(&record),
+                record_bytes: record.len() as u64,
+            })),
+            Err(TryRecvError::Corrupt { position, reason }) => Err((position, reason)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Every record the ring holds now, up to the pack limits, as one message; a record alone
+    /// as a plain message. `buf` is reused for the packs.
+    fn next_pack(&mut self, buf: &mut BytesMut) -> Result<Option<Outgoing>, RingFault> {
+        let max_records = self.config.pack_max_records.max(1);
+        let max_bytes = self.config.pack_max_bytes;
+        let mut batch = match self.consumer.read_batch(max_records) {
+            Ok(batch) => batch,
+            Err(TryRecvError::Corrupt { position, reason }) => return Err((position, reason)),
+            Err(_) => return Ok(None),
+        };
+        // The pack is closed once it reaches `max_bytes`; the records after go back unread.
+        let (mut take, mut size) = (0usize, 0usize);
+        for record in batch.iter() {
+            if take > 0 && size >= max_bytes {
+                break;
+            }
+            take += 1;
+            size += PACK_ENTRY_HEADER + record.payload.len();
+        }
+        batch.truncate(take);
+        let mut records = batch.iter();
+        let Some(first) = records.next() else { return Ok(None) };
+        if take == 1 {
+            return Ok(Some(Outgoing {
+                position: first.position,
+                message_type: first.message_type,
+                records: 1,
+                payload: Bytes::copy_from_slice(first.payload),
+                record_bytes: first.payload.len() as u64,
+            }));
+        }
+        buf.reserve(size);
+        let mut position = first.position;
+        let mut record_bytes = 0u64;
+        for record in std::iter::once(first).chain(records) {
+            // A record's length fits `u32`: the ring's records are at most half a ring, which
+            // is below 4 GiB for every ring the crate makes (`max_message_len_for`).
+            buf.put_u32_le(record.payload.len() as u32);
+            buf.put_u16_le(record.message_type);
+            buf.put_slice(record.payload);
+            record_bytes += record.payload.len() as u64;
+            position = record.position;
+        }
+        Ok(Some(Outgoing {
+            position,
+            message_type: 0,
+            records: take as u32,
+            payload: buf.split().freeze(),
+            record_bytes,
+        }))
+    }
+
+    /// Packing: reads the subject's last message from the stream's leader; when its id names a
+    /// record of this ring (`<origin>/<epoch>/<position>`), every record through that position
+    /// is stored, so it is released, and the ring is rewound to the next. Returns the
+    /// message's subject sequence (0: the subject holds none), which the next publish must
+    /// follow.
+    async fn resume(&mut self, js: &jetstream::Context, id_prefix: &str) -> Result<u64, String> {
+        let stream = js.get_stream(&self.config.stream.name).await.map_err(|e| e.to_string())?;
+        let last = match stream.get_last_raw_message_by_subject(&self.config.subject).await {
+            Ok(last) => last,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                self.consumer.rewind();
+                return Ok(0);
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let through = last
+            .headers
+            .get(NATS_MESSAGE_ID)
+            .and_then(|id| id.as_str().strip_prefix(id_prefix))
+            .filter(|digits| !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|digits| digits.parse::<u64>().ok());
+        self.consumer.rewind();
+        let (mut released, mut found) = (None, 0u64);
+        if let Some(through) = through {
+            loop {
+                match self.consumer.try_recv() {
+                    Ok(record) if record.position() <= through => {
+                        released = Some(record.position());
+                        found += 1;
+                    }
+                    Ok(record) => {
+                        record.requeue();
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Some(position) = released {
+                let _ = self.consumer.release_through(position);
+                Counters::add(&self.counters.found_stored, found);
+            }
+        }
+        tracing::info!(
+            event = "jetstream_publish_resumed",
+            subject = %self.config.subject,
+            last_sequence = last.sequence,
+            stored_through = ?through,
+            released = ?released,
+            found_stored = found,
+            "publishing from the first record the stream does not hold"
+        );
+        Ok(last.sequence)
+    }
+
+    /// `<id_prefix><position>`: the id of a raw record, and of a pack (by its last record).
+    fn position_id(&self, id_prefix: &str, position: u64) -> HeaderValue {
+        let mut id = String::with_capacity(id_prefix.len() + 20);
+        id.push_str(id_prefix);
+        push_decimal(&mut id, position);
+        // Digits after a prefix checked in `run`.
+        id.parse::<HeaderValue>().unwrap_or_default()
+    }
+
     /// The record's message id: the envelope's, or `<id_prefix><position>` (`origin/epoch/`).
     fn message_id(&self, id_prefix: &str, position: u64, payload: &[u8]) -> HeaderValue {
         if let Some(ids) = &self.ids {
@@ -191,11 +377,7 @@ impl Publisher {
             }
             Counters::add(&self.counters.invalid_envelopes, 1);
         }
-        let mut id = String::with_capacity(id_prefix.len() + 20);
-        id.push_str(id_prefix);
-        push_decimal(&mut id, position);
-        // Digits after a prefix checked in `run`.
-        id.parse::<HeaderValue>().unwrap_or_default()
+        self.position_id(id_prefix, position)
     }
 
     /// Publishes until `stop` is set. Errors are counted, logged and retried: it only returns
@@ -253,31 +435,63 @@ impl Publisher {
         let mut generation = 0u64;
         // One at a time, unchained, until JetStream stores a record it did not have: after a
         // (re)start or a failure, the records at the front may be stored already.
-        let mut careful = true;
+        // Packing: the stream is asked where this ring's copy ends before anything is published
+        // (see the type's docs), at start and after every failure; `careful` stays off.
+        let packing = self.packs();
+        let mut careful = !packing;
+        let mut resume = packing;
+        // Packing: the subject sequence the first publish after a resume must follow.
+        let mut anchor: Option<u64> = None;
+        let mut pack = BytesMut::new();
         let mut reply_to = String::with_capacity(reply_prefix.len() + 42);
         while !stop.load(Relaxed) {
+            if resume {
+                match self.resume(&js, &id_prefix).await {
+                    Ok(sequence) => {
+                        anchor = Some(sequence);
+                        resume = false;
+                    }
+                    Err(e) => {
+                        Counters::add(&c.errors, 1);
+                        tracing::warn!(event = "jetstream_resume_failed", stream = %stream, subject = %self.config.subject, error = %e, "cannot read where the stream's copy of the ring ends; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.config.retry_max);
+                        continue;
+                    }
+                }
+            }
             let window = if careful { 1 } else { self.config.max_in_flight.max(1) };
             let mut failed: Option<String> = None;
             while in_flight.len() < window {
-                let (position, message_type, payload) = match self.consumer.try_recv() {
-                    Ok(record) => (record.position(), record.message_type(), Bytes::copy_from_slice(&record)),
-                    Err(TryRecvError::Corrupt { position, reason }) => {
+                let next = if packing { self.next_pack(&mut pack) } else { self.next_record() };
+                let Outgoing { position, message_type, records, payload, record_bytes } = match next {
+                    Ok(Some(outgoing)) => outgoing,
+                    Ok(None) => break,
+                    Err((position, reason)) => {
                         Counters::add(&c.errors, 1);
                         tracing::error!(event = "jetstream_ring_corrupt", position, reason = ?reason, "the source ring is corrupt");
                         tokio::time::sleep(self.config.retry_max).await;
                         break;
                     }
-                    Err(_) => break,
                 };
-                let id = self.message_id(&id_prefix, position, &payload);
-                let len = payload.len() as u64;
+                let id = if records > 1 {
+                    self.position_id(&id_prefix, position)
+                } else {
+                    self.message_id(&id_prefix, position, &payload)
+                };
                 let mut headers = HeaderMap::new();
                 // Type 0 (raw records) travels as no header at all: the feeder reads a missing
-                // type as 0, and every header costs the server and the feeder a parse.
-                if message_type != 0 {
+                // type as 0, and every header costs the server and the feeder a parse. A pack
+                // carries its records' types inside.
+                if records > 1 {
+                    headers.insert(HeaderName::from_static(PACK_HEADER), HeaderValue::from(records));
+                } else if message_type != 0 {
                     headers.insert(HeaderName::from_static(MESSAGE_TYPE_HEADER), HeaderValue::from(message_type));
                 }
-                if self.config.ordered && !careful {
+                if let Some(sequence) = anchor.take() {
+                    headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, HeaderValue::from(sequence));
+                    last_id = None;
+                } else if self.config.ordered && !careful {
                     if let Some(prev) = last_id.take() {
                         headers.insert(NATS_EXPECTED_LAST_MESSAGE_ID, prev);
                     }
@@ -305,9 +519,12 @@ impl Publisher {
                 };
                 match published {
                     Ok(()) => {
-                        Counters::add(&c.published, 1);
-                        Counters::add(&c.bytes_published, len);
-                        in_flight.push_back(InFlight { position, sent: Instant::now(), acked: None });
+                        Counters::add(&c.published, u64::from(records));
+                        Counters::add(&c.bytes_published, record_bytes);
+                        if records > 1 {
+                            Counters::add(&c.packs_published, 1);
+                        }
+                        in_flight.push_back(InFlight { position, records, sent: Instant::now(), acked: None });
                     }
                     Err(e) => {
                         failed = Some(e);
@@ -375,7 +592,9 @@ impl Publisher {
                 in_flight.clear();
                 c.in_flight.store(0, Relaxed);
                 self.consumer.rewind();
-                careful = true;
+                careful = !packing;
+                resume = packing;
+                anchor = None;
                 last_id = None;
                 generation += 1;
                 tokio::time::sleep(backoff).await;
@@ -460,9 +679,9 @@ impl Publisher {
         }
         match AckReply::parse(message) {
             AckReply::Stored { duplicate } => {
-                Counters::add(&c.acked, 1);
+                Counters::add(&c.acked, u64::from(slot.records));
                 if duplicate {
-                    Counters::add(&c.acked_duplicates, 1);
+                    Counters::add(&c.acked_duplicates, u64::from(slot.records));
                 } else {
                     *careful = false;
                 }

@@ -128,6 +128,11 @@ pub struct JetStreamRoute {
     /// Publish: chain publishes so that no record is stored before an earlier one (default
     /// true; needs the stream to itself).
     pub ordered: bool,
+    /// Publish: most records carried by one JetStream message (default 128; 1: one record a
+    /// message). Raw rings with `ordered` only: see `ipc_nats::PublisherConfig`.
+    pub pack_max_records: usize,
+    /// Publish: a pack is closed once its records reach this many bytes (default 65536).
+    pub pack_max_bytes: usize,
     /// Feed: the durable consumer's name (default `<relay name>-<ring>`, sanitised).
     pub durable: String,
     /// Feed: most messages delivered and unacknowledged, and per ring commit (default 256).
@@ -262,6 +267,8 @@ struct RawJetStreamRoute {
     envelopes: Option<bool>,
     max_in_flight: Option<usize>,
     ordered: Option<bool>,
+    pack_max_records: Option<usize>,
+    pack_max_bytes: Option<usize>,
     durable: Option<String>,
     batch: Option<usize>,
     ack_wait_ms: Option<u64>,
@@ -489,6 +496,8 @@ fn check_jetstream(relay: &str, raw: Vec<RawJetStreamRoute>) -> Result<Vec<JetSt
             ("envelopes", r.envelopes.is_some()),
             ("max_in_flight", r.max_in_flight.is_some()),
             ("ordered", r.ordered.is_some()),
+            ("pack_max_records", r.pack_max_records.is_some()),
+            ("pack_max_bytes", r.pack_max_bytes.is_some()),
         ];
         let only_feed = [
             ("durable", r.durable.is_some()),
@@ -514,6 +523,19 @@ fn check_jetstream(relay: &str, raw: Vec<RawJetStreamRoute>) -> Result<Vec<JetSt
         let max_in_flight = r.max_in_flight.unwrap_or(1024);
         if !(1..=65536).contains(&max_in_flight) {
             return Err((at("max_in_flight"), "must be between 1 and 65536".into()));
+        }
+        let pack_max_records = r.pack_max_records.unwrap_or(128);
+        if !(1..=10_000).contains(&pack_max_records) {
+            return Err((at("pack_max_records"), "must be between 1 and 10000".into()));
+        }
+        // NATS refuses messages above its max_payload (1 MiB by default); a pack is at most
+        // this plus one record.
+        let pack_max_bytes = r.pack_max_bytes.unwrap_or(64 << 10);
+        if !(1..=(512 << 10)).contains(&pack_max_bytes) {
+            return Err((
+                at("pack_max_bytes"),
+                "must be between 1 and 524288 (NATS' default max_payload is 1 MiB)".into(),
+            ));
         }
         let durable = match r.durable {
             Some(durable) => {
@@ -548,6 +570,8 @@ fn check_jetstream(relay: &str, raw: Vec<RawJetStreamRoute>) -> Result<Vec<JetSt
             envelopes: r.envelopes.unwrap_or(false),
             max_in_flight,
             ordered: r.ordered.unwrap_or(true),
+            pack_max_records,
+            pack_max_bytes,
             durable,
             batch,
             ack_wait_ms,

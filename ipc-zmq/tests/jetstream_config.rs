@@ -37,6 +37,7 @@ fn the_jetstream_example_loads_without_a_key_file_and_with_its_defaults() {
         (publish.replicas, publish.duplicate_window_secs, publish.max_in_flight, publish.ordered),
         (3, 120, 1024, true)
     );
+    assert_eq!((publish.pack_max_records, publish.pack_max_bytes), (128, 65536));
     assert_eq!((feed.direction, feed.ring.as_str()), (JetStreamDirection::Feed, "orders-copy"));
     assert_eq!((feed.durable.as_str(), feed.batch, feed.ack_wait_ms), ("host-a-orders-copy", 256, 30_000));
 }
@@ -54,6 +55,17 @@ fn invalid_jetstream_routes_are_refused_with_field_and_reason() {
         (&route("publish = \"r\"\nstream = \"S\"\nbatch = 10"), "jetstream[0].batch", "only applies to feed"),
         (&route("feed = \"r\"\nstream = \"S\"\nreplicas = 3"), "jetstream[0].replicas", "only applies to publish"),
         (&route("feed = \"r\"\nstream = \"S\"\nack_wait_ms = 5"), "jetstream[0].ack_wait_ms", "at least 100"),
+        (&route("publish = \"r\"\nstream = \"S\"\npack_max_records = 0"), "jetstream[0].pack_max_records", "between 1"),
+        (
+            &route("publish = \"r\"\nstream = \"S\"\npack_max_bytes = 2000000"),
+            "jetstream[0].pack_max_bytes",
+            "max_payload",
+        ),
+        (
+            &route("feed = \"r\"\nstream = \"S\"\npack_max_records = 8"),
+            "jetstream[0].pack_max_records",
+            "only applies to publish",
+        ),
         (
             &route("publish = \"r\"\nstream = \"S\"\n[[jetstream]]\nfeed = \"r\"\nstream = \"T\""),
             "jetstream[1].feed",

@@ -7,7 +7,8 @@
 //! reads them from a durable pull consumer with the relay feeder's settings (batches of 256,
 //! `AckPolicy::All`, `max_ack_pending` 256, the newest message of each batch acknowledged).
 //! Context rows do the same with the headers the relay adds to a raw record (`Nats-Msg-Id`;
-//! then `Nats-Expected-Last-Msg-Id` too), run the relay with `ordered = false`, and show the
+//! then `Nats-Expected-Last-Msg-Id` too), run the relay with `ordered = false` and with
+//! `pack_max_records = 1` (one record a message: the relay packs by default), and show the
 //! CPU time each process used. Each row's stream is deleted when the row is done.
 //!
 //! Relay: two `tadpole relay` processes, one publishing a ring (`[[jetstream]] publish`), one
@@ -366,15 +367,17 @@ enum Headers {
     ChainedShort,
 }
 
-/// The relay path's options: the publisher's `ordered`, and whether this process's ring ends
-/// spin (`SpinThenYield`) rather than sleep on the ring's futex.
+/// The relay path's options: the publisher's `ordered` and `pack_max_records`, and whether this
+/// process's ring ends spin (`SpinThenYield`) rather than sleep on the ring's futex.
 #[derive(Clone, Copy)]
 struct Variant {
     ordered: bool,
+    pack_max_records: usize,
     spin: bool,
 }
 
-const RELAY: Variant = Variant { ordered: true, spin: false };
+/// The relay as configured by default.
+const RELAY: Variant = Variant { ordered: true, pack_max_records: 128, spin: false };
 
 /// The relay path: two `tadpole relay` processes and this process's ends of their rings.
 fn relay(
@@ -433,7 +436,10 @@ fn relay(
     })?;
     let publisher = spawn(
         "bench-pub",
-        format!("publish = \"{src_name}\"\nstream = \"{stream_name}\"\nordered = {}\n", variant.ordered),
+        format!(
+            "publish = \"{src_name}\"\nstream = \"{stream_name}\"\nordered = {}\npack_max_records = {}\n",
+            variant.ordered, variant.pack_max_records
+        ),
     )?;
     let feeder = spawn("bench-feed", format!("feed = \"{dst_name}\"\nstream = \"{stream_name}\"\n"))?;
 
@@ -560,8 +566,10 @@ fn main() -> BenchResult<()> {
     let cpu = |o: &Outcome| format!("{:.2} / {:.2} / {:.2}", o.cpu[0], o.cpu[1], o.cpu[2]);
     for (size, n) in [(64usize, s.n_small), (16 << 10, s.n_large)] {
         for _ in 0..s.runs {
-            let names: Vec<String> =
-                ["PLAIN", "RELAY", "MSGID", "CHAINED", "UNORDERED", "SHORTIDS"].iter().map(|w| name(w)).collect();
+            let names: Vec<String> = ["PLAIN", "RELAY", "MSGID", "CHAINED", "UNORDERED", "SHORTIDS", "UNPACKED"]
+                .iter()
+                .map(|w| name(w))
+                .collect();
             // Each row's stream is deleted after it, so that no row starts with the files (and
             // the dirty pages) of the rows before it.
             let plain_out = plain((pid, &url), &names[0], size, n, Pace::Flat, Headers::None)?;
@@ -577,6 +585,9 @@ fn main() -> BenchResult<()> {
             delete_stream(&url, &names[4]);
             let short_out = plain((pid, &url), &names[5], size, n, Pace::Flat, Headers::ChainedShort)?;
             delete_stream(&url, &names[5]);
+            let unpacked = Variant { pack_max_records: 1, ..RELAY };
+            let unpacked_out = relay((pid, &url), (&tadpole, &dir), &names[6], size, n, Pace::Flat, unpacked)?;
+            delete_stream(&url, &names[6]);
             let rate = |o: &Outcome| n as f64 / o.elapsed.as_secs_f64();
             let (pr, rr) = (rate(&plain_out), rate(&relay_out));
             let mb = |r: f64| r * size as f64 / 1e6;
@@ -592,6 +603,7 @@ fn main() -> BenchResult<()> {
                 ("plain client with Nats-Msg-Id and Expected-Last-Msg-Id (the relay's headers)", &chained_out),
                 ("relay with ordered = false (no Expected-Last-Msg-Id)", &unordered_out),
                 ("plain client with the relay's headers, ids of a few characters (b/<n>)", &short_out),
+                ("relay with pack_max_records = 1 (one record a message)", &unpacked_out),
             ] {
                 println!(
                     "| context: {what} | {size} B | {n} | {pr:.0}/s | {:.0}/s (CPU {}) | {:.2} |",

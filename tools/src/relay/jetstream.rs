@@ -43,6 +43,8 @@ pub(super) fn start(cfg: &RelayConfig, state: &Path) -> Result<Option<Bridge>> {
                 let mut config = PublisherConfig::new(&cfg.name, &subject, stream);
                 config.max_in_flight = route.max_in_flight;
                 config.ordered = route.ordered;
+                config.pack_max_records = route.pack_max_records;
+                config.pack_max_bytes = route.pack_max_bytes;
                 config.retry_min = settings.reconnect_min;
                 config.retry_max = settings.reconnect_max;
                 config.ack_timeout = settings.request_timeout;
@@ -89,19 +91,31 @@ fn checkpoint_path(state: &Path, ring: &str) -> PathBuf {
 pub(super) fn add_metrics(set: &mut CounterSet, relay: &str, routes: &[RouteStatus]) {
     use ipc_nats::Counters as C;
     type Field = fn(&C) -> &std::sync::atomic::AtomicU64;
-    let series: [(&str, &str, Kind, Field); 15] = [
+    let series: [(&str, &str, Kind, Field); 17] = [
         (
             "tadpole_relay_jetstream_published",
-            "Messages published to JetStream (republished ones included)",
+            "Records published to JetStream (republished ones included)",
             Kind::Counter,
             |c| &c.published,
         ),
-        ("tadpole_relay_jetstream_acked", "Publish acknowledgements from JetStream", Kind::Counter, |c| &c.acked),
+        (
+            "tadpole_relay_jetstream_packs_published",
+            "JetStream messages published carrying more than one record",
+            Kind::Counter,
+            |c| &c.packs_published,
+        ),
+        ("tadpole_relay_jetstream_acked", "Records whose publish JetStream acknowledged", Kind::Counter, |c| &c.acked),
         (
             "tadpole_relay_jetstream_acked_duplicates",
-            "Publish acknowledgements for messages JetStream already had",
+            "Records acknowledged by JetStream as already stored",
             Kind::Counter,
             |c| &c.acked_duplicates,
+        ),
+        (
+            "tadpole_relay_jetstream_found_stored",
+            "Records found already stored when publishing resumed, released without publishing them again",
+            Kind::Counter,
+            |c| &c.found_stored,
         ),
         (
             "tadpole_relay_jetstream_republishes",
@@ -130,7 +144,7 @@ pub(super) fn add_metrics(set: &mut CounterSet, relay: &str, routes: &[RouteStat
         }),
         (
             "tadpole_relay_jetstream_malformed",
-            "Messages dropped: bad type header or too large for the ring",
+            "Messages dropped: bad type or pack header, or too large for the ring",
             Kind::Counter,
             |c| &c.malformed,
         ),
