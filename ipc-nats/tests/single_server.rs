@@ -53,6 +53,15 @@ impl Drop for Server {
     }
 }
 
+/// A server started in a directory of its own, and its URL (`None`: not installed).
+fn running_server() -> Option<(Server, tempfile::TempDir, String)> {
+    let binary = nats_server()?;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::start(&binary, port, dir.path());
+    Some((server, dir, format!("nats://127.0.0.1:{port}")))
+}
+
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool, state: impl Fn() -> String) {
     let started = Instant::now();
     while !done() {
@@ -111,11 +120,7 @@ fn stored_records(url: &str, name: &str) -> (Vec<(u16, Vec<u8>)>, usize) {
 
 #[test]
 fn a_record_stored_twice_in_the_stream_reaches_the_ring_once_and_a_bad_type_header_is_dropped() {
-    let Some(binary) = nats_server() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _server = Server::start(&binary, port, dir.path());
-    let url = format!("nats://127.0.0.1:{port}");
+    let Some((_server, dir, url)) = running_server() else { return };
     // Straight into the stream with the plain client: the same Msg-Id twice, further apart
     // than the stream's duplicate window, so JetStream stores both.
     runtime().block_on(async {
@@ -216,11 +221,7 @@ fn while_nats_is_down_the_source_ring_fills_and_keeps_every_record_then_all_are_
 
 #[test]
 fn a_publisher_stopped_with_packs_unacknowledged_resumes_after_what_the_stream_holds_and_nothing_is_stored_twice() {
-    let Some(binary) = nats_server() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _server = Server::start(&binary, port, dir.path());
-    let url = format!("nats://127.0.0.1:{port}");
+    let Some((_server, _dir, url)) = running_server() else { return };
     let ring = RingBuilder::new(1 << 20).create_anonymous().unwrap();
     let mut producer = ring.producer().unwrap();
     // First, what a publisher killed right after JetStream stored two packs leaves: the packs
@@ -330,11 +331,7 @@ fn a_publisher_stopped_with_packs_unacknowledged_resumes_after_what_the_stream_h
 
 #[test]
 fn replies_that_name_no_record_awaiting_one_are_counted_and_ignored_and_every_record_is_stored_once() {
-    let Some(binary) = nats_server() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _server = Server::start(&binary, port, dir.path());
-    let url = format!("nats://127.0.0.1:{port}");
+    let Some((_server, _dir, url)) = running_server() else { return };
     let rt = runtime();
     // A second client that hears every reply on the inbox subjects, the publisher's included.
     let (spy, mut replies) = rt.block_on(async {
