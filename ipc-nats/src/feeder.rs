@@ -14,7 +14,7 @@ use ipc_core::{Producer, TrySendError, WriteBatch};
 
 use crate::checkpoint::{Checkpoint, CheckpointError, State};
 use crate::counters::Counters;
-use crate::{MESSAGE_TYPE_HEADER, PACK_HEADER};
+use crate::{MESSAGE_TYPE_HEADER, PACK_ENTRY_HEADER, PACK_HEADER};
 
 /// Which consumer a [`Feeder`] reads and how.
 #[derive(Clone, Debug)]
@@ -237,9 +237,6 @@ fn unpack(count: &str, payload: &[u8], producer: &Producer, parts: &mut Vec<Part
     }
     Ok(())
 }
-
-/// Bytes before each record of a pack: its length (`u32`) and message type (`u16`).
-const PACK_ENTRY_HEADER: usize = 6;
 
 /// Why the consumer must be made again from the checkpoint.
 struct Gap;

@@ -66,3 +66,6 @@ pub const MESSAGE_TYPE_HEADER: &str = "Tadpole-Type";
 /// `Nats-Msg-Id` names its last record. The feeder commits a pack's records together, or none
 /// of them.
 pub const PACK_HEADER: &str = "Tadpole-Pack";
+
+/// Bytes before each record of a pack: its length (`u32`) and message type (`u16`).
+pub(crate) const PACK_ENTRY_HEADER: usize = 6;

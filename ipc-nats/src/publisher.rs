@@ -20,7 +20,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::counters::Counters;
 use crate::settings::{StreamSettings, ensure_stream};
-use crate::{MESSAGE_TYPE_HEADER, PACK_HEADER};
+use crate::{MESSAGE_TYPE_HEADER, PACK_ENTRY_HEADER, PACK_HEADER};
 
 /// Reads the message id of an envelope record (`None`: not a valid envelope). The relay plugs
 /// `schemas` envelope verification in, so this crate does not depend on it.
@@ -112,10 +112,6 @@ struct Outgoing {
 /// A corrupt record in the source ring: its position and why.
 type RingFault = (u64, ipc_core::CorruptReason);
 
-/// Bytes before each record of a pack: its length (`u32`) and message type (`u16`), little
-/// endian.
-const PACK_ENTRY_HEADER: usize = 6;
-
 /// What an acknowledgement said about the record it names.
 enum AckReply {
     /// Stored (`duplicate`: it was stored already).
@@ -153,11 +149,13 @@ impl AckReply {
 /// Reads `<prefix><generation>.<position>`, the reply subject of a publish.
 fn parse_reply(subject: &str, prefix: &str) -> Option<(u64, u64)> {
     let (generation, position) = subject.strip_prefix(prefix)?.split_once('.')?;
-    let number = |s: &str| {
-        let digits = !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
-        if digits { s.parse::<u64>().ok() } else { None }
-    };
-    Some((number(generation)?, number(position)?))
+    Some((parse_decimal(generation)?, parse_decimal(position)?))
+}
+
+/// A `u64` written as plain decimal digits (no sign, no padding beyond 20 digits), or `None`.
+fn parse_decimal(s: &str) -> Option<u64> {
+    let digits = !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if digits { s.parse::<u64>().ok() } else { None }
 }
 
 /// Appends `n` in decimal to `out`, without the formatting machinery.
@@ -323,8 +321,7 @@ impl Publisher {
             .headers
             .get(NATS_MESSAGE_ID)
             .and_then(|id| id.as_str().strip_prefix(id_prefix))
-            .filter(|digits| !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|digits| digits.parse::<u64>().ok());
+            .and_then(parse_decimal);
         self.consumer.rewind();
         let (mut released, mut found) = (None, 0u64);
         if let Some(through) = through {
